@@ -1,0 +1,367 @@
+//! A tick's change set: per table, the net inserts, updates and deletes of that tick, keyed by
+//! primary key, with rows already encoded in the Orrery row format so durability and
+//! publishing can share the bytes.
+
+use std::ops::Range;
+
+use rustc_hash::FxHashMap;
+
+use orrery_tick::Tick;
+
+use crate::codec::{DecodeError, OrreryType};
+use crate::table::{Table, TableId};
+use crate::time::Timestamp;
+
+/// What happened to a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// The row did not exist when the tick began and exists now.
+    Insert,
+    /// The row existed and exists, with new contents.
+    Update,
+    /// The row existed and is gone.
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    kind: ChangeKind,
+    pk: Range<u32>,
+    row: Range<u32>,
+}
+
+/// A row's change over a whole tick, relative to its state when the tick began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NetChange {
+    Inserted,
+    Updated,
+    Deleted,
+    /// Inserted then deleted within the tick: nothing to report.
+    Cancelled,
+}
+
+impl NetChange {
+    pub(crate) fn first(op: ChangeKind) -> NetChange {
+        match op {
+            ChangeKind::Insert => NetChange::Inserted,
+            ChangeKind::Update => NetChange::Updated,
+            ChangeKind::Delete => NetChange::Deleted,
+        }
+    }
+
+    pub(crate) fn then(self, op: ChangeKind) -> NetChange {
+        use NetChange::*;
+        match (self, op) {
+            (Inserted, ChangeKind::Update) => Inserted,
+            (Inserted, ChangeKind::Delete) => Cancelled,
+            (Updated, ChangeKind::Update) => Updated,
+            (Updated, ChangeKind::Delete) => Deleted,
+            (Deleted, ChangeKind::Insert) => Updated,
+            (Cancelled, ChangeKind::Insert) => Inserted,
+            // The remaining pairs contradict the row's existence and cannot be produced by the
+            // store; keep the newest operation's view rather than guessing.
+            (_, ChangeKind::Insert) => Inserted,
+            (_, ChangeKind::Update) => Updated,
+            (_, ChangeKind::Delete) => Deleted,
+        }
+    }
+
+    fn kind(self) -> Option<ChangeKind> {
+        match self {
+            NetChange::Inserted => Some(ChangeKind::Insert),
+            NetChange::Updated => Some(ChangeKind::Update),
+            NetChange::Deleted => Some(ChangeKind::Delete),
+            NetChange::Cancelled => None,
+        }
+    }
+}
+
+/// One committed write, in commit order.
+#[derive(Clone, Debug)]
+struct LogEntry {
+    op: ChangeKind,
+    pk: Range<u32>,
+    /// The row right after the write; `None` for deletes, and for writes a later write of the
+    /// same transaction deleted (that later write decides the net change).
+    row: Option<Range<u32>>,
+}
+
+/// One table's committed writes while a tick runs, append-only. A write encodes the row right
+/// away, while the reducer has just touched it, and costs no hashing; the net change per
+/// primary key is folded once, when the tick ends, over a map that stays in cache. Rows that
+/// only systems changed are not folded at all unless reducers also touched them. Buffers are
+/// reused tick after tick.
+#[derive(Default)]
+pub(crate) struct ChangeLog {
+    bytes: Vec<u8>,
+    entries: Vec<LogEntry>,
+    /// Entries from this index on were written by capture (systems).
+    systems_from: Option<usize>,
+}
+
+fn span(bytes: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<u32> {
+    let start = bytes.len() as u32;
+    write(bytes);
+    start..bytes.len() as u32
+}
+
+fn slice<'a>(bytes: &'a [u8], range: &Range<u32>) -> &'a [u8] {
+    &bytes[range.start as usize..range.end as usize]
+}
+
+impl ChangeLog {
+    /// Appends one committed write.
+    pub(crate) fn push<P: OrreryType, R: OrreryType>(
+        &mut self,
+        op: ChangeKind,
+        pk: &P,
+        row: Option<&R>,
+    ) {
+        let pk = span(&mut self.bytes, |out| pk.encode(out));
+        let row = row.map(|row| span(&mut self.bytes, |out| row.encode(out)));
+        self.entries.push(LogEntry { op, pk, row });
+    }
+
+    /// Marks where capture's entries begin.
+    pub(crate) fn start_systems(&mut self) {
+        self.systems_from = Some(self.entries.len());
+    }
+
+    /// Folds the tick's writes into net changes per primary key, moves them out as a compact
+    /// [`TableChanges`] (in first-touch order) and clears the log.
+    pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
+        if self.entries.is_empty() {
+            self.systems_from = None;
+            return None;
+        }
+        let systems_from = self.systems_from.take().unwrap_or(self.entries.len());
+        let bytes = &self.bytes;
+        let mut slots: FxHashMap<&[u8], usize> =
+            FxHashMap::with_capacity_and_hasher(systems_from, Default::default());
+        let mut folded: Vec<(NetChange, Range<u32>, Option<Range<u32>>)> =
+            Vec::with_capacity(self.entries.len());
+        for (i, entry) in self.entries.iter().enumerate() {
+            let pk = slice(bytes, &entry.pk);
+            // A system's in-place update of a row no reducer touched is final as it is.
+            if i >= systems_from
+                && entry.op == ChangeKind::Update
+                && (slots.is_empty() || !slots.contains_key(pk))
+            {
+                folded.push((NetChange::Updated, entry.pk.clone(), entry.row.clone()));
+                continue;
+            }
+            match slots.entry(pk) {
+                std::collections::hash_map::Entry::Occupied(slot) => {
+                    let (net, _, row) = &mut folded[*slot.get()];
+                    *net = net.then(entry.op);
+                    if entry.row.is_some() {
+                        row.clone_from(&entry.row);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(folded.len());
+                    folded.push((
+                        NetChange::first(entry.op),
+                        entry.pk.clone(),
+                        entry.row.clone(),
+                    ));
+                }
+            }
+        }
+        let mut out = TableChanges::new(table, name);
+        out.bytes.reserve(bytes.len());
+        for (net, pk, row) in folded {
+            let Some(kind) = net.kind() else { continue };
+            let pk = span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk)));
+            let row = match (kind, row) {
+                (ChangeKind::Delete, _) | (_, None) => 0..0,
+                (_, Some(row)) => span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
+            };
+            out.entries.push(Entry { kind, pk, row });
+        }
+        self.bytes.clear();
+        self.entries.clear();
+        (!out.entries.is_empty()).then_some(out)
+    }
+}
+
+/// One table's changes in one tick. Rows and keys live in one buffer; entries index into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableChanges {
+    table: TableId,
+    name: &'static str,
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+/// One change, borrowed from a [`TableChanges`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowChange<'a> {
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The encoded primary key.
+    pub pk: &'a [u8],
+    /// The encoded row, for inserts and updates.
+    pub row: Option<&'a [u8]>,
+}
+
+/// A decoded change of a typed table.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowOp<T: Table> {
+    /// A new row.
+    Insert(T),
+    /// A row's new contents.
+    Update(T),
+    /// The primary key of a deleted row.
+    Delete(T::Pk),
+}
+
+impl TableChanges {
+    pub(crate) fn new(table: TableId, name: &'static str) -> Self {
+        TableChanges {
+            table,
+            name,
+            bytes: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The table's id.
+    pub fn table(&self) -> TableId {
+        self.table
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Number of changed rows.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total encoded bytes of keys and rows.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The changes, in a deterministic order (first touch within the tick, reducer writes before
+    /// system writes).
+    pub fn iter(&self) -> impl Iterator<Item = RowChange<'_>> + '_ {
+        self.entries.iter().map(|e| RowChange {
+            kind: e.kind,
+            pk: &self.bytes[e.pk.start as usize..e.pk.end as usize],
+            row: (e.kind != ChangeKind::Delete)
+                .then(|| &self.bytes[e.row.start as usize..e.row.end as usize]),
+        })
+    }
+
+    /// Decodes the changes as rows of `T`.
+    pub fn decode<T: Table>(&self) -> Result<Vec<RowOp<T>>, DecodeError> {
+        self.iter()
+            .map(|change| {
+                Ok(match (change.kind, change.row) {
+                    (ChangeKind::Insert, Some(row)) => RowOp::Insert(T::from_bytes(row)?),
+                    (ChangeKind::Update, Some(row)) => RowOp::Update(T::from_bytes(row)?),
+                    _ => RowOp::Delete(T::Pk::from_bytes(change.pk)?),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Everything one tick changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// The tick.
+    pub tick: Tick,
+    /// The tick's timestamp.
+    pub timestamp: Timestamp,
+    /// Tables with at least one change, in table-id order.
+    pub tables: Vec<TableChanges>,
+}
+
+impl ChangeSet {
+    /// The changes of table `T`, if any.
+    pub fn table<T: Table>(&self) -> Option<&TableChanges> {
+        self.tables.iter().find(|t| t.name == T::NAME)
+    }
+
+    /// Decoded changes of table `T` (empty if it did not change).
+    pub fn rows<T: Table>(&self) -> Result<Vec<RowOp<T>>, DecodeError> {
+        self.table::<T>()
+            .map_or_else(|| Ok(Vec::new()), TableChanges::decode::<T>)
+    }
+
+    /// Total number of changed rows.
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(TableChanges::len).sum()
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_changes_fold_to_the_tick_level_effect() {
+        use ChangeKind::*;
+        let fold = |ops: &[ChangeKind]| {
+            ops[1..]
+                .iter()
+                .fold(NetChange::first(ops[0]), |acc, &op| acc.then(op))
+        };
+        assert_eq!(fold(&[Insert, Update, Update]), NetChange::Inserted);
+        assert_eq!(fold(&[Insert, Delete]), NetChange::Cancelled);
+        assert_eq!(fold(&[Insert, Delete, Insert]), NetChange::Inserted);
+        assert_eq!(fold(&[Update, Delete]), NetChange::Deleted);
+        assert_eq!(fold(&[Delete, Insert]), NetChange::Updated);
+        assert_eq!(fold(&[Delete, Insert, Delete]), NetChange::Deleted);
+        assert_eq!(fold(&[Update, Update]), NetChange::Updated);
+    }
+
+    #[test]
+    fn the_log_folds_reducer_writes_and_passes_system_updates_through() {
+        let mut log = ChangeLog::default();
+        log.push(ChangeKind::Insert, &1u32, Some(&10u32));
+        log.push(ChangeKind::Update, &1u32, Some(&11u32));
+        log.push(ChangeKind::Update, &2u32, Some(&20u32));
+        log.push(ChangeKind::Delete, &3u32, None::<&u32>);
+        log.push(ChangeKind::Insert, &3u32, Some(&30u32));
+        log.start_systems();
+        log.push(ChangeKind::Update, &1u32, Some(&12u32));
+        log.push(ChangeKind::Update, &4u32, Some(&40u32));
+        let out = log.take(TableId(0), "t").unwrap();
+        let got: Vec<(ChangeKind, u32, Option<u32>)> = out
+            .iter()
+            .map(|c| {
+                (
+                    c.kind,
+                    u32::from_bytes(c.pk).unwrap(),
+                    c.row.map(|r| u32::from_bytes(r).unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ChangeKind::Insert, 1, Some(12)),
+                (ChangeKind::Update, 2, Some(20)),
+                (ChangeKind::Update, 3, Some(30)),
+                (ChangeKind::Update, 4, Some(40)),
+            ]
+        );
+        assert!(log.take(TableId(0), "t").is_none(), "taking clears the log");
+    }
+}

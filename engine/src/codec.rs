@@ -1,0 +1,673 @@
+//! The Orrery row format: how column values, rows and reducer arguments become bytes.
+//!
+//! Columns are written in declaration order with no framing: unsigned integers wider than a byte
+//! as LEB128 varints, signed ones zigzag-encoded first, `u8`/`i8`/`bool` as one byte, floats as
+//! raw little-endian IEEE-754, strings and arrays as a varint length followed by their items.
+//! The format is specified for non-Rust clients in `netcode/ROW_FORMAT.md`; every decoder here
+//! treats its input as hostile: it never panics and never allocates more than the input could
+//! possibly describe.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why bytes could not be decoded into a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended before the value did.
+    #[error("unexpected end of input: needed {needed} more byte(s) for {what}")]
+    UnexpectedEof {
+        /// What was being decoded.
+        what: &'static str,
+        /// How many more bytes were needed (at least).
+        needed: usize,
+    },
+    /// A varint ran longer than its type allows.
+    #[error("varint too long or out of range for {what}")]
+    VarintOverflow {
+        /// The type being decoded.
+        what: &'static str,
+    },
+    /// A `bool` byte that is neither 0 nor 1.
+    #[error("invalid bool byte {0:#04x}")]
+    InvalidBool(u8),
+    /// A string that is not UTF-8.
+    #[error("string is not valid UTF-8 (valid up to byte {valid_up_to})")]
+    InvalidUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// A length prefix larger than the remaining input could hold.
+    #[error("length {len} exceeds the {remaining} byte(s) left in the input")]
+    LengthTooLarge {
+        /// The declared length.
+        len: u64,
+        /// Bytes left in the input.
+        remaining: usize,
+    },
+    /// An enum/option tag with no matching variant.
+    #[error("invalid tag {tag} for {what}")]
+    InvalidTag {
+        /// The type being decoded.
+        what: &'static str,
+        /// The tag found.
+        tag: u64,
+    },
+    /// Input left over after the value was complete.
+    #[error("{0} trailing byte(s) after the value")]
+    TrailingBytes(usize),
+    /// A value that decoded but breaks an invariant of its type.
+    #[error("invalid {what}: {detail}")]
+    Invalid {
+        /// The type being decoded.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Describes a value's type, for the schema export and for schema-driven (non-Rust) codecs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TypeDesc {
+    /// One byte, 0 or 1.
+    Bool,
+    /// One raw byte.
+    U8,
+    /// LEB128 varint.
+    U16,
+    /// LEB128 varint.
+    U32,
+    /// LEB128 varint.
+    U64,
+    /// One raw byte, two's complement.
+    I8,
+    /// Zigzag LEB128 varint.
+    I16,
+    /// Zigzag LEB128 varint.
+    I32,
+    /// Zigzag LEB128 varint.
+    I64,
+    /// 4 bytes little-endian IEEE-754.
+    F32,
+    /// 8 bytes little-endian IEEE-754.
+    F64,
+    /// Varint byte length, then UTF-8 bytes.
+    String,
+    /// 32 raw bytes.
+    Identity,
+    /// LEB128 varint.
+    ConnectionId,
+    /// Zigzag varint microseconds since the Unix epoch.
+    Timestamp,
+    /// Varint microseconds.
+    Duration,
+    /// Varint tag (0 = interval, 1 = at) then a duration or a timestamp.
+    ScheduleAt,
+    /// Two f32 (x, y).
+    Vec2,
+    /// Three f32 (x, y, z).
+    Vec3,
+    /// Tag byte 0 (none) or 1 (some) then the value.
+    Option {
+        /// The inner type.
+        of: Box<TypeDesc>,
+    },
+    /// Varint count then the items (an array of `u8` is a byte string).
+    Array {
+        /// The item type.
+        of: Box<TypeDesc>,
+    },
+    /// Fields in declaration order.
+    Struct {
+        /// Rust type name.
+        name: String,
+        /// The fields.
+        fields: Vec<FieldDesc>,
+    },
+    /// Varint variant index then that variant's fields in order.
+    Enum {
+        /// Rust type name.
+        name: String,
+        /// The variants in declaration order.
+        variants: Vec<VariantDesc>,
+    },
+}
+
+/// A named field of a struct type or enum variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldDesc {
+    /// Field name (`"0"`, `"1"`, … for tuple fields).
+    pub name: String,
+    /// Field type.
+    #[serde(rename = "type")]
+    pub ty: TypeDesc,
+}
+
+/// One variant of an enum type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantDesc {
+    /// Variant name.
+    pub name: String,
+    /// Its fields (empty for unit variants).
+    pub fields: Vec<FieldDesc>,
+}
+
+impl TypeDesc {
+    /// A short human-readable name (`u64`, `Option<String>`, `Vec<u8>`, `Account`).
+    pub fn display_name(&self) -> String {
+        match self {
+            TypeDesc::Bool => "bool".into(),
+            TypeDesc::U8 => "u8".into(),
+            TypeDesc::U16 => "u16".into(),
+            TypeDesc::U32 => "u32".into(),
+            TypeDesc::U64 => "u64".into(),
+            TypeDesc::I8 => "i8".into(),
+            TypeDesc::I16 => "i16".into(),
+            TypeDesc::I32 => "i32".into(),
+            TypeDesc::I64 => "i64".into(),
+            TypeDesc::F32 => "f32".into(),
+            TypeDesc::F64 => "f64".into(),
+            TypeDesc::String => "String".into(),
+            TypeDesc::Identity => "Identity".into(),
+            TypeDesc::ConnectionId => "ConnectionId".into(),
+            TypeDesc::Timestamp => "Timestamp".into(),
+            TypeDesc::Duration => "Duration".into(),
+            TypeDesc::ScheduleAt => "ScheduleAt".into(),
+            TypeDesc::Vec2 => "Vec2".into(),
+            TypeDesc::Vec3 => "Vec3".into(),
+            TypeDesc::Option { of } => format!("Option<{}>", of.display_name()),
+            TypeDesc::Array { of } => format!("Vec<{}>", of.display_name()),
+            TypeDesc::Struct { name, .. } | TypeDesc::Enum { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// A type that has a place in the Orrery row format: table rows, their columns, reducer
+/// arguments. Implemented for the primitive column types here and derived for structs and enums
+/// with `#[derive(OrreryType)]` (tables get it from `#[table]`).
+pub trait OrreryType: Sized {
+    /// The type's description for the schema.
+    fn type_desc() -> TypeDesc;
+    /// Appends the value's bytes to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Reads one value from the front of `input`, advancing it.
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError>;
+
+    /// Encodes into a fresh buffer.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a value that must span all of `bytes`.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut input = bytes;
+        let value = Self::decode(&mut input)?;
+        if input.is_empty() {
+            Ok(value)
+        } else {
+            Err(DecodeError::TrailingBytes(input.len()))
+        }
+    }
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+#[inline]
+pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
+#[inline]
+pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, DecodeError> {
+    let mut result: u64 = 0;
+    for (i, &byte) in input.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return Err(DecodeError::VarintOverflow { what });
+        }
+        result |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            *input = &input[i + 1..];
+            return Ok(result);
+        }
+    }
+    if input.len() >= 10 {
+        Err(DecodeError::VarintOverflow { what })
+    } else {
+        Err(DecodeError::UnexpectedEof { what, needed: 1 })
+    }
+}
+
+/// Zigzag-maps a signed integer so small magnitudes get short varints.
+#[inline]
+pub fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+/// Inverse of [`zigzag`].
+#[inline]
+pub fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Splits `n` bytes off the front of `input`.
+#[inline]
+pub fn take_bytes<'a>(
+    input: &mut &'a [u8],
+    n: usize,
+    what: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    if input.len() < n {
+        return Err(DecodeError::UnexpectedEof {
+            what,
+            needed: n - input.len(),
+        });
+    }
+    let (head, tail) = input.split_at(n);
+    *input = tail;
+    Ok(head)
+}
+
+/// Reads a varint length and checks that at least `len * min_item_size` bytes remain, so a
+/// hostile length can never trigger a huge allocation.
+#[inline]
+pub fn read_len(
+    input: &mut &[u8],
+    min_item_size: usize,
+    what: &'static str,
+) -> Result<usize, DecodeError> {
+    let len = read_varint(input, what)?;
+    let need = len.saturating_mul(min_item_size.max(1) as u64);
+    if need > input.len() as u64 {
+        return Err(DecodeError::LengthTooLarge {
+            len,
+            remaining: input.len(),
+        });
+    }
+    Ok(len as usize)
+}
+
+macro_rules! impl_unsigned {
+    ($($t:ty => $desc:ident),*) => {$(
+        impl OrreryType for $t {
+            fn type_desc() -> TypeDesc { TypeDesc::$desc }
+            #[inline]
+            fn encode(&self, out: &mut Vec<u8>) { write_varint(out, u64::from(*self)) }
+            #[inline]
+            fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+                let v = read_varint(input, stringify!($t))?;
+                <$t>::try_from(v).map_err(|_| DecodeError::VarintOverflow { what: stringify!($t) })
+            }
+        }
+    )*};
+}
+impl_unsigned!(u16 => U16, u32 => U32, u64 => U64);
+
+macro_rules! impl_signed {
+    ($($t:ty => $desc:ident),*) => {$(
+        impl OrreryType for $t {
+            fn type_desc() -> TypeDesc { TypeDesc::$desc }
+            #[inline]
+            fn encode(&self, out: &mut Vec<u8>) { write_varint(out, zigzag(i64::from(*self))) }
+            #[inline]
+            fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+                let v = unzigzag(read_varint(input, stringify!($t))?);
+                <$t>::try_from(v).map_err(|_| DecodeError::VarintOverflow { what: stringify!($t) })
+            }
+        }
+    )*};
+}
+impl_signed!(i16 => I16, i32 => I32, i64 => I64);
+
+impl OrreryType for u8 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::U8
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(*self);
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(take_bytes(input, 1, "u8")?[0])
+    }
+}
+
+impl OrreryType for i8 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::I8
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(*self as u8);
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(take_bytes(input, 1, "i8")?[0] as i8)
+    }
+}
+
+impl OrreryType for bool {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Bool
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        match take_bytes(input, 1, "bool")?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::InvalidBool(other)),
+        }
+    }
+}
+
+impl OrreryType for f32 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::F32
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        let b = take_bytes(input, 4, "f32")?;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+impl OrreryType for f64 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::F64
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        let b = take_bytes(input, 8, "f64")?;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(b);
+        Ok(f64::from_le_bytes(raw))
+    }
+}
+
+impl OrreryType for String {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::String
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        write_varint(out, self.len() as u64);
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        let len = read_len(input, 1, "String")?;
+        let bytes = take_bytes(input, len, "String")?;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(DecodeError::InvalidUtf8 {
+                valid_up_to: e.valid_up_to(),
+            }),
+        }
+    }
+}
+
+impl<T: OrreryType> OrreryType for Vec<T> {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Array {
+            of: Box::new(T::type_desc()),
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        write_varint(out, self.len() as u64);
+        for item in self {
+            item.encode(out);
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        // Every item takes at least one byte on the wire, so this bounds the allocation.
+        let len = read_len(input, 1, "Vec")?;
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            items.push(T::decode(input)?);
+        }
+        Ok(items)
+    }
+}
+
+impl<T: OrreryType> OrreryType for Option<T> {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Option {
+            of: Box::new(T::type_desc()),
+        }
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                v.encode(out);
+            }
+        }
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        match take_bytes(input, 1, "Option")?[0] {
+            0 => Ok(None),
+            1 => Ok(Some(T::decode(input)?)),
+            tag => Err(DecodeError::InvalidTag {
+                what: "Option",
+                tag: u64::from(tag),
+            }),
+        }
+    }
+}
+
+impl<T: OrreryType> OrreryType for Box<T> {
+    fn type_desc() -> TypeDesc {
+        T::type_desc()
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        (**self).encode(out);
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        T::decode(input).map(Box::new)
+    }
+}
+
+impl OrreryType for Duration {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Duration
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        write_varint(out, u64::try_from(self.as_micros()).unwrap_or(u64::MAX));
+    }
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(Duration::from_micros(read_varint(input, "Duration")?))
+    }
+}
+
+impl OrreryType for glam::Vec2 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Vec2
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.x.encode(out);
+        self.y.encode(out);
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(glam::Vec2::new(f32::decode(input)?, f32::decode(input)?))
+    }
+}
+
+impl OrreryType for glam::Vec3 {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Vec3
+    }
+    #[inline]
+    fn encode(&self, out: &mut Vec<u8>) {
+        self.x.encode(out);
+        self.y.encode(out);
+        self.z.encode(out);
+    }
+    #[inline]
+    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(glam::Vec3::new(
+            f32::decode(input)?,
+            f32::decode(input)?,
+            f32::decode(input)?,
+        ))
+    }
+}
+
+impl OrreryType for () {
+    fn type_desc() -> TypeDesc {
+        TypeDesc::Struct {
+            name: "()".into(),
+            fields: Vec::new(),
+        }
+    }
+    fn encode(&self, _out: &mut Vec<u8>) {}
+    fn decode(_input: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip<T: OrreryType + PartialEq + std::fmt::Debug>(value: T) {
+        let bytes = value.to_bytes();
+        assert_eq!(T::from_bytes(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn varint_lengths_match_leb128() {
+        let cases: [(u64, usize); 6] = [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ];
+        for (value, len) in cases {
+            let mut out = Vec::new();
+            write_varint(&mut out, value);
+            assert_eq!(out.len(), len, "{value}");
+            assert_eq!(read_varint(&mut out.as_slice(), "t").unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn overlong_varints_are_rejected() {
+        let eleven = [0xffu8; 11];
+        assert!(matches!(
+            read_varint(&mut &eleven[..], "t"),
+            Err(DecodeError::VarintOverflow { .. })
+        ));
+        // Ten bytes whose last carries more than the 64th bit.
+        let mut too_big = [0xffu8; 10];
+        too_big[9] = 0x02;
+        assert!(matches!(
+            read_varint(&mut &too_big[..], "t"),
+            Err(DecodeError::VarintOverflow { .. })
+        ));
+        assert!(matches!(
+            u8::decode(&mut &[][..]),
+            Err(DecodeError::UnexpectedEof { .. })
+        ));
+        assert!(matches!(
+            u16::from_bytes(&[0xff, 0xff, 0x04]),
+            Err(DecodeError::VarintOverflow { what: "u16" })
+        ));
+    }
+
+    #[test]
+    fn zigzag_maps_small_magnitudes_to_small_codes() {
+        assert_eq!(zigzag(0), 0);
+        assert_eq!(zigzag(-1), 1);
+        assert_eq!(zigzag(1), 2);
+        assert_eq!(zigzag(-2), 3);
+        assert_eq!(unzigzag(zigzag(i64::MIN)), i64::MIN);
+        assert_eq!(unzigzag(zigzag(i64::MAX)), i64::MAX);
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        // Claims 2^40 strings but carries three bytes.
+        let mut bytes = Vec::new();
+        write_varint(&mut bytes, 1 << 40);
+        bytes.extend_from_slice(b"abc");
+        assert!(matches!(
+            Vec::<String>::from_bytes(&bytes),
+            Err(DecodeError::LengthTooLarge { .. })
+        ));
+        assert!(matches!(
+            String::from_bytes(&bytes),
+            Err(DecodeError::LengthTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_bool_utf8_and_option_tags_are_errors() {
+        assert_eq!(bool::from_bytes(&[2]), Err(DecodeError::InvalidBool(2)));
+        assert!(matches!(
+            String::from_bytes(&[2, 0xc3, 0x28]),
+            Err(DecodeError::InvalidUtf8 { valid_up_to: 0 })
+        ));
+        assert!(matches!(
+            Option::<u8>::from_bytes(&[7]),
+            Err(DecodeError::InvalidTag { tag: 7, .. })
+        ));
+        assert_eq!(u8::from_bytes(&[1, 2]), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    proptest! {
+        #[test]
+        fn primitives_round_trip(
+            a in any::<u64>(), b in any::<i64>(), c in any::<i32>(), d in any::<u16>(),
+            e in any::<i8>(), f in any::<f32>(), g in any::<f64>(), s in ".*",
+            v in proptest::collection::vec(any::<u32>(), 0..20),
+            o in proptest::option::of(any::<i16>()), flag in any::<bool>(),
+        ) {
+            round_trip(a);
+            round_trip(b);
+            round_trip(c);
+            round_trip(d);
+            round_trip(e);
+            round_trip(s);
+            round_trip(v);
+            round_trip(o);
+            round_trip(flag);
+            // Floats compare by bits so NaN payloads must survive too.
+            prop_assert_eq!(f32::from_bytes(&f.to_bytes()).unwrap().to_bits(), f.to_bits());
+            prop_assert_eq!(f64::from_bytes(&g.to_bytes()).unwrap().to_bits(), g.to_bits());
+        }
+
+        #[test]
+        fn decoders_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = u64::from_bytes(&bytes);
+            let _ = i32::from_bytes(&bytes);
+            let _ = String::from_bytes(&bytes);
+            let _ = Vec::<Vec<String>>::from_bytes(&bytes);
+            let _ = Option::<glam::Vec3>::from_bytes(&bytes);
+            let _ = Duration::from_bytes(&bytes);
+        }
+    }
+}

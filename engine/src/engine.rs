@@ -1,0 +1,740 @@
+//! [`Engine`]: owns the world and the module, runs reducer calls as transactions and steps the
+//! simulation one tick at a time.
+//!
+//! The engine is sans-IO: it never reads a clock or touches a socket. `step(now)` runs the
+//! tick phases that belong to the engine (reducers, scheduled, systems, capture) and returns
+//! the tick's change set and per-phase timings; the server adds commit, publish and flush.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use bevy_ecs::change_detection::Tick as EcsTick;
+use bevy_ecs::resource::Resource;
+use bevy_ecs::schedule::{
+    LogLevel, MultiThreadedExecutor, Schedule, ScheduleBuildSettings, SingleThreadedExecutor,
+};
+use bevy_ecs::world::World;
+use orrery_tick::{Phase, PhaseTimer, Tick, TickStats, TickStatsSummary, TickTiming};
+use rustc_hash::FxHashMap;
+
+use crate::changes::ChangeSet;
+use crate::identity::{ConnectionId, Identity};
+use crate::module::Module;
+use crate::reducer::{
+    Db, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
+};
+use crate::schema::{ModuleSchema, ReducerKind};
+use crate::table::{CaptureStats, DueFire, Table, TableId};
+use crate::tables::TableSet;
+use crate::time::Timestamp;
+
+/// How the systems phase executes the module's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemsExecutor {
+    /// One system after another on the tick thread.
+    SingleThreaded,
+    /// Non-conflicting systems in parallel on bevy's task pool.
+    MultiThreaded,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Seed for reducer RNGs; the same seed and inputs give the same draws.
+    pub seed: u64,
+    /// How many ticks the phase statistics window holds.
+    pub stats_window: usize,
+    /// A tick whose total time exceeds this counts as an overrun in the statistics.
+    pub tick_budget: Duration,
+    /// How systems run.
+    pub executor: SystemsExecutor,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            seed: 0x0_4e_e4_7e_11,
+            stats_window: 1024,
+            tick_budget: Duration::from_millis(50),
+            executor: SystemsExecutor::MultiThreaded,
+        }
+    }
+}
+
+/// Why an engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The module's systems cannot be scheduled (for example an ambiguous order between systems
+    /// that write the same data).
+    #[error("systems schedule rejected: {0}")]
+    Schedule(String),
+}
+
+/// Who made a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// The caller's identity.
+    pub identity: Identity,
+    /// The caller's connection, if any.
+    pub connection_id: Option<ConnectionId>,
+}
+
+impl Caller {
+    /// The engine itself (init, schedules): the zero identity, no connection.
+    pub const MODULE: Caller = Caller {
+        identity: Identity::ZERO,
+        connection_id: None,
+    };
+
+    /// A connected client.
+    pub fn client(identity: Identity, connection_id: ConnectionId) -> Self {
+        Caller {
+            identity,
+            connection_id: Some(connection_id),
+        }
+    }
+}
+
+impl From<Identity> for Caller {
+    fn from(identity: Identity) -> Self {
+        Caller {
+            identity,
+            connection_id: None,
+        }
+    }
+}
+
+/// Something for the next tick's reducers phase to do, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A reducer call.
+    Call {
+        /// Echoed in the outcome so the caller can match the reply.
+        request_id: u64,
+        /// Who called.
+        caller: Caller,
+        /// Reducer name.
+        reducer: String,
+        /// Arguments in the Orrery row format.
+        args: Vec<u8>,
+    },
+    /// A client connected: runs `client_connected`.
+    Connect {
+        /// The client.
+        caller: Caller,
+    },
+    /// A client disconnected: runs `client_disconnected`.
+    Disconnect {
+        /// The client.
+        caller: Caller,
+    },
+}
+
+/// The result of one [`Input`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputOutcome {
+    /// The request id for calls, `None` for connects and disconnects.
+    pub request_id: Option<u64>,
+    /// Who made the input.
+    pub caller: Caller,
+    /// Committed, or why not.
+    pub result: Result<(), ReducerError>,
+}
+
+/// Engine counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Reducer calls made (all kinds).
+    pub calls: u64,
+    /// Calls that committed.
+    pub committed: u64,
+    /// Calls that returned an error.
+    pub failed: u64,
+    /// Calls that panicked.
+    pub panicked: u64,
+    /// Calls rejected before running (unknown reducer, bad arguments, not callable).
+    pub rejected: u64,
+    /// Ticks in which a system panicked.
+    pub system_panics: u64,
+}
+
+/// The tick as systems see it, as a resource.
+#[derive(Resource, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickInfo {
+    /// The tick being simulated.
+    pub tick: Tick,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// Time since the previous tick's timestamp (zero on the first tick).
+    pub delta: Duration,
+}
+
+/// What one tick produced.
+#[derive(Debug)]
+pub struct TickOutput {
+    /// The tick.
+    pub tick: Tick,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// Net row changes of the tick (including calls made since the previous step).
+    pub changes: ChangeSet,
+    /// Outcomes of the queued inputs, in order.
+    pub outcomes: Vec<InputOutcome>,
+    /// Time spent per phase.
+    pub timing: TickTiming,
+    /// What capture found after the systems phase.
+    pub capture: CaptureStats,
+}
+
+/// The Orrery engine.
+pub struct Engine {
+    world: World,
+    tables: TableSet,
+    reducers: Vec<ReducerDef>,
+    reducer_index: FxHashMap<String, usize>,
+    init_reducer: Option<usize>,
+    connected_reducer: Option<usize>,
+    disconnected_reducer: Option<usize>,
+    scheduled_reducer: Vec<Option<usize>>,
+    schedule: Schedule,
+    /// Per table: whether some system may write its rows in place, so capture must scan the
+    /// table's change ticks.
+    systems_write: Vec<bool>,
+    /// Set by `world_mut`: the caller may have written any row, so the next capture scans all.
+    scan_all_once: bool,
+    schema: ModuleSchema,
+    config: EngineConfig,
+    tick: Tick,
+    timestamp: Timestamp,
+    previous_timestamp: Option<Timestamp>,
+    calls_this_tick: u64,
+    touched: Vec<usize>,
+    queue: VecDeque<Input>,
+    stats: TickStats,
+    counters: EngineCounters,
+    due: Vec<DueFire>,
+}
+
+impl Engine {
+    /// Builds an engine running `module`. Nothing runs yet: call [`Engine::init`] for a new
+    /// database, then [`Engine::step`] once per tick.
+    pub fn new(module: Module, config: EngineConfig) -> Result<Engine, EngineError> {
+        let mut world = World::new();
+        let mut tables = TableSet::default();
+        let mut table_schemas = Vec::with_capacity(module.tables.len());
+        for registration in module.tables {
+            let id = TableId(tables.len() as u32);
+            let store = (registration.create)(&mut world, id, registration.schema.clone());
+            table_schemas.push(registration.schema.clone());
+            tables.push(
+                registration.type_id,
+                registration.schema.name.clone(),
+                store,
+                registration.take,
+            );
+        }
+        for setup in module.setup {
+            setup(&mut world);
+        }
+
+        let reducer_index = module
+            .reducers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name().to_owned(), i))
+            .collect::<FxHashMap<_, _>>();
+        let find_kind =
+            |kind: ReducerKind| module.reducers.iter().position(|r| r.schema.kind == kind);
+        let scheduled_reducer = table_schemas
+            .iter()
+            .map(|t| {
+                t.scheduled
+                    .as_ref()
+                    .and_then(|s| reducer_index.get(&s.reducer).copied())
+            })
+            .collect();
+        let schema = ModuleSchema {
+            name: module.name.clone(),
+            tables: table_schemas,
+            reducers: module.reducers.iter().map(|r| r.schema.clone()).collect(),
+        };
+
+        let mut schedule = module.schedule;
+        match config.executor {
+            SystemsExecutor::SingleThreaded => schedule.set_executor(SingleThreadedExecutor::new()),
+            SystemsExecutor::MultiThreaded => schedule.set_executor(MultiThreadedExecutor::new()),
+        };
+        schedule.set_build_settings(ScheduleBuildSettings {
+            ambiguity_detection: LogLevel::Error,
+            ..Default::default()
+        });
+        // Systems are initialized with the table stores in the world, as they will run.
+        tables.move_into_world(&mut world);
+        let initialized = schedule.initialize(&mut world);
+        tables.take_from_world(&mut world);
+        if let Err(error) = initialized {
+            return Err(EngineError::Schedule(
+                error.to_string(schedule.graph(), &world),
+            ));
+        }
+        let systems_write = (0..tables.len())
+            .map(|index| {
+                let Some(component) = tables.erased(index).component_id(&world) else {
+                    return false;
+                };
+                schedule.systems_with_access().is_ok_and(|mut systems| {
+                    systems.any(|(_, system)| {
+                        let access = system.access();
+                        access.is_exclusive() || {
+                            let set = access.to_filtered_access_set();
+                            let combined = set.combined_access();
+                            combined.has_write_all() || combined.has_write(component)
+                        }
+                    })
+                })
+            })
+            .collect();
+        world.clear_trackers();
+
+        let stats = TickStats::with_capacity(config.stats_window, config.tick_budget);
+        Ok(Engine {
+            world,
+            tables,
+            init_reducer: find_kind(ReducerKind::Init),
+            connected_reducer: find_kind(ReducerKind::ClientConnected),
+            disconnected_reducer: find_kind(ReducerKind::ClientDisconnected),
+            reducers: module.reducers,
+            reducer_index,
+            scheduled_reducer,
+            schedule,
+            systems_write,
+            scan_all_once: false,
+            schema,
+            config,
+            tick: Tick::ZERO,
+            timestamp: Timestamp::UNIX_EPOCH,
+            previous_timestamp: None,
+            calls_this_tick: 0,
+            touched: Vec::new(),
+            queue: VecDeque::new(),
+            stats,
+            counters: EngineCounters::default(),
+            due: Vec::new(),
+        })
+    }
+
+    /// The module schema.
+    pub fn schema(&self) -> &ModuleSchema {
+        &self.schema
+    }
+
+    /// The last completed tick (`Tick::ZERO` before the first step).
+    pub fn tick(&self) -> Tick {
+        self.tick
+    }
+
+    /// The timestamp of the last step (or of `init`).
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+
+    /// Phase timing statistics over the configured window.
+    pub fn stats(&self) -> TickStatsSummary {
+        self.stats.summary()
+    }
+
+    /// The ECS world, for module setup and tests. Writing row components here bypasses the undo
+    /// log; such writes are picked up by the next capture like system writes (calling this
+    /// makes the next capture scan every table).
+    pub fn world_mut(&mut self) -> &mut World {
+        self.scan_all_once = true;
+        &mut self.world
+    }
+
+    /// A module resource, for tools and tests (resources are not rows, so this does not make
+    /// capture scan anything).
+    ///
+    /// # Panics
+    /// If the resource does not exist.
+    pub fn resource_mut<R: Resource<Mutability = bevy_ecs::component::Mutable>>(
+        &mut self,
+    ) -> bevy_ecs::change_detection::Mut<'_, R> {
+        self.world.resource_mut::<R>()
+    }
+
+    /// The ECS world.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Runs the `init` reducer (for a new database) at `now`.
+    pub fn init(&mut self, now: Timestamp) -> Result<(), ReducerError> {
+        self.timestamp = now;
+        match self.init_reducer {
+            Some(index) => self.run_reducer(index, Caller::MODULE, &[]),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `client_connected` for `caller` now. An error means the connection should be refused.
+    pub fn client_connected(&mut self, caller: Caller) -> Result<(), ReducerError> {
+        match self.connected_reducer {
+            Some(index) => self.run_reducer(index, caller, &[]),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `client_disconnected` for `caller` now.
+    pub fn client_disconnected(&mut self, caller: Caller) -> Result<(), ReducerError> {
+        match self.disconnected_reducer {
+            Some(index) => self.run_reducer(index, caller, &[]),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls a reducer now with typed arguments, checked against its parameter types. Its
+    /// changes belong to the next tick.
+    pub fn call_reducer<A: ReducerArgs>(
+        &mut self,
+        name: &str,
+        caller: impl Into<Caller>,
+        args: A,
+    ) -> Result<(), ReducerError> {
+        let index = self.callable(name)?;
+        let expected = &self.reducers[index].schema.params;
+        let given = A::type_descs();
+        if expected.len() != given.len() || expected.iter().zip(&given).any(|(p, g)| p.ty != *g) {
+            self.counters.rejected += 1;
+            let list = |types: Vec<String>| types.join(", ");
+            return Err(ReducerError::ArgTypes {
+                reducer: name.to_owned(),
+                expected: list(expected.iter().map(|p| p.ty.display_name()).collect()),
+                got: list(given.iter().map(|t| t.display_name()).collect()),
+            });
+        }
+        let mut bytes = Vec::new();
+        args.encode_args(&mut bytes);
+        self.run_reducer(index, caller.into(), &bytes)
+    }
+
+    /// Calls a reducer now with arguments in the Orrery row format (as a client sends them).
+    /// Bad bytes are an error, never a panic. Its changes belong to the next tick.
+    pub fn call_reducer_bytes(
+        &mut self,
+        name: &str,
+        caller: impl Into<Caller>,
+        args: &[u8],
+    ) -> Result<(), ReducerError> {
+        let index = self.callable(name)?;
+        self.run_reducer(index, caller.into(), args)
+    }
+
+    /// Queues an input for the next tick's reducers phase.
+    pub fn enqueue(&mut self, input: Input) {
+        self.queue.push_back(input);
+    }
+
+    /// Number of queued inputs.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn callable(&mut self, name: &str) -> Result<usize, ReducerError> {
+        let Some(&index) = self.reducer_index.get(name) else {
+            self.counters.rejected += 1;
+            return Err(ReducerError::UnknownReducer(name.to_owned()));
+        };
+        let kind = self.reducers[index].schema.kind;
+        if kind != ReducerKind::User {
+            self.counters.rejected += 1;
+            return Err(ReducerError::NotCallable {
+                reducer: name.to_owned(),
+                kind,
+            });
+        }
+        Ok(index)
+    }
+
+    fn run_reducer(
+        &mut self,
+        index: usize,
+        caller: Caller,
+        args: &[u8],
+    ) -> Result<(), ReducerError> {
+        let invoke = self.reducers[index].invoke;
+        let tick = self.tick.next();
+        let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
+        self.calls_this_tick += 1;
+        self.counters.calls += 1;
+        let outcome = {
+            let mut ctx = ReducerContext {
+                db: Db {
+                    world: &mut self.world,
+                    tables: &mut self.tables,
+                    touched: &mut self.touched,
+                },
+                sender: caller.identity,
+                connection_id: caller.connection_id,
+                tick,
+                timestamp: self.timestamp,
+                rng: ReducerRng::new(seed),
+            };
+            catch_unwind(AssertUnwindSafe(|| invoke(&mut ctx, args)))
+        };
+        let reducer = || self.reducers[index].name().to_owned();
+        let error = match outcome {
+            Ok(Ok(Ok(()))) => {
+                self.commit();
+                self.counters.committed += 1;
+                return Ok(());
+            }
+            Ok(Ok(Err(message))) => {
+                self.counters.failed += 1;
+                ReducerError::Failed {
+                    reducer: reducer(),
+                    message,
+                }
+            }
+            Ok(Err(error)) => {
+                self.counters.rejected += 1;
+                ReducerError::BadArgs {
+                    reducer: reducer(),
+                    error,
+                }
+            }
+            Err(panic) => {
+                self.counters.panicked += 1;
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                ReducerError::Panicked {
+                    reducer: reducer(),
+                    message,
+                }
+            }
+        };
+        self.rollback();
+        Err(error)
+    }
+
+    fn commit(&mut self) {
+        for index in self.touched.drain(..) {
+            self.tables
+                .erased_mut(index)
+                .commit(&self.world, self.timestamp);
+        }
+    }
+
+    fn rollback(&mut self) {
+        for index in self.touched.drain(..).rev() {
+            self.tables.erased_mut(index).rollback(&mut self.world);
+        }
+    }
+
+    /// Runs one tick at `now`: queued inputs, due schedules, systems, capture. Returns the
+    /// tick's net changes, including those of calls made directly since the previous step.
+    pub fn step(&mut self, now: Timestamp) -> TickOutput {
+        let tick = self.tick.next();
+        let _span = tracing::debug_span!("tick", tick = tick.get()).entered();
+        self.timestamp = now;
+        let mut timer = PhaseTimer::start();
+        timer.lap(Phase::Input);
+
+        let outcomes = self.run_inputs();
+        timer.lap(Phase::Reducers);
+
+        self.run_scheduled(now);
+        timer.lap(Phase::Scheduled);
+
+        let systems_start = self.run_systems(tick, now);
+        timer.lap(Phase::Systems);
+
+        let mut capture = CaptureStats::default();
+        let scan_all = std::mem::take(&mut self.scan_all_once);
+        for index in 0..self.tables.len() {
+            let scan = scan_all || self.systems_write[index];
+            capture +=
+                self.tables
+                    .erased_mut(index)
+                    .capture(&mut self.world, systems_start, now, scan);
+        }
+        let mut changes = ChangeSet {
+            tick,
+            timestamp: now,
+            tables: Vec::new(),
+        };
+        for index in 0..self.tables.len() {
+            if let Some(table) = self.tables.erased_mut(index).drain_changes() {
+                changes.tables.push(table);
+            }
+        }
+        for index in 0..self.tables.len() {
+            self.tables.erased_mut(index).end_tick(&mut self.world);
+        }
+        self.world.clear_trackers();
+        timer.lap(Phase::Capture);
+
+        let timing = timer.finish();
+        self.stats.record(&timing);
+        self.tick = tick;
+        self.previous_timestamp = Some(now);
+        self.calls_this_tick = 0;
+        TickOutput {
+            tick,
+            timestamp: now,
+            changes,
+            outcomes,
+            timing,
+            capture,
+        }
+    }
+
+    fn run_inputs(&mut self) -> Vec<InputOutcome> {
+        let mut outcomes = Vec::with_capacity(self.queue.len());
+        while let Some(input) = self.queue.pop_front() {
+            let _span = tracing::trace_span!("input").entered();
+            let outcome = match input {
+                Input::Call {
+                    request_id,
+                    caller,
+                    reducer,
+                    args,
+                } => InputOutcome {
+                    request_id: Some(request_id),
+                    caller,
+                    result: self.call_reducer_bytes(&reducer, caller, &args),
+                },
+                Input::Connect { caller } => InputOutcome {
+                    request_id: None,
+                    caller,
+                    result: self.client_connected(caller),
+                },
+                Input::Disconnect { caller } => InputOutcome {
+                    request_id: None,
+                    caller,
+                    result: self.client_disconnected(caller),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    fn run_scheduled(&mut self, now: Timestamp) {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        for index in 0..self.tables.len() {
+            self.tables
+                .erased_mut(index)
+                .collect_due(now, index, &mut due);
+        }
+        // Fire order: due time, then table id, then primary key (the stash is in key order).
+        due.sort_unstable();
+        for fire in &due {
+            let Some(row) =
+                self.tables
+                    .erased(fire.table)
+                    .due_row_bytes(&self.world, fire.ordinal, fire.due)
+            else {
+                continue;
+            };
+            if let Some(reducer) = self.scheduled_reducer[fire.table]
+                && let Err(error) = self.run_reducer(reducer, Caller::MODULE, &row)
+            {
+                tracing::warn!(%error, "scheduled reducer failed");
+            }
+            let store = self.tables.erased_mut(fire.table);
+            if store.begin() {
+                self.touched.push(fire.table);
+            }
+            store.after_fire(&mut self.world, fire.ordinal, fire.due, now);
+            self.commit();
+        }
+        self.due = due;
+    }
+
+    fn run_systems(&mut self, tick: Tick, now: Timestamp) -> EcsTick {
+        let delta = self.previous_timestamp.map_or(Duration::ZERO, |previous| {
+            now.saturating_duration_since(previous)
+        });
+        self.world.insert_resource(TickInfo {
+            tick,
+            timestamp: now,
+            delta,
+        });
+        self.tables.move_into_world(&mut self.world);
+        // Reducer writes carry the current change tick; systems run with later ones (each system
+        // takes the value *before* incrementing, so bump once first). Capture keeps only writes
+        // newer than `systems_start`.
+        let systems_start = self.world.increment_change_tick();
+        if let Some(check) = self.world.check_change_ticks() {
+            self.schedule.check_change_ticks(check);
+        }
+        let ran = catch_unwind(AssertUnwindSafe(|| self.schedule.run(&mut self.world)));
+        if ran.is_err() {
+            self.counters.system_panics += 1;
+            tracing::error!(
+                tick = tick.get(),
+                "a system panicked; the rest of the systems phase was skipped"
+            );
+        }
+        self.tables.take_from_world(&mut self.world);
+        systems_start
+    }
+
+    /// Runs `f` against the tables and then undoes whatever it wrote: a read-only view for tools
+    /// and tests.
+    pub fn read<R>(&mut self, f: impl FnOnce(&mut Db<'_>) -> R) -> R {
+        let result = {
+            let mut db = Db {
+                world: &mut self.world,
+                tables: &mut self.tables,
+                touched: &mut self.touched,
+            };
+            f(&mut db)
+        };
+        self.rollback();
+        result
+    }
+
+    /// The row of `T` with primary key `pk`.
+    pub fn find<T: Table>(&self, pk: &T::Pk) -> Option<T> {
+        let entity = self.tables.store::<T>()?.entity(pk)?;
+        self.world.get::<T>(entity).cloned()
+    }
+
+    /// All rows of `T`, ordered by primary key.
+    pub fn rows<T: Table>(&self) -> Vec<T> {
+        let Some(store) = self.tables.store::<T>() else {
+            return Vec::new();
+        };
+        let mut rows: Vec<T> = store
+            .pk
+            .values()
+            .filter_map(|&e| self.world.get::<T>(e).cloned())
+            .collect();
+        rows.sort_by(|a, b| a.pk().cmp(b.pk()));
+        rows
+    }
+
+    /// Number of rows of `T`.
+    pub fn count<T: Table>(&self) -> usize {
+        self.tables.store::<T>().map_or(0, |s| s.len())
+    }
+
+    /// Checks that every table's indexes agree exactly with its rows. For tests and tools.
+    pub fn check_integrity(&mut self) -> Result<(), String> {
+        for index in 0..self.tables.len() {
+            self.tables.erased(index).check_integrity(&mut self.world)?;
+        }
+        Ok(())
+    }
+}

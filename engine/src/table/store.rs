@@ -1,0 +1,743 @@
+//! [`TableStore`]: one table's primary and secondary indexes, auto-increment sequences, the undo
+//! log of the running transaction, the tick's net changes and (for schedule tables) the queue of
+//! due rows.
+//!
+//! Reducer writes go through the store, which records an undo entry per write; commit folds the
+//! undo log into the tick's net changes, rollback replays it backwards. Systems mutate row
+//! components directly; [`TableStore::capture`] finds those mutations through change detection
+//! and the `RowKeys` shadow and re-indexes them.
+
+use std::any::Any;
+use std::collections::BTreeSet;
+
+use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Tick as EcsTick};
+use bevy_ecs::component::ComponentId;
+use bevy_ecs::entity::Entity;
+use bevy_ecs::query::{Changed, QueryState, With, Without};
+use bevy_ecs::resource::Resource;
+use bevy_ecs::world::World;
+
+use rustc_hash::FxHashMap;
+
+use super::{RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
+use crate::changes::{ChangeKind, ChangeLog, TableChanges};
+use crate::schema::TableSchema;
+use crate::time::{ScheduleAt, Timestamp};
+
+/// A write that the running transaction made, with what is needed to undo it. The entity is
+/// where the row lived right after the write; rollback looks rows up by key instead, because an
+/// undone delete re-creates a row on a new entity.
+enum Undo<T: Table> {
+    Insert { pk: T::Pk, entity: Entity },
+    Update { entity: Entity, old: T },
+    Delete(T),
+}
+
+/// Due times of a schedule table's rows, ordered by (due, primary key).
+struct ScheduleQueue<P: super::IndexKey> {
+    due: BTreeSet<(Timestamp, P)>,
+    by_pk: FxHashMap<P, Timestamp>,
+}
+
+impl<P: super::IndexKey> ScheduleQueue<P> {
+    fn new() -> Self {
+        ScheduleQueue {
+            due: BTreeSet::new(),
+            by_pk: FxHashMap::default(),
+        }
+    }
+
+    fn set(&mut self, pk: P, at: Timestamp) {
+        if let Some(old) = self.by_pk.insert(pk.clone(), at) {
+            self.due.remove(&(old, pk.clone()));
+        }
+        self.due.insert((at, pk));
+    }
+
+    fn remove(&mut self, pk: &P) {
+        if let Some(old) = self.by_pk.remove(pk) {
+            self.due.remove(&(old, pk.clone()));
+        }
+    }
+}
+
+/// A due schedule-table row found by the scheduled phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DueFire {
+    pub(crate) due: Timestamp,
+    pub(crate) table: usize,
+    /// Position in the store's stash of due primary keys, which are in key order.
+    pub(crate) ordinal: u32,
+}
+
+/// What capture found in one table after the systems phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Rows systems mutated in place.
+    pub updated: u64,
+    /// Rows systems spawned.
+    pub inserted: u64,
+    /// Rows systems despawned.
+    pub deleted: u64,
+    /// Mutations that broke a constraint and were reverted (key columns restored, or the spawned
+    /// row's component removed).
+    pub rejected: u64,
+}
+
+impl std::ops::AddAssign for CaptureStats {
+    fn add_assign(&mut self, rhs: Self) {
+        self.updated += rhs.updated;
+        self.inserted += rhs.inserted;
+        self.deleted += rhs.deleted;
+        self.rejected += rhs.rejected;
+    }
+}
+
+type CaptureQuery<T> =
+    QueryState<(Entity, &'static mut T, Option<&'static mut RowKeys<T>>), Changed<T>>;
+type NewRowsQuery<T> = QueryState<Entity, (With<T>, Without<RowKeys<T>>)>;
+
+/// The parts of a store that recording a system's in-place change needs, borrowed separately
+/// from the capture query that is iterating the rows.
+struct Changes<'a, T: Table> {
+    indexes: &'a mut T::Indexes,
+    log: &'a mut ChangeLog,
+    stats: &'a mut CaptureStats,
+    rescheduled: Option<&'a mut Vec<T::Pk>>,
+}
+
+impl<T: Table> Changes<'_, T> {
+    /// Re-indexes a row a system changed in place (reverting its key columns if the change
+    /// breaks a constraint) and logs it as an update.
+    fn mutated(self, entity: Entity, row: &mut T, shadow: &mut T::Keys) {
+        self.stats.updated += 1;
+        if !row.same_keys(shadow) {
+            let new_keys = row.keys();
+            let check = if T::keys_pk(&new_keys) != T::keys_pk(shadow) {
+                Err(TableError::InvalidValue {
+                    table: T::NAME,
+                    column: T::PRIMARY_KEY,
+                    detail: format!(
+                        "systems may not change a primary key ({:?} -> {:?})",
+                        T::keys_pk(shadow),
+                        T::keys_pk(&new_keys)
+                    ),
+                })
+            } else {
+                self.indexes.check_update(shadow, &new_keys, entity)
+            };
+            match check {
+                Ok(()) => {
+                    self.indexes.update(shadow, &new_keys, entity);
+                    if let Some(rescheduled) = self.rescheduled {
+                        rescheduled.push(T::keys_pk(&new_keys).clone());
+                    }
+                    *shadow = new_keys;
+                }
+                Err(error) => {
+                    tracing::warn!(table = T::NAME, %error, "system mutation reverted");
+                    row.restore_keys(shadow);
+                    self.stats.rejected += 1;
+                }
+            }
+        }
+        self.log.push(ChangeKind::Update, row.pk(), Some(&*row));
+    }
+}
+
+/// One table's indexes and transactional state. During the systems phase it is a bevy resource,
+/// so systems can look rows up with `Res<TableStore<T>>`.
+#[derive(Resource)]
+pub struct TableStore<T: Table> {
+    id: TableId,
+    schema: TableSchema,
+    pub(crate) pk: FxHashMap<T::Pk, Entity>,
+    pub(crate) indexes: T::Indexes,
+    sequences: Vec<u64>,
+    saved_sequences: Vec<u64>,
+    undo: Vec<Undo<T>>,
+    in_tx: bool,
+    log: ChangeLog,
+    schedule: Option<ScheduleQueue<T::Pk>>,
+    due_stash: Vec<(Timestamp, T::Pk)>,
+    pub(crate) rows_query: QueryState<&'static T>,
+    capture_query: CaptureQuery<T>,
+    new_rows_query: NewRowsQuery<T>,
+}
+
+impl<T: Table> TableStore<T> {
+    pub(crate) fn new(world: &mut World, id: TableId, schema: TableSchema) -> Self {
+        world.insert_resource(RemovedRows::<T>(Vec::new()));
+        let schedule = schema.scheduled.is_some().then(ScheduleQueue::new);
+        TableStore {
+            id,
+            schema,
+            pk: FxHashMap::default(),
+            indexes: T::Indexes::default(),
+            sequences: vec![1; T::AUTO_INC_COLUMNS],
+            saved_sequences: Vec::with_capacity(T::AUTO_INC_COLUMNS),
+            undo: Vec::new(),
+            in_tx: false,
+            log: ChangeLog::default(),
+            schedule,
+            due_stash: Vec::new(),
+            rows_query: QueryState::new(world),
+            capture_query: QueryState::new(world),
+            new_rows_query: QueryState::new(world),
+        }
+    }
+
+    /// The table's id.
+    pub fn id(&self) -> TableId {
+        self.id
+    }
+
+    /// The table's schema.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.pk.len()
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.pk.is_empty()
+    }
+
+    /// The entity holding the row with primary key `pk`.
+    pub fn entity(&self, pk: &T::Pk) -> Option<Entity> {
+        self.pk.get(pk).copied()
+    }
+
+    /// The generated secondary indexes, for lookups from systems.
+    pub fn indexes(&self) -> &T::Indexes {
+        &self.indexes
+    }
+
+    /// Starts recording undo entries; returns `true` if no transaction was open on this table.
+    pub(crate) fn begin(&mut self) -> bool {
+        if self.in_tx {
+            return false;
+        }
+        self.in_tx = true;
+        self.saved_sequences.clear();
+        self.saved_sequences.extend_from_slice(&self.sequences);
+        true
+    }
+
+    pub(crate) fn insert(&mut self, world: &mut World, mut row: T) -> Result<T, TableError> {
+        debug_assert!(self.in_tx);
+        row.apply_auto_inc(&mut self.sequences)?;
+        let keys = row.keys();
+        let pk = T::keys_pk(&keys);
+        if self.pk.contains_key(pk) {
+            return Err(TableError::unique::<T>(T::PRIMARY_KEY, pk));
+        }
+        self.indexes.check_insert(&keys)?;
+        let pk = pk.clone();
+        let entity = world.spawn((row.clone(), RowKeys::<T>(keys.clone()))).id();
+        self.indexes.insert(&keys, entity);
+        self.pk.insert(pk.clone(), entity);
+        self.undo.push(Undo::Insert { pk, entity });
+        Ok(row)
+    }
+
+    /// Replaces the row held by `entity` (whose primary key equals `row`'s) with `row`.
+    pub(crate) fn update_entity(
+        &mut self,
+        world: &mut World,
+        entity: Entity,
+        row: T,
+    ) -> Result<T, TableError> {
+        debug_assert!(self.in_tx);
+        let Some(current) = world.get::<T>(entity) else {
+            return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+        };
+        if !row.same_keys_as(current) {
+            let old_keys = current.keys();
+            let new_keys = row.keys();
+            self.indexes.check_update(&old_keys, &new_keys, entity)?;
+            self.indexes.update(&old_keys, &new_keys, entity);
+            if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity) {
+                shadow.0 = new_keys;
+            }
+        }
+        let Some(mut slot) = world.get_mut::<T>(entity) else {
+            return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+        };
+        let old = std::mem::replace(&mut *slot, row.clone());
+        self.undo.push(Undo::Update { entity, old });
+        Ok(row)
+    }
+
+    /// Deletes the row held by `entity`; returns whether there was one.
+    pub(crate) fn delete_entity(&mut self, world: &mut World, entity: Entity) -> bool {
+        debug_assert!(self.in_tx);
+        let Some(old) = world.get::<T>(entity).cloned() else {
+            return false;
+        };
+        self.pk.remove(old.pk());
+        self.indexes.remove(&old.keys());
+        world.despawn(entity);
+        self.undo.push(Undo::Delete(old));
+        true
+    }
+
+    pub(crate) fn not_found(&self, column: &'static str, key: &dyn std::fmt::Debug) -> TableError {
+        TableError::NotFound {
+            table: T::NAME,
+            column,
+            key: format!("{key:?}"),
+        }
+    }
+
+    /// Appends one committed write to the tick's change log; `row` is the row's state now (if
+    /// it exists), encoded while it is hot in cache.
+    fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>) {
+        self.log.push(op, &pk, row);
+    }
+
+    fn reschedule_from_row(&mut self, world: &World, pk: &T::Pk, now: Timestamp) {
+        let at = self
+            .pk
+            .get(pk)
+            .and_then(|&e| world.get::<T>(e))
+            .and_then(T::schedule_at);
+        if let Some(queue) = self.schedule.as_mut() {
+            match at {
+                Some(at) => queue.set(pk.clone(), at.first_due(now)),
+                None => queue.remove(pk),
+            }
+        }
+    }
+
+    fn commit_tx(&mut self, world: &World, now: Timestamp) {
+        let mut undo = std::mem::take(&mut self.undo);
+        for op in undo.drain(..) {
+            // The row as it is now; `None` if a later write in the same transaction deleted it
+            // (that later write then decides the net change).
+            let (pk, kind, row) = match op {
+                Undo::Insert { pk, entity } => (pk, ChangeKind::Insert, world.get::<T>(entity)),
+                Undo::Update { entity, old } => {
+                    let row = world.get::<T>(entity);
+                    let pk = old.pk().clone();
+                    if self.schedule.is_some() && row.and_then(T::schedule_at) != old.schedule_at()
+                    {
+                        self.reschedule_from_row(world, &pk, now);
+                    }
+                    self.record(pk, ChangeKind::Update, row);
+                    continue;
+                }
+                Undo::Delete(old) => (old.pk().clone(), ChangeKind::Delete, None),
+            };
+            if self.schedule.is_some() {
+                self.reschedule_from_row(world, &pk, now);
+            }
+            self.record(pk, kind, row);
+        }
+        self.undo = undo;
+        self.in_tx = false;
+    }
+
+    fn rollback_tx(&mut self, world: &mut World) {
+        while let Some(op) = self.undo.pop() {
+            match op {
+                Undo::Insert { pk, .. } => {
+                    if let Some(entity) = self.pk.remove(&pk) {
+                        if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
+                            self.indexes.remove(&keys);
+                        }
+                        world.despawn(entity);
+                    }
+                }
+                Undo::Update { old, .. } => {
+                    let Some(&entity) = self.pk.get(old.pk()) else {
+                        continue;
+                    };
+                    if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity)
+                        && !old.same_keys(&shadow.0)
+                    {
+                        let old_keys = old.keys();
+                        self.indexes.update(&shadow.0, &old_keys, entity);
+                        shadow.0 = old_keys;
+                    }
+                    if let Some(mut slot) = world.get_mut::<T>(entity) {
+                        *slot = old;
+                    }
+                }
+                Undo::Delete(old) => {
+                    let keys = old.keys();
+                    let pk = old.pk().clone();
+                    let entity = world.spawn((old, RowKeys::<T>(keys.clone()))).id();
+                    self.pk.insert(pk, entity);
+                    self.indexes.insert(&keys, entity);
+                }
+            }
+        }
+        std::mem::swap(&mut self.sequences, &mut self.saved_sequences);
+        self.in_tx = false;
+    }
+
+    /// Re-indexes rows that systems spawned, mutated, replaced or despawned this tick.
+    ///
+    /// `scan` is set when some system may write `T` in place: then every row's change tick is
+    /// checked. Otherwise only rows the hooks reported (despawned or replaced through
+    /// `Commands`) and rows without `RowKeys` (spawned) are looked at, so tables no system
+    /// writes cost nothing per row.
+    fn capture_systems(
+        &mut self,
+        world: &mut World,
+        systems_start: EcsTick,
+        now: Timestamp,
+        scan: bool,
+    ) -> CaptureStats {
+        let mut stats = CaptureStats::default();
+        let mut rescheduled = Vec::new();
+        self.log.start_systems();
+
+        let discarded = std::mem::take(&mut world.resource_mut::<RemovedRows<T>>().0);
+        let mut replaced = Vec::new();
+        for (entity, keys) in discarded {
+            let pk = T::keys_pk(&keys);
+            // Rows deleted by reducers were unindexed already; only system changes remain.
+            if self.pk.get(pk) != Some(&entity) {
+                continue;
+            }
+            if world.get::<T>(entity).is_some() {
+                // Replaced (`insert` over an existing row), not removed: an in-place change.
+                if !scan {
+                    replaced.push(entity);
+                }
+                continue;
+            }
+            self.pk.remove(pk);
+            self.indexes.remove(&keys);
+            if let Some(queue) = self.schedule.as_mut() {
+                queue.remove(pk);
+            }
+            self.record(pk.clone(), ChangeKind::Delete, None);
+            stats.deleted += 1;
+        }
+
+        let mut spawned = Vec::new();
+        if scan {
+            let this_run = world.change_tick();
+            for (entity, mut row, shadow) in self.capture_query.iter_mut(world) {
+                // Reducer writes earlier in the tick are already recorded (and rolled-back ones
+                // must not be reported), so only look at what the systems phase changed.
+                if !row.last_changed().is_newer_than(systems_start, this_run) {
+                    continue;
+                }
+                let Some(mut shadow) = shadow else {
+                    spawned.push(entity);
+                    continue;
+                };
+                let changes = Changes {
+                    indexes: &mut self.indexes,
+                    log: &mut self.log,
+                    stats: &mut stats,
+                    rescheduled: self.schedule.as_ref().map(|_| &mut rescheduled),
+                };
+                changes.mutated(entity, row.bypass_change_detection(), &mut shadow.0);
+            }
+        } else {
+            spawned.extend(self.new_rows_query.iter(world));
+            for entity in replaced {
+                let (Some(mut row), Some(mut shadow)) = (
+                    world.get::<T>(entity).cloned(),
+                    world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()),
+                ) else {
+                    continue;
+                };
+                let changes = Changes {
+                    indexes: &mut self.indexes,
+                    log: &mut self.log,
+                    stats: &mut stats,
+                    rescheduled: self.schedule.as_ref().map(|_| &mut rescheduled),
+                };
+                changes.mutated(entity, &mut row, &mut shadow);
+                if let Some(mut slot) = world.get_mut::<T>(entity) {
+                    *slot.bypass_change_detection() = row;
+                }
+                if let Some(mut slot) = world.get_mut::<RowKeys<T>>(entity) {
+                    slot.0 = shadow;
+                }
+            }
+        }
+        for pk in rescheduled {
+            self.reschedule_from_row(world, &pk, now);
+        }
+
+        for entity in spawned {
+            match self.index_spawned(world, entity) {
+                Ok(pk) => {
+                    if self.schedule.is_some() {
+                        self.reschedule_from_row(world, &pk, now);
+                    }
+                    let row = world.get::<T>(entity);
+                    self.record(pk, ChangeKind::Insert, row);
+                    stats.inserted += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(table = T::NAME, %error, "row spawned by a system rejected");
+                    world.entity_mut(entity).remove::<T>();
+                    stats.rejected += 1;
+                }
+            }
+        }
+        // Rejections above removed components and fired the hook; those rows were never indexed.
+        world.resource_mut::<RemovedRows<T>>().0.clear();
+        stats
+    }
+
+    fn index_spawned(&mut self, world: &mut World, entity: Entity) -> Result<T::Pk, TableError> {
+        let Some(mut row) = world.get_mut::<T>(entity) else {
+            return Err(TableError::InvalidValue {
+                table: T::NAME,
+                column: T::PRIMARY_KEY,
+                detail: "row vanished during capture".into(),
+            });
+        };
+        let mut sequences = self.sequences.clone();
+        let mut candidate = row.clone();
+        candidate.apply_auto_inc(&mut sequences)?;
+        let keys = candidate.keys();
+        let pk = T::keys_pk(&keys).clone();
+        if self.pk.contains_key(&pk) {
+            return Err(TableError::unique::<T>(T::PRIMARY_KEY, &pk));
+        }
+        self.indexes.check_insert(&keys)?;
+        // Only an accepted row consumes sequence values and sees its auto-inc columns filled in.
+        self.sequences = sequences;
+        *row.bypass_change_detection() = candidate;
+        self.indexes.insert(&keys, entity);
+        self.pk.insert(pk.clone(), entity);
+        world.entity_mut(entity).insert(RowKeys::<T>(keys));
+        Ok(pk)
+    }
+
+    fn drain_into(&mut self) -> Option<TableChanges> {
+        self.log.take(self.id, T::NAME)
+    }
+
+    fn clear_event_rows(&mut self, world: &mut World) {
+        for (_, entity) in self.pk.drain() {
+            if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
+                self.indexes.remove(&keys);
+            }
+            world.despawn(entity);
+        }
+        world.resource_mut::<RemovedRows<T>>().0.clear();
+    }
+
+    fn stashed_row<'w>(
+        &self,
+        world: &'w World,
+        ordinal: u32,
+        fired_due: Timestamp,
+    ) -> Option<&'w T> {
+        let (due, pk) = self.due_stash.get(ordinal as usize)?;
+        debug_assert_eq!(*due, fired_due);
+        let queue = self.schedule.as_ref()?;
+        // A reducer fired earlier in this phase may have cancelled or rescheduled the row.
+        if queue.by_pk.get(pk) != Some(&fired_due) {
+            return None;
+        }
+        world.get::<T>(*self.pk.get(pk)?)
+    }
+
+    fn check_integrity(&self, world: &mut World) -> Result<(), String> {
+        for (pk, &entity) in &self.pk {
+            let row = world
+                .get::<T>(entity)
+                .ok_or_else(|| format!("{}: pk {pk:?} maps to an entity without a row", T::NAME))?;
+            if row.pk() != pk {
+                return Err(format!("{}: pk {pk:?} maps to row {:?}", T::NAME, row.pk()));
+            }
+            let shadow = world
+                .get::<RowKeys<T>>(entity)
+                .ok_or_else(|| format!("{}: row {pk:?} has no RowKeys", T::NAME))?;
+            if !row.same_keys(&shadow.0) {
+                return Err(format!("{}: row {pk:?} RowKeys out of date", T::NAME));
+            }
+            self.indexes.verify(&shadow.0, entity)?;
+        }
+        for (column, count) in self.indexes.entry_counts() {
+            if count != self.pk.len() {
+                return Err(format!(
+                    "{}.{column}: {count} index entries for {} rows",
+                    T::NAME,
+                    self.pk.len()
+                ));
+            }
+        }
+        let mut query = world.query::<&T>();
+        let rows = query.iter(world).count();
+        if rows != self.pk.len() {
+            return Err(format!(
+                "{}: {rows} row components for {} primary keys",
+                T::NAME,
+                self.pk.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn next_interval_due(
+    fired_due: Timestamp,
+    every: std::time::Duration,
+    now: Timestamp,
+) -> Timestamp {
+    let step = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
+    if step <= 0 {
+        return Timestamp::from_micros(now.as_micros().saturating_add(1));
+    }
+    let behind = now.as_micros().saturating_sub(fired_due.as_micros()).max(0);
+    let periods = behind / step + 1;
+    Timestamp::from_micros(
+        fired_due
+            .as_micros()
+            .saturating_add(periods.saturating_mul(step)),
+    )
+}
+
+/// Type-erased access to a [`TableStore`] for the engine's per-table loops.
+pub(crate) trait ErasedStore: Send + Sync + 'static {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn as_any(&self) -> &dyn Any;
+    fn begin(&mut self) -> bool;
+    fn commit(&mut self, world: &World, now: Timestamp);
+    fn rollback(&mut self, world: &mut World);
+    fn capture(
+        &mut self,
+        world: &mut World,
+        systems_start: EcsTick,
+        now: Timestamp,
+        scan: bool,
+    ) -> CaptureStats;
+    fn component_id(&self, world: &World) -> Option<ComponentId>;
+    fn drain_changes(&mut self) -> Option<TableChanges>;
+    fn end_tick(&mut self, world: &mut World);
+    fn collect_due(&mut self, now: Timestamp, table: usize, out: &mut Vec<DueFire>);
+    fn due_row_bytes(&self, world: &World, ordinal: u32, fired_due: Timestamp) -> Option<Vec<u8>>;
+    fn after_fire(&mut self, world: &mut World, ordinal: u32, fired_due: Timestamp, now: Timestamp);
+    fn move_into_world(self: Box<Self>, world: &mut World);
+    fn check_integrity(&self, world: &mut World) -> Result<(), String>;
+}
+
+impl<T: Table> ErasedStore for TableStore<T> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn begin(&mut self) -> bool {
+        TableStore::begin(self)
+    }
+    fn commit(&mut self, world: &World, now: Timestamp) {
+        self.commit_tx(world, now);
+    }
+    fn rollback(&mut self, world: &mut World) {
+        self.rollback_tx(world);
+    }
+    fn capture(
+        &mut self,
+        world: &mut World,
+        systems_start: EcsTick,
+        now: Timestamp,
+        scan: bool,
+    ) -> CaptureStats {
+        self.capture_systems(world, systems_start, now, scan)
+    }
+    fn component_id(&self, world: &World) -> Option<ComponentId> {
+        world.component_id::<T>()
+    }
+    fn drain_changes(&mut self) -> Option<TableChanges> {
+        self.drain_into()
+    }
+    fn end_tick(&mut self, world: &mut World) {
+        if self.schema.event {
+            self.clear_event_rows(world);
+        }
+    }
+    fn collect_due(&mut self, now: Timestamp, table: usize, out: &mut Vec<DueFire>) {
+        self.due_stash.clear();
+        let Some(queue) = self.schedule.as_ref() else {
+            return;
+        };
+        for (due, pk) in queue.due.iter().take_while(|(due, _)| *due <= now) {
+            out.push(DueFire {
+                due: *due,
+                table,
+                ordinal: self.due_stash.len() as u32,
+            });
+            self.due_stash.push((*due, pk.clone()));
+        }
+    }
+    fn due_row_bytes(&self, world: &World, ordinal: u32, fired_due: Timestamp) -> Option<Vec<u8>> {
+        self.stashed_row(world, ordinal, fired_due)
+            .map(crate::codec::OrreryType::to_bytes)
+    }
+    fn after_fire(
+        &mut self,
+        world: &mut World,
+        ordinal: u32,
+        fired_due: Timestamp,
+        now: Timestamp,
+    ) {
+        let Some(row) = self.stashed_row(world, ordinal, fired_due) else {
+            return;
+        };
+        let schedule = row.schedule_at();
+        let pk = row.pk().clone();
+        match schedule {
+            Some(ScheduleAt::Interval(every)) => {
+                if let Some(queue) = self.schedule.as_mut() {
+                    queue.set(pk, next_interval_due(fired_due, every, now));
+                }
+            }
+            Some(ScheduleAt::At(_)) => {
+                if let Some(&entity) = self.pk.get(&pk) {
+                    self.delete_entity(world, entity);
+                }
+            }
+            None => {}
+        }
+    }
+    fn move_into_world(self: Box<Self>, world: &mut World) {
+        world.insert_resource(*self);
+    }
+    fn check_integrity(&self, world: &mut World) -> Result<(), String> {
+        TableStore::check_integrity(self, world)
+    }
+}
+
+/// Takes a table's store back out of the world after the systems phase.
+pub(crate) fn take_store_from_world<T: Table>(world: &mut World) -> Option<Box<dyn ErasedStore>> {
+    world
+        .remove_resource::<TableStore<T>>()
+        .map(|store| Box::new(store) as Box<dyn ErasedStore>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_rescheduling_keeps_phase_and_fires_once_per_tick() {
+        let ms = |n: i64| Timestamp::from_micros(n * 1000);
+        let every = std::time::Duration::from_millis(100);
+        assert_eq!(next_interval_due(ms(100), every, ms(100)), ms(200));
+        // Fell 350 ms behind: skip the missed periods but stay on the 100 ms grid.
+        assert_eq!(next_interval_due(ms(100), every, ms(450)), ms(500));
+        assert_eq!(
+            next_interval_due(ms(100), std::time::Duration::ZERO, ms(450)),
+            Timestamp::from_micros(450_001)
+        );
+    }
+}

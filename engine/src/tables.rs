@@ -1,0 +1,118 @@
+//! [`TableSet`]: the module's table stores, addressed by position (table id) or by row type.
+//!
+//! Stores live here, outside the ECS world, while reducers and capture run, so a reducer can
+//! borrow a store and the world at once; for the systems phase they move into the world as
+//! resources so systems can read indexes through `Res<TableStore<T>>`.
+
+use std::any::TypeId;
+
+use bevy_ecs::world::World;
+use rustc_hash::FxHashMap;
+
+use crate::table::{ErasedStore, Table, TableStore};
+
+pub(crate) struct TableSlot {
+    store: Option<Box<dyn ErasedStore>>,
+    take: fn(&mut World) -> Option<Box<dyn ErasedStore>>,
+    name: String,
+}
+
+#[derive(Default)]
+pub(crate) struct TableSet {
+    slots: Vec<TableSlot>,
+    by_type: FxHashMap<TypeId, usize>,
+}
+
+impl TableSet {
+    pub(crate) fn push(
+        &mut self,
+        type_id: TypeId,
+        name: String,
+        store: Box<dyn ErasedStore>,
+        take: fn(&mut World) -> Option<Box<dyn ErasedStore>>,
+    ) {
+        self.by_type.insert(type_id, self.slots.len());
+        self.slots.push(TableSlot {
+            store: Some(store),
+            take,
+            name,
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn index_of<T: Table>(&self) -> Option<usize> {
+        self.by_type.get(&TypeId::of::<T>()).copied()
+    }
+
+    /// # Panics
+    /// If `T` is not registered (a module definition error, caught as a reducer panic).
+    pub(crate) fn store_mut<T: Table>(&mut self) -> (usize, &mut TableStore<T>) {
+        let Some(index) = self.index_of::<T>() else {
+            panic!(
+                "table `{}` is not registered in this module (add `.table::<{}>()`)",
+                T::NAME,
+                std::any::type_name::<T>()
+            )
+        };
+        let store = self.slots[index]
+            .store
+            .as_mut()
+            .and_then(|s| s.as_any_mut().downcast_mut::<TableStore<T>>())
+            .unwrap_or_else(|| panic!("table `{}` is not available in this phase", T::NAME));
+        (index, store)
+    }
+
+    pub(crate) fn store<T: Table>(&self) -> Option<&TableStore<T>> {
+        let index = self.index_of::<T>()?;
+        self.slots[index]
+            .store
+            .as_ref()?
+            .as_any()
+            .downcast_ref::<TableStore<T>>()
+    }
+
+    pub(crate) fn erased_mut(&mut self, index: usize) -> &mut dyn ErasedStore {
+        let slot = &mut self.slots[index];
+        match slot.store.as_deref_mut() {
+            Some(store) => store,
+            None => panic!("table `{}` is not available in this phase", slot.name),
+        }
+    }
+
+    pub(crate) fn erased(&self, index: usize) -> &dyn ErasedStore {
+        match self.slots[index].store.as_deref() {
+            Some(store) => store,
+            None => panic!(
+                "table `{}` is not available in this phase",
+                self.slots[index].name
+            ),
+        }
+    }
+
+    pub(crate) fn move_into_world(&mut self, world: &mut World) {
+        for slot in &mut self.slots {
+            if let Some(store) = slot.store.take() {
+                store.move_into_world(world);
+            }
+        }
+    }
+
+    pub(crate) fn take_from_world(&mut self, world: &mut World) {
+        for slot in &mut self.slots {
+            if slot.store.is_none() {
+                slot.store = (slot.take)(world);
+                if slot.store.is_none() {
+                    // A system removed the resource: the indexes are gone and the engine cannot
+                    // continue consistently, which is a module bug worth stopping for.
+                    panic!(
+                        "a system removed the TableStore resource of table `{}`",
+                        slot.name
+                    );
+                }
+            }
+        }
+    }
+}
