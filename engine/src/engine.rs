@@ -25,7 +25,7 @@ use crate::reducer::{
     Db, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
 };
 use crate::schema::{ModuleSchema, ReducerKind};
-use crate::table::{CaptureStats, DueFire, Table, TableId};
+use crate::table::{CaptureStats, CellMove, DueFire, Table, TableId};
 use crate::tables::TableSet;
 use crate::time::Timestamp;
 
@@ -170,6 +170,18 @@ pub struct TickInfo {
     pub delta: Duration,
 }
 
+/// A row of a `#[spatial]` table that changed grid cell during a tick (for interest
+/// management). A row that moved and was moved back by a rollback appears twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpatialMove {
+    /// The table.
+    pub table: TableId,
+    /// The spatial column.
+    pub column: &'static str,
+    /// The row's entity, its cells as `[x, y, z]` (`z = 0` in 2D).
+    pub moved: CellMove<[i32; 3]>,
+}
+
 /// What one tick produced.
 #[derive(Debug)]
 pub struct TickOutput {
@@ -185,6 +197,8 @@ pub struct TickOutput {
     pub timing: TickTiming,
     /// What capture found after the systems phase.
     pub capture: CaptureStats,
+    /// Rows of spatial tables that changed grid cell, in the order they moved.
+    pub cell_moves: Vec<SpatialMove>,
 }
 
 /// The Orrery engine.
@@ -576,8 +590,18 @@ impl Engine {
                 changes.tables.push(table);
             }
         }
+        let mut cell_moves = Vec::new();
+        let mut scratch = Vec::new();
         for index in 0..self.tables.len() {
-            self.tables.erased_mut(index).end_tick(&mut self.world);
+            let store = self.tables.erased_mut(index);
+            store.drain_cell_moves(&mut scratch);
+            let table = TableId(index as u32);
+            cell_moves.extend(scratch.drain(..).map(|(column, moved)| SpatialMove {
+                table,
+                column,
+                moved,
+            }));
+            store.end_tick(&mut self.world);
         }
         self.world.clear_trackers();
         timer.lap(Phase::Capture);
@@ -594,6 +618,7 @@ impl Engine {
             outcomes,
             timing,
             capture,
+            cell_moves,
         }
     }
 
@@ -709,6 +734,11 @@ impl Engine {
     pub fn find<T: Table>(&self, pk: &T::Pk) -> Option<T> {
         let entity = self.tables.store::<T>()?.entity(pk)?;
         self.world.get::<T>(entity).cloned()
+    }
+
+    /// The entity holding the row of `T` with primary key `pk`.
+    pub fn entity<T: Table>(&self, pk: &T::Pk) -> Option<bevy_ecs::entity::Entity> {
+        self.tables.store::<T>()?.entity(pk)
     }
 
     /// All rows of `T`, ordered by primary key.

@@ -71,7 +71,7 @@ pub mod time;
 pub use changes::{ChangeKind, ChangeSet, RowChange, RowOp, TableChanges};
 pub use codec::{DecodeError, OrreryType, TypeDesc};
 pub use engine::{
-    Caller, Engine, EngineConfig, EngineCounters, EngineError, Input, InputOutcome,
+    Caller, Engine, EngineConfig, EngineCounters, EngineError, Input, InputOutcome, SpatialMove,
     SystemsExecutor, TickInfo, TickOutput,
 };
 pub use identity::{ConnectionId, Identity};
@@ -80,7 +80,7 @@ pub use reducer::{
     ArgsError, Db, IntoReducerResult, ReducerArgs, ReducerContext, ReducerDef, ReducerError,
     ReducerRng,
 };
-pub use table::{Table, TableError, TableHandle, TableId, TableStore};
+pub use table::{CellMove, SpatialIndex, Table, TableError, TableHandle, TableId, TableStore};
 pub use time::{ScheduleAt, Timestamp};
 
 pub use orrery_macros::{OrreryType, reducer, reducers, table};
@@ -113,8 +113,9 @@ pub mod __private {
         Visibility,
     };
     pub use crate::table::{
-        BTreeColumn, BTreeIndex, BTreeIndexColumn, PrimaryColumn, RowHook, TableIndexes,
-        UniqueColumn, UniqueIndex, UniqueIndexColumn, on_row_discarded,
+        BTreeColumn, BTreeIndex, BTreeIndexColumn, CellMove, PrimaryColumn, RowHook, SpatialColumn,
+        SpatialIndex, SpatialIndexColumn, TableIndexes, UniqueColumn, UniqueIndex,
+        UniqueIndexColumn, on_row_discarded,
     };
     pub use bevy_ecs::component::{Component, Mutable, StorageType};
     pub use bevy_ecs::entity::Entity;

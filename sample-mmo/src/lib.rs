@@ -28,6 +28,7 @@ pub struct Player {
     /// Display name.
     pub name: String,
     /// Position in metres.
+    #[spatial(cell = 50.0)]
     pub position: Vec2,
     /// Whether a connection is currently driving this player.
     pub online: bool,
@@ -54,6 +55,7 @@ pub struct Npc {
     #[index(btree)]
     pub kind: NpcKind,
     /// Position in metres.
+    #[spatial(cell = 50.0)]
     #[quantize(0.01)]
     pub position: Vec2,
     /// Velocity in metres per second.

@@ -93,7 +93,41 @@ struct ColumnAttrs {
     auto_inc: bool,
     unique: bool,
     btree: bool,
+    /// `#[spatial]` cell size.
+    spatial: Option<f32>,
     quantize: Option<f32>,
+}
+
+/// Default grid cell edge for a bare `#[spatial]`.
+const DEFAULT_SPATIAL_CELL: f32 = 32.0;
+
+fn parse_spatial(attr: &syn::Attribute) -> syn::Result<f32> {
+    if matches!(attr.meta, Meta::Path(_)) {
+        return Ok(DEFAULT_SPATIAL_CELL);
+    }
+    let mut cell = None;
+    attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident("cell") {
+            let value: syn::Lit = meta.value()?.parse()?;
+            let parsed = match &value {
+                syn::Lit::Float(f) => f.base10_parse::<f32>()?,
+                syn::Lit::Int(i) => i.base10_parse::<f32>()?,
+                other => return Err(syn::Error::new_spanned(other, "expected a number")),
+            };
+            cell = Some(parsed);
+            Ok(())
+        } else {
+            Err(meta.error("expected `cell = <size>`"))
+        }
+    })?;
+    let cell = cell.unwrap_or(DEFAULT_SPATIAL_CELL);
+    if !(cell.is_finite() && cell > 0.0) {
+        return Err(syn::Error::new_spanned(
+            attr,
+            "spatial cell size must be a positive finite number",
+        ));
+    }
+    Ok(cell)
 }
 
 fn take_column_attrs(field: &mut Field) -> syn::Result<ColumnAttrs> {
@@ -113,6 +147,8 @@ fn take_column_attrs(field: &mut Field) -> syn::Result<ColumnAttrs> {
                 return Err(syn::Error::new_spanned(kind, "expected `#[index(btree)]`"));
             }
             attrs.btree = true;
+        } else if path.is_ident("spatial") {
+            attrs.spatial = Some(parse_spatial(&attr)?);
         } else if path.is_ident("quantize") {
             let step: LitFloat = attr.parse_args()?;
             let step: f32 = step.base10_parse()?;
@@ -196,10 +232,17 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
                 "the primary key is already unique and indexed",
             ));
         }
-        if c.attrs.unique && c.attrs.btree {
+        let kinds = [c.attrs.unique, c.attrs.btree, c.attrs.spatial.is_some()];
+        if kinds.iter().filter(|&&k| k).count() > 1 {
             return Err(syn::Error::new_spanned(
                 &c.ident,
-                "choose #[unique] or #[index(btree)], not both",
+                "choose one index kind per column: #[unique], #[index(btree)] or #[spatial]",
+            ));
+        }
+        if c.attrs.primary_key && c.attrs.spatial.is_some() {
+            return Err(syn::Error::new_spanned(
+                &c.ident,
+                "a spatial column cannot be the primary key",
             ));
         }
     }
@@ -243,12 +286,16 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
         .iter()
         .enumerate()
         .filter(|(i, c)| {
-            c.attrs.primary_key || c.attrs.unique || c.attrs.btree || Some(*i) == schedule_column
+            c.attrs.primary_key
+                || c.attrs.unique
+                || c.attrs.btree
+                || c.attrs.spatial.is_some()
+                || Some(*i) == schedule_column
         })
         .map(|(_, c)| c)
         .collect();
     let keys_ty = format_ident!("__{}Keys", row);
-    let indexes_ty = format_ident!("__{}Indexes", row);
+    let indexes_ty = format_ident!("{}Indexes", row);
     let handle_ty = format_ident!("{}TableHandle", row);
     let key_idents: Vec<&Ident> = key_columns.iter().map(|c| &c.ident).collect();
     let key_tys: Vec<&Type> = key_columns.iter().map(|c| &c.ty).collect();
@@ -264,6 +311,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
 
     // Secondary indexes.
     let mut index_fields = Vec::new();
+    let mut index_defaults = Vec::new();
+    let mut index_getters = Vec::new();
+    let mut drain_moves = Vec::new();
+    let mut defer_moves = Vec::new();
     let mut check_insert = Vec::new();
     let mut insert = Vec::new();
     let mut remove = Vec::new();
@@ -284,6 +335,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
         let marker = format_ident!("__{}_{}_index", row, col);
         if c.attrs.unique {
             index_fields.push(quote! { #slot: #p::UniqueIndex<#ty> });
+            index_defaults.push(quote! { #slot: ::std::default::Default::default() });
+            let doc = format!("The unique index on `{col_name}`.");
+            index_getters.push(quote! {
+                #[doc = #doc]
+                pub fn #col(&self) -> &#p::UniqueIndex<#ty> { &self.#slot }
+            });
             check_insert.push(quote! {
                 if self.#slot.contains(&keys.#col) {
                     return Err(#p::unique_violation::<#row>(#col_name, &keys.#col));
@@ -331,6 +388,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
             });
         } else if c.attrs.btree {
             index_fields.push(quote! { #slot: #p::BTreeIndex<#ty, #pk_ty> });
+            index_defaults.push(quote! { #slot: ::std::default::Default::default() });
+            let doc = format!("The btree index on `{col_name}`.");
+            index_getters.push(quote! {
+                #[doc = #doc]
+                pub fn #col(&self) -> &#p::BTreeIndex<#ty, #pk_ty> { &self.#slot }
+            });
             insert.push(
                 quote! { self.#slot.insert(keys.#col.clone(), keys.#pk_ident.clone(), entity); },
             );
@@ -365,6 +428,57 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
                 #[doc = #doc]
                 pub fn #col(&mut self) -> #p::BTreeColumn<'_, 'a, #row, #marker> {
                     #p::BTreeColumn::new(&mut self.0)
+                }
+            });
+        } else if let Some(cell) = c.attrs.spatial {
+            index_fields.push(quote! { #slot: #p::SpatialIndex<#ty> });
+            index_defaults.push(quote! { #slot: #p::SpatialIndex::new(#cell) });
+            let doc = format!("The spatial index on `{col_name}`.");
+            index_getters.push(quote! {
+                #[doc = #doc]
+                pub fn #col(&self) -> &#p::SpatialIndex<#ty> { &self.#slot }
+            });
+            check_insert.push(quote! {
+                #p::SpatialIndex::<#ty>::check(keys.#col, #table_name, #col_name)?;
+            });
+            insert.push(quote! { self.#slot.insert(entity, keys.#col); });
+            remove.push(quote! { self.#slot.remove(entity); });
+            check_update.push(quote! {
+                if old.#col != new.#col {
+                    #p::SpatialIndex::<#ty>::check(new.#col, #table_name, #col_name)?;
+                }
+            });
+            update.push(quote! {
+                if old.#col != new.#col {
+                    self.#slot.update(entity, new.#col);
+                }
+            });
+            verify.push(quote! {
+                if self.#slot.get(entity) != Some(keys.#col) {
+                    return Err(#p::index_mismatch::<#row>(#col_name, &keys.#col));
+                }
+            });
+            counts.push(quote! { (#col_name, self.#slot.len()) });
+            drain_moves.push(quote! { self.#slot.drain_cell_moves_into(#col_name, out); });
+            defer_moves.push(quote! { self.#slot.set_deferred(defer); });
+            index_schemas.push(quote! {
+                #p::IndexSchema { column: #col_name.into(), kind: #p::IndexKind::Spatial { cell: #cell } }
+            });
+            markers.push(quote! {
+                #[doc(hidden)]
+                #[allow(non_camel_case_types)]
+                #vis struct #marker;
+                impl #p::SpatialIndexColumn<#row> for #marker {
+                    type Point = #ty;
+                    const COLUMN: &'static str = #col_name;
+                    fn index(indexes: &#indexes_ty) -> &#p::SpatialIndex<#ty> { &indexes.#slot }
+                }
+            });
+            let doc = format!("The spatial column `{col_name}` of table `{table_name}`.");
+            accessors.push(quote! {
+                #[doc = #doc]
+                pub fn #col(&mut self) -> #p::SpatialColumn<'_, 'a, #row, #marker> {
+                    #p::SpatialColumn::new(&mut self.0)
                 }
             });
         }
@@ -439,6 +553,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
     };
 
     let accessor_doc = format!("Opens table `{table_name}` (rows of [`{row_name}`]).");
+    let indexes_doc = format!(
+        "Secondary indexes of table `{table_name}`; systems read them through `Res<TableStore<{row_name}>>`."
+    );
     let handle_doc =
         format!("Table `{table_name}` opened in a transaction; derefs to `TableHandle`.");
     let check_insert_unused = check_insert.is_empty();
@@ -479,9 +596,18 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
         #[derive(Clone, Debug, PartialEq)]
         #vis struct #keys_ty { #(pub #key_idents: #key_tys),* }
 
-        #[doc(hidden)]
-        #[derive(Default)]
+        #[doc = #indexes_doc]
         #vis struct #indexes_ty { #(#index_fields),* }
+
+        impl ::std::default::Default for #indexes_ty {
+            fn default() -> Self {
+                #indexes_ty { #(#index_defaults),* }
+            }
+        }
+
+        impl #indexes_ty {
+            #(#index_getters)*
+        }
 
         impl #p::TableIndexes<#row> for #indexes_ty {
             #allow_unused_ci
@@ -492,7 +618,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
             #[allow(unused_variables)]
             fn insert(&mut self, keys: &#keys_ty, entity: #p::Entity) { #(#insert)* }
             #[allow(unused_variables)]
-            fn remove(&mut self, keys: &#keys_ty) { #(#remove)* }
+            fn remove(&mut self, keys: &#keys_ty, entity: #p::Entity) { #(#remove)* }
             #allow_unused_cu
             fn check_update(&self, old: &#keys_ty, new: &#keys_ty, entity: #p::Entity)
                 -> ::std::result::Result<(), ::orrery_engine::TableError> {
@@ -508,6 +634,17 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
             }
             fn entry_counts(&self) -> ::std::vec::Vec<(&'static str, usize)> {
                 vec![#(#counts),*]
+            }
+            #[allow(unused_variables)]
+            fn drain_cell_moves(
+                &mut self,
+                out: &mut ::std::vec::Vec<(&'static str, #p::CellMove<[i32; 3]>)>,
+            ) {
+                #(#drain_moves)*
+            }
+            #[allow(unused_variables)]
+            fn defer_spatial_moves(&mut self, defer: bool) {
+                #(#defer_moves)*
             }
         }
 

@@ -22,102 +22,10 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use glam::Vec2;
 use orrery_spatial::SpatialGrid;
 
-const ENTITIES: usize = 100_000;
-const WORLD: f32 = 4_000.0;
-const MOVES_PER_TICK: usize = 10_000;
-const QUERIES_PER_TICK: usize = 2_000;
-const RADIUS: f32 = 50.0;
-const MAX_STEP: f32 = 5.0;
-const SEED: u64 = 0x0DDB_1A5E_5BAD_5EED;
+#[path = "support/workload.rs"]
+mod workload;
 
-/// Entity-like handle: index in the low 32 bits, generation 1 in the high bits (the shape
-/// of `bevy_ecs::entity::Entity::to_bits`).
-type Handle = u64;
-
-fn handle(i: usize) -> Handle {
-    (1u64 << 32) | i as u64
-}
-
-/// SplitMix64: tiny, seeded, good enough for placing points.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    fn point_in_world(&mut self) -> Vec2 {
-        Vec2::new(self.unit() * WORLD, self.unit() * WORLD)
-    }
-
-    /// Uniform in the disk of radius `r` (rejection sampling).
-    fn in_disk(&mut self, r: f32) -> Vec2 {
-        loop {
-            let v = Vec2::new(self.unit() * 2.0 - 1.0, self.unit() * 2.0 - 1.0);
-            if v.length_squared() <= 1.0 {
-                return v * r;
-            }
-        }
-    }
-}
-
-/// One tick's input, generated outside the timed region.
-struct TickInput {
-    moves: Vec<(usize, Vec2)>,
-    centers: Vec<Vec2>,
-}
-
-/// The simulation state: the positions (truth) and the deterministic RNG.
-struct Sim {
-    pos: Vec<Vec2>,
-    rng: SplitMix64,
-    input: TickInput,
-}
-
-impl Sim {
-    fn new() -> Self {
-        let mut rng = SplitMix64(SEED);
-        let pos = (0..ENTITIES).map(|_| rng.point_in_world()).collect();
-        Sim {
-            pos,
-            rng,
-            input: TickInput {
-                moves: Vec::with_capacity(MOVES_PER_TICK),
-                centers: Vec::with_capacity(QUERIES_PER_TICK),
-            },
-        }
-    }
-
-    /// Draws the next tick's moves (advancing the truth positions) and query centers.
-    fn next_tick(&mut self) {
-        self.input.moves.clear();
-        self.input.centers.clear();
-        for _ in 0..MOVES_PER_TICK {
-            let i = self.rng.below(ENTITIES);
-            let p =
-                (self.pos[i] + self.rng.in_disk(MAX_STEP)).clamp(Vec2::ZERO, Vec2::splat(WORLD));
-            self.pos[i] = p;
-            self.input.moves.push((i, p));
-        }
-        for _ in 0..QUERIES_PER_TICK {
-            let c = self.rng.point_in_world();
-            self.input.centers.push(c);
-        }
-    }
-}
+use workload::*;
 
 /// What a tick runs against: the grid, or the brute-force position array.
 trait Index {

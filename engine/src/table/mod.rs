@@ -6,6 +6,7 @@
 
 mod handle;
 mod index;
+mod spatial;
 mod store;
 
 use std::fmt::Debug;
@@ -18,9 +19,11 @@ use bevy_ecs::resource::Resource;
 use bevy_ecs::world::DeferredWorld;
 
 pub use handle::{
-    BTreeColumn, BTreeIndexColumn, PrimaryColumn, TableHandle, UniqueColumn, UniqueIndexColumn,
+    BTreeColumn, BTreeIndexColumn, PrimaryColumn, SpatialColumn, SpatialIndexColumn, TableHandle,
+    UniqueColumn, UniqueIndexColumn,
 };
 pub use index::{BTreeIndex, IndexRange, UniqueIndex};
+pub use spatial::{CellMove, SpatialIndex};
 pub use store::{CaptureStats, TableStore};
 pub(crate) use store::{DueFire, ErasedStore, take_store_from_world};
 
@@ -87,8 +90,8 @@ pub trait TableIndexes<T: Table>: Default + Send + Sync + 'static {
     fn check_insert(&self, keys: &T::Keys) -> Result<(), TableError>;
     /// Adds a row (after a successful check).
     fn insert(&mut self, keys: &T::Keys, entity: Entity);
-    /// Removes a row.
-    fn remove(&mut self, keys: &T::Keys);
+    /// Removes row `entity`, indexed under `keys`.
+    fn remove(&mut self, keys: &T::Keys, entity: Entity);
     /// Fails if changing row `entity` from `old` to `new` would break a unique index.
     fn check_update(&self, old: &T::Keys, new: &T::Keys, entity: Entity) -> Result<(), TableError>;
     /// Moves a row's entries from `old` to `new` keys (after a successful check).
@@ -97,6 +100,15 @@ pub trait TableIndexes<T: Table>: Default + Send + Sync + 'static {
     fn verify(&self, keys: &T::Keys, entity: Entity) -> Result<(), String>;
     /// Number of entries in each secondary index, by column; for integrity checks in tests.
     fn entry_counts(&self) -> Vec<(&'static str, usize)>;
+    /// Moves the rows that changed spatial grid cell (per `#[spatial]` column) into `out` as
+    /// `(column, move)` with cells as `[x, y, z]` (`z = 0` in 2D).
+    fn drain_cell_moves(&mut self, out: &mut Vec<(&'static str, CellMove<[i32; 3]>)>) {
+        let _ = out;
+    }
+    /// Starts or ends deferring spatial moves (see [`SpatialIndex::set_deferred`]).
+    fn defer_spatial_moves(&mut self, defer: bool) {
+        let _ = defer;
+    }
 }
 
 /// Errors from table operations. Each carries the table, the column and the offending value.

@@ -19,7 +19,7 @@ use bevy_ecs::world::World;
 
 use rustc_hash::FxHashMap;
 
-use super::{RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
+use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
 use crate::changes::{ChangeKind, ChangeLog, TableChanges};
 use crate::schema::TableSchema;
 use crate::time::{ScheduleAt, Timestamp};
@@ -280,7 +280,7 @@ impl<T: Table> TableStore<T> {
             return false;
         };
         self.pk.remove(old.pk());
-        self.indexes.remove(&old.keys());
+        self.indexes.remove(&old.keys(), entity);
         world.despawn(entity);
         self.undo.push(Undo::Delete(old));
         true
@@ -348,7 +348,7 @@ impl<T: Table> TableStore<T> {
                 Undo::Insert { pk, .. } => {
                     if let Some(entity) = self.pk.remove(&pk) {
                         if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
-                            self.indexes.remove(&keys);
+                            self.indexes.remove(&keys, entity);
                         }
                         world.despawn(entity);
                     }
@@ -414,7 +414,7 @@ impl<T: Table> TableStore<T> {
                 continue;
             }
             self.pk.remove(pk);
-            self.indexes.remove(&keys);
+            self.indexes.remove(&keys, entity);
             if let Some(queue) = self.schedule.as_mut() {
                 queue.remove(pk);
             }
@@ -423,6 +423,7 @@ impl<T: Table> TableStore<T> {
         }
 
         let mut spawned = Vec::new();
+        self.indexes.defer_spatial_moves(true);
         if scan {
             let this_run = world.change_tick();
             for (entity, mut row, shadow) in self.capture_query.iter_mut(world) {
@@ -467,6 +468,7 @@ impl<T: Table> TableStore<T> {
                 }
             }
         }
+        self.indexes.defer_spatial_moves(false);
         for pk in rescheduled {
             self.reschedule_from_row(world, &pk, now);
         }
@@ -526,7 +528,7 @@ impl<T: Table> TableStore<T> {
     fn clear_event_rows(&mut self, world: &mut World) {
         for (_, entity) in self.pk.drain() {
             if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
-                self.indexes.remove(&keys);
+                self.indexes.remove(&keys, entity);
             }
             world.despawn(entity);
         }
@@ -620,6 +622,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
         scan: bool,
     ) -> CaptureStats;
     fn component_id(&self, world: &World) -> Option<ComponentId>;
+    fn drain_cell_moves(&mut self, out: &mut Vec<(&'static str, CellMove<[i32; 3]>)>);
     fn drain_changes(&mut self) -> Option<TableChanges>;
     fn end_tick(&mut self, world: &mut World);
     fn collect_due(&mut self, now: Timestamp, table: usize, out: &mut Vec<DueFire>);
@@ -656,6 +659,9 @@ impl<T: Table> ErasedStore for TableStore<T> {
     }
     fn component_id(&self, world: &World) -> Option<ComponentId> {
         world.component_id::<T>()
+    }
+    fn drain_cell_moves(&mut self, out: &mut Vec<(&'static str, CellMove<[i32; 3]>)>) {
+        self.indexes.drain_cell_moves(out);
     }
     fn drain_changes(&mut self) -> Option<TableChanges> {
         self.drain_into()
