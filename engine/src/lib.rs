@@ -67,6 +67,7 @@ pub mod schema;
 pub mod table;
 mod tables;
 pub mod time;
+pub mod value;
 
 pub use changes::{ChangeKind, ChangeSet, RowChange, RowOp, TableChanges};
 pub use codec::{DecodeError, OrreryType, TypeDesc};
