@@ -64,6 +64,7 @@ pub mod identity;
 mod module;
 mod reducer;
 pub mod schema;
+pub mod subscription;
 pub mod table;
 mod tables;
 pub mod time;

@@ -1,0 +1,234 @@
+//! The publish phase at MMO scale: 4,000 clients, 20,000 moving entities in a 4 km × 4 km
+//! world, each client subscribed to `within(position, :focus, 100)` around its own (moving)
+//! focus, default budget (8 KiB/s per client) and hysteresis. One iteration is one tick of the
+//! publish phase: fold the tick's change set into the publisher and produce every client's
+//! payloads. The simulation tick that produces the change set runs outside the timing.
+//! Reports bytes per client per second and bytes per moving-entity update.
+
+#![allow(missing_docs)]
+#![allow(clippy::print_stderr)] // reports workload numbers next to criterion's output
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use orrery_engine::SystemsExecutor;
+use orrery_engine::bevy_ecs::prelude::*;
+use orrery_engine::glam::{Vec2, Vec3};
+use orrery_engine::prelude::*;
+use orrery_engine::subscription::{PublishConfig, Publisher};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ENTITIES: u32 = 20_000;
+const CLIENTS: u64 = 4_000;
+const WORLD: f32 = 4_000.0;
+
+#[table(name = npc, public)]
+#[derive(Clone, Debug)]
+pub struct Npc {
+    #[primary_key]
+    pub id: u32,
+    #[spatial(cell = 100.0)]
+    #[quantize(0.01)]
+    pub pos: Vec2,
+    pub vel: Vec2,
+    pub kind: u8,
+}
+
+#[reducer]
+pub fn seed(ctx: &mut ReducerContext, count: u32) -> Result<(), String> {
+    let mut state = 7u64;
+    for id in 0..count {
+        let x = unit(&mut state) * WORLD;
+        let y = unit(&mut state) * WORLD;
+        let angle = unit(&mut state) * std::f32::consts::TAU;
+        let speed = 0.5 + unit(&mut state) * 2.5;
+        ctx.db.npc().insert(Npc {
+            id,
+            pos: Vec2::new(x, y),
+            vel: Vec2::from_angle(angle) * speed,
+            kind: 0,
+        })?;
+    }
+    Ok(())
+}
+
+fn unit(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+}
+
+fn wander(info: Res<TickInfo>, mut npcs: Query<&mut Npc>) {
+    let dt = info.delta.as_secs_f32();
+    for mut npc in &mut npcs {
+        let mut next = npc.pos + npc.vel * dt;
+        let mut vel = npc.vel;
+        for axis in 0..2 {
+            if !(0.0..=WORLD).contains(&next[axis]) {
+                vel[axis] = -vel[axis];
+                next[axis] = next[axis].clamp(0.0, WORLD);
+            }
+        }
+        npc.pos = next;
+        npc.vel = vel;
+    }
+}
+
+struct Scenario {
+    engine: Engine,
+    publisher: Publisher,
+    focus: Vec<(Vec3, Vec3)>,
+    tick: i64,
+    out: Vec<orrery_engine::subscription::Outgoing>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let module = Module::builder("publish-bench")
+            .table::<Npc>()
+            .reducers(reducers![seed])
+            .add_systems(wander)
+            .build()
+            .unwrap();
+        let config = EngineConfig {
+            executor: SystemsExecutor::SingleThreaded,
+            ..Default::default()
+        };
+        let mut engine = Engine::new(module, config).unwrap();
+        engine
+            .call_reducer("seed", Identity::ZERO, (ENTITIES,))
+            .unwrap();
+        let first = engine.step(Timestamp::from_micros(50_000));
+        let schema = engine.schema().clone();
+        let mut publisher = Publisher::new(
+            &schema,
+            PublishConfig {
+                budget_bytes_per_second: std::env::var("BUDGET")
+                    .ok()
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(8192),
+                ..PublishConfig::default()
+            },
+        );
+        publisher.apply(&first.changes);
+        let mut state = 99u64;
+        let mut focus = Vec::new();
+        for c in 0..CLIENTS {
+            let id = ConnectionId(c);
+            publisher.connect(id, Identity::from_u64(c));
+            publisher
+                .subscribe(
+                    &schema,
+                    id,
+                    1,
+                    "SELECT * FROM npc WHERE within(pos, :focus, 100)",
+                )
+                .unwrap();
+            let p = Vec3::new(unit(&mut state) * WORLD, unit(&mut state) * WORLD, 0.0);
+            let v = Vec3::new(unit(&mut state) - 0.5, unit(&mut state) - 0.5, 0.0) * 6.0;
+            publisher.set_focus(id, p);
+            focus.push((p, v));
+        }
+        Scenario {
+            engine,
+            publisher,
+            focus,
+            tick: 1,
+            out: Vec::new(),
+        }
+    }
+
+    /// Runs the simulation tick (untimed) and returns its change set.
+    fn simulate(&mut self) -> orrery_engine::ChangeSet {
+        self.tick += 1;
+        for (c, (p, v)) in self.focus.iter_mut().enumerate() {
+            *p = (*p + *v * 0.05).clamp(Vec3::ZERO, Vec3::new(WORLD, WORLD, 0.0));
+            self.publisher.set_focus(ConnectionId(c as u64), *p);
+        }
+        self.engine
+            .step(Timestamp::from_micros(self.tick * 50_000))
+            .changes
+    }
+
+    /// The publish phase (timed).
+    fn publish(&mut self, changes: &orrery_engine::ChangeSet) -> Duration {
+        let start = Instant::now();
+        self.publisher.apply(changes);
+        self.out.clear();
+        self.publisher
+            .publish(Duration::from_millis(50), &mut self.out);
+        let elapsed = start.elapsed();
+        black_box(&self.out);
+        elapsed
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut scenario = Scenario::new();
+    // Let every client's initial view drain through its budget.
+    for _ in 0..60 {
+        let changes = scenario.simulate();
+        scenario.publish(&changes);
+    }
+    for _ in 0..5 {
+        let a = scenario.publisher.stats();
+        let changes = scenario.simulate();
+        let t = scenario.publish(&changes);
+        let b = scenario.publisher.stats();
+        eprintln!(
+            "tick: {:?} deltas {} upserts {} deletes {} dirty {}",
+            t,
+            b.sent.deltas - a.sent.deltas,
+            b.sent.upserts - a.sent.upserts,
+            b.sent.deletes - a.sent.deletes,
+            b.dirty
+        );
+    }
+    let before = scenario.publisher.stats().sent;
+    let mut ticks = 0u64;
+    let mut group = c.benchmark_group("publish");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("4000_clients_20000_moving", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let changes = scenario.simulate();
+                total += scenario.publish(&changes);
+                ticks += 1;
+            }
+            total
+        })
+    });
+    group.finish();
+    let stats = scenario.publisher.stats();
+    let sent = stats.sent;
+    let bytes = sent.bytes - before.bytes;
+    let updates = sent.deltas - before.deltas + sent.upserts - before.upserts;
+    let seconds = ticks as f64 * 0.05;
+    eprintln!(
+        "publish: {ticks} ticks; {:.0} bytes per client per second; {:.2} bytes per entity update \
+         ({} deltas, {} upserts, {} deletes); {} dirty entries waiting",
+        bytes as f64 / CLIENTS as f64 / seconds,
+        bytes as f64 / updates.max(1) as f64,
+        sent.deltas - before.deltas,
+        sent.upserts - before.upserts,
+        sent.deletes - before.deletes,
+        stats.dirty,
+    );
+    let visible_per_client = updates as f64 / ticks.max(1) as f64 / CLIENTS as f64;
+    eprintln!("publish: {visible_per_client:.1} entity updates per client per tick");
+    assert!(
+        visible_per_client > 20.0,
+        "clients must actually see moving entities"
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,762 @@
+//! Subscriptions end to end inside the engine crate: an engine produces change sets, a
+//! publisher turns them into per-client payloads, and virtual clients rebuild their mirrors with
+//! the reference decoder.
+
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orrery_engine::SystemsExecutor;
+use orrery_engine::glam::{Vec2, Vec3};
+use orrery_engine::prelude::*;
+use orrery_engine::subscription::wire::{WireLayout, WireRecord, WireRow};
+use orrery_engine::subscription::{
+    ClientId, Outgoing, PublishConfig, Publisher, QueryError, SubscribeError,
+};
+use orrery_engine::value::Value;
+use proptest::prelude::*;
+
+#[table(name = item, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    #[primary_key]
+    #[auto_inc]
+    pub id: u32,
+    #[index(btree)]
+    pub level: u32,
+    pub name: String,
+}
+
+#[table(name = bag, owner = owner)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bag {
+    #[primary_key]
+    #[auto_inc]
+    pub id: u32,
+    pub owner: Identity,
+    pub gold: i64,
+}
+
+#[table(name = secret)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Secret {
+    #[primary_key]
+    pub id: u32,
+    pub code: String,
+}
+
+#[table(name = mob, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mob {
+    #[primary_key]
+    pub id: u32,
+    #[spatial(cell = 25.0)]
+    #[quantize(0.01)]
+    pub pos: Vec2,
+    pub hp: i32,
+}
+
+#[derive(OrreryType, Clone, Debug)]
+pub enum Op {
+    PutItem { id: u32, level: u32, name: String },
+    DropItem { id: u32 },
+    PutBag { id: u32, owner: u64, gold: i64 },
+    DropBag { id: u32 },
+    PutMob { id: u32, x: f32, y: f32, hp: i32 },
+    DropMob { id: u32 },
+}
+
+#[reducer]
+pub fn run(ctx: &mut ReducerContext, ops: Vec<Op>) -> Result<(), String> {
+    for op in ops {
+        match op {
+            Op::PutItem { id, level, name } => {
+                let row = Item { id, level, name };
+                if ctx.db.item().id().find(&id).is_some() {
+                    ctx.db.item().id().update(row)?;
+                } else {
+                    ctx.db.item().insert(row)?;
+                }
+            }
+            Op::DropItem { id } => {
+                ctx.db.item().id().delete(&id);
+            }
+            Op::PutBag { id, owner, gold } => {
+                let row = Bag {
+                    id,
+                    owner: Identity::from_u64(owner),
+                    gold,
+                };
+                if ctx.db.bag().id().find(&id).is_some() {
+                    ctx.db.bag().id().update(row)?;
+                } else {
+                    ctx.db.bag().insert(row)?;
+                }
+            }
+            Op::DropBag { id } => {
+                ctx.db.bag().id().delete(&id);
+            }
+            Op::PutMob { id, x, y, hp } => {
+                let row = Mob {
+                    id,
+                    pos: Vec2::new(x, y),
+                    hp,
+                };
+                if ctx.db.mob().id().find(&id).is_some() {
+                    ctx.db.mob().id().update(row)?;
+                } else {
+                    ctx.db.mob().insert(row)?;
+                }
+            }
+            Op::DropMob { id } => {
+                ctx.db.mob().id().delete(&id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn engine() -> Engine {
+    let module = Module::builder("subs")
+        .table::<Item>()
+        .table::<Bag>()
+        .table::<Secret>()
+        .table::<Mob>()
+        .reducers(reducers![run])
+        .build()
+        .unwrap();
+    Engine::new(
+        module,
+        EngineConfig {
+            executor: SystemsExecutor::SingleThreaded,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A client's mirror, rebuilt from payloads with the reference decoder.
+#[derive(Default)]
+struct Mirror {
+    tables: BTreeMap<u32, BTreeMap<Vec<u8>, WireRow>>,
+    bytes: usize,
+    records: usize,
+}
+
+impl Mirror {
+    fn apply(&mut self, layouts: &[WireLayout], message: &Outgoing) {
+        self.bytes += message.payload.len();
+        let layout = &layouts[message.table as usize];
+        let table = self.tables.entry(message.table).or_default();
+        for record in layout.decode_records(&message.payload).unwrap() {
+            self.records += 1;
+            match record {
+                WireRecord::Upsert { pk, row } => {
+                    table.insert(pk, row);
+                }
+                WireRecord::Delta { pk, mask, body } => {
+                    let row = table
+                        .get_mut(&pk)
+                        .expect("delta for a row the client holds");
+                    row.apply_delta(layout, mask, &body).unwrap();
+                }
+                WireRecord::Delete { pk } => {
+                    assert!(
+                        table.remove(&pk).is_some(),
+                        "delete for a row the client does not hold"
+                    );
+                }
+            }
+        }
+    }
+
+    fn rows(&self, table: u32) -> Vec<Vec<Value>> {
+        self.tables
+            .get(&table)
+            .map(|t| t.values().map(|r| r.columns.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+struct World {
+    engine: Engine,
+    publisher: Publisher,
+    layouts: Vec<WireLayout>,
+    mirrors: BTreeMap<ClientId, Mirror>,
+    tick: i64,
+}
+
+impl World {
+    fn new(config: PublishConfig) -> Self {
+        let engine = engine();
+        let publisher = Publisher::new(engine.schema(), config);
+        let layouts = engine.schema().tables.iter().map(WireLayout::new).collect();
+        World {
+            engine,
+            publisher,
+            layouts,
+            mirrors: BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
+    fn connect(&mut self, client: u64, identity: u64) -> ClientId {
+        let id = ConnectionId(client);
+        self.publisher.connect(id, Identity::from_u64(identity));
+        self.mirrors.insert(id, Mirror::default());
+        id
+    }
+
+    fn subscribe(
+        &mut self,
+        client: ClientId,
+        query_id: u32,
+        sql: &str,
+    ) -> Result<usize, SubscribeError> {
+        let schema = self.engine.schema().clone();
+        self.publisher
+            .subscribe(&schema, client, query_id, sql)
+            .map(|s| s.initial_rows)
+    }
+
+    fn run(&mut self, ops: Vec<Op>) {
+        self.engine
+            .call_reducer("run", Identity::ZERO, (ops,))
+            .unwrap();
+    }
+
+    /// One tick; returns bytes sent per client this tick.
+    fn tick(&mut self) -> BTreeMap<ClientId, usize> {
+        self.tick += 1;
+        let out = self.engine.step(Timestamp::from_micros(self.tick * 50_000));
+        self.publisher.apply(&out.changes);
+        let mut sent = Vec::new();
+        self.publisher.publish(Duration::from_millis(50), &mut sent);
+        let mut bytes = BTreeMap::new();
+        for message in &sent {
+            *bytes.entry(message.client).or_insert(0) += message.payload.len();
+            self.mirrors
+                .get_mut(&message.client)
+                .unwrap()
+                .apply(&self.layouts, message);
+        }
+        bytes
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..400 {
+            self.tick();
+            if self.publisher.stats().dirty == 0 {
+                return;
+            }
+        }
+        panic!("dirty sets never drained: {:?}", self.publisher.stats());
+    }
+
+    fn server_rows<T: Table>(&self, filter: impl Fn(&T) -> bool) -> Vec<Vec<Value>> {
+        let table = self.engine.schema().table(T::NAME).unwrap().clone();
+        let layout = WireLayout::new(&table);
+        let mut rows: Vec<(Vec<u8>, Vec<Value>)> = self
+            .engine
+            .rows::<T>()
+            .into_iter()
+            .filter(|r| filter(r))
+            .map(|r| {
+                // The server's row as the client sees it: through wire form (quantized).
+                let mut wire = Vec::new();
+                layout
+                    .encode_row(&r.to_bytes(), &mut wire, &mut Vec::new())
+                    .unwrap();
+                (
+                    r.pk().to_bytes(),
+                    layout.decode_row(&mut wire.as_slice()).unwrap().columns,
+                )
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
+fn generous() -> PublishConfig {
+    PublishConfig {
+        budget_bytes_per_second: 1 << 20,
+        max_banked: Duration::from_secs(1),
+        ..PublishConfig::default()
+    }
+}
+
+#[test]
+fn plain_queries_converge_and_deletes_propagate() {
+    let mut w = World::new(generous());
+    w.run(
+        (1..=5)
+            .map(|id| Op::PutItem {
+                id,
+                level: id * 10,
+                name: format!("i{id}"),
+            })
+            .collect(),
+    );
+    w.tick();
+    let a = w.connect(1, 100);
+    let b = w.connect(2, 200);
+    assert_eq!(w.subscribe(a, 1, "SELECT * FROM item").unwrap(), 5);
+    assert_eq!(
+        w.subscribe(
+            b,
+            1,
+            "SELECT * FROM item WHERE level >= 30 AND name <> 'i5'"
+        )
+        .unwrap(),
+        2
+    );
+    w.settle();
+    w.run(vec![
+        Op::PutItem {
+            id: 2,
+            level: 35,
+            name: "moved".into(),
+        },
+        Op::DropItem { id: 3 },
+        Op::PutItem {
+            id: 9,
+            level: 90,
+            name: "new".into(),
+        },
+    ]);
+    w.settle();
+    let item = w.engine.schema().table("item").unwrap().id;
+    assert_eq!(w.mirrors[&a].rows(item), w.server_rows::<Item>(|_| true));
+    assert_eq!(
+        w.mirrors[&b].rows(item),
+        w.server_rows::<Item>(|i| i.level >= 30 && i.name != "i5")
+    );
+    assert_eq!(w.mirrors[&b].rows(item).len(), 3, "ids 2, 4 and 9");
+}
+
+#[test]
+fn owner_and_private_rules_hold_against_hostile_queries() {
+    let mut w = World::new(generous());
+    w.run(vec![
+        Op::PutBag {
+            id: 1,
+            owner: 100,
+            gold: 5,
+        },
+        Op::PutBag {
+            id: 2,
+            owner: 200,
+            gold: 7,
+        },
+        Op::PutBag {
+            id: 3,
+            owner: 100,
+            gold: 9,
+        },
+    ]);
+    w.tick();
+    let a = w.connect(1, 100);
+    let schema = w.engine.schema().clone();
+    let bag = schema.table("bag").unwrap().id;
+    for (i, hostile) in [
+        "SELECT * FROM bag",
+        "SELECT * FROM bag WHERE owner <> :sender",
+        "SELECT * FROM bag WHERE gold > 0 OR owner = '0000000000000000000000000000000000000000000000000000000000000000'",
+        "SELECT * FROM bag WHERE owner = '00000000000000000000000000000000000000000000000000000000000000c8'",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.subscribe(a, i as u32, hostile).unwrap();
+    }
+    w.settle();
+    assert_eq!(
+        w.mirrors[&a].rows(bag),
+        w.server_rows::<Bag>(|b| b.owner == Identity::from_u64(100))
+    );
+    assert_eq!(
+        w.subscribe(a, 9, "SELECT * FROM secret"),
+        Err(SubscribeError::Query(QueryError::PrivateTable(
+            "secret".into()
+        )))
+    );
+    // Ownership changes move rows in and out of the view.
+    w.run(vec![
+        Op::PutBag {
+            id: 2,
+            owner: 100,
+            gold: 7,
+        },
+        Op::PutBag {
+            id: 1,
+            owner: 200,
+            gold: 5,
+        },
+    ]);
+    w.settle();
+    assert_eq!(
+        w.mirrors[&a].rows(bag),
+        w.server_rows::<Bag>(|b| b.owner == Identity::from_u64(100))
+    );
+}
+
+#[test]
+fn bad_sql_errors_name_the_problem() {
+    let mut w = World::new(generous());
+    let a = w.connect(1, 1);
+    let cases = [
+        ("SELEKT * FROM item", "SQL syntax error"),
+        ("SELECT id FROM item", "column list `id`"),
+        ("SELECT * FROM item ORDER BY level", "ORDER BY"),
+        ("SELECT * FROM item LIMIT 3", "LIMIT"),
+        ("SELECT * FROM item JOIN bag ON item.id = bag.id", "JOIN"),
+        ("SELECT * FROM nowhere", "no table named \"nowhere\""),
+        (
+            "SELECT * FROM item WHERE colour = 'red'",
+            "has no column \"colour\"",
+        ),
+        (
+            "SELECT * FROM item WHERE level = 'high'",
+            "cannot compare with `'high'`",
+        ),
+        (
+            "SELECT * FROM item WHERE level IN (1, 2)",
+            "condition `level IN (1, 2)`",
+        ),
+        (
+            "SELECT * FROM item WHERE level > 1 OR within(level, :focus, 3)",
+            "ANDed",
+        ),
+        (
+            "SELECT * FROM mob WHERE within(pos, :target, 3)",
+            "must be :focus",
+        ),
+        (
+            "SELECT * FROM mob WHERE within(hp, :focus, 3)",
+            "needs a Vec2 or Vec3 column",
+        ),
+        (
+            "SELECT * FROM item WHERE level = :other",
+            "parameter :other",
+        ),
+        ("DELETE FROM item", "only SELECT is supported"),
+        (
+            "SELECT * FROM item; SELECT * FROM bag",
+            "more than one statement",
+        ),
+        (
+            "SELECT * FROM item WHERE level = 99999999999",
+            "out of range",
+        ),
+    ];
+    for (i, (sql, expected)) in cases.iter().enumerate() {
+        let err = w.subscribe(a, i as u32, sql).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{sql}: {err:?} does not mention {expected:?}"
+        );
+    }
+    assert_eq!(w.publisher.stats().shared_queries, 0);
+}
+
+#[test]
+fn spatial_views_follow_focus_with_hysteresis() {
+    let config = PublishConfig {
+        hysteresis: 5.0,
+        ..generous()
+    };
+    let mut w = World::new(config);
+    w.run(
+        (0..40)
+            .map(|i| Op::PutMob {
+                id: i,
+                x: i as f32 * 10.0,
+                y: 0.0,
+                hp: 1,
+            })
+            .collect(),
+    );
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 50)")
+        .unwrap();
+    w.publisher.set_focus(a, Vec3::new(200.0, 0.0, 0.0));
+    w.settle();
+    let mob = w.engine.schema().table("mob").unwrap().id;
+    let ids = |w: &World| -> Vec<u32> {
+        w.mirrors[&a]
+            .tables
+            .get(&mob)
+            .map(|t| t.keys().map(|pk| u32::from_bytes(pk).unwrap()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&w), (15..=25).collect::<Vec<_>>());
+
+    // Mob 26 hovers around the edge (radius 50, leave at 55): it enters once and stays.
+    let mut records_before = w.mirrors[&a].records;
+    for step in 0..20 {
+        let x = 200.0 + if step % 2 == 0 { 49.0 } else { 53.0 };
+        w.run(vec![Op::PutMob {
+            id: 26,
+            x,
+            y: 0.0,
+            hp: 1,
+        }]);
+        w.settle();
+        assert!(ids(&w).contains(&26), "flapped out at step {step}");
+    }
+    let per_move = (w.mirrors[&a].records - records_before) as f32 / 20.0;
+    assert!(per_move <= 1.0, "one record per move, got {per_move}");
+    // Beyond radius + margin it leaves.
+    w.run(vec![Op::PutMob {
+        id: 26,
+        x: 256.0,
+        y: 0.0,
+        hp: 1,
+    }]);
+    w.settle();
+    assert!(!ids(&w).contains(&26));
+    // Moving the focus moves the view.
+    records_before = w.mirrors[&a].records;
+    w.publisher.set_focus(a, Vec3::new(0.0, 0.0, 0.0));
+    w.settle();
+    assert_eq!(ids(&w), (0..=5).collect::<Vec<_>>());
+    assert!(w.mirrors[&a].records > records_before);
+}
+
+#[test]
+fn moving_rows_are_sent_as_small_quantized_deltas() {
+    let mut w = World::new(generous());
+    w.run(
+        (0..50)
+            .map(|i| Op::PutMob {
+                id: i,
+                x: i as f32,
+                y: 0.0,
+                hp: 10,
+            })
+            .collect(),
+    );
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
+        .unwrap();
+    w.publisher.set_focus(a, Vec3::ZERO);
+    w.settle();
+    let (bytes_before, records_before) = (w.mirrors[&a].bytes, w.mirrors[&a].records);
+    for step in 1..=20 {
+        w.run(
+            (0..50)
+                .map(|i| Op::PutMob {
+                    id: i,
+                    x: i as f32 + step as f32 * 0.07,
+                    y: step as f32 * 0.05,
+                    hp: 10,
+                })
+                .collect(),
+        );
+        w.tick();
+    }
+    w.settle();
+    let updates = w.mirrors[&a].records - records_before;
+    let per_update = (w.mirrors[&a].bytes - bytes_before) as f32 / updates as f32;
+    assert_eq!(updates, 1000);
+    assert!(
+        per_update <= 6.0,
+        "{per_update} bytes per moving-entity update"
+    );
+    let mob = w.engine.schema().table("mob").unwrap().id;
+    assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
+}
+
+#[test]
+fn budget_is_never_exceeded_by_more_than_one_record_and_updates_coalesce() {
+    let budget = 2_000u32;
+    let config = PublishConfig {
+        budget_bytes_per_second: budget,
+        max_banked: Duration::from_millis(50),
+        ..PublishConfig::default()
+    };
+    let mut w = World::new(config);
+    let long_name = "x".repeat(40);
+    w.run(
+        (1..=300)
+            .map(|id| Op::PutItem {
+                id,
+                level: 1,
+                name: long_name.clone(),
+            })
+            .collect(),
+    );
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM item").unwrap();
+    let max_record = 60usize;
+    let mut sent_total = 0usize;
+    let mut budget_total = 0f64;
+    for tick in 0..200 {
+        // Item 1 changes every tick while the client is still catching up.
+        w.run(vec![Op::PutItem {
+            id: 1,
+            level: tick,
+            name: long_name.clone(),
+        }]);
+        let sent = w.tick().get(&a).copied().unwrap_or(0);
+        sent_total += sent;
+        budget_total += f64::from(budget) * 0.05;
+        assert!(
+            sent_total as f64 <= budget_total + max_record as f64,
+            "tick {tick}: {sent_total} > {budget_total}"
+        );
+    }
+    w.settle();
+    let item = w.engine.schema().table("item").unwrap().id;
+    assert_eq!(w.mirrors[&a].rows(item), w.server_rows::<Item>(|_| true));
+    // 300 rows plus item 1 sent in some of its 200 states: far fewer than 500 records.
+    assert!(
+        w.mirrors[&a].records < 400,
+        "{} records: updates did not coalesce",
+        w.mirrors[&a].records
+    );
+}
+
+#[test]
+fn subscription_state_is_freed_after_churn() {
+    let mut w = World::new(generous());
+    w.run(
+        (1..=20)
+            .map(|id| Op::PutItem {
+                id,
+                level: id,
+                name: "n".into(),
+            })
+            .collect(),
+    );
+    w.run(vec![Op::PutBag {
+        id: 1,
+        owner: 7,
+        gold: 1,
+    }]);
+    w.tick();
+    let rows_before = w.publisher.stats().mirrored_rows;
+    for cycle in 0..3000u64 {
+        let client = w.connect(1000 + cycle, cycle % 5);
+        w.subscribe(client, 1, "SELECT * FROM item WHERE level > 5")
+            .unwrap();
+        w.subscribe(client, 2, "SELECT * FROM bag").unwrap();
+        w.subscribe(client, 3, "SELECT * FROM mob WHERE within(pos, :focus, 10)")
+            .unwrap();
+        if cycle % 3 == 0 {
+            w.publisher.unsubscribe(client, 1).unwrap();
+        }
+        if cycle % 7 == 0 {
+            w.tick();
+        }
+        w.publisher.disconnect(client);
+        w.mirrors.remove(&client);
+    }
+    let stats = w.publisher.stats();
+    assert_eq!(
+        (
+            stats.clients,
+            stats.shared_queries,
+            stats.spatial_queries,
+            stats.dirty
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(stats.mirrored_rows, rows_before);
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Ops(Vec<Op>),
+    Focus(u8, f32, f32),
+    Tick,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let op = prop_oneof![
+        (1u32..15, 0u32..5, "[ab]{1,3}").prop_map(|(id, level, name)| Op::PutItem {
+            id,
+            level,
+            name
+        }),
+        (1u32..15).prop_map(|id| Op::DropItem { id }),
+        (1u32..10, 1u64..4, -5i64..5).prop_map(|(id, owner, gold)| Op::PutBag { id, owner, gold }),
+        (1u32..10).prop_map(|id| Op::DropBag { id }),
+        (1u32..20, -60f32..60.0, -60f32..60.0, 0i32..3).prop_map(|(id, x, y, hp)| Op::PutMob {
+            id,
+            x,
+            y,
+            hp
+        }),
+        (1u32..20).prop_map(|id| Op::DropMob { id }),
+    ];
+    prop_oneof![
+        4 => proptest::collection::vec(op, 1..5).prop_map(Action::Ops),
+        1 => (0u8..3, -40f32..40.0, -40f32..40.0).prop_map(|(c, x, y)| Action::Focus(c, x, y)),
+        3 => Just(Action::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mirrors_converge_to_the_visible_rows(actions in proptest::collection::vec(action(), 1..40), budget in prop_oneof![Just(600u32), Just(1u32 << 20)]) {
+        let config = PublishConfig { budget_bytes_per_second: budget, hysteresis: 4.0, ..PublishConfig::default() };
+        let mut w = World::new(config);
+        let clients: Vec<ClientId> = (0..3).map(|c| w.connect(c, c + 1)).collect();
+        w.subscribe(clients[0], 1, "SELECT * FROM item WHERE level >= 2").unwrap();
+        w.subscribe(clients[0], 2, "SELECT * FROM bag").unwrap();
+        w.subscribe(clients[1], 1, "SELECT * FROM item").unwrap();
+        w.subscribe(clients[1], 2, "SELECT * FROM mob WHERE within(pos, :focus, 30) AND hp > 0").unwrap();
+        w.subscribe(clients[2], 1, "SELECT * FROM mob WHERE within(pos, :focus, 20)").unwrap();
+        w.subscribe(clients[2], 2, "SELECT * FROM bag WHERE gold > 0").unwrap();
+        let mut focus = [Vec3::ZERO; 3];
+        for (i, c) in clients.iter().enumerate() {
+            w.publisher.set_focus(*c, focus[i]);
+        }
+        for action in actions {
+            match action {
+                Action::Ops(ops) => w.run(ops),
+                Action::Focus(c, x, y) => {
+                    focus[c as usize] = Vec3::new(x, y, 0.0);
+                    w.publisher.set_focus(clients[c as usize], focus[c as usize]);
+                }
+                Action::Tick => { w.tick(); }
+            }
+        }
+        w.settle();
+        let item = w.engine.schema().table("item").unwrap().id;
+        let bag = w.engine.schema().table("bag").unwrap().id;
+        let mob = w.engine.schema().table("mob").unwrap().id;
+        prop_assert_eq!(w.mirrors[&clients[0]].rows(item), w.server_rows::<Item>(|i| i.level >= 2));
+        prop_assert_eq!(w.mirrors[&clients[0]].rows(bag), w.server_rows::<Bag>(|b| b.owner == Identity::from_u64(1)));
+        prop_assert_eq!(w.mirrors[&clients[1]].rows(item), w.server_rows::<Item>(|_| true));
+        prop_assert_eq!(w.mirrors[&clients[2]].rows(bag), w.server_rows::<Bag>(|b| b.owner == Identity::from_u64(3) && b.gold > 0));
+        // Spatial views: everything within the radius is there, nothing beyond radius + margin,
+        // and every row held matches the server's.
+        for (c, radius, need_hp) in [(1usize, 30.0f32, true), (2, 20.0, false)] {
+            let held = w.mirrors[&clients[c]].rows(mob);
+            let all = w.server_rows::<Mob>(|_| true);
+            let server: Vec<Mob> = w.engine.rows::<Mob>();
+            for (row, values) in server.iter().zip(&all) {
+                let d = row.pos.distance(focus[c].truncate());
+                let qualifies = !need_hp || row.hp > 0;
+                if d <= radius - 0.01 && qualifies {
+                    prop_assert!(held.contains(values), "client {c} misses mob {} at {d}", row.id);
+                }
+                if d > radius + 4.0 + 0.01 || !qualifies {
+                    prop_assert!(!held.contains(values), "client {c} holds mob {} at {d}", row.id);
+                }
+            }
+            for values in &held {
+                prop_assert!(all.contains(values), "client {c} holds a stale row {values:?}");
+            }
+        }
+    }
+}
