@@ -59,6 +59,7 @@
 
 pub mod changes;
 pub mod codec;
+pub mod durability;
 mod engine;
 pub mod identity;
 mod module;
@@ -70,6 +71,9 @@ pub mod time;
 
 pub use changes::{ChangeKind, ChangeSet, RowChange, RowOp, TableChanges};
 pub use codec::{DecodeError, OrreryType, TypeDesc};
+pub use durability::{
+    DurabilityConfig, DurabilityError, DurabilityHandle, FsyncPolicy, RecoveryReport,
+};
 pub use engine::{
     Caller, Engine, EngineConfig, EngineCounters, EngineError, Input, InputOutcome,
     SystemsExecutor, TickInfo, TickOutput,
