@@ -66,10 +66,7 @@ pub(crate) struct Record {
 /// Where the writer appends.
 pub(crate) enum AppendAt {
     /// An existing segment, already truncated to its valid length.
-    Existing {
-        path: PathBuf,
-        len: u64,
-    },
+    Existing { path: PathBuf, len: u64 },
     /// Start a new segment with the next record.
     New,
 }
@@ -159,7 +156,9 @@ impl LogWriter {
                 bytes += record.frame.len();
                 batch.push(record);
                 while bytes < BATCH_MAX {
-                    let Ok(record) = records.try_recv() else { break };
+                    let Ok(record) = records.try_recv() else {
+                        break;
+                    };
                     bytes += record.frame.len();
                     batch.push(record);
                 }
@@ -336,7 +335,10 @@ pub(crate) fn replay(
             Ok(first) => {
                 return Err(corrupt(
                     0,
-                    format!("header says first tick {first}, file name says {}", segment.first_seq),
+                    format!(
+                        "header says first tick {first}, file name says {}",
+                        segment.first_seq
+                    ),
                 ));
             }
             Err(HeaderProblem::Version(version)) => {

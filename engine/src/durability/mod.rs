@@ -383,15 +383,13 @@ impl DurabilityRuntime {
             Ok(()) => return,
             Err(TrySendError::Full(record)) => record,
             Err(TrySendError::Disconnected(_)) => {
-                self.shared
-                    .fail("the commit log writer stopped".to_owned());
+                self.shared.fail("the commit log writer stopped".to_owned());
                 return;
             }
         };
         let _span = tracing::debug_span!("commit_backpressure").entered();
         if records.send(record).is_err() {
-            self.shared
-                .fail("the commit log writer stopped".to_owned());
+            self.shared.fail("the commit log writer stopped".to_owned());
         }
     }
 
@@ -401,7 +399,8 @@ impl DurabilityRuntime {
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
-            self.shared.fail("the commit log writer panicked".to_owned());
+            self.shared
+                .fail("the commit log writer panicked".to_owned());
         }
         self.snapshots.close();
         match self.shared.failure() {

@@ -246,10 +246,12 @@ fn load_snapshot(
         seq: snapshot.seq,
         detail,
     };
-    let tables = snapshot.tables().map_err(|detail| DurabilityError::Snapshot {
-        path: snapshot.path.clone(),
-        detail,
-    })?;
+    let tables = snapshot
+        .tables()
+        .map_err(|detail| DurabilityError::Snapshot {
+            path: snapshot.path.clone(),
+            detail,
+        })?;
     for table in tables {
         let index = table.id as usize;
         if index >= engine.tables.len() {
@@ -268,7 +270,10 @@ fn load_snapshot(
             )));
         }
         if !durable[index] {
-            tracing::warn!(table = table.name, "table is no longer durable; its snapshot rows are ignored");
+            tracing::warn!(
+                table = table.name,
+                "table is no longer durable; its snapshot rows are ignored"
+            );
             continue;
         }
         store.restore_sequences(&table.sequences);

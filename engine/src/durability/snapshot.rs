@@ -42,7 +42,9 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Durabili
     let mut found = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| DurabilityError::io("list", dir, e))?;
     for entry in entries {
-        let path = entry.map_err(|e| DurabilityError::io("list", dir, e))?.path();
+        let path = entry
+            .map_err(|e| DurabilityError::io("list", dir, e))?
+            .path();
         if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
             continue;
         }
@@ -56,7 +58,7 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Durabili
         };
         found.push((seq, path));
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|s| std::cmp::Reverse(s.0));
     Ok(found)
 }
 
@@ -64,7 +66,9 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Durabili
 pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), DurabilityError> {
     let entries = fs::read_dir(dir).map_err(|e| DurabilityError::io("list", dir, e))?;
     for entry in entries {
-        let path = entry.map_err(|e| DurabilityError::io("list", dir, e))?.path();
+        let path = entry
+            .map_err(|e| DurabilityError::io("list", dir, e))?
+            .path();
         if path.to_str().is_some_and(|p| p.ends_with(".snapshot.tmp")) {
             tracing::info!(path = %path.display(), "removing an unfinished snapshot");
             fs::remove_file(&path).map_err(|e| DurabilityError::io("remove", &path, e))?;
@@ -140,7 +144,9 @@ impl Snapshot {
             detail,
         };
         if bytes.len() < HEADER_LEN + 4 || bytes[..8] != MAGIC {
-            return Err(invalid("not a snapshot file (bad magic or too short)".into()));
+            return Err(invalid(
+                "not a snapshot file (bad magic or too short)".into(),
+            ));
         }
         let body = bytes.len() - 4;
         if crc32c::crc32c(&bytes[..body]) != u32_at(&bytes, body) {

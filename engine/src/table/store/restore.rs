@@ -49,7 +49,8 @@ impl<T: Table> TableStore<T> {
         count: u64,
         mut rows: &[u8],
     ) -> Result<(), String> {
-        self.pk.reserve(usize::try_from(count).unwrap_or(0).min(rows.len() / 4));
+        self.pk
+            .reserve(usize::try_from(count).unwrap_or(0).min(rows.len() / 4));
         for i in 0..count {
             if rows.len() < 4 {
                 return Err(format!("row {i} of {count}: truncated length"));
