@@ -288,7 +288,8 @@ impl DurabilityHandle {
 pub(crate) struct DurabilityRuntime {
     shared: Arc<Shared>,
     records: Option<SyncSender<log::Record>>,
-    recycled: Receiver<Vec<u8>>,
+    /// Buffers the writer is done with (a `Mutex` only to keep the engine `Sync`; uncontended).
+    recycled: Mutex<Receiver<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     snapshots: snapshot::Snapshotter,
     snapshot_every: u64,
@@ -330,7 +331,12 @@ impl DurabilityRuntime {
         tables: &mut TableSet,
         world: &World,
     ) {
-        let buf = self.recycled.try_recv().unwrap_or_default();
+        let buf = self
+            .recycled
+            .get_mut()
+            .ok()
+            .and_then(|r| r.try_recv().ok())
+            .unwrap_or_default();
         let mut record = record::RecordBuilder::new(buf, seq, now.as_micros());
         let mut changed = changes.tables.iter().peekable();
         for index in 0..tables.len() {
@@ -413,5 +419,43 @@ impl DurabilityRuntime {
 impl Drop for DurabilityRuntime {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_and_the_handle_can_cross_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Engine>();
+        check::<DurabilityHandle>();
+    }
+
+    #[test]
+    fn waiting_ends_on_durability_failure_or_timeout() {
+        let shared = Arc::new(Shared::default());
+        let handle = DurabilityHandle {
+            shared: Arc::clone(&shared),
+        };
+        assert!(!handle.wait_durable(1, Duration::from_millis(1)));
+        let waiter = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.wait_durable(3, Duration::from_secs(30)))
+        };
+        shared.set_durable(3);
+        assert!(waiter.join().unwrap());
+        assert_eq!(handle.durable_up_to(), 3);
+        shared.set_durable(2);
+        assert_eq!(handle.durable_up_to(), 3, "durability never goes back");
+        let waiter = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.wait_durable(4, Duration::from_secs(30)))
+        };
+        shared.fail("disk full".into());
+        assert!(!waiter.join().unwrap());
+        assert!(handle.wait_durable(3, Duration::ZERO));
+        assert_eq!(handle.failure().as_deref(), Some("disk full"));
     }
 }

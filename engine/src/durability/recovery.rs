@@ -224,7 +224,7 @@ fn start(
     engine.durability = Some(DurabilityRuntime {
         shared,
         records: Some(records),
-        recycled,
+        recycled: std::sync::Mutex::new(recycled),
         writer: Some(writer),
         snapshots,
         snapshot_every: config.snapshot_every_ticks,
