@@ -2,8 +2,9 @@
 //! simulation one tick at a time.
 //!
 //! The engine is sans-IO: it never reads a clock or touches a socket. `step(now)` runs the
-//! tick phases that belong to the engine (reducers, scheduled, systems, capture) and returns
-//! the tick's change set and per-phase timings; the server adds commit, publish and flush.
+//! tick phases that belong to the engine (reducers, scheduled, systems, capture and, for an
+//! engine opened with [`Engine::open`], commit to the log) and returns the tick's change set
+//! and per-phase timings; the server adds publish and flush.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
