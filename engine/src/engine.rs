@@ -2,8 +2,9 @@
 //! simulation one tick at a time.
 //!
 //! The engine is sans-IO: it never reads a clock or touches a socket. `step(now)` runs the
-//! tick phases that belong to the engine (reducers, scheduled, systems, capture) and returns
-//! the tick's change set and per-phase timings; the server adds commit, publish and flush.
+//! tick phases that belong to the engine (reducers, scheduled, systems, capture and, for an
+//! engine opened with [`Engine::open`], commit to the log) and returns the tick's change set
+//! and per-phase timings; the server adds publish and flush.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -69,6 +70,9 @@ pub enum EngineError {
     /// that write the same data).
     #[error("systems schedule rejected: {0}")]
     Schedule(String),
+    /// The data directory could not be opened or recovered (see [`Engine::open`]).
+    #[error(transparent)]
+    Durability(#[from] crate::durability::DurabilityError),
 }
 
 /// Who made a call.
@@ -187,6 +191,10 @@ pub struct SpatialMove {
 pub struct TickOutput {
     /// The tick.
     pub tick: Tick,
+    /// The tick's sequence number: like `tick` but a `u64` that never wraps. It is what the
+    /// commit log records and what [`crate::DurabilityHandle::wait_durable`] takes: a durable
+    /// reply to an outcome of this tick may be sent once `durable_up_to() >= seq`.
+    pub seq: u64,
     /// Its timestamp.
     pub timestamp: Timestamp,
     /// Net row changes of the tick (including calls made since the previous step).
@@ -199,12 +207,15 @@ pub struct TickOutput {
     pub capture: CaptureStats,
     /// Rows of spatial tables that changed grid cell, in the order they moved.
     pub cell_moves: Vec<SpatialMove>,
+    /// Set when the commit log has failed: the step ran nothing, changed nothing, and every
+    /// queued input was refused with [`ReducerError::Storage`].
+    pub storage_error: Option<String>,
 }
 
 /// The Orrery engine.
 pub struct Engine {
-    world: World,
-    tables: TableSet,
+    pub(crate) world: World,
+    pub(crate) tables: TableSet,
     reducers: Vec<ReducerDef>,
     reducer_index: FxHashMap<String, usize>,
     init_reducer: Option<usize>,
@@ -219,15 +230,19 @@ pub struct Engine {
     scan_all_once: bool,
     schema: ModuleSchema,
     config: EngineConfig,
-    tick: Tick,
-    timestamp: Timestamp,
-    previous_timestamp: Option<Timestamp>,
+    pub(crate) tick: Tick,
+    /// The last completed tick's sequence (never wraps; see `TickOutput::seq`).
+    pub(crate) seq: u64,
+    pub(crate) timestamp: Timestamp,
+    pub(crate) previous_timestamp: Option<Timestamp>,
     calls_this_tick: u64,
     touched: Vec<usize>,
-    queue: VecDeque<Input>,
+    pub(crate) queue: VecDeque<Input>,
     stats: TickStats,
     counters: EngineCounters,
     due: Vec<DueFire>,
+    /// The commit log and snapshots (`None` for an in-memory engine).
+    pub(crate) durability: Option<crate::durability::DurabilityRuntime>,
 }
 
 impl Engine {
@@ -327,6 +342,7 @@ impl Engine {
             schema,
             config,
             tick: Tick::ZERO,
+            seq: 0,
             timestamp: Timestamp::UNIX_EPOCH,
             previous_timestamp: None,
             calls_this_tick: 0,
@@ -335,6 +351,7 @@ impl Engine {
             stats,
             counters: EngineCounters::default(),
             due: Vec::new(),
+            durability: None,
         })
     }
 
@@ -481,6 +498,10 @@ impl Engine {
         caller: Caller,
         args: &[u8],
     ) -> Result<(), ReducerError> {
+        if let Some(failure) = self.storage_failure() {
+            self.counters.rejected += 1;
+            return Err(ReducerError::Storage(failure));
+        }
         let invoke = self.reducers[index].invoke;
         let tick = self.tick.next();
         let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
@@ -556,6 +577,9 @@ impl Engine {
     /// Runs one tick at `now`: queued inputs, due schedules, systems, capture. Returns the
     /// tick's net changes, including those of calls made directly since the previous step.
     pub fn step(&mut self, now: Timestamp) -> TickOutput {
+        if let Some(failure) = self.storage_failure() {
+            return self.refuse_step(failure);
+        }
         let tick = self.tick.next();
         let _span = tracing::debug_span!("tick", tick = tick.get()).entered();
         self.timestamp = now;
@@ -606,19 +630,28 @@ impl Engine {
         self.world.clear_trackers();
         timer.lap(Phase::Capture);
 
+        let seq = self.seq + 1;
+        if let Some(durability) = self.durability.as_mut() {
+            durability.commit(seq, now, &changes, &mut self.tables, &self.world);
+            timer.lap(Phase::Commit);
+        }
+
         let timing = timer.finish();
         self.stats.record(&timing);
         self.tick = tick;
+        self.seq = seq;
         self.previous_timestamp = Some(now);
         self.calls_this_tick = 0;
         TickOutput {
             tick,
+            seq,
             timestamp: now,
             changes,
             outcomes,
             timing,
             capture,
             cell_moves,
+            storage_error: None,
         }
     }
 

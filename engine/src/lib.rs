@@ -59,6 +59,7 @@
 
 pub mod changes;
 pub mod codec;
+pub mod durability;
 mod engine;
 pub mod identity;
 mod module;
@@ -72,6 +73,9 @@ pub mod value;
 
 pub use changes::{ChangeKind, ChangeSet, RowChange, RowOp, TableChanges};
 pub use codec::{DecodeError, OrreryType, TypeDesc};
+pub use durability::{
+    DurabilityConfig, DurabilityError, DurabilityHandle, FsyncPolicy, RecoveryReport,
+};
 pub use engine::{
     Caller, Engine, EngineConfig, EngineCounters, EngineError, Input, InputOutcome, SpatialMove,
     SystemsExecutor, TickInfo, TickOutput,

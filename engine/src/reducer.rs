@@ -227,6 +227,10 @@ pub enum ReducerError {
         /// The panic message.
         message: String,
     },
+    /// The commit log failed (for example the disk is full): the engine accepts no more writes
+    /// and the call did not run.
+    #[error("storage failure, the engine accepts no writes: {0}")]
+    Storage(String),
 }
 
 impl ReducerError {

@@ -7,6 +7,8 @@
 //! components directly; [`TableStore::capture`] finds those mutations through change detection
 //! and the `RowKeys` shadow and re-indexes them.
 
+mod restore;
+
 use std::any::Any;
 use std::collections::BTreeSet;
 
@@ -630,6 +632,19 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     fn after_fire(&mut self, world: &mut World, ordinal: u32, fired_due: Timestamp, now: Timestamp);
     fn move_into_world(self: Box<Self>, world: &mut World);
     fn check_integrity(&self, world: &mut World) -> Result<(), String>;
+    // Durability (see `restore.rs`): no undo log, no change log.
+    fn schema(&self) -> &TableSchema;
+    fn row_count(&self) -> usize;
+    fn sequences(&self) -> &[u64];
+    fn restore_sequences(&mut self, values: &[u64]);
+    fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64;
+    fn load_rows(&mut self, world: &mut World, count: u64, rows: &[u8]) -> Result<(), String>;
+    fn apply_changes(
+        &mut self,
+        world: &mut World,
+        changes: &[crate::changes::RowChange<'_>],
+    ) -> Result<(), String>;
+    fn rebuild_schedule(&mut self, world: &World, now: Timestamp);
 }
 
 impl<T: Table> ErasedStore for TableStore<T> {
@@ -720,6 +735,34 @@ impl<T: Table> ErasedStore for TableStore<T> {
     }
     fn check_integrity(&self, world: &mut World) -> Result<(), String> {
         TableStore::check_integrity(self, world)
+    }
+    fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+    fn row_count(&self) -> usize {
+        self.len()
+    }
+    fn sequences(&self) -> &[u64] {
+        self.sequence_values()
+    }
+    fn restore_sequences(&mut self, values: &[u64]) {
+        TableStore::restore_sequences(self, values);
+    }
+    fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64 {
+        TableStore::dump_rows(self, world, out)
+    }
+    fn load_rows(&mut self, world: &mut World, count: u64, rows: &[u8]) -> Result<(), String> {
+        TableStore::load_rows(self, world, count, rows)
+    }
+    fn apply_changes(
+        &mut self,
+        world: &mut World,
+        changes: &[crate::changes::RowChange<'_>],
+    ) -> Result<(), String> {
+        TableStore::apply_changes(self, world, changes)
+    }
+    fn rebuild_schedule(&mut self, world: &World, now: Timestamp) {
+        TableStore::rebuild_schedule(self, world, now);
     }
 }
 

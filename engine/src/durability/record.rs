@@ -1,0 +1,383 @@
+//! The commit log's byte format: the segment header, the record frame (length, CRC32C, tick
+//! sequence) and the record payload (a tick's changes to durable tables). Encoding happens on
+//! the tick thread into a reusable buffer; the CRC is filled in by the writer thread; decoding
+//! is used by recovery and never panics on hostile bytes.
+//!
+//! The layout is specified in `docs/durability.md`; keep the two in sync.
+
+use crate::changes::{ChangeKind, RowChange};
+use crate::codec::{DecodeError, read_len, read_varint, take_bytes, write_varint};
+
+/// First bytes of every segment file.
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ORRYLOG\0";
+/// Version of the segment and record format.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Segment header: magic (8) + version (4) + reserved (4) + first sequence (8) + CRC32C (4).
+pub(crate) const SEGMENT_HEADER_LEN: usize = 28;
+/// Record frame header: payload length (4) + CRC32C (4) + tick sequence (8).
+pub(crate) const RECORD_HEADER_LEN: usize = 16;
+
+/// Encodes a segment header for a segment whose first record has sequence `first_seq`.
+pub(crate) fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // 12..16 reserved (zero).
+    header[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..24]);
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Why a segment header is not valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderProblem {
+    /// Fewer bytes than a header.
+    Short,
+    /// Magic or CRC wrong.
+    Corrupt,
+    /// A valid header of a format version this build cannot read.
+    Version(u32),
+}
+
+/// Parses a segment header, returning the segment's first sequence.
+pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderProblem> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(HeaderProblem::Short);
+    }
+    let crc = u32_at(bytes, 24);
+    if bytes[..8] != SEGMENT_MAGIC || crc32c::crc32c(&bytes[..24]) != crc {
+        return Err(HeaderProblem::Corrupt);
+    }
+    let version = u32_at(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(HeaderProblem::Version(version));
+    }
+    Ok(u64_at(bytes, 16))
+}
+
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(raw)
+}
+
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+/// The CRC32C of a framed record: over the length field, the sequence field and the payload
+/// (everything except the CRC field itself).
+pub(crate) fn record_crc(frame: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&frame[..4]);
+    crc32c::crc32c_append(crc, &frame[8..])
+}
+
+/// Fills in the CRC of a framed record whose length and sequence are already written.
+pub(crate) fn seal_record(frame: &mut [u8]) {
+    let crc = record_crc(frame);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Builds one record in a reusable buffer: frame header first (length, CRC placeholder,
+/// sequence), then the payload.
+pub(crate) struct RecordBuilder {
+    buf: Vec<u8>,
+    tables: u64,
+    tables_at: usize,
+}
+
+/// Kind byte of an entry in a record.
+fn kind_byte(kind: ChangeKind) -> u8 {
+    match kind {
+        ChangeKind::Insert => 0,
+        ChangeKind::Update => 1,
+        ChangeKind::Delete => 2,
+    }
+}
+
+/// Flag bit of a table section: the table's auto-increment sequences follow.
+const HAS_SEQUENCES: u8 = 1;
+
+impl RecordBuilder {
+    /// Starts the record of tick `seq` with timestamp `micros` in `buf` (cleared first).
+    pub(crate) fn new(mut buf: Vec<u8>, seq: u64, micros: i64) -> Self {
+        buf.clear();
+        buf.extend_from_slice(&[0u8; 8]);
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&micros.to_le_bytes());
+        let tables_at = buf.len();
+        // The table count is patched in `finish`; reserve a fixed 4 bytes for it.
+        buf.extend_from_slice(&[0u8; 4]);
+        RecordBuilder {
+            buf,
+            tables: 0,
+            tables_at,
+        }
+    }
+
+    /// Starts a table section.
+    pub(crate) fn table(&mut self, table: u32, sequences: Option<&[u64]>, entries: usize) {
+        self.tables += 1;
+        write_varint(&mut self.buf, u64::from(table));
+        match sequences {
+            Some(values) => {
+                self.buf.push(HAS_SEQUENCES);
+                write_varint(&mut self.buf, values.len() as u64);
+                for &value in values {
+                    write_varint(&mut self.buf, value);
+                }
+            }
+            None => self.buf.push(0),
+        }
+        write_varint(&mut self.buf, entries as u64);
+    }
+
+    /// Appends one entry to the current table section.
+    pub(crate) fn entry(&mut self, kind: ChangeKind, pk: &[u8], row: Option<&[u8]>) {
+        self.buf.push(kind_byte(kind));
+        write_varint(&mut self.buf, pk.len() as u64);
+        self.buf.extend_from_slice(pk);
+        if kind != ChangeKind::Delete {
+            let row = row.unwrap_or(&[]);
+            write_varint(&mut self.buf, row.len() as u64);
+            self.buf.extend_from_slice(row);
+        }
+    }
+
+    /// Writes the frame's length field; returns the framed record (CRC still zero: the writer
+    /// thread seals it), or the payload length if it does not fit a `u32`.
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, usize> {
+        let tables = u32::try_from(self.tables).unwrap_or(u32::MAX);
+        self.buf[self.tables_at..self.tables_at + 4].copy_from_slice(&tables.to_le_bytes());
+        let payload = self.buf.len() - RECORD_HEADER_LEN;
+        let len = u32::try_from(payload).map_err(|_| payload)?;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        Ok(self.buf)
+    }
+}
+
+/// One entry of a decoded record, borrowing the record's bytes.
+pub(crate) type EntryRef<'a> = RowChange<'a>;
+
+/// One table section of a decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TableRef<'a> {
+    pub(crate) table: u32,
+    pub(crate) sequences: Option<Vec<u64>>,
+    pub(crate) entries: Vec<EntryRef<'a>>,
+}
+
+/// A decoded record payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TickRecord<'a> {
+    pub(crate) seq: u64,
+    pub(crate) micros: i64,
+    pub(crate) tables: Vec<TableRef<'a>>,
+}
+
+/// Decodes a record payload (the bytes after the frame header) of sequence `seq`.
+pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>, DecodeError> {
+    let mut input = payload;
+    let head = take_bytes(&mut input, 12, "record header")?;
+    let micros = u64_at(head, 0) as i64;
+    let count = u32_at(head, 8);
+    // Every table section takes at least three bytes, so this bounds the allocation.
+    if u64::from(count) * 3 > input.len() as u64 {
+        return Err(DecodeError::LengthTooLarge {
+            len: u64::from(count),
+            remaining: input.len(),
+        });
+    }
+    let mut tables = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let table = u32::try_from(read_varint(&mut input, "table id")?)
+            .map_err(|_| DecodeError::VarintOverflow { what: "table id" })?;
+        let flags = take_bytes(&mut input, 1, "table flags")?[0];
+        let sequences = if flags & HAS_SEQUENCES != 0 {
+            let n = read_len(&mut input, 1, "sequences")?;
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                values.push(read_varint(&mut input, "sequence")?);
+            }
+            Some(values)
+        } else if flags != 0 {
+            return Err(DecodeError::InvalidTag {
+                what: "table flags",
+                tag: u64::from(flags),
+            });
+        } else {
+            None
+        };
+        let n = read_len(&mut input, 2, "entries")?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let kind = match take_bytes(&mut input, 1, "entry kind")?[0] {
+                0 => ChangeKind::Insert,
+                1 => ChangeKind::Update,
+                2 => ChangeKind::Delete,
+                tag => {
+                    return Err(DecodeError::InvalidTag {
+                        what: "entry kind",
+                        tag: u64::from(tag),
+                    });
+                }
+            };
+            let pk_len = read_len(&mut input, 1, "primary key")?;
+            let pk = take_bytes(&mut input, pk_len, "primary key")?;
+            let row = if kind == ChangeKind::Delete {
+                None
+            } else {
+                let row_len = read_len(&mut input, 1, "row")?;
+                Some(take_bytes(&mut input, row_len, "row")?)
+            };
+            entries.push(EntryRef { kind, pk, row });
+        }
+        tables.push(TableRef {
+            table,
+            sequences,
+            entries,
+        });
+    }
+    if !input.is_empty() {
+        return Err(DecodeError::TrailingBytes(input.len()));
+    }
+    Ok(TickRecord {
+        seq,
+        micros,
+        tables,
+    })
+}
+
+/// Outcome of reading the frame at the front of `bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// A complete record with a correct CRC.
+    Valid {
+        /// Its sequence.
+        seq: u64,
+        /// Its payload.
+        payload: &'a [u8],
+        /// Total framed length.
+        len: usize,
+    },
+    /// Not a valid record (short, overlong or CRC mismatch).
+    Invalid,
+}
+
+/// Reads the record frame at the front of `bytes`.
+pub(crate) fn read_frame(bytes: &[u8]) -> Frame<'_> {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return Frame::Invalid;
+    }
+    let len = u32_at(bytes, 0) as usize;
+    let Some(total) = len.checked_add(RECORD_HEADER_LEN) else {
+        return Frame::Invalid;
+    };
+    if total > bytes.len() || len < 12 {
+        return Frame::Invalid;
+    }
+    let frame = &bytes[..total];
+    if record_crc(frame) != u32_at(frame, 4) {
+        return Frame::Invalid;
+    }
+    Frame::Valid {
+        seq: u64_at(frame, 8),
+        payload: &frame[RECORD_HEADER_LEN..],
+        len: total,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> Vec<u8> {
+        let mut builder = RecordBuilder::new(Vec::new(), seq, -7);
+        builder.table(3, Some(&[5, 1 << 40]), 3);
+        builder.entry(ChangeKind::Insert, &[1], Some(&[10, 11]));
+        builder.entry(ChangeKind::Update, &[2], Some(&[]));
+        builder.entry(ChangeKind::Delete, &[3, 3], None);
+        builder.table(0, None, 0);
+        let mut frame = builder.finish().unwrap();
+        seal_record(&mut frame);
+        frame
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let frame = record(42);
+        let Frame::Valid { seq, payload, len } = read_frame(&frame) else {
+            panic!("valid frame expected");
+        };
+        assert_eq!((seq, len), (42, frame.len()));
+        let decoded = decode_payload(seq, payload).unwrap();
+        assert_eq!(decoded.micros, -7);
+        assert_eq!(decoded.tables.len(), 2);
+        assert_eq!(decoded.tables[0].table, 3);
+        assert_eq!(decoded.tables[0].sequences, Some(vec![5, 1 << 40]));
+        assert_eq!(
+            decoded.tables[0].entries,
+            vec![
+                EntryRef {
+                    kind: ChangeKind::Insert,
+                    pk: &[1],
+                    row: Some(&[10, 11])
+                },
+                EntryRef {
+                    kind: ChangeKind::Update,
+                    pk: &[2],
+                    row: Some(&[])
+                },
+                EntryRef {
+                    kind: ChangeKind::Delete,
+                    pk: &[3, 3],
+                    row: None
+                },
+            ]
+        );
+        assert_eq!(decoded.tables[1].sequences, None);
+    }
+
+    #[test]
+    fn every_truncation_and_every_bit_flip_is_detected() {
+        let frame = record(9);
+        for cut in 0..frame.len() {
+            assert_eq!(read_frame(&frame[..cut]), Frame::Invalid, "cut at {cut}");
+        }
+        for bit in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(read_frame(&bad), Frame::Invalid, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn segment_headers_round_trip_and_detect_damage() {
+        let header = segment_header(77);
+        assert_eq!(parse_segment_header(&header), Ok(77));
+        assert_eq!(
+            parse_segment_header(&header[..10]),
+            Err(HeaderProblem::Short)
+        );
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut bad = header;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(parse_segment_header(&bad).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn garbage_payloads_are_errors_not_panics() {
+        let frame = record(1);
+        let payload = &frame[RECORD_HEADER_LEN..];
+        for cut in 0..payload.len() {
+            assert!(decode_payload(1, &payload[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = payload.to_vec();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_payload(1, &huge).is_err());
+    }
+}

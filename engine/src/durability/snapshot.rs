@@ -1,0 +1,318 @@
+//! Snapshots: the file format, encoding a consistent dump of every durable table on the tick
+//! thread, reading and validating a snapshot file, and the snapshot thread that writes one
+//! atomically (temp file, fsync, rename, fsync directory) and then prunes what it makes
+//! unnecessary.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bevy_ecs::world::World;
+
+use super::log::{prune_segments, sync_dir};
+use super::record::{u32_at, u64_at};
+use super::{DurabilityError, Shared};
+use crate::codec::{read_len, read_varint, take_bytes, write_varint};
+use crate::tables::TableSet;
+use crate::time::Timestamp;
+
+const MAGIC: [u8; 8] = *b"ORRYSNAP";
+const VERSION: u32 = 1;
+/// Magic (8) + version (4) + reserved (4) + sequence (8) + timestamp (8) + table count (4).
+const HEADER_LEN: usize = 36;
+const EXT: &str = "snapshot";
+/// How many snapshots pruning keeps (the newest may be damaged; the one before backs it up).
+const KEEP: usize = 2;
+
+pub(crate) fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{EXT}"))
+}
+
+fn temp_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{EXT}.tmp"))
+}
+
+/// The snapshots in `dir`, newest first.
+pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DurabilityError> {
+    let mut found = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| DurabilityError::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| DurabilityError::io("list", dir, e))?
+            .path();
+        if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
+            continue;
+        }
+        let Some(seq) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| s.len() == 20)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((seq, path));
+    }
+    found.sort_by_key(|s| std::cmp::Reverse(s.0));
+    Ok(found)
+}
+
+/// Removes temp files of snapshots whose writing was interrupted.
+pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), DurabilityError> {
+    let entries = fs::read_dir(dir).map_err(|e| DurabilityError::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| DurabilityError::io("list", dir, e))?
+            .path();
+        if path.to_str().is_some_and(|p| p.ends_with(".snapshot.tmp")) {
+            tracing::info!(path = %path.display(), "removing an unfinished snapshot");
+            fs::remove_file(&path).map_err(|e| DurabilityError::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a snapshot of every durable table as of the end of tick `seq`.
+pub(crate) fn encode(
+    seq: u64,
+    now: Timestamp,
+    tables: &mut TableSet,
+    world: &World,
+    durable: &[bool],
+) -> Vec<u8> {
+    let _span = tracing::debug_span!("snapshot_encode", seq).entered();
+    let mut out = Vec::with_capacity(1 << 16);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&now.as_micros().to_le_bytes());
+    let count = durable.iter().filter(|&&d| d).count() as u32;
+    out.extend_from_slice(&count.to_le_bytes());
+    for (index, _) in durable.iter().enumerate().filter(|(_, d)| **d) {
+        let store = tables.erased_mut(index);
+        write_varint(&mut out, index as u64);
+        let name = store.schema().name.as_bytes();
+        write_varint(&mut out, name.len() as u64);
+        out.extend_from_slice(name);
+        let sequences = store.sequences();
+        write_varint(&mut out, sequences.len() as u64);
+        for &value in sequences {
+            write_varint(&mut out, value);
+        }
+        let counts_at = out.len();
+        out.extend_from_slice(&[0u8; 16]);
+        let rows_at = out.len();
+        let rows = store.dump_rows(world, &mut out);
+        let rows_len = (out.len() - rows_at) as u64;
+        out[counts_at..counts_at + 8].copy_from_slice(&rows.to_le_bytes());
+        out[counts_at + 8..counts_at + 16].copy_from_slice(&rows_len.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// One table of a snapshot.
+pub(crate) struct SnapshotTable<'a> {
+    pub(crate) id: u32,
+    pub(crate) name: &'a str,
+    pub(crate) sequences: Vec<u64>,
+    pub(crate) rows: u64,
+    pub(crate) row_bytes: &'a [u8],
+}
+
+/// A snapshot file, validated (magic, version, CRC, structure).
+pub(crate) struct Snapshot {
+    pub(crate) path: PathBuf,
+    pub(crate) seq: u64,
+    pub(crate) micros: i64,
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Reads and validates a snapshot file.
+    pub(crate) fn read(path: &Path) -> Result<Snapshot, DurabilityError> {
+        let bytes = fs::read(path).map_err(|e| DurabilityError::io("read", path, e))?;
+        let invalid = |detail: String| DurabilityError::Snapshot {
+            path: path.to_owned(),
+            detail,
+        };
+        if bytes.len() < HEADER_LEN + 4 || bytes[..8] != MAGIC {
+            return Err(invalid(
+                "not a snapshot file (bad magic or too short)".into(),
+            ));
+        }
+        let body = bytes.len() - 4;
+        if crc32c::crc32c(&bytes[..body]) != u32_at(&bytes, body) {
+            return Err(invalid("CRC mismatch".into()));
+        }
+        let version = u32_at(&bytes, 8);
+        if version != VERSION {
+            return Err(DurabilityError::Version {
+                path: path.to_owned(),
+                version,
+            });
+        }
+        let snapshot = Snapshot {
+            path: path.to_owned(),
+            seq: u64_at(&bytes, 16),
+            micros: u64_at(&bytes, 24) as i64,
+            bytes,
+        };
+        snapshot.tables().map_err(invalid)?;
+        Ok(snapshot)
+    }
+
+    /// The tables, in file order.
+    pub(crate) fn tables(&self) -> Result<Vec<SnapshotTable<'_>>, String> {
+        let body = &self.bytes[..self.bytes.len() - 4];
+        let count = u32_at(body, 32);
+        let mut input = &body[HEADER_LEN..];
+        let mut tables = Vec::new();
+        for _ in 0..count {
+            let id = u32::try_from(read_varint(&mut input, "table id").map_err(|e| e.to_string())?)
+                .map_err(|_| "table id out of range".to_owned())?;
+            let name_len = read_len(&mut input, 1, "table name").map_err(|e| e.to_string())?;
+            let name = std::str::from_utf8(
+                take_bytes(&mut input, name_len, "table name").map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+            let n = read_len(&mut input, 1, "sequences").map_err(|e| e.to_string())?;
+            let mut sequences = Vec::with_capacity(n);
+            for _ in 0..n {
+                sequences.push(read_varint(&mut input, "sequence").map_err(|e| e.to_string())?);
+            }
+            let counts = take_bytes(&mut input, 16, "row counts").map_err(|e| e.to_string())?;
+            let rows = u64_at(counts, 0);
+            let rows_len = usize::try_from(u64_at(counts, 8)).unwrap_or(usize::MAX);
+            let row_bytes = take_bytes(&mut input, rows_len, "rows").map_err(|e| e.to_string())?;
+            tables.push(SnapshotTable {
+                id,
+                name,
+                sequences,
+                rows,
+                row_bytes,
+            });
+        }
+        if !input.is_empty() {
+            return Err(format!("{} bytes after the last table", input.len()));
+        }
+        Ok(tables)
+    }
+}
+
+/// Writes `bytes` as snapshot `seq`: temp file, fsync, rename, fsync directory.
+pub(crate) fn write_atomically(dir: &Path, seq: u64, bytes: &[u8]) -> Result<PathBuf, String> {
+    let temp = temp_path(dir, seq);
+    let path = snapshot_path(dir, seq);
+    let fail = |op: &str, p: &Path, e: std::io::Error| format!("{op} {}: {e}", p.display());
+    let result = (|| {
+        let mut file = File::create(&temp).map_err(|e| fail("create", &temp, e))?;
+        file.write_all(bytes).map_err(|e| fail("write", &temp, e))?;
+        file.sync_all().map_err(|e| fail("fsync", &temp, e))?;
+        drop(file);
+        fs::rename(&temp, &path).map_err(|e| fail("rename", &temp, e))?;
+        sync_dir(dir).map_err(|e| fail("fsync", dir, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map(|()| path)
+}
+
+/// Deletes all but the newest [`KEEP`] snapshots and the segments the oldest kept one covers.
+pub(crate) fn prune(dir: &Path) -> Result<(), DurabilityError> {
+    let snapshots = list_snapshots(dir)?;
+    let Some(&(covered, _)) = snapshots.get(KEEP - 1) else {
+        return Ok(());
+    };
+    for (_, path) in snapshots.iter().skip(KEEP) {
+        fs::remove_file(path).map_err(|e| DurabilityError::io("remove snapshot", path, e))?;
+    }
+    prune_segments(dir, covered)?;
+    Ok(())
+}
+
+/// The snapshot thread: writes one snapshot at a time.
+pub(crate) struct Snapshotter {
+    jobs: Option<Sender<(u64, Vec<u8>)>>,
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Snapshotter {
+    pub(crate) fn spawn(
+        dir: PathBuf,
+        prune_files: bool,
+        shared: Arc<Shared>,
+    ) -> Result<Snapshotter, DurabilityError> {
+        let (jobs, receiver) = mpsc::channel::<(u64, Vec<u8>)>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let busy_flag = Arc::clone(&busy);
+        let thread = std::thread::Builder::new()
+            .name("orrery-snapshot".into())
+            .spawn(move || {
+                for (seq, bytes) in receiver {
+                    write_job(&dir, prune_files, &shared, seq, &bytes);
+                    busy_flag.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| DurabilityError::io("spawn snapshot thread for", Path::new("."), e))?;
+        Ok(Snapshotter {
+            jobs: Some(jobs),
+            busy,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether a snapshot is being written.
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Hands a snapshot to the thread.
+    pub(crate) fn submit(&mut self, seq: u64, bytes: Vec<u8>) {
+        if let Some(jobs) = &self.jobs {
+            self.busy.store(true, Ordering::Release);
+            if jobs.send((seq, bytes)).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Finishes the snapshot in progress and stops the thread.
+    pub(crate) fn close(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_job(dir: &Path, prune_files: bool, shared: &Shared, seq: u64, bytes: &[u8]) {
+    let _span = tracing::debug_span!("snapshot_write", seq, bytes = bytes.len()).entered();
+    // A snapshot never gets ahead of the log: recovery relies on every record up to a
+    // snapshot's tick being in the log (or pruned because a snapshot covers it).
+    while !shared.wait(seq, Duration::from_secs(1)) {
+        if shared.failure().is_some() {
+            return;
+        }
+    }
+    match write_atomically(dir, seq, bytes) {
+        Ok(path) => {
+            tracing::debug!(path = %path.display(), "snapshot written");
+            shared.set_snapshot(seq);
+            if prune_files && let Err(error) = prune(dir) {
+                tracing::warn!(%error, "pruning after snapshot failed");
+            }
+        }
+        // The log stays authoritative: a failed snapshot costs replay time, not data.
+        Err(error) => tracing::error!(seq, %error, "snapshot failed"),
+    }
+}
