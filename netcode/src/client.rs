@@ -44,6 +44,9 @@ pub struct ClientConfig {
     pub request_interval: Duration,
     /// A keep-alive goes out after this long without sending (default 250 ms).
     pub keepalive: Duration,
+    /// The version announced in the hello: [`PROTOCOL_VERSION`] (other values test refusal).
+    #[doc(hidden)]
+    pub protocol_version: u16,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +59,7 @@ impl Default for ClientConfig {
             resend: Duration::from_millis(200),
             request_interval: Duration::from_millis(100),
             keepalive: Duration::from_millis(250),
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -176,7 +180,7 @@ impl ClientSession {
         let mut link = Link::new(limits);
         let hello = ClientHello {
             magic: HELLO_MAGIC,
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: config.protocol_version,
         };
         let _ = link.send_reliable(Bytes::from(bitcode::encode(&hello)));
         Ok(Self {
@@ -580,6 +584,15 @@ impl ClientSession {
     #[doc(hidden)]
     pub fn send_raw_unchecked(&mut self, bytes: Vec<u8>) {
         let _ = self.link.send_reliable(Bytes::from(bytes));
+    }
+
+    /// Sends `payload` as one encrypted netcode payload packet, bypassing renet (fuzz tests
+    /// throw arbitrary reliability-layer bytes at the server through an authenticated client).
+    #[doc(hidden)]
+    pub fn send_raw_payload(&mut self, payload: &[u8]) {
+        if matches!(self.phase, Phase::Linked | Phase::Ready) {
+            self.send_packet(&Packet::Payload(payload));
+        }
     }
 
     /// Disconnects (tells the server) and finishes the session.

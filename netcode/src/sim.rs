@@ -98,6 +98,19 @@ pub struct SimStats {
     pub delivered: u64,
 }
 
+/// A datagram recorded by [`Harness::tap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// When it was sent.
+    pub at: Duration,
+    /// Sender.
+    pub from: SocketAddr,
+    /// Destination.
+    pub to: SocketAddr,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
 /// A client inside the harness.
 #[derive(Debug)]
 pub struct SimClient {
@@ -229,6 +242,8 @@ pub struct Harness {
     pub net: Network,
     /// Virtual time since the Unix epoch.
     pub now: Duration,
+    /// When `Some`, every datagram sent (before loss) is recorded here.
+    pub tap: Option<Vec<Captured>>,
     index_of: std::collections::HashMap<SocketAddr, usize>,
     buf: Vec<Transmit>,
 }
@@ -267,6 +282,7 @@ impl Harness {
             client_config: ClientConfig::default(),
             net: Network::new(seed),
             now,
+            tap: None,
             index_of: std::collections::HashMap::new(),
             buf: Vec::new(),
         }
@@ -356,6 +372,15 @@ impl Harness {
         let mut buf = std::mem::take(&mut self.buf);
         self.server.drain_transmits(&mut buf);
         for t in buf.drain(..) {
+            if let Some(tap) = &mut self.tap {
+                let bytes = t.bytes.clone();
+                tap.push(Captured {
+                    at: now,
+                    from: self.server_addr,
+                    to: t.to,
+                    bytes,
+                });
+            }
             let conditions = self
                 .index_of
                 .get(&t.to)
@@ -371,6 +396,14 @@ impl Harness {
             c.session.drain_transmits(&mut buf);
             let conditions = c.link.unwrap_or(self.conditions);
             for t in buf.drain(..) {
+                if let Some(tap) = &mut self.tap {
+                    tap.push(Captured {
+                        at: now,
+                        from: c.addr,
+                        to: t.to,
+                        bytes: t.bytes.clone(),
+                    });
+                }
                 self.net.send(now, c.addr, t, &conditions);
             }
         }
