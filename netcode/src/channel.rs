@@ -103,6 +103,49 @@ impl Link {
         }
     }
 
+    /// Splits a bundle (see [`Link::bundles`]) and processes each renet packet in it.
+    pub(crate) fn process_bundle(&mut self, bundle: &[u8]) -> Result<(), DisconnectReason> {
+        let mut rest = bundle;
+        let bad =
+            || DisconnectReason::Rejected(RejectReason::Protocol("bad bundle framing".to_string()));
+        while !rest.is_empty() {
+            let (len, tail) = match rest {
+                [a, b, tail @ ..] => (u16::from_le_bytes([*a, *b]) as usize, tail),
+                _ => return Err(bad()),
+            };
+            if len == 0 || len > tail.len() {
+                return Err(bad());
+            }
+            let (packet, tail) = tail.split_at(len);
+            self.process(packet)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// renet packets to send now, packed into bundles of at most `max` bytes: each packet is
+    /// prefixed by its length (u16 little-endian). Bundling puts renet's separate ack packet
+    /// and the data into one datagram, which halves the datagrams (and syscalls) per tick.
+    pub(crate) fn bundles(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let packets = self.conn.get_packets_to_send();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for p in packets {
+            if p.is_empty() || p.len() + 2 > max {
+                tracing::error!(len = p.len(), "renet packet too large to bundle; dropped");
+                continue;
+            }
+            match out.last_mut() {
+                Some(b) if b.len() + 2 + p.len() <= max => {}
+                _ => out.push(Vec::with_capacity(max)),
+            }
+            if let Some(b) = out.last_mut() {
+                b.extend_from_slice(&(p.len() as u16).to_le_bytes());
+                b.extend_from_slice(&p);
+            }
+        }
+        out
+    }
+
     /// Checks and processes one renet packet from the peer.
     pub(crate) fn process(&mut self, packet: &[u8]) -> Result<(), DisconnectReason> {
         self.guard(packet).map_err(DisconnectReason::Rejected)?;
@@ -225,7 +268,8 @@ impl Link {
         self.status()
     }
 
-    /// renet packets to send now (within the per-update byte budget).
+    /// renet packets to send now (within the per-update byte budget), unbundled.
+    #[cfg(test)]
     pub(crate) fn packets(&mut self) -> Vec<Vec<u8>> {
         self.conn.get_packets_to_send()
     }
@@ -307,6 +351,27 @@ mod tests {
         ));
         let mut link = Link::new(limits());
         assert!(link.process(&[3, 0, 1, 0, 0, 1, 1, 9]).is_err());
+    }
+
+    #[test]
+    fn bundles_round_trip_and_bad_framing_is_refused() {
+        let mut a = Link::new(limits());
+        let mut b = Link::new(limits());
+        for i in 0..50u8 {
+            a.send_reliable(vec![i; 300].into()).unwrap();
+        }
+        let bundles = a.bundles(1300);
+        assert!(bundles.iter().all(|x| x.len() <= 1300));
+        for x in &bundles {
+            b.process_bundle(x).unwrap();
+        }
+        for i in 0..50u8 {
+            assert_eq!(b.receive(RELIABLE).unwrap()[0], i);
+        }
+        for bad in [&[5u8][..], &[0, 0], &[9, 0, 1, 2]] {
+            let mut c = Link::new(limits());
+            assert!(c.process_bundle(bad).is_err());
+        }
     }
 
     #[test]

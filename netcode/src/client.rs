@@ -306,7 +306,7 @@ impl ClientSession {
                     self.phase = Phase::Linked;
                 }
                 self.last_recv = self.now;
-                let result = self.link.process(p);
+                let result = self.link.process_bundle(p);
                 if let Err(reason) = result {
                     self.close(reason, true);
                     return;
@@ -510,13 +510,11 @@ impl ClientSession {
                     self.close(reason, true);
                     return;
                 }
-                let packets = self.link.packets();
-                for p in &packets {
-                    if p.len() <= MAX_PAYLOAD_BYTES {
-                        self.send_packet(&Packet::Payload(p));
-                    }
+                let bundles = self.link.bundles(MAX_PAYLOAD_BYTES);
+                for b in &bundles {
+                    self.send_packet(&Packet::Payload(b));
                 }
-                if packets.is_empty()
+                if bundles.is_empty()
                     && self
                         .last_send
                         .is_none_or(|t| t + self.config.keepalive <= now)

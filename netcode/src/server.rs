@@ -360,7 +360,7 @@ impl ServerSession {
         conn.stats.bytes_in += bytes.len() as u64;
         match packet {
             Packet::Payload(p) => {
-                if let Err(reason) = conn.link.process(p) {
+                if let Err(reason) = conn.link.process_bundle(p) {
                     self.violation(slot, reason);
                     return;
                 }
@@ -822,11 +822,9 @@ impl ServerSession {
         let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let packets = conn.link.packets();
-        for p in &packets {
-            if p.len() <= MAX_PAYLOAD_BYTES {
-                self.send_packet(slot, &Packet::Payload(p));
-            }
+        let bundles = conn.link.bundles(MAX_PAYLOAD_BYTES);
+        for b in &bundles {
+            self.send_packet(slot, &Packet::Payload(b));
         }
     }
 
