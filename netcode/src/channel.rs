@@ -50,6 +50,11 @@ pub(crate) struct Link {
     limits: LinkLimits,
     /// Messages handed out on the reliable channel (= renet's next expected message id).
     delivered: u64,
+    /// Something arrived or was queued since the last flush (acks or data to send).
+    dirty: bool,
+    /// renet's clock, and when packets were last generated.
+    clock: Duration,
+    last_flush: Duration,
     /// Slice count of each partially received reliable message, by message id.
     slicing: BTreeMap<u64, u64>,
     max_slices: u64,
@@ -98,6 +103,9 @@ impl Link {
             conn,
             limits,
             delivered: 0,
+            dirty: false,
+            clock: Duration::ZERO,
+            last_flush: Duration::ZERO,
             slicing: BTreeMap::new(),
             max_slices,
         }
@@ -127,6 +135,16 @@ impl Link {
     /// prefixed by its length (u16 little-endian). Bundling puts renet's separate ack packet
     /// and the data into one datagram, which halves the datagrams (and syscalls) per tick.
     pub(crate) fn bundles(&mut self, max: usize) -> Vec<Vec<u8>> {
+        // renet emits an ack packet on every call while it holds acks, so a peer updating at
+        // 60 Hz would send 60 datagrams a second with nothing new in them. Generate packets only
+        // when something arrived (acks due) or was queued, or to resend unacknowledged data.
+        let resend_due = self.backlog() > 0
+            && self.clock.saturating_sub(self.last_flush) >= self.limits.resend / 2;
+        if !self.dirty && !resend_due {
+            return Vec::new();
+        }
+        self.dirty = false;
+        self.last_flush = self.clock;
         let packets = self.conn.get_packets_to_send();
         let mut out: Vec<Vec<u8>> = Vec::new();
         for p in packets {
@@ -150,6 +168,11 @@ impl Link {
     pub(crate) fn process(&mut self, packet: &[u8]) -> Result<(), DisconnectReason> {
         self.guard(packet).map_err(DisconnectReason::Rejected)?;
         self.conn.process_packet(packet);
+        // Data needs acknowledging; an ack-only packet (type 4) does not (acknowledging it
+        // would make both sides trade ack packets forever).
+        if packet.first() != Some(&4) {
+            self.dirty = true;
+        }
         self.status()
     }
 
@@ -242,12 +265,14 @@ impl Link {
             return Err(self.backlog() + msg.len());
         }
         self.conn.send_message(RELIABLE, msg);
+        self.dirty = true;
         Ok(())
     }
 
     /// Queues an unreliable message (dropped by renet if its queue is full).
     pub(crate) fn send_unreliable(&mut self, msg: Bytes) {
         self.conn.send_message(UNRELIABLE, msg);
+        self.dirty = true;
     }
 
     /// Unacknowledged reliable bytes.
@@ -265,6 +290,7 @@ impl Link {
     /// Advances renet's clock.
     pub(crate) fn update(&mut self, dt: Duration) -> Result<(), DisconnectReason> {
         self.conn.update(dt);
+        self.clock += dt;
         self.status()
     }
 

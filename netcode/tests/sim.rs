@@ -87,3 +87,101 @@ fn two_hundred_clients_lossy_jittery_every_reply_once_in_order() {
         "the link really lost datagrams: {net:?}"
     );
 }
+
+/// Server session cost without sockets: 4,096 connected clients, per-tick `update` when idle
+/// and when every client gets a 100-byte update. Run with `--release -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: run with --release -- --ignored --nocapture"]
+#[allow(clippy::print_stderr)] // reports the measured numbers
+fn session_cost_4096_clients() {
+    use std::time::Instant;
+    let mut h = Harness::new(4096, LinkConditions::PERFECT);
+    for _ in 0..4096 {
+        h.add_client();
+    }
+    let (mut slog, mut clogs) = (ServerLog::default(), Vec::<ClientLog>::new());
+    assert!(run_until(
+        &mut h,
+        &mut slog,
+        &mut clogs,
+        TICK,
+        Duration::from_secs(30),
+        |_, s, _| s.connected.len() == 4096
+    ));
+    let ids: Vec<_> = slog.connected.keys().copied().collect();
+    // Inverse of `Harness::client_addr`.
+    let index_of = |a: std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            ((((o[1] as usize) - 1) << 16) | ((o[2] as usize) << 8) | o[3] as usize) - 1
+        }
+        std::net::IpAddr::V6(_) => usize::MAX,
+    };
+    let update = orrery_netcode::Encoded::server(&orrery_netcode::ServerMessage::TableUpdate {
+        table_id: 1,
+        tick: 0,
+        rows: (0..100u32).map(|i| (i * 97 % 251) as u8).collect(),
+    });
+    for broadcast in [false, true] {
+        let (mut update_time, mut recv_time, mut datagrams_out, mut datagrams_in) =
+            (Duration::ZERO, Duration::ZERO, 0, 0);
+        let mut out = Vec::new();
+        let ticks = 40;
+        for _ in 0..ticks {
+            // Deliver what the clients sent, timing the server's receive path.
+            let until = h.now + Duration::from_millis(50);
+            let mut to_server = Vec::new();
+            while let Some(d) = h.net.pop_due(until) {
+                to_server.push(d);
+            }
+            let t = Instant::now();
+            for (at, from, to, bytes) in &to_server {
+                if *to == h.server_addr {
+                    h.server.handle_datagram(*at, *from, bytes);
+                    datagrams_in += 1;
+                }
+            }
+            recv_time += t.elapsed();
+            for (at, from, to, bytes) in &to_server {
+                if *to != h.server_addr
+                    && let Some(c) = h.clients.get_mut(index_of(*to))
+                {
+                    c.session.handle_datagram(*at, *from, bytes);
+                }
+            }
+            h.now = until;
+            common::serve(&mut h, &mut slog);
+            let t = Instant::now();
+            if broadcast {
+                for &id in &ids {
+                    h.server.send_encoded(id, &update).unwrap();
+                }
+            }
+            h.server.update(h.now);
+            h.server.drain_transmits(&mut out);
+            update_time += t.elapsed();
+            datagrams_out += out.len();
+            for tr in out.drain(..) {
+                let cond = h.conditions;
+                h.net.send(h.now, h.server_addr, tr, &cond);
+            }
+            let now = h.now;
+            let mut buf = Vec::new();
+            for c in &mut h.clients {
+                c.session.update(now);
+                c.session.drain_transmits(&mut buf);
+                for tr in buf.drain(..) {
+                    let cond = h.conditions;
+                    h.net.send(now, c.addr, tr, &cond);
+                }
+            }
+        }
+        eprintln!(
+            "broadcast={broadcast}: per tick: send+update+drain {:?}, receive {:?}; datagrams out/tick {}, in/tick {}",
+            update_time / ticks,
+            recv_time / ticks,
+            datagrams_out / ticks as usize,
+            datagrams_in / ticks as usize
+        );
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,13 @@ struct Report {
     connect_time: Duration,
     /// Server ticks during the steady phase.
     ticks: usize,
-    /// Server thread busy time (receive + events + update + send) per tick, mean and max.
+    /// Server thread CPU time per tick while every client gets a 100-byte update each tick
+    /// (from /proc/thread-self/schedstat: preemption by other processes is not counted).
+    cpu_per_tick: Duration,
+    /// Server thread CPU time per tick with connected, idle clients (keep-alives only).
+    idle_cpu_per_tick: Duration,
+    idle_ticks: u32,
+    /// Server thread busy wall time (receive + events + update + send) per tick, mean and max.
     busy_mean: Duration,
     busy_max: Duration,
     /// `update` + `flush` per tick, mean.
@@ -38,6 +44,9 @@ struct Report {
 }
 
 struct ServerOutcome {
+    /// CPU time and ticks per mode (0 none, 1 idle, 2 broadcast).
+    cpu: [Duration; 3],
+    ticks: [u32; 3],
     busy: Vec<Duration>,
     update_flush: Vec<Duration>,
     stats: ServerStats,
@@ -56,13 +65,23 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// CPU time of the calling thread (Linux: first field of /proc/thread-self/schedstat, in ns).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
 fn server_thread(
     mut session: ServerSession,
     mut udp: UdpEndpoint,
     stop: Arc<AtomicBool>,
-    steady: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
 ) -> ServerOutcome {
     let mut outcome = ServerOutcome {
+        cpu: [Duration::ZERO; 3],
+        ticks: [0; 3],
         busy: Vec::new(),
         update_flush: Vec::new(),
         stats: ServerStats::default(),
@@ -77,6 +96,7 @@ fn server_thread(
     let mut next_tick = Instant::now() + TICK;
     let mut busy = Duration::ZERO;
     let mut tick = 0u64;
+    let mut cpu_last = thread_cpu();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now < next_tick {
@@ -108,7 +128,8 @@ fn server_thread(
         let is_tick = Instant::now() >= next_tick;
         if is_tick {
             tick += 1;
-            let steady_now = steady.load(Ordering::Relaxed);
+            let m = mode.load(Ordering::Relaxed) as usize % 3;
+            let steady_now = m == 2;
             if steady_now {
                 for &c in &clients {
                     let _ = session.send_encoded(c, &update);
@@ -123,6 +144,10 @@ fn server_thread(
                 outcome.busy.push(busy);
                 outcome.update_flush.push(uf);
             }
+            let cpu_now = thread_cpu();
+            outcome.cpu[m] += cpu_now.saturating_sub(cpu_last);
+            outcome.ticks[m] += 1;
+            cpu_last = cpu_now;
             busy = Duration::ZERO;
             next_tick += TICK;
             if next_tick < Instant::now() {
@@ -157,10 +182,10 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
     issuer.timeout = Duration::from_secs(30);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let steady = Arc::new(AtomicBool::new(false));
+    let mode = Arc::new(AtomicU8::new(0));
     let server = {
-        let (stop, steady) = (stop.clone(), steady.clone());
-        thread::spawn(move || server_thread(session, server_udp, stop, steady))
+        let (stop, mode) = (stop.clone(), mode.clone());
+        thread::spawn(move || server_thread(session, server_udp, stop, mode))
     };
 
     let mut clients: Vec<Client> = (0..n)
@@ -250,14 +275,21 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
         assert_eq!(c.replies, expected);
     }
 
-    // Steady state: the server sends every client a 100-byte update each tick.
-    steady.store(true, Ordering::Relaxed);
+    // Broadcast: the server sends every client a 100-byte update each tick.
+    // Idle: connected clients, keep-alives only.
+    mode.store(1, Ordering::Relaxed);
     let end = Instant::now() + steady_for;
     while Instant::now() < end {
         pass(&mut clients);
         thread::sleep(Duration::from_millis(2));
     }
-    steady.store(false, Ordering::Relaxed);
+    mode.store(2, Ordering::Relaxed);
+    let end = Instant::now() + steady_for;
+    while Instant::now() < end {
+        pass(&mut clients);
+        thread::sleep(Duration::from_millis(2));
+    }
+    mode.store(0, Ordering::Relaxed);
     let settle = Instant::now() + Duration::from_millis(300);
     while Instant::now() < settle {
         pass(&mut clients);
@@ -274,6 +306,9 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
         clients: n,
         connect_time,
         ticks: outcome.busy.len(),
+        cpu_per_tick: outcome.cpu[2] / outcome.ticks[2].max(1),
+        idle_cpu_per_tick: outcome.cpu[1] / outcome.ticks[1].max(1),
+        idle_ticks: outcome.ticks[1],
         busy_mean: sum(&outcome.busy) / ticks as u32,
         busy_max: outcome.busy.iter().copied().max().unwrap_or_default(),
         update_flush_mean: sum(&outcome.update_flush) / ticks as u32,
