@@ -3,7 +3,7 @@
 //! from an authenticated attacker. The server must never panic, and the legitimate clients
 //! must stay connected and keep getting replies.
 //!
-//! CI runs a proptest target and a seeded 30,000-item run; the 1,000,000-item run is
+//! CI runs a proptest target and a seeded 100,000-item run; the 1,000,000-item run is
 //! `cargo test --release -p orrery-netcode --test fuzz -- --ignored`.
 
 mod common;
@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 const TICK: Duration = Duration::from_millis(20);
 const LEGIT: usize = 3;
+const ATTACKERS: usize = 8;
 
 struct Fuzzer {
     h: Harness,
@@ -28,8 +29,13 @@ struct Fuzzer {
     corpus: Vec<Captured>,
     /// Valid envelopes to mutate.
     envelopes: Vec<Vec<u8>>,
-    /// Renet packets the attacker's session produced (valid reliability-layer bytes).
-    attacker: usize,
+    /// Authenticated attacker clients (indices into the harness).
+    attackers: Vec<usize>,
+    /// Items that reached the server as datagrams from strangers or spoofed addresses,
+    /// as authenticated reliability-layer packets, and as envelopes of a ready attacker.
+    raw_datagrams: u64,
+    attacker_packets: u64,
+    attacker_envelopes: u64,
     next_client_id: u64,
     /// Items thrown so far: datagrams + attacker payloads + attacker envelopes.
     thrown: u64,
@@ -43,7 +49,7 @@ impl Fuzzer {
         for _ in 0..LEGIT {
             h.add_client();
         }
-        let attacker = h.add_client();
+        let attackers: Vec<usize> = (0..ATTACKERS).map(|_| h.add_client()).collect();
         let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
         for (i, c) in h.clients.iter_mut().enumerate() {
             c.session.send(&call(i as u32)).unwrap();
@@ -54,7 +60,9 @@ impl Fuzzer {
             &mut clogs,
             TICK,
             Duration::from_secs(5),
-            |_, s, c| s.connected.len() == LEGIT + 1 && c.iter().all(|l| l.replies.len() == 1),
+            |_, s, c| {
+                s.connected.len() == LEGIT + ATTACKERS && c.iter().all(|l| l.replies.len() == 1)
+            },
         );
         assert!(ok, "setup connects");
         let corpus = h.tap.take().unwrap_or_default();
@@ -76,34 +84,48 @@ impl Fuzzer {
             clogs,
             corpus,
             envelopes,
-            attacker,
+            attackers,
+            raw_datagrams: 0,
+            attacker_packets: 0,
+            attacker_envelopes: 0,
             next_client_id: 1000,
             thrown: 0,
-            attacker_sessions: 1,
+            attacker_sessions: ATTACKERS as u64,
         }
     }
 
-    /// Replaces the attacker's session once the server threw it out.
-    fn revive_attacker(&mut self) {
-        if matches!(
-            self.h.clients[self.attacker].session.state(),
-            ClientState::Disconnected(_)
-        ) {
-            self.next_client_id += 1;
-            let token = self
-                .h
-                .issuer
-                .issue(&[0xee; 32], self.next_client_id, self.h.now)
-                .unwrap();
-            self.h.clients[self.attacker].session =
-                ClientSession::new(ClientConfig::default(), token, self.h.now).unwrap();
-            self.attacker_sessions += 1;
+    /// Replaces attacker sessions the server threw out.
+    fn revive_attackers(&mut self) {
+        for &a in &self.attackers {
+            if matches!(
+                self.h.clients[a].session.state(),
+                ClientState::Disconnected(_)
+            ) {
+                self.next_client_id += 1;
+                let token = self
+                    .h
+                    .issuer
+                    .issue(&[0xee; 32], self.next_client_id, self.h.now)
+                    .unwrap();
+                self.h.clients[a].session =
+                    ClientSession::new(ClientConfig::default(), token, self.h.now).unwrap();
+                self.attacker_sessions += 1;
+            }
         }
+    }
+
+    /// A connected attacker, if any.
+    fn ready_attacker(&self, rng: &mut ChaCha8Rng) -> Option<usize> {
+        let start = rng.random_range(0..self.attackers.len());
+        (0..self.attackers.len())
+            .map(|k| self.attackers[(start + k) % self.attackers.len()])
+            .find(|&a| self.h.clients[a].session.is_connected())
     }
 
     /// Throws one random or mutated item at the server.
     fn throw(&mut self, rng: &mut ChaCha8Rng) {
         self.thrown += 1;
+        let before = self.h.server.stats().datagrams_in;
         let legit_addr = |rng: &mut ChaCha8Rng| Harness::client_addr(rng.random_range(0..LEGIT));
         let stranger = |rng: &mut ChaCha8Rng| {
             SocketAddr::new(
@@ -111,9 +133,18 @@ impl Fuzzer {
                 rng.random_range(1..65535),
             )
         };
-        match rng.random_range(0..100u32) {
+        let mut pick = rng.random_range(0..100u32);
+        let attacker = if pick >= 85 {
+            self.ready_attacker(rng)
+        } else {
+            None
+        };
+        if pick >= 85 && attacker.is_none() {
+            pick = rng.random_range(0..85u32);
+        }
+        match (pick, attacker) {
             // Random bytes from a stranger or a spoofed client address.
-            0..25 => {
+            (0..25, _) => {
                 let len = rng.random_range(0..1500usize);
                 let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
                 let from = if rng.random() {
@@ -124,7 +155,7 @@ impl Fuzzer {
                 self.h.inject(from, &bytes);
             }
             // Random bytes with a plausible prefix byte (packet type + sequence length).
-            25..40 => {
+            (25..40, _) => {
                 let len = rng.random_range(1..200usize);
                 let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
                 bytes[0] = rng.random_range(0..7u8) | (rng.random_range(0..16u8) << 4);
@@ -136,7 +167,7 @@ impl Fuzzer {
                 self.h.inject(from, &bytes);
             }
             // Captured real datagrams, mutated, replayed from their sender or elsewhere.
-            40..80 => {
+            (40..80, _) => {
                 let c = &self.corpus[rng.random_range(0..self.corpus.len())];
                 let mut bytes = c.bytes.clone();
                 mutate(&mut bytes, rng);
@@ -148,7 +179,7 @@ impl Fuzzer {
                 self.h.inject(from, &bytes);
             }
             // Connection requests with the right header and garbage token data.
-            80..85 => {
+            (80..85, _) | (_, None) => {
                 let request = self
                     .corpus
                     .iter()
@@ -165,8 +196,8 @@ impl Fuzzer {
                 }
             }
             // Authenticated attacker: arbitrary / mutated reliability-layer packets.
-            85..93 => {
-                self.revive_attacker();
+            (85..93, Some(a)) => {
+                self.attacker_packets += 1;
                 let mut payload = match rng.random_range(0..3u8) {
                     0 => vec![0, 1, 0, 0, 1, 0, 3, 1, 2, 3], // a small reliable message
                     1 => vec![2, 1, 0, 5, 0, 2, 0x44, 0xb0], // a slice header
@@ -185,13 +216,11 @@ impl Fuzzer {
                     framed.extend_from_slice(&payload);
                     payload = framed;
                 }
-                self.h.clients[self.attacker]
-                    .session
-                    .send_raw_payload(&payload);
+                self.h.clients[a].session.send_raw_payload(&payload);
             }
             // Authenticated attacker: random / mutated envelopes on the reliable channel.
-            _ => {
-                self.revive_attacker();
+            (_, Some(a)) => {
+                self.attacker_envelopes += 1;
                 let mut env = self.envelopes[rng.random_range(0..self.envelopes.len())].clone();
                 if rng.random_range(0..4u8) > 0 {
                     mutate(&mut env, rng);
@@ -200,15 +229,15 @@ impl Fuzzer {
                         .map(|_| rng.random())
                         .collect();
                 }
-                self.h.clients[self.attacker]
-                    .session
-                    .send_raw_unchecked(env);
+                self.h.clients[a].session.send_raw_unchecked(env);
             }
         }
+        self.raw_datagrams += self.h.server.stats().datagrams_in - before;
     }
 
     /// Advances the network and checks that the legitimate clients are fine.
     fn step(&mut self) {
+        self.revive_attackers();
         self.h.step(TICK);
         serve(&mut self.h, &mut self.slog);
         collect(&mut self.h, &mut self.clogs);
@@ -309,7 +338,7 @@ fn envelope_decoders_never_panic() {
 #[test]
 fn seeded_fuzz_run_ci_sized() {
     let mut f = Fuzzer::new(2);
-    f.run(2, 30_000, 250, 20);
+    f.run(2, 100_000, 250, 20);
     assert!(
         f.attacker_sessions > 1,
         "the attacker was thrown out and came back"
@@ -328,10 +357,24 @@ fn fuzz_one_million() {
     let mut f = Fuzzer::new(3);
     f.run(3, 1_000_000, 500, 100);
     let s = f.h.server.stats().clone();
+    // And a million mutated envelopes straight into the decoders.
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut decoded = 0u64;
+    for _ in 0..1_000_000 {
+        let mut b = f.envelopes[rng.random_range(0..f.envelopes.len())].clone();
+        mutate(&mut b, &mut rng);
+        decoded += u64::from(protocol::decode_client(&b, 64 * 1024).is_ok());
+        let _ = protocol::decode_server(&b, 64 * 1024);
+    }
+    eprintln!("fuzz: 1000000 mutated envelopes decoded without panic ({decoded} still valid)");
     eprintln!(
-        "fuzz: {} items in {:.1?}: attacker sessions {}, server stats {s:?}",
+        "fuzz: {} items in {:.1?}: {} raw datagrams, {} authenticated renet packets, {} envelopes; \
+         attacker sessions {}; server stats {s:?}",
         f.thrown,
         start.elapsed(),
+        f.raw_datagrams,
+        f.attacker_packets,
+        f.attacker_envelopes,
         f.attacker_sessions
     );
     assert!(f.thrown >= 1_000_000);
