@@ -17,8 +17,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With the `tokio` feature, [`TokioUdpEndpoint`] does the same on a `tokio::net::UdpSocket`
-//! and adds [`Endpoint::readable`] to await incoming datagrams, for a network task that owns
+//! With the `tokio` feature, `TokioUdpEndpoint` does the same on a `tokio::net::UdpSocket`
+//! and adds `readable().await` to wait for incoming datagrams, for a network task that owns
 //! the session. Every datagram costs one syscall and one hash lookup in the session, whatever
 //! the number of clients (REFERENCE_NUMBERS: `recv_from` ~1 M/s, `send_to` ~300 k/s per core;
 //! batching syscalls gains nothing there).
