@@ -207,10 +207,11 @@ impl Link {
                 let index = r.varint().ok_or_else(|| bad("truncated slice"))?;
                 let count = r.varint().ok_or_else(|| bad("truncated slice"))?;
                 if count > self.max_slices {
-                    let size = (count as usize)
+                    let size = usize::try_from(count)
+                        .unwrap_or(usize::MAX)
                         .saturating_sub(1)
                         .saturating_mul(SLICE_SIZE)
-                        + 1;
+                        .saturating_add(1);
                     return Err(RejectReason::MessageTooLarge {
                         size,
                         max: self.limits.max_incoming,

@@ -443,12 +443,15 @@ impl ClientSession {
         let timeout = u64::try_from(self.token.timeout_seconds)
             .ok()
             .map(Duration::from_secs);
-        let timed_out = timeout.is_some_and(|t| self.last_recv + t < now);
+        let timed_out = timeout.is_some_and(|t| now.saturating_sub(self.last_recv) > t);
         match self.phase {
             Phase::Closed => {}
             Phase::SendingRequest | Phase::SendingResponse => {
-                let lifetime =
-                    Duration::from_secs(self.token.expire_timestamp - self.token.create_timestamp);
+                let lifetime = Duration::from_secs(
+                    self.token
+                        .expire_timestamp
+                        .saturating_sub(self.token.create_timestamp),
+                );
                 if now.saturating_sub(self.connect_start) >= lifetime {
                     self.close(DisconnectReason::TokenExpired, false);
                     return;
@@ -473,7 +476,7 @@ impl ClientSession {
                 }
                 if self
                     .last_send
-                    .is_some_and(|t| t + self.config.request_interval > now)
+                    .is_some_and(|t| now.saturating_sub(t) < self.config.request_interval)
                 {
                     return;
                 }
@@ -517,7 +520,7 @@ impl ClientSession {
                 if bundles.is_empty()
                     && self
                         .last_send
-                        .is_none_or(|t| t + self.config.keepalive <= now)
+                        .is_none_or(|t| now.saturating_sub(t) >= self.config.keepalive)
                 {
                     self.send_packet(&Packet::KeepAlive {
                         client_index: 0,

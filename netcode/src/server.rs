@@ -868,7 +868,9 @@ impl ServerSession {
         let now_secs = now.as_secs();
 
         self.pending.retain(|_, p| {
-            now_secs < p.expire_timestamp && p.timeout.is_none_or(|t| p.last_recv + t >= now)
+            now_secs < p.expire_timestamp
+                && p.timeout
+                    .is_none_or(|t| now.saturating_sub(p.last_recv) <= t)
         });
         if dt > Duration::ZERO && now_secs != (now - dt).as_secs() {
             self.prune_tokens();
@@ -878,12 +880,15 @@ impl ServerSession {
             let Some(conn) = self.slots[slot].as_mut() else {
                 continue;
             };
-            if conn.timeout.is_some_and(|t| conn.last_recv + t < now) {
+            if conn
+                .timeout
+                .is_some_and(|t| now.saturating_sub(conn.last_recv) > t)
+            {
                 self.remove(slot, DisconnectReason::TimedOut, true);
                 continue;
             }
             if let ConnState::AwaitHello { since } = conn.state
-                && since + self.config.hello_timeout < now
+                && now.saturating_sub(since) > self.config.hello_timeout
             {
                 let reason = RejectReason::HelloTimeout(self.config.hello_timeout);
                 self.violation(slot, DisconnectReason::Rejected(reason));
@@ -894,7 +899,7 @@ impl ServerSession {
                 continue;
             }
             let before = conn.stats.datagrams_out;
-            let keepalive_due = conn.last_send + self.config.keepalive <= now;
+            let keepalive_due = now.saturating_sub(conn.last_send) >= self.config.keepalive;
             self.flush_conn(slot);
             let Some(conn) = self.slots[slot].as_mut() else {
                 continue;

@@ -94,9 +94,17 @@ fn two_hundred_clients_lossy_jittery_every_reply_once_in_order() {
 #[ignore = "measurement: run with --release -- --ignored --nocapture"]
 #[allow(clippy::print_stderr)] // reports the measured numbers
 fn session_cost_4096_clients() {
+    // Per-datagram and per-client costs stay flat from 256 to 4,096 clients.
+    for n in [256, 1024, 4096] {
+        session_cost(n);
+    }
+}
+
+#[allow(clippy::print_stderr)] // reports the measured numbers
+fn session_cost(n: usize) {
     use std::time::Instant;
-    let mut h = Harness::new(4096, LinkConditions::PERFECT);
-    for _ in 0..4096 {
+    let mut h = Harness::new(n as u64, LinkConditions::PERFECT);
+    for _ in 0..n {
         h.add_client();
     }
     let (mut slog, mut clogs) = (ServerLog::default(), Vec::<ClientLog>::new());
@@ -106,7 +114,7 @@ fn session_cost_4096_clients() {
         &mut clogs,
         TICK,
         Duration::from_secs(30),
-        |_, s, _| s.connected.len() == 4096
+        |_, s, _| s.connected.len() == n
     ));
     let ids: Vec<_> = slog.connected.keys().copied().collect();
     // Inverse of `Harness::client_addr`.
@@ -177,11 +185,14 @@ fn session_cost_4096_clients() {
             }
         }
         eprintln!(
-            "broadcast={broadcast}: per tick: send+update+drain {:?}, receive {:?}; datagrams out/tick {}, in/tick {}",
+            "{n} clients, broadcast={broadcast}: per tick: send+update+drain {:?}, receive {:?}; \
+             datagrams out/tick {}, in/tick {}; per client: update {:?}, per received datagram {:?}",
             update_time / ticks,
             recv_time / ticks,
             datagrams_out / ticks as usize,
-            datagrams_in / ticks as usize
+            datagrams_in / ticks as usize,
+            update_time / ticks / n as u32,
+            recv_time / (datagrams_in.max(1) as u32),
         );
     }
 }
