@@ -356,6 +356,21 @@ mod tests {
         p
     }
 
+    /// Why the guard exists: renet 2.0.1 panics on this packet. If a renet upgrade fixes it,
+    /// this test fails and the guard's slice checks can be reconsidered.
+    #[test]
+    fn renet_alone_panics_on_a_crafted_slice() {
+        let mut conn = Link::new(limits()).conn;
+        let crafted = slice(0, 5, 2);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            conn.process_packet(&crafted)
+        }));
+        assert!(
+            result.is_err(),
+            "renet no longer panics on an out-of-range slice index"
+        );
+    }
+
     #[test]
     fn crafted_slices_are_refused_not_panicking() {
         let mut link = Link::new(limits());
@@ -399,6 +414,80 @@ mod tests {
             let mut c = Link::new(limits());
             assert!(c.process_bundle(bad).is_err());
         }
+    }
+
+    /// Random and mutated reliability-layer packets from an authenticated peer: renet's parser
+    /// and channels behind the guard never panic. (`--ignored` runs 5,000,000.)
+    fn fuzz_link(iterations: u64, seed: u64) -> (u64, u64) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut sender = Link::new(limits());
+        let mut corpus: Vec<Vec<u8>> = Vec::new();
+        for i in 0..200u32 {
+            let len = [3usize, 40, 700, 1300, 5000][i as usize % 5];
+            let msg: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if i % 3 == 0 {
+                sender.send_unreliable(msg[..len.min(1000)].to_vec().into());
+            } else {
+                let _ = sender.send_reliable(msg.into());
+            }
+            if i % 7 == 0 {
+                sender.conn.process_packet(&[4, 1, 5, 2, 0]); // an ack, so acks get sent back
+                let _ = sender.update(Duration::from_millis(250));
+                corpus.extend(sender.conn.get_packets_to_send());
+            }
+        }
+        let (mut errors, mut oks) = (0, 0);
+        let mut receiver = Link::new(limits());
+        for _ in 0..iterations {
+            let mut p = if rng.random_range(0..4u8) == 0 {
+                (0..rng.random_range(0..64usize))
+                    .map(|_| rng.random())
+                    .collect()
+            } else {
+                corpus[rng.random_range(0..corpus.len())].clone()
+            };
+            for _ in 0..rng.random_range(0..4u32) {
+                if p.is_empty() {
+                    break;
+                }
+                let i = rng.random_range(0..p.len());
+                match rng.random_range(0..3u8) {
+                    0 => p[i] ^= 1 << rng.random_range(0..8u32),
+                    1 => p[i] = rng.random(),
+                    _ => p.truncate(i),
+                }
+            }
+            let result = if rng.random() {
+                receiver.process(&p)
+            } else {
+                let mut framed = (p.len() as u16).to_le_bytes().to_vec();
+                framed.extend_from_slice(&p);
+                receiver.process_bundle(&framed)
+            };
+            while receiver.receive(RELIABLE).is_some() || receiver.receive(UNRELIABLE).is_some() {}
+            let _ = receiver.bundles(1300);
+            match result {
+                Ok(()) => oks += 1,
+                Err(_) => {
+                    errors += 1;
+                    receiver = Link::new(limits());
+                }
+            }
+        }
+        (oks, errors)
+    }
+
+    #[test]
+    fn fuzzed_reliability_packets_never_panic() {
+        let (oks, errors) = fuzz_link(100_000, 1);
+        assert!(oks > 10_000 && errors > 10_000, "{oks} {errors}");
+    }
+
+    #[test]
+    #[ignore = "long: run with -- --ignored"]
+    fn fuzzed_reliability_packets_never_panic_5m() {
+        fuzz_link(5_000_000, 2);
     }
 
     #[test]

@@ -354,8 +354,13 @@ fn seeded_fuzz_run_ci_sized() {
 #[allow(clippy::print_stderr)] // reports the run's numbers
 fn fuzz_one_million() {
     let start = std::time::Instant::now();
-    let mut f = Fuzzer::new(3);
-    f.run(3, 1_000_000, 500, 100);
+    // ORRERY_FUZZ_SEED picks another run.
+    let seed = std::env::var("ORRERY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut f = Fuzzer::new(seed);
+    f.run(seed, 1_000_000, 500, 100);
     let s = f.h.server.stats().clone();
     // And a million mutated envelopes straight into the decoders.
     let mut rng = ChaCha8Rng::seed_from_u64(4);

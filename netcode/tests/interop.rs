@@ -133,3 +133,64 @@ fn our_client_completes_the_handshake_with_a_renetcode_server() {
         "renetcode server accepted our client"
     );
 }
+
+/// Why Orrery has its own netcode server: renetcode 2.0 panics on an 18-byte datagram whose
+/// prefix announces a 9-byte sequence, if it comes from (or is spoofed as) a connected client's
+/// address. Ours counts it as malformed. If a renetcode upgrade fixes it, this test fails.
+#[test]
+fn crafted_prefix_panics_renetcode_but_not_us() {
+    let server_addr: SocketAddr = SERVER.parse().unwrap();
+    let client_addr: SocketAddr = CLIENT.parse().unwrap();
+    let key = [9u8; 32];
+    let token =
+        renetcode::ConnectToken::generate(SIM_EPOCH, 1, 30, 12, 10, vec![server_addr], None, &key)
+            .unwrap();
+    let mut server = renetcode::NetcodeServer::new(renetcode::ServerConfig {
+        current_time: SIM_EPOCH,
+        max_clients: 4,
+        protocol_id: 1,
+        public_addresses: vec![server_addr],
+        authentication: renetcode::ServerAuthentication::Secure { private_key: key },
+    });
+    let mut client = renetcode::NetcodeClient::new(
+        SIM_EPOCH,
+        renetcode::ClientAuthentication::Secure {
+            connect_token: token,
+        },
+    )
+    .unwrap();
+    for _ in 0..10 {
+        if let Some((packet, _)) = client.update(Duration::from_millis(100)) {
+            let mut packet = packet.to_vec();
+            if let renetcode::ServerResult::PacketToSend { payload, .. }
+            | renetcode::ServerResult::ClientConnected { payload, .. } =
+                server.process_packet(client_addr, &mut packet)
+            {
+                client.process_packet(payload);
+            }
+        }
+    }
+    assert!(client.is_connected());
+    let mut crafted = [0u8; 18];
+    crafted[0] = 0x95; // payload packet, "9-byte" sequence
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server.process_packet(client_addr, &mut crafted);
+    }));
+    assert!(
+        result.is_err(),
+        "renetcode no longer panics on a 9-byte sequence length"
+    );
+
+    // Our server, with a connected client at that address: dropped and counted.
+    let mut h = orrery_netcode::sim::Harness::new(1, orrery_netcode::sim::LinkConditions::PERFECT);
+    let c = h.add_client();
+    for _ in 0..20 {
+        h.step(Duration::from_millis(20));
+    }
+    assert_eq!(h.server.connected_clients(), 1);
+    let before = h.server.stats().dropped_malformed;
+    let addr = h.clients[c].addr;
+    h.inject(addr, &[0x95; 18]);
+    assert_eq!(h.server.stats().dropped_malformed, before + 1);
+    assert_eq!(h.server.connected_clients(), 1);
+}
