@@ -258,6 +258,11 @@ impl Harness {
     }
 
     /// A harness whose server configuration `configure` adjusts.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random source fails (the server's challenge key). The harness
+    /// is test machinery; network input never makes it panic.
     pub fn with_config(
         seed: u64,
         conditions: LinkConditions,
@@ -311,6 +316,10 @@ impl Harness {
     }
 
     /// Adds a client with a fresh token (client id `index + 1`) and starts connecting it.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random source fails (the token's keys).
     pub fn add_client(&mut self) -> usize {
         let index = self.clients.len();
         let token = match self
@@ -324,6 +333,10 @@ impl Harness {
     }
 
     /// Adds a client connecting with `token`.
+    ///
+    /// # Panics
+    ///
+    /// If `token` has already expired at the harness's time.
     pub fn add_client_with_token(&mut self, token: ConnectToken) -> usize {
         let index = self.clients.len();
         let addr = Self::client_addr(index);
