@@ -23,7 +23,7 @@ use crate::changes::ChangeSet;
 use crate::identity::{ConnectionId, Identity};
 use crate::module::Module;
 use crate::reducer::{
-    Db, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
+    Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
 };
 use crate::schema::{ModuleSchema, ReducerKind};
 use crate::table::{CaptureStats, CellMove, DueFire, Table, TableId};
@@ -207,6 +207,9 @@ pub struct TickOutput {
     pub capture: CaptureStats,
     /// Rows of spatial tables that changed grid cell, in the order they moved.
     pub cell_moves: Vec<SpatialMove>,
+    /// Subscription focus changes made by reducers and systems, in order (the last one per
+    /// connection wins).
+    pub focus: Vec<(ConnectionId, glam::Vec3)>,
     /// Set when the commit log has failed: the step ran nothing, changed nothing, and every
     /// queued input was refused with [`ReducerError::Storage`].
     pub storage_error: Option<String>,
@@ -263,6 +266,7 @@ impl Engine {
                 registration.take,
             );
         }
+        world.insert_resource(FocusUpdates::default());
         for setup in module.setup {
             setup(&mut world);
         }
@@ -507,6 +511,7 @@ impl Engine {
         let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
         self.calls_this_tick += 1;
         self.counters.calls += 1;
+        let focus_mark = self.world.resource::<FocusUpdates>().updates.len();
         let outcome = {
             let mut ctx = ReducerContext {
                 db: Db {
@@ -557,6 +562,10 @@ impl Engine {
             }
         };
         self.rollback();
+        self.world
+            .resource_mut::<FocusUpdates>()
+            .updates
+            .truncate(focus_mark);
         Err(error)
     }
 
@@ -651,6 +660,7 @@ impl Engine {
             timing,
             capture,
             cell_moves,
+            focus: std::mem::take(&mut self.world.resource_mut::<FocusUpdates>().updates),
             storage_error: None,
         }
     }

@@ -83,8 +83,8 @@ pub use engine::{
 pub use identity::{ConnectionId, Identity};
 pub use module::{Module, ModuleBuilder, ModuleError, Simulation};
 pub use reducer::{
-    ArgsError, Db, IntoReducerResult, ReducerArgs, ReducerContext, ReducerDef, ReducerError,
-    ReducerRng,
+    ArgsError, Db, FocusUpdates, IntoFocus, IntoReducerResult, ReducerArgs, ReducerContext,
+    ReducerDef, ReducerError, ReducerRng,
 };
 pub use table::{CellMove, SpatialIndex, Table, TableError, TableHandle, TableId, TableStore};
 pub use time::{ScheduleAt, Timestamp};
@@ -100,7 +100,7 @@ pub use rand;
 /// What a module file usually imports.
 pub mod prelude {
     pub use crate::{
-        Caller, ConnectionId, Db, Engine, EngineConfig, Identity, Module, OrreryType,
+        Caller, ConnectionId, Db, Engine, EngineConfig, FocusUpdates, Identity, Module, OrreryType,
         ReducerContext, ScheduleAt, Table, TableError, Tick, TickInfo, Timestamp, reducer,
         reducers, table,
     };

@@ -93,6 +93,52 @@ pub struct ReducerContext<'a> {
     pub rng: ReducerRng,
 }
 
+impl ReducerContext<'_> {
+    /// Sets where `connection` is looking from: the `:focus` of its spatial subscriptions
+    /// (usually its player's position). Undone if the reducer fails.
+    pub fn set_focus(&mut self, connection: ConnectionId, point: impl IntoFocus) {
+        self.db
+            .world
+            .resource_mut::<FocusUpdates>()
+            .set(connection, point);
+    }
+}
+
+/// A point usable as a subscription focus: `Vec2` (as `z = 0`) or `Vec3`.
+pub trait IntoFocus {
+    /// The point in 3D.
+    fn into_focus(self) -> glam::Vec3;
+}
+
+impl IntoFocus for glam::Vec3 {
+    fn into_focus(self) -> glam::Vec3 {
+        self
+    }
+}
+
+impl IntoFocus for glam::Vec2 {
+    fn into_focus(self) -> glam::Vec3 {
+        self.extend(0.0)
+    }
+}
+
+/// Focus changes made this tick by reducers (`ctx.set_focus`) and systems
+/// (`ResMut<FocusUpdates>`); the engine hands them out with the tick's output.
+#[derive(bevy_ecs::resource::Resource, Default, Debug)]
+pub struct FocusUpdates {
+    pub(crate) updates: Vec<(ConnectionId, glam::Vec3)>,
+}
+
+impl FocusUpdates {
+    /// Sets `connection`'s focus. Non-finite points are ignored.
+    pub fn set(&mut self, connection: ConnectionId, point: impl IntoFocus) {
+        let point = point.into_focus();
+        if point.is_finite() {
+            self.updates.push((connection, point));
+        }
+    }
+}
+
 /// Converts what a reducer returns into the engine's outcome: `()` is success, `Err(e)` fails
 /// the transaction with `e`'s message.
 pub trait IntoReducerResult {

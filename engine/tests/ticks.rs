@@ -316,3 +316,52 @@ fn ambiguous_systems_are_rejected_at_start() {
         "{err}"
     );
 }
+
+mod focus {
+    use orrery_engine::bevy_ecs::prelude::*;
+    use orrery_engine::glam::{Vec2, Vec3};
+    use orrery_engine::prelude::*;
+
+    #[table(name = marker)]
+    #[derive(Clone, Debug)]
+    pub struct Marker {
+        #[primary_key]
+        pub id: u32,
+    }
+
+    #[reducer]
+    pub fn look(ctx: &mut ReducerContext, x: f32, fail: bool) -> Result<(), String> {
+        let connection = ctx.connection_id.ok_or("no connection")?;
+        ctx.set_focus(connection, Vec2::new(x, 1.0));
+        if fail { Err("no".into()) } else { Ok(()) }
+    }
+
+    fn follow(mut focus: ResMut<FocusUpdates>, info: Res<TickInfo>) {
+        if info.tick.get() == 2 {
+            focus.set(ConnectionId(9), Vec3::new(0.0, 0.0, 5.0));
+        }
+    }
+
+    #[test]
+    fn focus_set_by_reducers_and_systems_is_reported_and_rolled_back_with_the_call() {
+        let module = Module::builder("focus")
+            .table::<Marker>()
+            .reducers(reducers![look])
+            .add_systems(follow)
+            .build()
+            .unwrap();
+        let mut engine = Engine::new(module, EngineConfig::default()).unwrap();
+        let caller = Caller::client(Identity::from_u64(1), ConnectionId(4));
+        engine
+            .call_reducer("look", caller, (3.0f32, false))
+            .unwrap();
+        engine
+            .call_reducer("look", caller, (7.0f32, true))
+            .unwrap_err();
+        let out = engine.step(Timestamp::from_micros(1));
+        assert_eq!(out.focus, vec![(ConnectionId(4), Vec3::new(3.0, 1.0, 0.0))]);
+        let out = engine.step(Timestamp::from_micros(2));
+        assert_eq!(out.focus, vec![(ConnectionId(9), Vec3::new(0.0, 0.0, 5.0))]);
+        assert!(engine.step(Timestamp::from_micros(3)).focus.is_empty());
+    }
+}

@@ -78,6 +78,7 @@ impl Engine {
             timing: TickTiming::default(),
             capture: CaptureStats::default(),
             cell_moves: Vec::new(),
+            focus: Vec::new(),
             storage_error: Some(failure),
         }
     }
