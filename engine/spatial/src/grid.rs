@@ -7,7 +7,7 @@
 //!   of up to 8 cells;
 //! * bucket ids index a dense `Vec` of buckets; a bucket keeps its cell and one vector of
 //!   `(position, handle)` entries, so a query reads one contiguous stream per cell;
-//! * `handle -> (bucket, slot)` (another `FxHashMap`) finds an entry in O(1): an update
+//! * `handle -> (bucket, slot)` (a [`HandleIndex`]: a hash map, or an array for dense handles) finds an entry in O(1): an update
 //!   that stays in its cell is one handle lookup and one store, the cell map untouched;
 //! * removal is `swap_remove` plus one fix-up of the entry that moved into the hole;
 //!   emptied buckets (and tiles) go to free lists, keeping their allocations for the next
@@ -19,6 +19,7 @@ use std::collections::hash_map::Entry as MapEntry;
 
 use rustc_hash::FxHashMap;
 
+use crate::handles::{HandleIndex, HashedHandles, Loc};
 use crate::{GridPoint, SpatialError};
 
 /// Whether an [`SpatialGrid::update`] moved the point to another cell.
@@ -60,13 +61,6 @@ pub(crate) struct Bucket<P: GridPoint, H> {
     pub(crate) cell: P::Cell,
     /// The cell's entries, in insertion order as modified by swap-removes.
     pub(crate) entries: Vec<Entry<P, H>>,
-}
-
-/// Where a handle's entry lives: `buckets[bucket].entries[slot]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Loc {
-    bucket: u32,
-    slot: u32,
 }
 
 /// Cells per tile along the last axis (`y` in 2D, `z` in 3D), as a power of two.
@@ -328,14 +322,14 @@ impl<P: GridPoint, H: Copy + Eq + Hash> CellStore<P, H> {
 /// # Ok::<(), orrery_spatial::SpatialError>(())
 /// ```
 #[derive(Clone)]
-pub struct SpatialGrid<P: GridPoint, H> {
+pub struct SpatialGrid<P: GridPoint, H, I = HashedHandles<H>> {
     pub(crate) cell_size: f32,
     pub(crate) inv_cell_size: f32,
     pub(crate) store: CellStore<P, H>,
-    index: FxHashMap<H, Loc>,
+    index: I,
 }
 
-impl<P: GridPoint, H> fmt::Debug for SpatialGrid<P, H> {
+impl<P: GridPoint, H, I: HandleIndex<H>> fmt::Debug for SpatialGrid<P, H, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpatialGrid")
             .field("cell_size", &self.cell_size)
@@ -345,10 +339,11 @@ impl<P: GridPoint, H> fmt::Debug for SpatialGrid<P, H> {
     }
 }
 
-impl<P, H> SpatialGrid<P, H>
+impl<P, H, I> SpatialGrid<P, H, I>
 where
     P: GridPoint,
     H: Copy + Eq + Hash + Ord + fmt::Debug,
+    I: HandleIndex<H>,
 {
     /// An empty grid with cells of side `cell_size`.
     ///
@@ -366,7 +361,7 @@ where
         if !(cell_size.is_finite() && cell_size > 0.0 && inv_cell_size.is_finite()) {
             return Err(SpatialError::InvalidCellSize(cell_size));
         }
-        let mut index = FxHashMap::default();
+        let mut index = I::default();
         index.reserve(capacity);
         Ok(SpatialGrid {
             cell_size,
@@ -409,14 +404,14 @@ where
     /// The stored position of `h`.
     #[inline]
     pub fn get(&self, h: H) -> Option<P> {
-        let loc = self.index.get(&h)?;
+        let loc = self.index.get(h)?;
         Some(self.store.buckets[loc.bucket as usize].entries[loc.slot as usize].point)
     }
 
     /// `true` if `h` is in the grid.
     #[inline]
     pub fn contains(&self, h: H) -> bool {
-        self.index.contains_key(&h)
+        self.index.get(h).is_some()
     }
 
     /// Every `(handle, position)`, bucket by bucket (deterministic for a given operation
@@ -443,14 +438,12 @@ where
         if !p.is_finite() {
             return Err(SpatialError::non_finite(p));
         }
-        match self.index.entry(h) {
-            MapEntry::Occupied(_) => Err(SpatialError::DuplicateHandle(format!("{h:?}"))),
-            MapEntry::Vacant(v) => {
-                let loc = self.store.attach(p.cell(self.inv_cell_size), h, p);
-                v.insert(loc);
-                Ok(())
-            }
+        if self.index.get(h).is_some() {
+            return Err(SpatialError::DuplicateHandle(format!("{h:?}")));
         }
+        let loc = self.store.attach(p.cell(self.inv_cell_size), h, p);
+        self.index.insert_new(h, loc);
+        Ok(())
     }
 
     /// Moves `h` to `p` and reports whether it changed cell.
@@ -463,7 +456,7 @@ where
         if !p.is_finite() {
             return Err(SpatialError::non_finite(p));
         }
-        let Some(&loc) = self.index.get(&h) else {
+        let Some(loc) = self.index.get(h) else {
             return Err(SpatialError::UnknownHandle(format!("{h:?}")));
         };
         Ok(self.update_at(h, loc, p))
@@ -484,7 +477,7 @@ where
         loop {
             let mut n = 0;
             for (slot, (h, p)) in chunk.iter_mut().zip(items.by_ref()) {
-                *slot = Some((h, p, self.index.get(&h).copied()));
+                *slot = Some((h, p, self.index.get(h)));
                 n += 1;
             }
             if n == 0 {
@@ -530,14 +523,14 @@ where
     fn relocate(&mut self, h: H, loc: Loc, to: P::Cell, p: P) {
         self.detach(loc);
         let new_loc = self.store.attach(to, h, p);
-        if let Some(l) = self.index.get_mut(&h) {
+        if let Some(l) = self.index.get_mut(h) {
             *l = new_loc;
         }
     }
 
     /// Removes `h`, returning its last position, or `None` if it was not in the grid.
     pub fn remove(&mut self, h: H) -> Option<P> {
-        let loc = self.index.remove(&h)?;
+        let loc = self.index.remove(h)?;
         let p = self.store.buckets[loc.bucket as usize].entries[loc.slot as usize].point;
         self.detach(loc);
         Some(p)
@@ -546,7 +539,7 @@ where
     /// Swap-removes the entry at `loc` and repoints the entry that filled the hole.
     fn detach(&mut self, loc: Loc) {
         if let Some(moved) = self.store.detach(loc)
-            && let Some(l) = self.index.get_mut(&moved)
+            && let Some(l) = self.index.get_mut(moved)
         {
             l.slot = loc.slot;
         }

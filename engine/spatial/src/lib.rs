@@ -27,11 +27,13 @@
 
 mod error;
 mod grid;
+mod handles;
 mod point;
 mod query;
 mod region;
 
 pub use error::SpatialError;
 pub use grid::{CellChange, SpatialGrid};
+pub use handles::{DenseHandles, HandleIndex, HashedHandles, Loc};
 pub use point::GridPoint;
 pub use region::MAX_REGION_CELLS;

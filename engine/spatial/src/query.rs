@@ -179,10 +179,11 @@ impl<H: Copy + Ord> Candidates<'_, H> {
     }
 }
 
-impl<P, H> SpatialGrid<P, H>
+impl<P, H, I> SpatialGrid<P, H, I>
 where
     P: GridPoint,
     H: Copy + Eq + Hash + Ord + Debug,
+    I: crate::HandleIndex<H>,
 {
     /// Appends every handle whose position `p` satisfies
     /// `p.dist_sq(center) <= radius * radius` (in `f32`) to `out`.

@@ -99,10 +99,11 @@ impl Region {
     }
 }
 
-impl<P, H> SpatialGrid<P, H>
+impl<P, H, I> SpatialGrid<P, H, I>
 where
     P: GridPoint,
     H: Copy + Eq + Hash + Ord + Debug,
+    I: crate::HandleIndex<H>,
 {
     /// `true` if `cell` belongs to the region of `(center, radius)` (see the module docs).
     /// Pairs with [`CellChange::Moved`](crate::CellChange::Moved) to decide whether a

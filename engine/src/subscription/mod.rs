@@ -19,12 +19,12 @@ mod eval;
 pub mod sql;
 pub mod wire;
 
-use std::collections::{BTreeMap, hash_map::Entry as MapEntry};
+use std::collections::{BTreeMap, VecDeque, hash_map::Entry as MapEntry};
 use std::ops::Range;
 use std::time::Duration;
 
 use glam::Vec3;
-use orrery_spatial::SpatialGrid;
+use orrery_spatial::{DenseHandles, SpatialGrid};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::changes::{ChangeKind, ChangeSet};
@@ -149,36 +149,94 @@ struct Version {
     bounds: Vec<Range<u32>>,
 }
 
-/// A mirrored row.
-struct Slot {
+/// Longest delta record stored inline in [`SlotMeta`].
+const INLINE_DELTA: usize = 22;
+/// `SlotMeta::delta_len` when the latest delta is not stored inline.
+const NO_INLINE_DELTA: u8 = u8::MAX;
+
+/// The part of a mirrored row every view update reads, kept dense (16 bytes) so that the
+/// per-client loops touch one small array instead of the rows' bytes.
+#[derive(Clone, Copy, Default)]
+struct SlotMeta {
+    /// Tick sequence of the newest change (0: unused slot).
+    version: u64,
+    /// Client view entries that reference this slot.
+    views: u32,
+    live: bool,
+}
+
+/// The delta from a row's previous version to its current one (what an up-to-date client
+/// needs), stored inline in a dense array when small so that sending it reads nothing else.
+#[derive(Clone, Copy)]
+struct InlineDelta {
+    /// The version it starts from.
+    from: u64,
+    /// Length of `bytes` (0: nothing visible changed), or [`NO_INLINE_DELTA`].
+    len: u8,
+    bytes: [u8; INLINE_DELTA],
+}
+
+impl Default for InlineDelta {
+    fn default() -> Self {
+        InlineDelta {
+            from: 0,
+            len: NO_INLINE_DELTA,
+            bytes: [0; INLINE_DELTA],
+        }
+    }
+}
+
+/// A primary key as a hash-map key without a pointer to chase: inline when short (every integer
+/// key), boxed otherwise.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PkKey {
+    Inline(u8, [u8; 23]),
+    Boxed(Box<[u8]>),
+}
+
+impl PkKey {
+    fn new(pk: &[u8]) -> Self {
+        if pk.len() <= 23 {
+            let mut bytes = [0u8; 23];
+            bytes[..pk.len()].copy_from_slice(pk);
+            PkKey::Inline(pk.len() as u8, bytes)
+        } else {
+            PkKey::Boxed(pk.into())
+        }
+    }
+}
+
+/// The bytes of a mirrored row.
+#[derive(Default)]
+struct SlotData {
     pk: Box<[u8]>,
+    allocated: bool,
     exact: Vec<u8>,
     wire: Vec<u8>,
     bounds: Vec<Range<u32>>,
-    /// Tick sequence of the newest change.
-    version: u64,
     /// Earlier versions, newest first.
-    history: std::collections::VecDeque<Version>,
+    history: VecDeque<Version>,
     /// Delta records from an earlier version to the current one, encoded when first needed and
     /// shared by every client holding that version. Empty bytes: nothing visible changed.
     deltas: Vec<(u64, Vec<u8>)>,
-    live: bool,
-    /// Client view entries that reference this slot.
-    views: u32,
     values: Option<Vec<Value>>,
 }
 
 struct MirrorTable {
     schema: TableSchema,
     layout: WireLayout,
-    by_pk: FxHashMap<Box<[u8]>, u32>,
-    slots: Vec<Slot>,
+    by_pk: FxHashMap<PkKey, u32>,
+    meta: Vec<SlotMeta>,
+    inline: Vec<InlineDelta>,
+    data: Vec<SlotData>,
     free: Vec<u32>,
     /// One grid per `Vec2`/`Vec3` column, positions of live rows.
-    grids: Vec<(usize, SpatialGrid<Vec3, u32>)>,
+    grids: Vec<(usize, SpatialGrid<Vec3, u32, DenseHandles>)>,
     changed: Vec<u32>,
     shared: Vec<SharedKey>,
     owner_column: Option<usize>,
+    /// Slots whose last view may have gone; freed after the loop that released them.
+    release: Vec<u32>,
 }
 
 type SharedKey = (String, Option<Identity>);
@@ -209,13 +267,31 @@ struct ViewEntry {
     since: u64,
     /// Distance to the focus at the last spatial refresh (0 for non-spatial rows).
     distance: f32,
-    /// Spatial refresh epoch that last found the row in range.
-    seen: u32,
+}
+
+/// One client's rows of one table, sorted by slot. A spatial refresh is a sequential merge of
+/// this with the (sorted) region query result, which streams through memory instead of probing
+/// a hash map per row; lookups are binary searches.
+#[derive(Default)]
+struct View {
+    entries: Vec<(u32, ViewEntry)>,
+}
+
+impl View {
+    fn find(&self, slot: u32) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&slot, |(s, _)| *s)
+    }
+
+    fn get(&self, slot: u32) -> Option<&ViewEntry> {
+        self.find(slot).ok().map(|i| &self.entries[i].1)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 struct SpatialSub {
-    table: u32,
-    bit: u32,
     within: Within,
     condition: Option<Condition>,
 }
@@ -237,10 +313,23 @@ struct Client {
     focus: Option<Vec3>,
     budget: f64,
     subs: Vec<Sub>,
-    views: FxHashMap<u32, FxHashMap<u32, ViewEntry>>,
+    /// Views by table id.
+    views: Vec<View>,
     /// (table, slot) of entries that became dirty and may still be.
     dirty: Vec<(u32, u32)>,
-    epoch: u32,
+}
+
+/// Scratch buffers reused across clients and ticks.
+#[derive(Default)]
+struct Scratch {
+    wire: Vec<u8>,
+    bounds: Vec<Range<u32>>,
+    starts: Vec<u32>,
+    candidates: Vec<(f32, u32, u32)>,
+    payloads: Vec<(u32, Vec<u8>)>,
+    delta: Vec<u8>,
+    found: Vec<(u32, Vec3)>,
+    merged: Vec<(u32, ViewEntry)>,
 }
 
 /// The subscription state machine. See the module docs.
@@ -251,21 +340,26 @@ pub struct Publisher {
     clients: BTreeMap<ClientId, Client>,
     tick: u64,
     sent: SentCounters,
-    scratch_wire: Vec<u8>,
-    scratch_bounds: Vec<Range<u32>>,
-    scratch_slots: Vec<(u32, Vec3)>,
+    scratch: Scratch,
 }
 
-fn position_of(value: &Value) -> Option<Vec3> {
-    match value {
-        Value::Vec2(v) => Some(v.extend(0.0)),
-        Value::Vec3(v) => Some(*v),
-        _ => None,
-    }
-}
-
-fn decode_values(schema: &TableSchema, exact: &[u8]) -> Vec<Value> {
-    crate::value::decode_row(schema, exact).unwrap_or_default()
+fn read_position(ty: &TypeDesc, exact: &[u8], start: u32) -> Option<Vec3> {
+    let dims = match ty {
+        TypeDesc::Vec2 => 2,
+        TypeDesc::Vec3 => 3,
+        _ => return None,
+    };
+    let bytes = exact.get(start as usize..start as usize + 4 * dims)?;
+    let f = |i: usize| {
+        f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ])
+    };
+    let p = Vec3::new(f(0), f(1), if dims == 3 { f(2) } else { 0.0 });
+    p.is_finite().then_some(p)
 }
 
 impl MirrorTable {
@@ -302,54 +396,45 @@ impl MirrorTable {
             layout: WireLayout::new(schema),
             schema: schema.clone(),
             by_pk: FxHashMap::default(),
-            slots: Vec::new(),
+            meta: Vec::new(),
+            inline: Vec::new(),
+            data: Vec::new(),
             free: Vec::new(),
             grids,
             changed: Vec::new(),
             shared: Vec::new(),
             owner_column,
+            release: Vec::new(),
         }
     }
 
-    fn values(&mut self, slot: u32) -> &[Value] {
-        let s = &mut self.slots[slot as usize];
-        if s.values.is_none() {
-            s.values = Some(decode_values(&self.schema, &s.exact));
+    fn values<'d>(data: &'d mut [SlotData], schema: &TableSchema, slot: u32) -> &'d [Value] {
+        let d = &mut data[slot as usize];
+        if d.values.is_none() {
+            d.values = Some(crate::value::decode_row(schema, &d.exact).unwrap_or_default());
         }
-        s.values.as_deref().unwrap_or(&[])
-    }
-
-    fn positions(&self, exact: &[u8]) -> Vec<(usize, Vec3)> {
-        if self.grids.is_empty() {
-            return Vec::new();
-        }
-        let values = decode_values(&self.schema, exact);
-        self.grids
-            .iter()
-            .filter_map(|(column, _)| {
-                values
-                    .get(*column)
-                    .and_then(position_of)
-                    .filter(|p| p.is_finite())
-                    .map(|p| (*column, p))
-            })
-            .collect()
+        d.values.as_deref().unwrap_or(&[])
     }
 
     fn free_if_unused(&mut self, slot: u32) {
-        let s = &self.slots[slot as usize];
-        if !s.live && s.views == 0 && !s.pk.is_empty() {
-            let pk = std::mem::take(&mut self.slots[slot as usize].pk);
-            self.by_pk.remove(&pk);
-            let s = &mut self.slots[slot as usize];
-            s.exact = Vec::new();
-            s.wire = Vec::new();
-            s.bounds = Vec::new();
-            s.history.clear();
-            s.deltas = Vec::new();
-            s.values = None;
+        let meta = &mut self.meta[slot as usize];
+        let data = &mut self.data[slot as usize];
+        if !meta.live && meta.views == 0 && data.allocated {
+            let pk = std::mem::take(&mut data.pk);
+            self.by_pk.remove(&PkKey::new(&pk));
+            *data = SlotData::default();
+            *meta = SlotMeta::default();
+            self.inline[slot as usize] = InlineDelta::default();
             self.free.push(slot);
         }
+    }
+
+    fn release_pending(&mut self) {
+        let mut release = std::mem::take(&mut self.release);
+        for slot in release.drain(..) {
+            self.free_if_unused(slot);
+        }
+        self.release = release;
     }
 }
 
@@ -368,9 +453,7 @@ impl Publisher {
             clients: BTreeMap::new(),
             tick: 0,
             sent: SentCounters::default(),
-            scratch_wire: Vec::new(),
-            scratch_bounds: Vec::new(),
-            scratch_slots: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -393,14 +476,14 @@ impl Publisher {
                 .tables
                 .iter()
                 .flatten()
-                .map(|t| t.slots.len() - t.free.len())
+                .map(|t| t.data.len() - t.free.len())
                 .sum(),
             dirty: self
                 .clients
                 .values()
-                .flat_map(|c| c.views.values())
-                .flat_map(|v| v.values())
-                .filter(|e| e.dirty != Dirty::Clean)
+                .flat_map(|c| c.views.iter())
+                .flat_map(|v| v.entries.iter())
+                .filter(|(_, e)| e.dirty != Dirty::Clean)
                 .count(),
             sent: self.sent,
         }
@@ -422,47 +505,56 @@ impl Publisher {
         let Some(Some(t)) = self.tables.get_mut(table as usize) else {
             return;
         };
-        self.scratch_wire.clear();
-        if let Err(error) =
-            t.layout
-                .encode_row(exact, &mut self.scratch_wire, &mut self.scratch_bounds)
-        {
+        let scratch = &mut self.scratch;
+        scratch.wire.clear();
+        if let Err(error) = t.layout.encode_row_offsets(
+            exact,
+            &mut scratch.wire,
+            &mut scratch.bounds,
+            &mut scratch.starts,
+        ) {
             tracing::error!(table = t.schema.name, %error, "row does not match its table's schema");
             return;
         }
-        let positions = t.positions(exact);
-        let slot = match t.by_pk.get(pk) {
+        let key = PkKey::new(pk);
+        let slot = match t.by_pk.get(&key) {
             Some(&slot) => slot,
             None => {
-                let slot = t.free.pop().unwrap_or(t.slots.len() as u32);
-                let fresh = Slot {
-                    pk: pk.into(),
-                    exact: Vec::new(),
-                    wire: Vec::new(),
-                    bounds: Vec::new(),
-                    version: 0,
-                    history: std::collections::VecDeque::new(),
-                    deltas: Vec::new(),
-                    live: false,
-                    views: 0,
-                    values: None,
-                };
-                if slot as usize == t.slots.len() {
-                    t.slots.push(fresh);
-                } else {
-                    t.slots[slot as usize] = fresh;
+                let slot = t.free.pop().unwrap_or(t.data.len() as u32);
+                if slot as usize == t.data.len() {
+                    t.data.push(SlotData::default());
+                    t.meta.push(SlotMeta::default());
+                    t.inline.push(InlineDelta::default());
                 }
-                t.by_pk.insert(pk.into(), slot);
+                let d = &mut t.data[slot as usize];
+                d.pk = pk.into();
+                d.allocated = true;
+                t.by_pk.insert(key, slot);
                 slot
             }
         };
-        let s = &mut t.slots[slot as usize];
-        s.deltas.clear();
-        let was_live = s.live;
+        let meta = &mut t.meta[slot as usize];
+        let inline = &mut t.inline[slot as usize];
+        let d = &mut t.data[slot as usize];
+        d.deltas.clear();
+        let was_live = meta.live;
+        inline.len = NO_INLINE_DELTA;
         if was_live {
+            scratch.delta.clear();
+            let changed_columns = t.layout.delta_record(
+                pk,
+                (&d.wire, &d.bounds),
+                (&scratch.wire, &scratch.bounds),
+                &mut scratch.delta,
+            );
+            if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
+                inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
+                inline.len = scratch.delta.len() as u8;
+                inline.from = meta.version;
+            }
             // The current version becomes history; the oldest one's buffers are reused.
-            let (old_wire, old_bounds) = if s.history.len() >= HISTORY {
-                s.history
+            let (old_wire, old_bounds) = if d.history.len() >= HISTORY {
+                d.history
                     .pop_back()
                     .map(|v| (v.wire, v.bounds))
                     .unwrap_or_default()
@@ -470,31 +562,37 @@ impl Publisher {
                 Default::default()
             };
             let previous = Version {
-                version: s.version,
-                wire: std::mem::replace(&mut s.wire, old_wire),
-                bounds: std::mem::replace(&mut s.bounds, old_bounds),
+                version: meta.version,
+                wire: std::mem::replace(&mut d.wire, old_wire),
+                bounds: std::mem::replace(&mut d.bounds, old_bounds),
             };
-            s.history.push_front(previous);
+            d.history.push_front(previous);
         } else {
-            s.history.clear();
+            d.history.clear();
         }
-        s.exact.clear();
-        s.exact.extend_from_slice(exact);
-        std::mem::swap(&mut s.wire, &mut self.scratch_wire);
-        std::mem::swap(&mut s.bounds, &mut self.scratch_bounds);
-        s.version = tick.max(1);
-        s.live = true;
-        s.values = None;
-        for (column, p) in positions {
-            if let Some((_, grid)) = t.grids.iter_mut().find(|(c, _)| *c == column) {
-                let result = if was_live && grid.contains(slot) {
-                    grid.update(slot, p).map(|_| ())
-                } else {
-                    grid.insert(slot, p)
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "publisher grid out of step");
-                }
+        d.exact.clear();
+        d.exact.extend_from_slice(exact);
+        std::mem::swap(&mut d.wire, &mut scratch.wire);
+        std::mem::swap(&mut d.bounds, &mut scratch.bounds);
+        d.values = None;
+        meta.version = tick.max(1);
+        meta.live = true;
+        for (column, grid) in &mut t.grids {
+            let Some(p) = read_position(
+                &t.schema.columns[*column].ty,
+                exact,
+                scratch.starts[*column],
+            ) else {
+                grid.remove(slot);
+                continue;
+            };
+            let result = if grid.contains(slot) {
+                grid.update(slot, p).map(|_| ())
+            } else {
+                grid.insert(slot, p)
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "publisher grid out of step");
             }
         }
         if changed {
@@ -507,17 +605,18 @@ impl Publisher {
         let Some(Some(t)) = self.tables.get_mut(table as usize) else {
             return;
         };
-        let Some(&slot) = t.by_pk.get(pk) else {
+        let Some(&slot) = t.by_pk.get(&PkKey::new(pk)) else {
             return;
         };
-        let s = &mut t.slots[slot as usize];
-        if !s.live {
+        let meta = &mut t.meta[slot as usize];
+        if !meta.live {
             return;
         }
-        s.live = false;
-        s.version = tick;
-        s.deltas.clear();
-        s.history.clear();
+        meta.live = false;
+        meta.version = tick;
+        let d = &mut t.data[slot as usize];
+        d.deltas.clear();
+        d.history.clear();
         for (_, grid) in &mut t.grids {
             grid.remove(slot);
         }
@@ -548,21 +647,22 @@ impl Publisher {
             return;
         };
         let changed = std::mem::take(&mut t.changed);
-        let keys = t.shared.clone();
         let tick = self.tick;
-        for slot in &changed {
-            let slot = *slot;
-            let live = t.slots[slot as usize].live;
-            for key in &keys {
+        let event = t.schema.event;
+        for &slot in &changed {
+            let live = t.meta[slot as usize].live;
+            for key in &t.shared {
                 let Some(query) = self.shared.get_mut(key) else {
                     continue;
                 };
                 let was = query.members.contains(&slot);
                 let is = live
-                    && query
-                        .condition
-                        .as_ref()
-                        .is_none_or(|c| c.matches(t.values(slot), query.sender));
+                    && query.condition.as_ref().is_none_or(|c| {
+                        c.matches(
+                            MirrorTable::values(&mut t.data, &t.schema, slot),
+                            query.sender,
+                        )
+                    });
                 match (was, is) {
                     (false, true) => {
                         query.members.insert(slot);
@@ -570,27 +670,40 @@ impl Publisher {
                     (true, false) => {
                         query.members.remove(&slot);
                     }
-                    _ => {}
-                }
-                if !was && !is {
-                    continue;
+                    (false, false) => continue,
+                    (true, true) => {}
                 }
                 for &(client_id, bit) in &query.subscribers {
                     if let Some(client) = self.clients.get_mut(&client_id) {
-                        touch(client, t, table, slot, bit, is, 0.0, tick);
+                        let meta = &mut t.meta[slot as usize];
+                        let view = &mut client.views[table as usize];
+                        if touch(
+                            view,
+                            &mut client.dirty,
+                            meta,
+                            event,
+                            table,
+                            slot,
+                            bit,
+                            is,
+                            0.0,
+                            tick,
+                        ) {
+                            t.release.push(slot);
+                        }
                     }
                 }
             }
         }
         // Event rows live for the tick that produced them only.
-        if t.schema.event {
+        if event {
             for &slot in &changed {
-                if t.slots[slot as usize].live {
-                    t.slots[slot as usize].live = false;
+                if t.meta[slot as usize].live {
+                    t.meta[slot as usize].live = false;
                     for (_, grid) in &mut t.grids {
                         grid.remove(slot);
                     }
-                    for key in &keys {
+                    for key in &t.shared {
                         if let Some(query) = self.shared.get_mut(key) {
                             query.members.remove(&slot);
                         }
@@ -598,21 +711,20 @@ impl Publisher {
                 }
             }
         }
-        for &slot in &changed {
-            t.free_if_unused(slot);
-        }
+        t.release.extend_from_slice(&changed);
+        t.release_pending();
     }
 
     /// Registers a connected client.
     pub fn connect(&mut self, client: ClientId, identity: Identity) {
+        let tables = self.tables.len();
         self.clients.entry(client).or_insert_with(|| Client {
             identity,
             focus: None,
             budget: 0.0,
             subs: Vec::new(),
-            views: FxHashMap::default(),
+            views: (0..tables).map(|_| View::default()).collect(),
             dirty: Vec::new(),
-            epoch: 0,
         });
     }
 
@@ -626,10 +738,10 @@ impl Publisher {
                 self.release_shared(&key, client);
             }
         }
-        for (table, view) in state.views.drain() {
-            if let Some(Some(t)) = self.tables.get_mut(table as usize) {
-                for (slot, _) in view {
-                    t.slots[slot as usize].views -= 1;
+        for (table, view) in state.views.into_iter().enumerate() {
+            if let Some(Some(t)) = self.tables.get_mut(table) {
+                for (slot, _) in view.entries {
+                    t.meta[slot as usize].views -= 1;
                     t.free_if_unused(slot);
                 }
             }
@@ -714,12 +826,7 @@ impl Publisher {
                 query_id,
                 table,
                 bit,
-                kind: SubKind::Spatial(SpatialSub {
-                    table,
-                    bit,
-                    within,
-                    condition,
-                }),
+                kind: SubKind::Spatial(SpatialSub { within, condition }),
             });
             return Ok(Subscribed {
                 table,
@@ -733,11 +840,11 @@ impl Publisher {
             MapEntry::Vacant(v) => {
                 // A new shared query starts from a scan of the mirror.
                 let mut members = FxHashSet::default();
-                for slot in 0..t.slots.len() as u32 {
-                    if t.slots[slot as usize].live
-                        && condition
-                            .as_ref()
-                            .is_none_or(|c| c.matches(t.values(slot), identity))
+                for slot in 0..t.data.len() as u32 {
+                    if t.meta[slot as usize].live
+                        && condition.as_ref().is_none_or(|c| {
+                            c.matches(MirrorTable::values(&mut t.data, &t.schema, slot), identity)
+                        })
                     {
                         members.insert(slot);
                     }
@@ -761,9 +868,32 @@ impl Publisher {
             bit,
             kind: SubKind::Shared(key),
         });
+        let event = t.schema.event;
+        let view = &mut state.views[table as usize];
+        let mut merged = Vec::with_capacity(view.len() + members.len());
+        let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
         for &slot in &members {
-            touch(state, t, table, slot, bit, true, 0.0, tick);
+            while let Some(entry) = old.next_if(|(s, _)| *s < slot) {
+                merged.push(entry);
+            }
+            let meta = &mut t.meta[slot as usize];
+            match old.next_if(|(s, _)| *s == slot) {
+                Some((_, mut e)) => {
+                    e.mask |= 1 << bit;
+                    if settle(&mut e, meta, event, tick) {
+                        state.dirty.push((table, slot));
+                    }
+                    merged.push((slot, e));
+                }
+                None => {
+                    merged.push((slot, new_entry(bit, 0.0, tick)));
+                    meta.views += 1;
+                    state.dirty.push((table, slot));
+                }
+            }
         }
+        merged.extend(old);
+        view.entries = merged;
         Ok(Subscribed {
             table,
             initial_rows: members.len(),
@@ -782,19 +912,27 @@ impl Publisher {
         };
         let sub = state.subs.remove(index);
         if let Some(Some(t)) = self.tables.get_mut(sub.table as usize) {
-            let slots: Vec<u32> = state
-                .views
-                .get(&sub.table)
-                .map(|v| {
-                    v.iter()
-                        .filter(|(_, e)| e.mask & (1 << sub.bit) != 0)
-                        .map(|(s, _)| *s)
-                        .collect()
-                })
-                .unwrap_or_default();
-            for slot in slots {
-                touch(state, t, sub.table, slot, sub.bit, false, 0.0, tick);
-            }
+            let view = &mut state.views[sub.table as usize];
+            let event = t.schema.event;
+            let (table, bit) = (sub.table, sub.bit);
+            let MirrorTable { meta, release, .. } = t;
+            view.entries.retain_mut(|(slot, e)| {
+                if e.mask & (1 << bit) == 0 {
+                    return true;
+                }
+                e.mask &= !(1 << bit);
+                keep_entry(
+                    e,
+                    &mut meta[*slot as usize],
+                    event,
+                    table,
+                    *slot,
+                    tick,
+                    &mut state.dirty,
+                    release,
+                )
+            });
+            t.release_pending();
         }
         if let SubKind::Shared(key) = sub.kind {
             self.release_shared(&key, client);
@@ -807,19 +945,20 @@ impl Publisher {
     pub fn publish(&mut self, elapsed: Duration, out: &mut Vec<Outgoing>) {
         let tick = self.tick;
         let rate = f64::from(self.config.budget_bytes_per_second);
-        let cap = rate * self.config.max_banked.as_secs_f64();
+        let accrued = rate * elapsed.as_secs_f64();
+        let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
         let margin = self.config.hysteresis;
         let max_message = self.config.max_message_bytes.max(64);
         for (&client_id, client) in &mut self.clients {
             refresh_spatial(
                 client,
                 &mut self.tables,
-                &mut self.scratch_slots,
                 margin,
                 tick,
+                &mut self.scratch.found,
+                &mut self.scratch.merged,
             );
-            client.budget = (client.budget + rate * elapsed.as_secs_f64())
-                .min(cap.max(rate * elapsed.as_secs_f64()));
+            client.budget = (client.budget + accrued).min(cap);
             flush(
                 client_id,
                 client,
@@ -827,185 +966,266 @@ impl Publisher {
                 tick,
                 max_message,
                 &mut self.sent,
+                &mut self.scratch,
                 out,
             );
+        }
+        for t in self.tables.iter_mut().flatten() {
+            t.release_pending();
         }
     }
 }
 
-/// Updates a client's view entry for one row and one of its subscriptions (bit): `member` says
-/// whether that subscription now includes the row.
+/// Updates a client's view entry for one row and one of its subscriptions (`bit`): `member`
+/// says whether that subscription now includes the row. Returns true if the entry was removed
+/// from a dead row (whose slot may now be freed).
 #[allow(clippy::too_many_arguments)]
 fn touch(
-    client: &mut Client,
-    t: &mut MirrorTable,
+    view: &mut View,
+    dirty: &mut Vec<(u32, u32)>,
+    meta: &mut SlotMeta,
+    event: bool,
     table: u32,
     slot: u32,
     bit: u32,
     member: bool,
     distance: f32,
     tick: u64,
-) {
-    let view = client.views.entry(table).or_default();
-    let s = &mut t.slots[slot as usize];
-    match view.entry(slot) {
-        MapEntry::Occupied(mut o) => {
-            let e = o.get_mut();
+) -> bool {
+    match view.find(slot) {
+        Ok(index) => {
+            let e = &mut view.entries[index].1;
             if member {
                 e.mask |= 1 << bit;
             } else {
                 e.mask &= !(1 << bit);
             }
             e.distance = distance;
-            let want = if e.mask != 0 && s.live {
-                (e.sent != s.version).then_some(Dirty::Upsert)
-            } else if e.sent != 0 && !t.schema.event {
-                Some(Dirty::Delete)
-            } else {
-                None
-            };
-            match want {
-                Some(d) => {
-                    if e.dirty == Dirty::Clean {
-                        e.since = tick;
-                        client.dirty.push((table, slot));
-                    }
-                    e.dirty = d;
-                }
-                None => {
-                    if e.mask == 0 {
-                        o.remove();
-                        s.views -= 1;
-                    } else {
-                        e.dirty = Dirty::Clean;
-                    }
-                }
+            if settle(e, meta, event, tick) {
+                dirty.push((table, slot));
             }
+            if e.mask == 0 && e.dirty == Dirty::Clean {
+                view.entries.remove(index);
+                meta.views -= 1;
+                return !meta.live;
+            }
+            false
         }
-        MapEntry::Vacant(v) => {
-            if member && s.live {
-                v.insert(ViewEntry {
-                    mask: 1 << bit,
-                    sent: 0,
-                    dirty: Dirty::Upsert,
-                    since: tick,
-                    distance,
-                    seen: client.epoch,
-                });
-                s.views += 1;
-                client.dirty.push((table, slot));
+        Err(index) => {
+            if member && meta.live {
+                view.entries
+                    .insert(index, (slot, new_entry(bit, distance, tick)));
+                meta.views += 1;
+                dirty.push((table, slot));
             }
+            false
         }
     }
+}
+
+fn new_entry(bit: u32, distance: f32, tick: u64) -> ViewEntry {
+    ViewEntry {
+        mask: 1 << bit,
+        sent: 0,
+        dirty: Dirty::Upsert,
+        since: tick,
+        distance,
+    }
+}
+
+/// After an entry's mask changed: settles what it owes and says whether to keep it (an entry
+/// is dropped when no subscription covers it and nothing is owed).
+#[allow(clippy::too_many_arguments)]
+fn keep_entry(
+    e: &mut ViewEntry,
+    meta: &mut SlotMeta,
+    event: bool,
+    table: u32,
+    slot: u32,
+    tick: u64,
+    dirty: &mut Vec<(u32, u32)>,
+    release: &mut Vec<u32>,
+) -> bool {
+    if settle(e, meta, event, tick) {
+        dirty.push((table, slot));
+    }
+    if e.mask == 0 && e.dirty == Dirty::Clean {
+        meta.views -= 1;
+        if !meta.live {
+            release.push(slot);
+        }
+        return false;
+    }
+    true
+}
+
+/// Works out what an entry owes its client after its mask or the row changed; returns true if it
+/// just became dirty (and must be queued).
+fn settle(e: &mut ViewEntry, meta: &SlotMeta, event: bool, tick: u64) -> bool {
+    let want = if e.mask != 0 && meta.live {
+        if e.sent != meta.version {
+            Dirty::Upsert
+        } else {
+            Dirty::Clean
+        }
+    } else if e.sent != 0 && !event {
+        Dirty::Delete
+    } else {
+        Dirty::Clean
+    };
+    let newly = e.dirty == Dirty::Clean && want != Dirty::Clean;
+    if newly {
+        e.since = tick;
+    }
+    e.dirty = want;
+    newly
 }
 
 fn refresh_spatial(
     client: &mut Client,
     tables: &mut [Option<MirrorTable>],
-    found: &mut Vec<(u32, Vec3)>,
     margin: f32,
     tick: u64,
+    found: &mut Vec<(u32, Vec3)>,
+    merged: &mut Vec<(u32, ViewEntry)>,
 ) {
-    if !client
-        .subs
-        .iter()
-        .any(|s| matches!(s.kind, SubKind::Spatial(_)))
-    {
-        return;
-    }
-    client.epoch = client.epoch.wrapping_add(1);
-    let epoch = client.epoch;
     let identity = client.identity;
     let focus = client.focus;
-    let subs: Vec<(u32, u32, Within, Option<Condition>)> = client
-        .subs
-        .iter()
-        .filter_map(|s| match &s.kind {
-            SubKind::Spatial(sp) => Some((sp.table, sp.bit, sp.within, sp.condition.clone())),
-            SubKind::Shared(_) => None,
-        })
-        .collect();
-    for (table, bit, within, condition) in subs {
-        let Some(Some(t)) = tables.get_mut(table as usize) else {
+    for sub in &client.subs {
+        let SubKind::Spatial(spatial) = &sub.kind else {
             continue;
         };
+        let Some(Some(t)) = tables.get_mut(sub.table as usize) else {
+            continue;
+        };
+        let (table, bit, within) = (sub.table, sub.bit, spatial.within);
+        let event = t.schema.event;
+        let MirrorTable {
+            grids,
+            meta,
+            data,
+            schema,
+            release,
+            ..
+        } = t;
         found.clear();
-        if let Some(focus) = focus
-            && let Some((_, grid)) = t.grids.iter().find(|(c, _)| *c == within.column)
+        if let (Some(focus), Some((_, grid))) =
+            (focus, grids.iter().find(|(c, _)| *c == within.column))
         {
             grid.for_each_in_radius(focus, within.radius + margin, |slot, p| {
-                found.push((slot, p))
+                found.push((slot, p));
             });
-            // Deterministic regardless of grid internals.
             found.sort_unstable_by_key(|(slot, _)| *slot);
         }
+        let focus = focus.unwrap_or(Vec3::ZERO);
+        let passes = |data: &mut [SlotData], slot: u32| {
+            spatial
+                .condition
+                .as_ref()
+                .is_none_or(|c| c.matches(MirrorTable::values(data, schema, slot), identity))
+        };
+        // Merge the view (sorted by slot) with the region's rows (sorted by slot).
+        let view = &mut client.views[table as usize];
+        let dirty = &mut client.dirty;
+        merged.clear();
+        let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
         for &(slot, p) in found.iter() {
-            let distance = focus.map_or(0.0, |f| f.distance(p));
-            let inside_before = client
-                .views
-                .get(&table)
-                .and_then(|v| v.get(&slot))
-                .is_some_and(|e| e.mask & (1 << bit) != 0);
-            let near =
-                distance <= within.radius || (inside_before && distance <= within.radius + margin);
-            let member = near
-                && condition
-                    .as_ref()
-                    .is_none_or(|c| c.matches(t.values(slot), identity));
-            if member {
-                touch(client, t, table, slot, bit, true, distance, tick);
-                if let Some(e) = client.views.get_mut(&table).and_then(|v| v.get_mut(&slot)) {
-                    e.seen = epoch;
+            // Rows of the view before this one were not found: out of range.
+            while let Some((s, mut e)) = old.next_if(|(s, _)| *s < slot) {
+                if e.mask & (1 << bit) != 0 {
+                    e.mask &= !(1 << bit);
+                    e.distance = f32::INFINITY;
+                    if !keep_entry(
+                        &mut e,
+                        &mut meta[s as usize],
+                        event,
+                        table,
+                        s,
+                        tick,
+                        dirty,
+                        release,
+                    ) {
+                        continue;
+                    }
                 }
-            } else if inside_before {
-                touch(client, t, table, slot, bit, false, distance, tick);
+                merged.push((s, e));
+            }
+            let distance = focus.distance(p);
+            let m = &mut meta[slot as usize];
+            match old.next_if(|(s, _)| *s == slot) {
+                Some((_, mut e)) => {
+                    let inside_before = e.mask & (1 << bit) != 0;
+                    if (distance <= within.radius || inside_before) && passes(data, slot) {
+                        e.mask |= 1 << bit;
+                    } else {
+                        e.mask &= !(1 << bit);
+                    }
+                    e.distance = distance;
+                    if keep_entry(&mut e, m, event, table, slot, tick, dirty, release) {
+                        merged.push((slot, e));
+                    }
+                }
+                None => {
+                    if distance <= within.radius && m.live && passes(data, slot) {
+                        merged.push((slot, new_entry(bit, distance, tick)));
+                        m.views += 1;
+                        dirty.push((table, slot));
+                    }
+                }
             }
         }
-        // Rows of this subscription the query did not find have left the region.
-        let stale: Vec<u32> = client
-            .views
-            .get(&table)
-            .map(|v| {
-                v.iter()
-                    .filter(|(_, e)| e.mask & (1 << bit) != 0 && e.seen != epoch)
-                    .map(|(s, _)| *s)
-                    .collect()
-            })
-            .unwrap_or_default();
-        for slot in stale {
-            touch(client, t, table, slot, bit, false, f32::INFINITY, tick);
+        for (s, mut e) in old {
+            if e.mask & (1 << bit) != 0 {
+                e.mask &= !(1 << bit);
+                e.distance = f32::INFINITY;
+                if !keep_entry(
+                    &mut e,
+                    &mut meta[s as usize],
+                    event,
+                    table,
+                    s,
+                    tick,
+                    dirty,
+                    release,
+                ) {
+                    continue;
+                }
+            }
+            merged.push((s, e));
         }
+        std::mem::swap(&mut view.entries, merged);
     }
 }
 
 /// The delta record taking a client holding `version` to the row's current version, if that
 /// version is still in the row's history (empty bytes: nothing visible changed).
-fn delta_from<'s>(s: &'s mut Slot, layout: &WireLayout, version: u64) -> Option<&'s [u8]> {
+fn delta_from<'s>(d: &'s mut SlotData, layout: &WireLayout, version: u64) -> Option<&'s [u8]> {
     if version == 0 {
         return None;
     }
-    let index = match s.deltas.iter().position(|(from, _)| *from == version) {
+    let index = match d.deltas.iter().position(|(from, _)| *from == version) {
         Some(index) => index,
         None => {
-            let old = s.history.iter().find(|v| v.version == version)?;
+            let old = d.history.iter().find(|v| v.version == version)?;
             let mut bytes = Vec::new();
             layout.delta_record(
-                &s.pk,
+                &d.pk,
                 (&old.wire, &old.bounds),
-                (&s.wire, &s.bounds),
+                (&d.wire, &d.bounds),
                 &mut bytes,
             );
-            if bytes.is_empty() && old.wire != s.wire {
+            if bytes.is_empty() && old.wire != d.wire {
                 // Too wide a table for a mask: only a full row describes the change.
                 return None;
             }
-            s.deltas.push((version, bytes));
-            s.deltas.len() - 1
+            d.deltas.push((version, bytes));
+            d.deltas.len() - 1
         }
     };
-    Some(&s.deltas[index].1)
+    Some(&d.deltas[index].1)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn flush(
     client_id: ClientId,
     client: &mut Client,
@@ -1013,61 +1233,99 @@ fn flush(
     tick: u64,
     max_message: usize,
     counters: &mut SentCounters,
+    scratch: &mut Scratch,
     out: &mut Vec<Outgoing>,
 ) {
     if client.dirty.is_empty() {
         return;
     }
-    // Most urgent first: stale entries, then near ones; ties by table and row for determinism.
-    let mut candidates: Vec<(f32, u32, u32)> = Vec::with_capacity(client.dirty.len());
-    client.dirty.sort_unstable();
-    client.dirty.dedup();
+    let candidates = &mut scratch.candidates;
+    candidates.clear();
+    // An upper bound on what sending everything would cost; when the budget covers it, the
+    // queue goes out in its (deterministic) order without ranking.
+    let mut estimate = 0f64;
     for &(table, slot) in &client.dirty {
-        if let Some(e) = client.views.get(&table).and_then(|v| v.get(&slot))
+        if let Some(e) = client.views[table as usize].get(slot)
             && e.dirty != Dirty::Clean
         {
             let age = (tick.saturating_sub(e.since) + 1) as f32;
             let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
             let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
             candidates.push((score, table, slot));
+            estimate += tables
+                .get(table as usize)
+                .and_then(Option::as_ref)
+                .map_or(0.0, |t| {
+                    let inline = &t.inline[slot as usize];
+                    if e.sent != 0 && e.sent == inline.from && inline.len != NO_INLINE_DELTA {
+                        f64::from(inline.len)
+                    } else {
+                        // Deltas from history and full rows: a generous bound.
+                        256.0
+                    }
+                });
         }
     }
-    candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let mut payloads: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-    for &(_, table, slot) in &candidates {
+    if estimate > client.budget {
+        // Most urgent first: stale entries, then near ones; ties by table and row.
+        candidates
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    }
+    let payloads = &mut scratch.payloads;
+    let mut sent_count = 0;
+    for &(_, table, slot) in candidates.iter() {
         if client.budget <= 0.0 {
             break;
         }
+        sent_count += 1;
         let Some(Some(t)) = tables.get_mut(table as usize) else {
             continue;
         };
-        let Some(view) = client.views.get_mut(&table) else {
+        let view = &mut client.views[table as usize];
+        let Ok(position) = view.find(slot) else {
             continue;
         };
-        let Some(e) = view.get_mut(&slot) else {
-            continue;
+        let e = &mut view.entries[position].1;
+        let index = match payloads.iter().position(|(t, _)| *t == table) {
+            Some(index) => index,
+            None => {
+                payloads.push((table, Vec::with_capacity(256)));
+                payloads.len() - 1
+            }
         };
-        let payload = payloads.entry(table).or_default();
-        if payload.len() >= max_message {
+        if payloads[index].1.len() >= max_message {
+            let full = std::mem::replace(&mut payloads[index].1, Vec::with_capacity(256));
             out.push(Outgoing {
                 client: client_id,
                 table,
-                payload: std::mem::take(payload),
+                payload: full,
             });
         }
+        let payload = &mut payloads[index].1;
         let before = payload.len();
-        let s = &mut t.slots[slot as usize];
+        let meta = &mut t.meta[slot as usize];
+        let d = &mut t.data[slot as usize];
         match e.dirty {
             Dirty::Clean => continue,
             Dirty::Delete => {
                 counters.deletes += 1;
-                WireLayout::delete_record(&s.pk, payload);
-                view.remove(&slot);
-                s.views -= 1;
-                t.free_if_unused(slot);
+                WireLayout::delete_record(&d.pk, payload);
+                view.entries.remove(position);
+                meta.views -= 1;
+                if !meta.live {
+                    t.release.push(slot);
+                }
             }
             Dirty::Upsert => {
-                match delta_from(s, &t.layout, e.sent) {
+                let stored = &t.inline[slot as usize];
+                let inline =
+                    (e.sent != 0 && e.sent == stored.from && stored.len != NO_INLINE_DELTA)
+                        .then(|| &stored.bytes[..stored.len as usize]);
+                let delta = match inline {
+                    Some(bytes) => Some(bytes),
+                    None => delta_from(d, &t.layout, e.sent),
+                };
+                match delta {
                     Some(delta) => {
                         if !delta.is_empty() {
                             counters.deltas += 1;
@@ -1076,15 +1334,17 @@ fn flush(
                     }
                     None => {
                         counters.upserts += 1;
-                        t.layout.upsert_record(&s.pk, &s.wire, payload);
+                        t.layout.upsert_record(&d.pk, &d.wire, payload);
                     }
                 }
                 if t.schema.event {
-                    view.remove(&slot);
-                    s.views -= 1;
-                    t.free_if_unused(slot);
+                    view.entries.remove(position);
+                    meta.views -= 1;
+                    if !meta.live {
+                        t.release.push(slot);
+                    }
                 } else {
-                    e.sent = s.version;
+                    e.sent = meta.version;
                     e.dirty = Dirty::Clean;
                 }
             }
@@ -1093,7 +1353,7 @@ fn flush(
         counters.bytes += bytes as u64;
         client.budget -= bytes as f64;
     }
-    for (table, payload) in payloads {
+    for (table, payload) in payloads.drain(..) {
         if !payload.is_empty() {
             out.push(Outgoing {
                 client: client_id,
@@ -1102,11 +1362,16 @@ fn flush(
             });
         }
     }
-    let views = &client.views;
-    client.dirty.retain(|(table, slot)| {
-        views
-            .get(table)
-            .and_then(|v| v.get(slot))
-            .is_some_and(|e| e.dirty != Dirty::Clean)
-    });
+    // What was not reached stays queued (once: an entry that went clean and dirty again
+    // between flushes can have been queued twice).
+    client.dirty.clear();
+    client.dirty.extend(
+        candidates[sent_count..]
+            .iter()
+            .map(|&(_, table, slot)| (table, slot)),
+    );
+    if client.dirty.len() > 1 {
+        client.dirty.sort_unstable();
+        client.dirty.dedup();
+    }
 }

@@ -90,10 +90,23 @@ impl WireLayout {
         out: &mut Vec<u8>,
         bounds: &mut Vec<Range<u32>>,
     ) -> Result<(), DecodeError> {
+        self.encode_row_offsets(exact, out, bounds, &mut Vec::new())
+    }
+
+    /// [`WireLayout::encode_row`], also recording where each column starts in `exact`.
+    pub fn encode_row_offsets(
+        &self,
+        exact: &[u8],
+        out: &mut Vec<u8>,
+        bounds: &mut Vec<Range<u32>>,
+        exact_starts: &mut Vec<u32>,
+    ) -> Result<(), DecodeError> {
         bounds.clear();
+        exact_starts.clear();
         let base = out.len();
         let mut input = exact;
         for (ty, step) in &self.columns {
+            exact_starts.push((exact.len() - input.len()) as u32);
             let start = (out.len() - base) as u32;
             match step {
                 Some(step) => {
