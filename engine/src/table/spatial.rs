@@ -7,7 +7,7 @@
 //! management.
 
 use bevy_ecs::entity::Entity;
-use orrery_spatial::{CellChange, GridPoint, SpatialError, SpatialGrid};
+use orrery_spatial::{CellChange, GridPoint, HandleIndex, Loc, SpatialError, SpatialGrid};
 
 use super::TableError;
 
@@ -22,11 +22,79 @@ pub struct CellMove<C> {
     pub to: C,
 }
 
+/// The grid's `entity -> location` map: an array indexed by entity index (entities are dense
+/// small integers), checked against the full entity so a reused index never aliases. Saves a
+/// hash probe per update compared with a hash map.
+#[derive(Clone, Default)]
+pub struct EntityHandles {
+    slots: Vec<Option<(Entity, Loc)>>,
+    len: usize,
+}
+
+impl HandleIndex<Entity> for EntityHandles {
+    #[inline]
+    fn get(&self, h: Entity) -> Option<Loc> {
+        match self.slots.get(h.index_u32() as usize) {
+            Some(Some((e, loc))) if *e == h => Some(*loc),
+            _ => None,
+        }
+    }
+    #[inline]
+    fn get_mut(&mut self, h: Entity) -> Option<&mut Loc> {
+        match self.slots.get_mut(h.index_u32() as usize) {
+            Some(Some((e, loc))) if *e == h => Some(loc),
+            _ => None,
+        }
+    }
+    fn insert_new(&mut self, h: Entity, loc: Loc) -> bool {
+        let i = h.index_u32() as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        match self.slots[i] {
+            Some((e, _)) if e == h => false,
+            // The store unindexes rows before despawning them, so a despawned entity's entry
+            // here is an engine bug; take the index over and say so.
+            Some((stale, _)) => {
+                tracing::error!(?stale, new = ?h, "spatial index held a despawned entity");
+                self.slots[i] = Some((h, loc));
+                true
+            }
+            None => {
+                self.slots[i] = Some((h, loc));
+                self.len += 1;
+                true
+            }
+        }
+    }
+    fn remove(&mut self, h: Entity) -> Option<Loc> {
+        let slot = self.slots.get_mut(h.index_u32() as usize)?;
+        match *slot {
+            Some((e, loc)) if e == h => {
+                *slot = None;
+                self.len -= 1;
+                Some(loc)
+            }
+            _ => None,
+        }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.len = 0;
+    }
+    fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+    }
+}
+
 /// The spatial index of one column. Systems read it through `Res<TableStore<T>>`
 /// (`store.indexes().position()`); reducers use the column's typed accessor
 /// (`ctx.db.npc().position().within(center, radius)`).
 pub struct SpatialIndex<P: GridPoint> {
-    grid: SpatialGrid<P, Entity>,
+    grid: SpatialGrid<P, Entity, EntityHandles>,
     cell_moves: Vec<CellMove<P::Cell>>,
     /// While capture re-indexes system writes, moves wait here and are applied in one batch:
     /// a tight loop of grid updates overlaps their cache misses, one update per row of a long
@@ -51,7 +119,7 @@ impl<P: GridPoint> SpatialIndex<P> {
     }
 
     /// The underlying grid, for queries this type does not wrap.
-    pub fn grid(&self) -> &SpatialGrid<P, Entity> {
+    pub fn grid(&self) -> &SpatialGrid<P, Entity, EntityHandles> {
         &self.grid
     }
 
