@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orrery_engine::SystemsExecutor;
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
 use orrery_engine::subscription::wire::{WireLayout, WireRecord, WireRow};
@@ -15,6 +14,7 @@ use orrery_engine::subscription::{
     ClientId, Outgoing, PublishConfig, Publisher, QueryError, SubscribeError,
 };
 use orrery_engine::value::Value;
+use orrery_engine::{OrreryType as _, SystemsExecutor};
 use proptest::prelude::*;
 
 #[table(name = item, public)]
@@ -759,4 +759,89 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn one_off_reads_obey_visibility() {
+    let mut w = World::new(generous());
+    w.run(vec![
+        Op::PutBag {
+            id: 1,
+            owner: 100,
+            gold: 5,
+        },
+        Op::PutBag {
+            id: 2,
+            owner: 200,
+            gold: 7,
+        },
+        Op::PutItem {
+            id: 1,
+            level: 3,
+            name: "a".into(),
+        },
+        Op::PutItem {
+            id: 2,
+            level: 9,
+            name: "b".into(),
+        },
+        Op::PutMob {
+            id: 1,
+            x: 3.0,
+            y: 0.0,
+            hp: 1,
+        },
+        Op::PutMob {
+            id: 2,
+            x: 30.0,
+            y: 0.0,
+            hp: 1,
+        },
+    ]);
+    w.tick();
+    let schema = w.engine.schema().clone();
+    let me = Identity::from_u64(100);
+    let read =
+        |w: &mut World, sql: &str, focus: Option<Vec3>| w.publisher.read(&schema, sql, me, focus);
+    let (_, bags) = read(&mut w, "SELECT * FROM bag", None).unwrap();
+    assert_eq!(
+        bags.iter()
+            .map(|b| Bag::from_bytes(b).unwrap().id)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let (_, bags) = read(&mut w, "SELECT * FROM bag WHERE owner <> :sender", None).unwrap();
+    assert!(bags.is_empty());
+    let (_, items) = read(&mut w, "SELECT * FROM item WHERE level > 5", None).unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| Item::from_bytes(i).unwrap().id)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    let (_, mobs) = read(
+        &mut w,
+        "SELECT * FROM mob WHERE within(pos, :focus, 10)",
+        Some(Vec3::ZERO),
+    )
+    .unwrap();
+    assert_eq!(
+        mobs.iter()
+            .map(|m| Mob::from_bytes(m).unwrap().id)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert!(
+        read(
+            &mut w,
+            "SELECT * FROM mob WHERE within(pos, :focus, 10)",
+            None
+        )
+        .is_err()
+    );
+    assert_eq!(
+        read(&mut w, "SELECT * FROM secret", None),
+        Err(QueryError::PrivateTable("secret".into()))
+    );
 }

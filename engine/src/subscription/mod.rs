@@ -715,6 +715,66 @@ impl Publisher {
         t.release_pending();
     }
 
+    /// A one-off read (`POST /v1/sql`): the exact rows `sql` selects for `sender`, under the
+    /// same visibility rules as subscriptions (private tables refused, owner tables filtered to
+    /// the sender). A `within(..)` needs `focus`. Rows come in a deterministic order (by encoded
+    /// primary key).
+    pub fn read(
+        &mut self,
+        schema: &ModuleSchema,
+        sql: &str,
+        sender: Identity,
+        focus: Option<Vec3>,
+    ) -> Result<(u32, Vec<Vec<u8>>), QueryError> {
+        let query = SubscriptionQuery::parse(schema, sql)?;
+        let Some(Some(t)) = self.tables.get_mut(query.table as usize) else {
+            return Err(QueryError::PrivateTable(query.canonical));
+        };
+        let within = match (query.within, focus) {
+            (Some(w), Some(f)) => Some((w, f)),
+            (Some(_), None) => {
+                return Err(QueryError::Unsupported(
+                    "within(.., :focus, ..) in a one-off read needs a focus".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        let owner = t.owner_column.map(|column| Condition::Compare {
+            column,
+            op: CmpOp::Eq,
+            rhs: Operand::Sender,
+        });
+        let mut rows: Vec<(Box<[u8]>, Vec<u8>)> = Vec::new();
+        for slot in 0..t.data.len() as u32 {
+            if !t.meta[slot as usize].live {
+                continue;
+            }
+            if let Some((w, focus)) = within {
+                let Some((_, grid)) = t.grids.iter().find(|(c, _)| *c == w.column) else {
+                    continue;
+                };
+                if !grid
+                    .get(slot)
+                    .is_some_and(|p| p.distance(focus) <= w.radius)
+                {
+                    continue;
+                }
+            }
+            let values = MirrorTable::values(&mut t.data, &t.schema, slot);
+            let visible = owner.as_ref().is_none_or(|c| c.matches(values, sender))
+                && query
+                    .condition
+                    .as_ref()
+                    .is_none_or(|c| c.matches(values, sender));
+            if visible {
+                let d = &t.data[slot as usize];
+                rows.push((d.pk.clone(), d.exact.clone()));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((query.table, rows.into_iter().map(|(_, row)| row).collect()))
+    }
+
     /// Registers a connected client.
     pub fn connect(&mut self, client: ClientId, identity: Identity) {
         let tables = self.tables.len();
