@@ -14,7 +14,7 @@ use orrery_engine::subscription::{
     ClientId, Outgoing, PublishConfig, Publisher, QueryError, SubscribeError,
 };
 use orrery_engine::value::Value;
-use orrery_engine::{OrreryType as _, SystemsExecutor};
+use orrery_engine::SystemsExecutor;
 use proptest::prelude::*;
 
 #[table(name = item, public)]
