@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use orrery_engine::SystemsExecutor;
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
 use orrery_engine::subscription::wire::{WireLayout, WireRecord, WireRow};
@@ -14,7 +15,6 @@ use orrery_engine::subscription::{
     ClientId, Outgoing, PublishConfig, Publisher, QueryError, SubscribeError,
 };
 use orrery_engine::value::Value;
-use orrery_engine::SystemsExecutor;
 use proptest::prelude::*;
 
 #[table(name = item, public)]

@@ -257,16 +257,29 @@ enum Dirty {
     Delete,
 }
 
+/// A client's view of one row (32 bytes with its slot: views stream through the cache).
+#[derive(Clone, Copy)]
 struct ViewEntry {
-    /// Bits of this client's subscriptions on the table that include the row.
-    mask: u32,
     /// Version the client holds (0 = none).
     sent: u64,
-    dirty: Dirty,
-    /// Tick the entry became dirty.
-    since: u64,
+    /// Bits of this client's subscriptions on the table that include the row.
+    mask: u32,
+    /// Tick the entry became dirty (wrapping; only differences matter).
+    since: u32,
     /// Distance to the focus at the last spatial refresh (0 for non-spatial rows).
     distance: f32,
+    /// Size of the last record sent for this row, a cheap estimate of the next one.
+    last_size: u16,
+    dirty: Dirty,
+}
+
+impl ViewEntry {
+    /// Removed by a send during a flush (its delete went out): the flush compacts its views
+    /// before returning, so dead entries are never seen outside it. Marking instead of
+    /// removing keeps the flush's positions valid.
+    fn is_dead(&self) -> bool {
+        self.mask == 0 && self.dirty == Dirty::Clean
+    }
 }
 
 /// One client's rows of one table, sorted by slot. A spatial refresh is a sequential merge of
@@ -280,10 +293,6 @@ struct View {
 impl View {
     fn find(&self, slot: u32) -> Result<usize, usize> {
         self.entries.binary_search_by_key(&slot, |(s, _)| *s)
-    }
-
-    fn get(&self, slot: u32) -> Option<&ViewEntry> {
-        self.find(slot).ok().map(|i| &self.entries[i].1)
     }
 
     fn len(&self) -> usize {
@@ -325,7 +334,7 @@ struct Scratch {
     wire: Vec<u8>,
     bounds: Vec<Range<u32>>,
     starts: Vec<u32>,
-    candidates: Vec<(f32, u32, u32)>,
+    candidates: Vec<(f32, u32, u32, u32)>,
     payloads: Vec<(u32, Vec<u8>)>,
     delta: Vec<u8>,
     found: Vec<(u32, Vec3)>,
@@ -1083,13 +1092,26 @@ fn touch(
     }
 }
 
+/// Marks an entry removed (its delete went out, or its event was delivered) and releases its
+/// hold on the slot.
+fn kill(e: &mut ViewEntry, meta: &mut SlotMeta, slot: u32, release: &mut Vec<u32>) {
+    e.mask = 0;
+    e.dirty = Dirty::Clean;
+    e.sent = 0;
+    meta.views -= 1;
+    if !meta.live {
+        release.push(slot);
+    }
+}
+
 fn new_entry(bit: u32, distance: f32, tick: u64) -> ViewEntry {
     ViewEntry {
         mask: 1 << bit,
         sent: 0,
         dirty: Dirty::Upsert,
-        since: tick,
+        since: tick as u32,
         distance,
+        last_size: 0,
     }
 }
 
@@ -1135,7 +1157,7 @@ fn settle(e: &mut ViewEntry, meta: &SlotMeta, event: bool, tick: u64) -> bool {
     };
     let newly = e.dirty == Dirty::Clean && want != Dirty::Clean;
     if newly {
-        e.since = tick;
+        e.since = tick as u32;
     }
     e.dirty = want;
     newly
@@ -1301,29 +1323,25 @@ fn flush(
     }
     let candidates = &mut scratch.candidates;
     candidates.clear();
-    // An upper bound on what sending everything would cost; when the budget covers it, the
-    // queue goes out in its (deterministic) order without ranking.
+    // A cheap estimate of what sending everything would cost (each entry's last record size);
+    // when the budget covers it, the queue goes out in its (deterministic) order unranked.
     let mut estimate = 0f64;
     for &(table, slot) in &client.dirty {
-        if let Some(e) = client.views[table as usize].get(slot)
-            && e.dirty != Dirty::Clean
-        {
-            let age = (tick.saturating_sub(e.since) + 1) as f32;
+        let view = &client.views[table as usize];
+        if let Ok(position) = view.find(slot) {
+            let e = &view.entries[position].1;
+            if e.dirty == Dirty::Clean {
+                continue;
+            }
+            let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
             let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
             let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
-            candidates.push((score, table, slot));
-            estimate += tables
-                .get(table as usize)
-                .and_then(Option::as_ref)
-                .map_or(0.0, |t| {
-                    let inline = &t.inline[slot as usize];
-                    if e.sent != 0 && e.sent == inline.from && inline.len != NO_INLINE_DELTA {
-                        f64::from(inline.len)
-                    } else {
-                        // Deltas from history and full rows: a generous bound.
-                        256.0
-                    }
-                });
+            candidates.push((score, table, slot, position as u32));
+            estimate += if e.last_size == 0 {
+                64.0
+            } else {
+                f64::from(e.last_size)
+            };
         }
     }
     if estimate > client.budget {
@@ -1333,7 +1351,9 @@ fn flush(
     }
     let payloads = &mut scratch.payloads;
     let mut sent_count = 0;
-    for &(_, table, slot) in candidates.iter() {
+    // Tables whose views had entries killed (bit per table id; ids from 63 up share a bit).
+    let mut killed = 0u64;
+    for &(_, table, slot, position) in candidates.iter() {
         if client.budget <= 0.0 {
             break;
         }
@@ -1341,11 +1361,8 @@ fn flush(
         let Some(Some(t)) = tables.get_mut(table as usize) else {
             continue;
         };
-        let view = &mut client.views[table as usize];
-        let Ok(position) = view.find(slot) else {
-            continue;
-        };
-        let e = &mut view.entries[position].1;
+        // Entries are only marked dead during a flush, never moved: positions stay valid.
+        let e = &mut client.views[table as usize].entries[position as usize].1;
         let index = match payloads.iter().position(|(t, _)| *t == table) {
             Some(index) => index,
             None => {
@@ -1364,45 +1381,39 @@ fn flush(
         let payload = &mut payloads[index].1;
         let before = payload.len();
         let meta = &mut t.meta[slot as usize];
-        let d = &mut t.data[slot as usize];
         match e.dirty {
             Dirty::Clean => continue,
             Dirty::Delete => {
                 counters.deletes += 1;
-                WireLayout::delete_record(&d.pk, payload);
-                view.entries.remove(position);
-                meta.views -= 1;
-                if !meta.live {
-                    t.release.push(slot);
-                }
+                WireLayout::delete_record(&t.data[slot as usize].pk, payload);
+                kill(e, meta, slot, &mut t.release);
+                killed |= 1 << table.min(63);
             }
             Dirty::Upsert => {
                 let stored = &t.inline[slot as usize];
-                let inline =
-                    (e.sent != 0 && e.sent == stored.from && stored.len != NO_INLINE_DELTA)
-                        .then(|| &stored.bytes[..stored.len as usize]);
-                let delta = match inline {
-                    Some(bytes) => Some(bytes),
-                    None => delta_from(d, &t.layout, e.sent),
-                };
-                match delta {
-                    Some(delta) => {
-                        if !delta.is_empty() {
-                            counters.deltas += 1;
-                            payload.extend_from_slice(delta);
-                        }
+                if e.sent != 0 && e.sent == stored.from && stored.len != NO_INLINE_DELTA {
+                    if stored.len > 0 {
+                        counters.deltas += 1;
+                        payload.extend_from_slice(&stored.bytes[..stored.len as usize]);
                     }
-                    None => {
-                        counters.upserts += 1;
-                        t.layout.upsert_record(&d.pk, &d.wire, payload);
+                } else {
+                    let d = &mut t.data[slot as usize];
+                    match delta_from(d, &t.layout, e.sent) {
+                        Some(delta) => {
+                            if !delta.is_empty() {
+                                counters.deltas += 1;
+                                payload.extend_from_slice(delta);
+                            }
+                        }
+                        None => {
+                            counters.upserts += 1;
+                            t.layout.upsert_record(&d.pk, &d.wire, payload);
+                        }
                     }
                 }
                 if t.schema.event {
-                    view.entries.remove(position);
-                    meta.views -= 1;
-                    if !meta.live {
-                        t.release.push(slot);
-                    }
+                    kill(e, meta, slot, &mut t.release);
+                    killed |= 1 << table.min(63);
                 } else {
                     e.sent = meta.version;
                     e.dirty = Dirty::Clean;
@@ -1410,8 +1421,16 @@ fn flush(
             }
         }
         let bytes = payload.len() - before;
+        e.last_size = u16::try_from(bytes).unwrap_or(u16::MAX);
         counters.bytes += bytes as u64;
         client.budget -= bytes as f64;
+    }
+    if killed != 0 {
+        for (table, view) in client.views.iter_mut().enumerate() {
+            if killed & (1 << table.min(63)) != 0 {
+                view.entries.retain(|(_, e)| !e.is_dead());
+            }
+        }
     }
     for (table, payload) in payloads.drain(..) {
         if !payload.is_empty() {
@@ -1428,7 +1447,7 @@ fn flush(
     client.dirty.extend(
         candidates[sent_count..]
             .iter()
-            .map(|&(_, table, slot)| (table, slot)),
+            .map(|&(_, table, slot, _)| (table, slot)),
     );
     if client.dirty.len() > 1 {
         client.dirty.sort_unstable();
