@@ -309,13 +309,22 @@ impl WireLayout {
                 }
                 DELTA => {
                     let mask = header >> 2;
+                    if !self.supports_delta() {
+                        return Err(DecodeError::Invalid {
+                            what: "delta record",
+                            detail: format!(
+                                "table has {} columns; deltas only exist for up to {MAX_DELTA_COLUMNS}",
+                                self.columns.len()
+                            ),
+                        });
+                    }
                     let start = input;
                     for i in 0..self.columns.len() {
                         if mask & (1 << i) != 0 {
                             self.read_column(i, &mut input)?;
                         }
                     }
-                    if mask >> self.columns.len().min(63) != 0 {
+                    if mask >> self.columns.len() != 0 {
                         return Err(DecodeError::Invalid {
                             what: "delta record",
                             detail: format!("mask {mask:#x} names columns the table lacks"),
@@ -345,6 +354,12 @@ impl WireRow {
         mask: u64,
         mut body: &[u8],
     ) -> Result<(), DecodeError> {
+        if !layout.supports_delta() {
+            return Err(DecodeError::Invalid {
+                what: "delta record",
+                detail: "table too wide for deltas".into(),
+            });
+        }
         for i in 0..layout.columns.len() {
             if mask & (1 << i) == 0 {
                 continue;
@@ -367,5 +382,55 @@ impl WireRow {
         } else {
             Err(DecodeError::TrailingBytes(body.len()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ColumnSchema, Durability, TableSchema, Visibility};
+
+    fn wide_table(columns: usize) -> TableSchema {
+        TableSchema {
+            id: 0,
+            name: "wide".into(),
+            rust_type: "Wide".into(),
+            columns: (0..columns)
+                .map(|i| ColumnSchema {
+                    name: format!("c{i}"),
+                    ty: TypeDesc::U8,
+                    auto_inc: false,
+                    quantize: None,
+                })
+                .collect(),
+            primary_key: 0,
+            indexes: Vec::new(),
+            visibility: Visibility::Public,
+            durability: Durability::Durable,
+            event: false,
+            scheduled: None,
+        }
+    }
+
+    #[test]
+    fn delta_records_for_tables_too_wide_for_a_mask_are_errors_not_panics() {
+        for columns in [63, 64, 65, 100] {
+            let layout = WireLayout::new(&wide_table(columns));
+            // header: delta, mask with bit 1 set; pk byte; one column byte.
+            let payload = [(DELTA | (1 << 3)) as u8, 0, 7];
+            assert!(
+                layout.decode_records(&payload).is_err(),
+                "{columns} columns"
+            );
+        }
+        // 62 columns still take deltas.
+        let layout = WireLayout::new(&wide_table(62));
+        let records = layout
+            .decode_records(&[(DELTA | (1 << 3)) as u8, 0, 7])
+            .unwrap();
+        assert!(matches!(
+            records.as_slice(),
+            [WireRecord::Delta { mask: 2, .. }]
+        ));
     }
 }
