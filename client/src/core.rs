@@ -351,7 +351,7 @@ impl ClientCore {
                 tick,
                 tables,
             } => {
-                for t in &tables {
+                for t in tables.iter().filter(|t| !t.rows.is_empty()) {
                     self.apply_rows(t.table_id, tick, &t.rows);
                 }
                 self.events
