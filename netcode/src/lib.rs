@@ -4,7 +4,9 @@
 //! ([`token`]), the sans-IO server and client sessions ([`server`], [`client`]) that run
 //! netcode 1.02-style secure connections with renet's reliable and unreliable channels on
 //! top, a seeded loss/latency simulator with an in-memory harness ([`sim`]), and the UDP socket
-//! edge ([`udp`]).
+//! edge ([`udp`]). [`row`] is the schema-driven Orrery row format: schema JSON types, values
+//! decoded by type, reducer arguments from JSON, and the published-row records of table
+//! updates (`netcode/ROW_FORMAT.md`).
 //!
 //! Sessions are sans-IO: they take the time (`now`, a `Duration` since the Unix epoch) and
 //! received datagrams, and hand back datagrams to send ([`Transmit`]) and events. They never
@@ -13,7 +15,7 @@
 //!
 //! Dependency rule: this crate must not depend on `orrery-engine`, bevy, or the server
 //! (`orrery-client ─► orrery-netcode`, `orrery-server ─► orrery-netcode, orrery-engine`).
-//! Row payloads are the engine's Orrery row format and are opaque bytes here.
+//! Envelopes carry row payloads as opaque bytes; [`row`] decodes them from the schema alone.
 //!
 //! See `docs/netcode.md` for the design.
 
@@ -22,6 +24,7 @@ pub mod client;
 pub mod error;
 mod packet;
 pub mod protocol;
+pub mod row;
 pub mod server;
 pub mod sim;
 pub mod token;

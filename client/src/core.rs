@@ -1,0 +1,395 @@
+//! The sans-IO client: a netcode [`ClientSession`] plus the schema, request and query ids, and
+//! the [`Mirror`]. It takes the time and received datagrams and hands back datagrams to send
+//! and [`Event`]s, so tests drive it on a virtual clock (against `netcode::ServerSession` over
+//! `netcode::sim::Network`) and the async [`crate::Client`] drives it from a tokio task.
+//!
+//! ```text
+//! each frame: handle_datagram(now, from, bytes)*  →  update(now)  →  drain_transmits(out)
+//!             poll_event()* (replies, subscription answers, row changes, disconnect)
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orrery_netcode::row::{ModuleSchema, ReducerKind, encode_args_json};
+use orrery_netcode::udp::Session;
+use orrery_netcode::{
+    Channel, ClientConfig, ClientEvent, ClientMessage, ClientSession, ClientState,
+    DisconnectReason, ServerMessage, Transmit,
+};
+
+use crate::error::{ClientError, MirrorError};
+use crate::mirror::{Mirror, RowChange};
+
+/// What happened on a client connection.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The server accepted the client.
+    Connected {
+        /// The client's identity.
+        identity: [u8; 32],
+        /// This connection's id.
+        connection_id: u64,
+    },
+    /// A reducer call was answered.
+    ReducerReply {
+        /// The call's request id.
+        request_id: u32,
+        /// The tick the reducer ran in.
+        tick: u64,
+        /// `Err` carries the reducer's (or the server's) error text.
+        result: Result<(), String>,
+    },
+    /// A subscription was accepted; its initial rows (if the server sent any with it) are in
+    /// the mirror, announced by [`Event::TableUpdate`]s just before this event. Servers may also
+    /// send the initial rows as later table updates.
+    SubscriptionApplied {
+        /// The subscription's query id.
+        query_id: u32,
+        /// The tick of the initial rows.
+        tick: u64,
+    },
+    /// A subscription was refused (bad SQL, unknown or private table, ...). It is no longer
+    /// active.
+    SubscriptionError {
+        /// The subscription's query id.
+        query_id: u32,
+        /// The server's message.
+        message: String,
+    },
+    /// A table update was applied to the mirror.
+    TableUpdate {
+        /// The table.
+        table_id: u32,
+        /// The tick the changes are from.
+        tick: u64,
+        /// What changed, in record order.
+        changes: Vec<RowChange>,
+    },
+    /// A table update could not be applied (undecodable, unknown table); the mirror is
+    /// unchanged. A correct server never causes this.
+    UpdateRejected {
+        /// The table id the update named.
+        table_id: u32,
+        /// The tick.
+        tick: u64,
+        /// Why.
+        error: MirrorError,
+    },
+    /// The connection ended (or never came up); the reason carries the server's text when it
+    /// disconnected the client.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// One client connection without I/O (see the module docs).
+#[derive(Debug)]
+pub struct ClientCore {
+    session: ClientSession,
+    schema: Arc<ModuleSchema>,
+    mirror: Mirror,
+    next_request_id: u32,
+    next_query_id: u32,
+    pending_calls: HashMap<u32, String>,
+    queries: HashMap<u32, String>,
+    events: VecDeque<Event>,
+}
+
+impl ClientCore {
+    /// A core around a session that is connecting (or connected).
+    pub fn new(schema: Arc<ModuleSchema>, session: ClientSession) -> Self {
+        ClientCore {
+            session,
+            mirror: Mirror::new(schema.clone()),
+            schema,
+            next_request_id: 1,
+            next_query_id: 1,
+            pending_calls: HashMap::new(),
+            queries: HashMap::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A core connecting with a connect token's bytes (as served by the control plane),
+    /// starting at `now` (time since the Unix epoch).
+    pub fn from_token_bytes(
+        schema: Arc<ModuleSchema>,
+        config: ClientConfig,
+        token: &[u8],
+        now: Duration,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::new(
+            schema,
+            ClientSession::from_token_bytes(config, token, now)?,
+        ))
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Arc<ModuleSchema> {
+        &self.schema
+    }
+
+    /// The mirror.
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// The mirror, mutably (to clear it, or feed it payloads from elsewhere).
+    pub fn mirror_mut(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    /// The netcode session.
+    pub fn session(&self) -> &ClientSession {
+        &self.session
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> &ClientState {
+        self.session.state()
+    }
+
+    /// Whether the server accepted the client and the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.session.is_connected()
+    }
+
+    /// Reducer calls sent and not answered yet: request id → reducer.
+    pub fn pending_calls(&self) -> &HashMap<u32, String> {
+        &self.pending_calls
+    }
+
+    /// Active subscriptions: query id → SQL.
+    pub fn subscriptions(&self) -> &HashMap<u32, String> {
+        &self.queries
+    }
+
+    /// Processes one received datagram (anything not authentic from the server is dropped).
+    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
+        self.session.handle_datagram(now, from, bytes);
+        self.pump();
+    }
+
+    /// Advances time: handshake, keep-alives, resends, timeouts; queued messages become
+    /// datagrams.
+    pub fn update(&mut self, now: Duration) {
+        self.session.update(now);
+        self.pump();
+    }
+
+    /// Moves the datagrams to send into `out` (appending).
+    pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        self.session.drain_transmits(out);
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn next_request_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_request_id;
+            self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+            if !self.pending_calls.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Encodes `args` (JSON array by position, object by name, or `null` for no parameters)
+    /// with the reducer's parameter types from the schema and queues the call. Returns its
+    /// request id; the answer is an [`Event::ReducerReply`] with that id. With `durable`, the
+    /// server answers once the reducer's tick is on disk.
+    pub fn call(
+        &mut self,
+        reducer: &str,
+        args: &serde_json::Value,
+        durable: bool,
+    ) -> Result<u32, ClientError> {
+        let bytes = self.encode_args(reducer, args)?;
+        self.call_raw(reducer, bytes, durable)
+    }
+
+    /// Encodes reducer arguments from JSON with the schema (what [`ClientCore::call`] sends).
+    pub fn encode_args(
+        &self,
+        reducer: &str,
+        args: &serde_json::Value,
+    ) -> Result<Vec<u8>, ClientError> {
+        let schema = self
+            .schema
+            .reducer(reducer)
+            .ok_or_else(|| ClientError::UnknownReducer(reducer.to_owned()))?;
+        if schema.kind != ReducerKind::User {
+            return Err(ClientError::NotCallable {
+                reducer: reducer.to_owned(),
+                kind: schema.kind,
+            });
+        }
+        encode_args_json(&schema.params, args).map_err(|error| ClientError::Args {
+            reducer: reducer.to_owned(),
+            error,
+        })
+    }
+
+    /// Queues a call with arguments already in the row format (parameters back to back). The
+    /// server validates them. Returns the request id.
+    pub fn call_raw(
+        &mut self,
+        reducer: &str,
+        args: Vec<u8>,
+        durable: bool,
+    ) -> Result<u32, ClientError> {
+        let request_id = self.next_request_id();
+        self.session.send(&ClientMessage::CallReducer {
+            request_id,
+            reducer: reducer.to_owned(),
+            args,
+            durable,
+        })?;
+        self.pending_calls.insert(request_id, reducer.to_owned());
+        Ok(request_id)
+    }
+
+    /// Queues a subscription; returns its query id. The answer is
+    /// [`Event::SubscriptionApplied`] or [`Event::SubscriptionError`] with that id.
+    pub fn subscribe(&mut self, sql: &str) -> Result<u32, ClientError> {
+        let query_id = loop {
+            let id = self.next_query_id;
+            self.next_query_id = self.next_query_id.wrapping_add(1).max(1);
+            if !self.queries.contains_key(&id) {
+                break id;
+            }
+        };
+        self.session.send(&ClientMessage::Subscribe {
+            query_id,
+            sql: sql.to_owned(),
+        })?;
+        self.queries.insert(query_id, sql.to_owned());
+        Ok(query_id)
+    }
+
+    /// Drops a subscription. The server then deletes, on this client's side, the rows no other
+    /// subscription covers (they arrive as delete records).
+    pub fn unsubscribe(&mut self, query_id: u32) -> Result<(), ClientError> {
+        if !self.queries.contains_key(&query_id) {
+            return Err(ClientError::UnknownQuery(query_id));
+        }
+        self.session
+            .send(&ClientMessage::Unsubscribe { query_id })?;
+        self.queries.remove(&query_id);
+        Ok(())
+    }
+
+    /// Disconnects (tells the server); an [`Event::Disconnected`] follows.
+    pub fn disconnect(&mut self) {
+        self.session.disconnect();
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ClientEvent::Connected {
+                    identity,
+                    connection_id,
+                } => self.events.push_back(Event::Connected {
+                    identity,
+                    connection_id,
+                }),
+                ClientEvent::Message { msg, channel } => self.handle_message(msg, channel),
+                ClientEvent::Disconnected { reason } => {
+                    tracing::debug!(%reason, pending = self.pending_calls.len(), "disconnected");
+                    self.pending_calls.clear();
+                    self.events.push_back(Event::Disconnected { reason });
+                }
+            }
+        }
+    }
+
+    fn apply_rows(&mut self, table_id: u32, tick: u64, rows: &[u8]) {
+        match self.mirror.apply(table_id, rows) {
+            Ok(changes) => self.events.push_back(Event::TableUpdate {
+                table_id,
+                tick,
+                changes,
+            }),
+            Err(error) => {
+                tracing::warn!(table_id, tick, %error, "table update rejected");
+                self.events.push_back(Event::UpdateRejected {
+                    table_id,
+                    tick,
+                    error,
+                });
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: ServerMessage, channel: Channel) {
+        match msg {
+            ServerMessage::ReducerReply {
+                request_id,
+                tick,
+                result,
+            } => {
+                if self.pending_calls.remove(&request_id).is_none() {
+                    tracing::warn!(request_id, "reply to a request this client did not make");
+                }
+                self.events.push_back(Event::ReducerReply {
+                    request_id,
+                    tick,
+                    result,
+                });
+            }
+            ServerMessage::SubscriptionApplied {
+                query_id,
+                tick,
+                tables,
+            } => {
+                for t in tables.iter().filter(|t| !t.rows.is_empty()) {
+                    self.apply_rows(t.table_id, tick, &t.rows);
+                }
+                self.events
+                    .push_back(Event::SubscriptionApplied { query_id, tick });
+            }
+            ServerMessage::SubscriptionError { query_id, message } => {
+                self.queries.remove(&query_id);
+                self.events
+                    .push_back(Event::SubscriptionError { query_id, message });
+            }
+            ServerMessage::TableUpdate {
+                table_id,
+                tick,
+                rows,
+            } => {
+                if channel == Channel::Unreliable {
+                    // Deltas assume the previous version arrived; only upserts and deletes are
+                    // safe unordered. Applied anyway: a correct server knows what it sends.
+                    tracing::trace!(table_id, "table update on the unreliable channel");
+                }
+                self.apply_rows(table_id, tick, &rows);
+            }
+            // Sent once at connect; the session turned it into `Connected`.
+            ServerMessage::IdentityInfo { .. } => {}
+            // The session reports the reason with `Disconnected`.
+            ServerMessage::Disconnecting { reason } => {
+                tracing::debug!(%reason, "server is disconnecting this client");
+            }
+        }
+    }
+}
+
+impl Session for ClientCore {
+    fn handle_datagram(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
+        ClientCore::handle_datagram(self, now, from, bytes);
+    }
+
+    fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        ClientCore::drain_transmits(self, out);
+    }
+}

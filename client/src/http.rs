@@ -1,0 +1,278 @@
+//! The control plane over HTTP/1.1 (plain `http://`; put a TLS-terminating proxy in front for
+//! remote servers until the client grows a TLS feature).
+//!
+//! | call | request | answer |
+//! |---|---|---|
+//! | [`ControlPlane::create_identity`] | `POST /v1/identity` (no body) | `{"identity": "<64 hex>", "token": "<opaque>"}` |
+//! | [`ControlPlane::connect_token`] | `POST /v1/connect-token`, `Authorization: Bearer <token>` (no body) | `{"connect_token": "<base64>", "server_addresses": ["ip:port"], "identity": "<hex>", "client_id": <u64>}`; 401 `{"error": ..}` for a bad token |
+//! | [`ControlPlane::schema`] | `GET /v1/schema` | the module schema JSON |
+//!
+//! Any non-2xx answer is [`ClientError::Status`] with the `error` field of a JSON body (or
+//! the body text).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use orrery_netcode::row::ModuleSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClientError;
+
+/// `POST /v1/identity`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityResponse {
+    /// The new identity, 64 hex characters.
+    pub identity: String,
+    /// The identity's token: keep it to connect as the same identity later.
+    pub token: String,
+}
+
+/// `POST /v1/connect-token`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectTokenResponse {
+    /// The netcode connect token, standard base64 with padding.
+    pub connect_token: String,
+    /// The UDP addresses in the token (informational; the token's own list is used).
+    pub server_addresses: Vec<String>,
+    /// The identity the token connects as, 64 hex characters.
+    pub identity: String,
+    /// The connection id the token carries.
+    pub client_id: u64,
+}
+
+impl ConnectTokenResponse {
+    /// The token's bytes (for `ClientSession::from_token_bytes`).
+    pub fn token_bytes(&self) -> Result<Vec<u8>, ClientError> {
+        base64::engine::general_purpose::STANDARD
+            .decode(self.connect_token.trim())
+            .map_err(|e| ClientError::TokenEncoding {
+                len: self.connect_token.len(),
+                error: e.to_string(),
+            })
+    }
+}
+
+/// A control-plane endpoint (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    base: String,
+    authority: String,
+    host: String,
+    port: u16,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl ControlPlane {
+    /// An endpoint at `base` (`http://host:port`, optionally with a path prefix), with a 10 s
+    /// timeout per request.
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: base.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = base
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(invalid(
+                    "https is not supported yet (no TLS in this client); use http:// or a local TLS proxy",
+                ));
+            }
+            _ => return Err(invalid("expected an http:// URL")),
+        }
+        let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(ControlPlane {
+            base: base.trim_end_matches('/').to_owned(),
+            authority: authority.as_str().to_owned(),
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The same endpoint with another per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /v1/identity`: a new identity and its token.
+    pub async fn create_identity(&self) -> Result<IdentityResponse, ClientError> {
+        self.json(Method::POST, "/v1/identity", None).await
+    }
+
+    /// `POST /v1/connect-token` with the identity's token as bearer: a connect token for the
+    /// UDP server.
+    pub async fn connect_token(&self, token: &str) -> Result<ConnectTokenResponse, ClientError> {
+        self.json(Method::POST, "/v1/connect-token", Some(token))
+            .await
+    }
+
+    /// `GET /v1/schema`: the module schema.
+    pub async fn schema(&self) -> Result<ModuleSchema, ClientError> {
+        self.json(Method::GET, "/v1/schema", None).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let (status, body) = self.request(method.clone(), path, bearer).await?;
+        let method_name = method_name(&method);
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(512).collect());
+            return Err(ClientError::Status {
+                method: method_name,
+                url,
+                status,
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse {
+            url,
+            error: e.to_string(),
+        })
+    }
+
+    /// One request on a fresh connection; returns the status and the body.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let method_name = method_name(&method);
+        let http_error = |error: String| ClientError::Http {
+            method: method_name,
+            url: url.clone(),
+            error,
+        };
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| http_error(format!("connect: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| http_error(format!("handshake: {e}")))?;
+            let driver = tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "control-plane connection ended");
+                }
+            });
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", self.prefix))
+                .header(hyper::header::HOST, &self.authority)
+                .header(hyper::header::ACCEPT, "application/json")
+                .header(hyper::header::CONTENT_LENGTH, "0");
+            if let Some(token) = bearer {
+                request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| http_error(format!("request: {e}")))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| http_error(format!("request: {e}")))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| http_error(format!("body: {e}")))?
+                .to_bytes();
+            driver.abort();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("{method_name} {url}"),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        _ => "request",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_base_urls() {
+        let cp = ControlPlane::new("http://127.0.0.1:3000/").unwrap();
+        assert_eq!(
+            (cp.host.as_str(), cp.port, cp.prefix.as_str()),
+            ("127.0.0.1", 3000, "")
+        );
+        let cp = ControlPlane::new("http://[::1]:8080/game").unwrap();
+        assert_eq!(
+            (cp.host.as_str(), cp.port, cp.prefix.as_str()),
+            ("::1", 8080, "/game")
+        );
+        assert_eq!(ControlPlane::new("http://localhost").unwrap().port, 80);
+        assert!(matches!(
+            ControlPlane::new("https://example.org"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            ControlPlane::new("not a url"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_padded_base64_tokens() {
+        let r = ConnectTokenResponse {
+            connect_token: "AAEC".into(),
+            server_addresses: vec![],
+            identity: String::new(),
+            client_id: 1,
+        };
+        assert_eq!(r.token_bytes().unwrap(), [0, 1, 2]);
+        let bad = ConnectTokenResponse {
+            connect_token: "!!".into(),
+            ..r
+        };
+        assert!(matches!(
+            bad.token_bytes(),
+            Err(ClientError::TokenEncoding { len: 2, .. })
+        ));
+    }
+}

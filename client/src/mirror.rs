@@ -1,0 +1,603 @@
+//! The mirror cache: the rows a client's subscriptions cover, rebuilt from table update
+//! payloads, and the callbacks fired on inserts, updates and deletes.
+//!
+//! [`Mirror`] needs no network: feed it `(table_id, payload)` pairs with [`Mirror::apply`]
+//! and it returns what changed ([`RowChange`]); [`Callbacks::dispatch`] runs the callbacks
+//! registered for those tables. Rows are keyed by their encoded primary key. Event tables
+//! (`"event": true`) are never stored: their upserts come back as inserts only.
+//!
+//! A payload is applied all or nothing: if any record fails to decode, the mirror is left
+//! unchanged and an error returned. A delta or delete for a row the mirror does not hold
+//! (which a correct server never sends) is skipped, logged and counted in
+//! [`MirrorStats::skipped_records`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use orrery_netcode::row::wire::{WireLayout, WireRecord, WireRow};
+use orrery_netcode::row::{ModuleSchema, TableSchema, Value, values_to_json};
+use serde::de::DeserializeOwned;
+
+use crate::error::MirrorError;
+
+/// A table's schema and wire layout, shared by its rows.
+#[derive(Debug)]
+struct TableInfo {
+    schema: TableSchema,
+    layout: WireLayout,
+}
+
+#[derive(Debug)]
+struct RowData {
+    pk: Vec<u8>,
+    wire: WireRow,
+}
+
+/// A row of the mirror: a cheap-to-clone snapshot (reference-counted), still valid after the
+/// mirror changes.
+#[derive(Clone)]
+pub struct Row {
+    table: Arc<TableInfo>,
+    data: Arc<RowData>,
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Row")
+            .field("table", &self.table.schema.name)
+            .field("values", &self.data.wire.columns)
+            .finish()
+    }
+}
+
+impl Row {
+    /// The row's table.
+    pub fn table(&self) -> &TableSchema {
+        &self.table.schema
+    }
+
+    /// The table's name.
+    pub fn table_name(&self) -> &str {
+        &self.table.schema.name
+    }
+
+    /// The table's id.
+    pub fn table_id(&self) -> u32 {
+        self.table.schema.id
+    }
+
+    /// The encoded primary key (row format): the mirror's key for this row.
+    pub fn pk_bytes(&self) -> &[u8] {
+        &self.data.pk
+    }
+
+    /// Column values in declaration order (quantized columns dequantized).
+    pub fn values(&self) -> &[Value] {
+        &self.data.wire.columns
+    }
+
+    /// The value of the column named `column`.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        let (i, _) = self.table.schema.column(column)?;
+        self.data.wire.columns.get(i)
+    }
+
+    /// The row as decoded from the wire, with the quantized units deltas apply to.
+    pub fn wire_row(&self) -> &WireRow {
+        &self.data.wire
+    }
+
+    /// The row as a JSON object, column name → value (the engine's JSON mapping).
+    pub fn to_json(&self) -> serde_json::Value {
+        values_to_json(&self.table.schema, &self.data.wire.columns)
+    }
+
+    /// The row as a Rust type, through [`Row::to_json`] (field names = column names).
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, MirrorError> {
+        serde_json::from_value(self.to_json()).map_err(|e| MirrorError::Deserialize {
+            table: self.table.schema.name.clone(),
+            error: e.to_string(),
+        })
+    }
+
+    /// The row in the exact row format (columns in declaration order; quantized columns as
+    /// their dequantized floats): what crosses the FFI boundary with the table id.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self.data.wire.to_row_bytes(&self.table.layout) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                // Unreachable: the values were decoded with these very types.
+                tracing::error!(table = self.table.schema.name, %error, "row does not re-encode");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// One change a payload made to the mirror.
+#[derive(Clone, Debug)]
+pub enum RowChange {
+    /// A row the mirror did not hold (for event tables: every row; not stored).
+    Insert(Row),
+    /// A row the mirror held, replaced by an upsert or changed by a delta.
+    Update {
+        /// The row before.
+        old: Row,
+        /// The row after.
+        new: Row,
+    },
+    /// A row removed (deleted on the server, or out of the client's view).
+    Delete(Row),
+}
+
+impl RowChange {
+    /// The table id of the changed row.
+    pub fn table_id(&self) -> u32 {
+        match self {
+            RowChange::Insert(r) | RowChange::Delete(r) | RowChange::Update { new: r, .. } => {
+                r.table_id()
+            }
+        }
+    }
+}
+
+/// Mirror counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorStats {
+    /// Payloads applied.
+    pub payloads: u64,
+    /// Payloads refused (undecodable or for an unknown table).
+    pub rejected_payloads: u64,
+    /// Upsert records applied.
+    pub upserts: u64,
+    /// Delta records applied.
+    pub deltas: u64,
+    /// Delete records applied.
+    pub deletes: u64,
+    /// Records skipped: deltas or deletes for rows the mirror does not hold, deltas or deletes
+    /// on event tables.
+    pub skipped_records: u64,
+    /// Bytes of payloads applied.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct MirrorTable {
+    info: Arc<TableInfo>,
+    rows: BTreeMap<Vec<u8>, Arc<RowData>>,
+}
+
+/// The client's cache of subscribed rows (see the module docs).
+#[derive(Debug)]
+pub struct Mirror {
+    schema: Arc<ModuleSchema>,
+    tables: Vec<MirrorTable>,
+    by_id: HashMap<u32, usize>,
+    by_name: HashMap<String, usize>,
+    stats: MirrorStats,
+}
+
+impl Mirror {
+    /// An empty mirror for `schema`.
+    pub fn new(schema: Arc<ModuleSchema>) -> Self {
+        let tables: Vec<MirrorTable> = schema
+            .tables
+            .iter()
+            .map(|t| MirrorTable {
+                info: Arc::new(TableInfo {
+                    layout: WireLayout::new(t),
+                    schema: t.clone(),
+                }),
+                rows: BTreeMap::new(),
+            })
+            .collect();
+        let by_id = schema
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, i))
+            .collect();
+        let by_name = schema
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Mirror {
+            schema,
+            tables,
+            by_id,
+            by_name,
+            stats: MirrorStats::default(),
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Arc<ModuleSchema> {
+        &self.schema
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MirrorStats {
+        self.stats
+    }
+
+    /// The id of the table named `table`.
+    pub fn table_id(&self, table: &str) -> Result<u32, MirrorError> {
+        Ok(self.table(table)?.info.schema.id)
+    }
+
+    fn table(&self, name: &str) -> Result<&MirrorTable, MirrorError> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.tables[i])
+            .ok_or_else(|| MirrorError::UnknownTable(name.to_owned()))
+    }
+
+    fn table_by_id(&self, id: u32) -> Result<&MirrorTable, MirrorError> {
+        self.by_id
+            .get(&id)
+            .map(|&i| &self.tables[i])
+            .ok_or(MirrorError::UnknownTableId(id))
+    }
+
+    /// Applies one table update payload (published-row records) to table `table_id` and
+    /// returns the changes, in record order. All or nothing: on error the mirror is unchanged.
+    pub fn apply(&mut self, table_id: u32, payload: &[u8]) -> Result<Vec<RowChange>, MirrorError> {
+        let Some(&index) = self.by_id.get(&table_id) else {
+            self.stats.rejected_payloads += 1;
+            return Err(MirrorError::UnknownTableId(table_id));
+        };
+        let table = &mut self.tables[index];
+        let records = match table.info.layout.decode_records(payload) {
+            Ok(records) => records,
+            Err(error) => {
+                self.stats.rejected_payloads += 1;
+                return Err(MirrorError::Decode {
+                    table: table.info.schema.name.clone(),
+                    table_id,
+                    len: payload.len(),
+                    error,
+                });
+            }
+        };
+        self.stats.payloads += 1;
+        self.stats.bytes += payload.len() as u64;
+        let event = table.info.schema.event;
+        let row = |data: Arc<RowData>| Row {
+            table: table.info.clone(),
+            data,
+        };
+        let mut changes = Vec::with_capacity(records.len());
+        for record in records {
+            match record {
+                WireRecord::Upsert { pk, row: wire } => {
+                    self.stats.upserts += 1;
+                    let data = Arc::new(RowData { pk, wire });
+                    if event {
+                        changes.push(RowChange::Insert(row(data)));
+                        continue;
+                    }
+                    match table.rows.insert(data.pk.clone(), data.clone()) {
+                        Some(old) => changes.push(RowChange::Update {
+                            old: row(old),
+                            new: row(data),
+                        }),
+                        None => changes.push(RowChange::Insert(row(data))),
+                    }
+                }
+                WireRecord::Delta {
+                    pk, changes: delta, ..
+                } => {
+                    let Some(slot) = table.rows.get_mut(&pk).filter(|_| !event) else {
+                        self.stats.skipped_records += 1;
+                        tracing::warn!(
+                            table = table.info.schema.name,
+                            pk = ?pk,
+                            "delta for a row the mirror does not hold; skipped"
+                        );
+                        continue;
+                    };
+                    let old = slot.clone();
+                    let mut wire = old.wire.clone();
+                    if let Err(error) = wire.apply_delta(&table.info.layout, &delta) {
+                        self.stats.skipped_records += 1;
+                        tracing::warn!(table = table.info.schema.name, %error, "delta skipped");
+                        continue;
+                    }
+                    self.stats.deltas += 1;
+                    let new = Arc::new(RowData { pk, wire });
+                    *slot = new.clone();
+                    changes.push(RowChange::Update {
+                        old: row(old),
+                        new: row(new),
+                    });
+                }
+                WireRecord::Delete { pk } => match table.rows.remove(&pk) {
+                    Some(old) => {
+                        self.stats.deletes += 1;
+                        changes.push(RowChange::Delete(row(old)));
+                    }
+                    None => {
+                        self.stats.skipped_records += 1;
+                        if !event {
+                            tracing::warn!(
+                                table = table.info.schema.name,
+                                pk = ?pk,
+                                "delete for a row the mirror does not hold; skipped"
+                            );
+                        }
+                    }
+                },
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Rows held for the table named `table`.
+    pub fn count(&self, table: &str) -> Result<usize, MirrorError> {
+        Ok(self.table(table)?.rows.len())
+    }
+
+    /// Rows held across all tables.
+    pub fn total_rows(&self) -> usize {
+        self.tables.iter().map(|t| t.rows.len()).sum()
+    }
+
+    /// The rows of the table named `table`, ordered by encoded primary key.
+    pub fn iter(&self, table: &str) -> Result<impl Iterator<Item = Row> + '_, MirrorError> {
+        let t = self.table(table)?;
+        Ok(t.rows.values().map(|data| Row {
+            table: t.info.clone(),
+            data: data.clone(),
+        }))
+    }
+
+    /// The rows of table `table_id` (for the FFI layer, which speaks table ids).
+    pub fn iter_by_id(&self, table_id: u32) -> Result<impl Iterator<Item = Row> + '_, MirrorError> {
+        let t = self.table_by_id(table_id)?;
+        Ok(t.rows.values().map(|data| Row {
+            table: t.info.clone(),
+            data: data.clone(),
+        }))
+    }
+
+    /// Every row of `table` deserialized into `T` (see [`Row::deserialize`]).
+    pub fn rows<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>, MirrorError> {
+        self.iter(table)?.map(|r| r.deserialize()).collect()
+    }
+
+    /// The row of `table` whose primary key encodes to `pk` (row format).
+    pub fn get_by_pk_bytes(&self, table_id: u32, pk: &[u8]) -> Result<Option<Row>, MirrorError> {
+        let t = self.table_by_id(table_id)?;
+        Ok(t.rows.get(pk).map(|data| Row {
+            table: t.info.clone(),
+            data: data.clone(),
+        }))
+    }
+
+    /// The row of `table` whose primary key is `pk` (JSON, in the key column's mapping:
+    /// `5`, `"alice"`, a 64-hex identity, ...).
+    pub fn find_row(
+        &self,
+        table: &str,
+        pk: &serde_json::Value,
+    ) -> Result<Option<Row>, MirrorError> {
+        let t = self.table(table)?;
+        let key = pk_bytes(&t.info.schema, pk)?;
+        Ok(t.rows.get(&key).map(|data| Row {
+            table: t.info.clone(),
+            data: data.clone(),
+        }))
+    }
+
+    /// [`Mirror::find_row`] deserialized into `T`.
+    pub fn find<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        pk: &serde_json::Value,
+    ) -> Result<Option<T>, MirrorError> {
+        self.find_row(table, pk)?
+            .map(|r| r.deserialize())
+            .transpose()
+    }
+
+    /// Forgets every row (e.g. before re-subscribing on a new connection).
+    pub fn clear(&mut self) {
+        for t in &mut self.tables {
+            t.rows.clear();
+        }
+    }
+}
+
+/// Encodes a primary key given as JSON for `table`.
+fn pk_bytes(table: &TableSchema, pk: &serde_json::Value) -> Result<Vec<u8>, MirrorError> {
+    let key_error = |error| MirrorError::Key {
+        table: table.name.clone(),
+        error,
+    };
+    let column = table.primary_key_column().ok_or_else(|| {
+        key_error(orrery_netcode::row::ValueError::Mismatch {
+            path: table.name.clone(),
+            expected: format!("a primary key column (index {})", table.primary_key),
+            got: format!("{} column(s)", table.columns.len()),
+        })
+    })?;
+    Value::from_json(&column.ty, pk, &column.name)
+        .and_then(|v| v.to_bytes(&column.ty))
+        .map_err(key_error)
+}
+
+/// Identifies a registered callback (to remove it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallbackId(u64);
+
+type InsertFn = Box<dyn FnMut(&Row) + Send>;
+type UpdateFn = Box<dyn FnMut(&Row, &Row) + Send>;
+type DeleteFn = Box<dyn FnMut(&Row) + Send>;
+
+/// Insert, update and delete callbacks by table id.
+#[derive(Default)]
+pub struct Callbacks {
+    next: u64,
+    insert: HashMap<u32, Vec<(CallbackId, InsertFn)>>,
+    update: HashMap<u32, Vec<(CallbackId, UpdateFn)>>,
+    delete: HashMap<u32, Vec<(CallbackId, DeleteFn)>>,
+    /// Removals of ids this registry did not hold (applied on [`Callbacks::merge`]).
+    orphan_removals: Vec<CallbackId>,
+}
+
+impl fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn count<T>(m: &HashMap<u32, Vec<T>>) -> usize {
+            m.values().map(Vec::len).sum()
+        }
+        f.debug_struct("Callbacks")
+            .field("insert", &count(&self.insert))
+            .field("update", &count(&self.update))
+            .field("delete", &count(&self.delete))
+            .finish()
+    }
+}
+
+impl Callbacks {
+    /// No callbacks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn id(&mut self) -> CallbackId {
+        self.next += 1;
+        CallbackId(self.next)
+    }
+
+    /// Calls `f` for every row inserted into table `table_id` (every row of an event table).
+    pub fn on_insert(&mut self, table_id: u32, f: impl FnMut(&Row) + Send + 'static) -> CallbackId {
+        let id = self.id();
+        self.insert
+            .entry(table_id)
+            .or_default()
+            .push((id, Box::new(f)));
+        id
+    }
+
+    /// Calls `f(old, new)` for every row of table `table_id` that changes.
+    pub fn on_update(
+        &mut self,
+        table_id: u32,
+        f: impl FnMut(&Row, &Row) + Send + 'static,
+    ) -> CallbackId {
+        let id = self.id();
+        self.update
+            .entry(table_id)
+            .or_default()
+            .push((id, Box::new(f)));
+        id
+    }
+
+    /// Calls `f` for every row removed from table `table_id`.
+    pub fn on_delete(&mut self, table_id: u32, f: impl FnMut(&Row) + Send + 'static) -> CallbackId {
+        let id = self.id();
+        self.delete
+            .entry(table_id)
+            .or_default()
+            .push((id, Box::new(f)));
+        id
+    }
+
+    /// Removes a callback; false if no callback has this id.
+    pub fn remove(&mut self, id: CallbackId) -> bool {
+        let found = self.remove_held(id);
+        if !found {
+            self.orphan_removals.push(id);
+        }
+        found
+    }
+
+    fn remove_held(&mut self, id: CallbackId) -> bool {
+        let mut found = false;
+        for list in self.insert.values_mut() {
+            list.retain(|(i, _)| {
+                found |= *i == id;
+                *i != id
+            });
+        }
+        for list in self.update.values_mut() {
+            list.retain(|(i, _)| {
+                found |= *i == id;
+                *i != id
+            });
+        }
+        for list in self.delete.values_mut() {
+            list.retain(|(i, _)| {
+                found |= *i == id;
+                *i != id
+            });
+        }
+        found
+    }
+
+    /// Whether any callback is registered for `table_id`.
+    pub fn has_any(&self, table_id: u32) -> bool {
+        [
+            self.insert.get(&table_id).map(Vec::len),
+            self.update.get(&table_id).map(Vec::len),
+            self.delete.get(&table_id).map(Vec::len),
+        ]
+        .iter()
+        .any(|n| n.unwrap_or(0) > 0)
+    }
+
+    /// Runs the callbacks registered for each change, in order.
+    pub fn dispatch(&mut self, changes: &[RowChange]) {
+        for change in changes {
+            let table = change.table_id();
+            match change {
+                RowChange::Insert(row) => {
+                    for (_, f) in self.insert.get_mut(&table).into_iter().flatten() {
+                        f(row);
+                    }
+                }
+                RowChange::Update { old, new } => {
+                    for (_, f) in self.update.get_mut(&table).into_iter().flatten() {
+                        f(old, new);
+                    }
+                }
+                RowChange::Delete(row) => {
+                    for (_, f) in self.delete.get_mut(&table).into_iter().flatten() {
+                        f(row);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves `other`'s callbacks into `self` and applies the removals `other` could not
+    /// (ids it did not hold). Ids stay unique when `other` took them from `self` (the async
+    /// client swaps an empty registry in while callbacks run, so callbacks may register more).
+    pub fn merge(&mut self, mut other: Callbacks) {
+        for (table, list) in other.insert.drain() {
+            self.insert.entry(table).or_default().extend(list);
+        }
+        for (table, list) in other.update.drain() {
+            self.update.entry(table).or_default().extend(list);
+        }
+        for (table, list) in other.delete.drain() {
+            self.delete.entry(table).or_default().extend(list);
+        }
+        for id in other.orphan_removals.drain(..) {
+            self.remove_held(id);
+        }
+        self.next = self.next.max(other.next);
+    }
+
+    /// An empty registry whose ids continue after this one's (to register into while this
+    /// one is busy dispatching).
+    pub fn continuation(&self) -> Callbacks {
+        Callbacks {
+            next: self.next,
+            ..Callbacks::default()
+        }
+    }
+}

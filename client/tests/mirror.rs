@@ -1,0 +1,242 @@
+//! The mirror without a network: payloads built with the netcode encoders (the engine's
+//! encoder is checked against the same decoder in `tests/tests/row_format.rs`).
+
+#![allow(missing_docs)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use orrery_client::row::wire::WireLayout;
+use orrery_client::row::{Value, encode_row};
+use orrery_client::{Callbacks, Mirror, MirrorError, RowChange};
+use serde_json::json;
+use support::{HIT, NPC, schema};
+
+struct Enc {
+    layout: WireLayout,
+    table: orrery_client::row::TableSchema,
+}
+
+impl Enc {
+    fn new(table: u32) -> Self {
+        let s = schema();
+        let table = s.tables[table as usize].clone();
+        Enc {
+            layout: WireLayout::new(&table),
+            table,
+        }
+    }
+
+    fn wire(&self, values: &[Value]) -> (Vec<u8>, Vec<u8>, Vec<std::ops::Range<u32>>) {
+        let exact = encode_row(&self.table, values).unwrap();
+        let (mut wire, mut bounds) = (Vec::new(), Vec::new());
+        self.layout
+            .encode_row(&exact, &mut wire, &mut bounds)
+            .unwrap();
+        let pk = values[0].to_bytes(&self.table.columns[0].ty).unwrap();
+        (pk, wire, bounds)
+    }
+
+    fn upsert(&self, values: &[Value]) -> Vec<u8> {
+        let (pk, wire, _) = self.wire(values);
+        let mut out = Vec::new();
+        self.layout.upsert_record(&pk, &wire, &mut out);
+        out
+    }
+
+    fn delta(&self, old: &[Value], new: &[Value]) -> Vec<u8> {
+        let (pk, wo, bo) = self.wire(old);
+        let (_, wn, bn) = self.wire(new);
+        let mut out = Vec::new();
+        assert!(
+            self.layout
+                .delta_record(&pk, (&wo, &bo), (&wn, &bn), &mut out)
+        );
+        out
+    }
+
+    fn delete(&self, id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        WireLayout::delete_record(
+            &Value::Unsigned(id)
+                .to_bytes(&self.table.columns[0].ty)
+                .unwrap(),
+            &mut out,
+        );
+        out
+    }
+}
+
+fn npc(id: u64, name: &str, pos: [f32; 2], hp: i64) -> Vec<Value> {
+    vec![
+        Value::Unsigned(id),
+        Value::String(name.into()),
+        Value::Vec2(pos),
+        Value::Signed(hp),
+    ]
+}
+
+#[test]
+fn upserts_deltas_and_deletes_drive_changes_and_callbacks() {
+    let mut mirror = Mirror::new(schema());
+    let e = Enc::new(NPC);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut callbacks = Callbacks::new();
+    let l = log.clone();
+    callbacks.on_insert(NPC, move |r| {
+        l.lock()
+            .unwrap()
+            .push(format!("insert {}", r.get("id").unwrap().as_u64().unwrap()))
+    });
+    let l = log.clone();
+    let update = callbacks.on_update(NPC, move |o, n| {
+        l.lock().unwrap().push(format!(
+            "update {} -> {}",
+            o.get("hp").unwrap().as_i64().unwrap(),
+            n.get("hp").unwrap().as_i64().unwrap()
+        ))
+    });
+    let l = log.clone();
+    callbacks.on_delete(NPC, move |r| {
+        l.lock()
+            .unwrap()
+            .push(format!("delete {}", r.get("id").unwrap().as_u64().unwrap()))
+    });
+
+    let a1 = npc(1, "a", [0.004, 10.0], 5);
+    let a2 = npc(1, "a", [0.016, 10.0], 4);
+    let b = npc(2, "b", [-1.0, 1.0], 9);
+    let mut payload = e.upsert(&a1);
+    payload.extend(e.upsert(&b));
+    let changes = mirror.apply(NPC, &payload).unwrap();
+    callbacks.dispatch(&changes);
+    assert_eq!(mirror.count("npc").unwrap(), 2);
+    assert_eq!(
+        mirror
+            .find_row("npc", &json!(2))
+            .unwrap()
+            .unwrap()
+            .to_json(),
+        json!({"id": 2, "name": "b", "pos": [-1.0, 1.0], "hp": 9})
+    );
+    // 0.004 / 0.01 rounds to 0 units.
+    assert_eq!(
+        mirror
+            .find_row("npc", &json!(1))
+            .unwrap()
+            .unwrap()
+            .get("pos"),
+        Some(&Value::Vec2([0.0, 10.0]))
+    );
+
+    let changes = mirror.apply(NPC, &e.delta(&a1, &a2)).unwrap();
+    assert!(matches!(&changes[..], [RowChange::Update { .. }]));
+    callbacks.dispatch(&changes);
+    let row = mirror.find_row("npc", &json!(1)).unwrap().unwrap();
+    // 0.016 → 2 units → 0.02 (units * step in f32).
+    assert_eq!(row.get("pos"), Some(&Value::Vec2([2.0 * 0.01, 10.0])));
+    assert_eq!(row.wire_row().units(2), Some([2, 1000, 0]));
+    // A full upsert replacing a held row is an update too.
+    callbacks.dispatch(
+        &mirror
+            .apply(NPC, &e.upsert(&npc(2, "b", [-1.0, 1.0], 8)))
+            .unwrap(),
+    );
+    assert!(callbacks.remove(update));
+    assert!(!callbacks.remove(update));
+    callbacks.dispatch(
+        &mirror
+            .apply(NPC, &e.delta(&a2, &npc(1, "a", [0.016, 10.0], 3)))
+            .unwrap(),
+    );
+    callbacks.dispatch(&mirror.apply(NPC, &e.delete(2)).unwrap());
+    assert_eq!(mirror.count("npc").unwrap(), 1);
+
+    let log = log.lock().unwrap();
+    assert_eq!(
+        *log,
+        vec![
+            "insert 1".to_string(),
+            "insert 2".to_string(),
+            "update 5 -> 4".to_string(),
+            "update 9 -> 8".to_string(),
+            "delete 2".to_string(),
+        ]
+    );
+    let s = mirror.stats();
+    assert_eq!(
+        (s.upserts, s.deltas, s.deletes, s.skipped_records),
+        (3, 2, 1, 0)
+    );
+}
+
+#[test]
+fn event_tables_fire_inserts_and_store_nothing() {
+    let mut mirror = Mirror::new(schema());
+    let e = Enc::new(HIT);
+    let hit = vec![Value::Unsigned(1), Value::Unsigned(7), Value::Signed(30)];
+    let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
+    assert!(
+        matches!(&changes[..], [RowChange::Insert(r)] if r.get("dmg") == Some(&Value::Signed(30)))
+    );
+    // The same key again is another insert, not an update.
+    let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
+    assert!(matches!(&changes[..], [RowChange::Insert(_)]));
+    assert_eq!(mirror.count("hit").unwrap(), 0);
+    // Deltas and deletes have nothing to apply to.
+    assert!(mirror.apply(HIT, &e.delete(1)).unwrap().is_empty());
+    assert_eq!(mirror.stats().skipped_records, 1);
+}
+
+#[test]
+fn bad_payloads_change_nothing() {
+    let mut mirror = Mirror::new(schema());
+    let e = Enc::new(NPC);
+    mirror
+        .apply(NPC, &e.upsert(&npc(1, "a", [0.0, 0.0], 1)))
+        .unwrap();
+    // A good record followed by garbage: refused whole.
+    let mut payload = e.upsert(&npc(2, "b", [0.0, 0.0], 1));
+    payload.extend_from_slice(&[0, 5, 0xff]);
+    assert!(matches!(
+        mirror.apply(NPC, &payload),
+        Err(MirrorError::Decode { table_id: NPC, .. })
+    ));
+    assert_eq!(mirror.count("npc").unwrap(), 1);
+    assert_eq!(
+        mirror.apply(99, &payload).unwrap_err(),
+        MirrorError::UnknownTableId(99)
+    );
+    // A delta for a row the mirror does not hold is skipped, the rest applied.
+    let mut payload = e.delta(&npc(5, "x", [0.0, 0.0], 1), &npc(5, "x", [0.0, 0.0], 2));
+    payload.extend(e.upsert(&npc(3, "c", [0.0, 0.0], 1)));
+    let changes = mirror.apply(NPC, &payload).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(mirror.count("npc").unwrap(), 2);
+    assert_eq!(mirror.stats().skipped_records, 1);
+    assert_eq!(mirror.stats().rejected_payloads, 2);
+    assert!(matches!(mirror.count("nope"), Err(MirrorError::UnknownTable(t)) if t == "nope"));
+    mirror.clear();
+    assert_eq!(mirror.total_rows(), 0);
+}
+
+#[test]
+fn callbacks_registered_while_dispatching_are_merged() {
+    let mut callbacks = Callbacks::new();
+    let first = callbacks.on_insert(NPC, |_| {});
+    // What the async client does: dispatch from the registry while new registrations and
+    // removals go to a continuation.
+    let mut continuation = callbacks.continuation();
+    let second = continuation.on_delete(NPC, |_| {});
+    assert!(!continuation.remove(first), "not held by the continuation");
+    callbacks.merge(continuation);
+    assert_ne!(first, second);
+    assert!(callbacks.has_any(NPC));
+    assert!(
+        !callbacks.remove(first),
+        "the removal was applied by the merge"
+    );
+    assert!(callbacks.remove(second));
+    assert!(!callbacks.has_any(NPC));
+}

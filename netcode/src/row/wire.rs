@@ -1,0 +1,650 @@
+//! The published-row wire format: how subscription updates reach clients
+//! (`ServerMessage::TableUpdate.rows` and `SubscriptionApplied.tables[..].rows`).
+//!
+//! A table update payload is a sequence of records, each
+//!
+//! ```text
+//! header: varint  = kind | (column_mask << 2)     kind: 0 upsert, 1 delta, 2 delete
+//! pk:     the primary key in the row format
+//! body:   upsert → every column in wire form
+//!         delta  → only the columns whose bit is set in column_mask, in column order;
+//!                  quantized columns as the zigzag varint *difference* of their quantized
+//!                  units from the previous value the client holds, others in wire form
+//!         delete → nothing
+//! ```
+//!
+//! Wire form is the row format except for `#[quantize(step)]` float columns (`f32`, `f64`,
+//! `Vec2`, `Vec3`): each component is the zigzag varint of `round(value / step)` (non-finite
+//! results as 0). Tables with more than [`MAX_DELTA_COLUMNS`] columns only ever get upserts.
+//!
+//! This is a port of the engine's `orrery_engine::subscription::wire` (encoder and reference
+//! decoder) that needs no engine: [`WireLayout::decode_records`] decodes, [`WireRow`] keeps
+//! each quantized column's units so deltas apply exactly. The encoders are here too, for
+//! servers and tests that produce payloads without the engine. Specified in
+//! `netcode/ROW_FORMAT.md`.
+
+use std::ops::Range;
+
+use super::codec::{
+    RowDecodeError, read_f32, read_f64, read_varint, unzigzag, write_varint, zigzag,
+};
+use super::schema::{TableSchema, TypeDesc};
+use super::value::{Value, ValueError};
+
+/// Record kind: the whole row (new to the client, or replacing what it holds).
+pub const UPSERT: u64 = 0;
+/// Record kind: changed columns of a row the client holds.
+pub const DELTA: u64 = 1;
+/// Record kind: the row is gone (deleted, or out of the client's view).
+pub const DELETE: u64 = 2;
+
+/// Most columns a delta mask can name (a `u64` varint header keeps 62 bits for the mask).
+pub const MAX_DELTA_COLUMNS: usize = 62;
+
+/// A quantized column's units: one per float component (unused components are 0).
+pub type Units = [i64; 3];
+
+/// `round(value / step)` for an `f32` component (in `f32` arithmetic; ties away from zero;
+/// out-of-range results saturate to `i64::MIN`/`i64::MAX`; a non-finite result is 0).
+pub fn quantize_f32(value: f32, step: f32) -> i64 {
+    let q = (value / step).round();
+    if q.is_finite() { q as i64 } else { 0 }
+}
+
+/// `round(value / step)` for an `f64` column (in `f64` arithmetic with the step widened to
+/// `f64`; otherwise as [`quantize_f32`]).
+pub fn quantize_f64(value: f64, step: f32) -> i64 {
+    let q = (value / f64::from(step)).round();
+    if q.is_finite() { q as i64 } else { 0 }
+}
+
+/// One column of a [`WireLayout`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireColumn {
+    /// The column's type.
+    pub ty: TypeDesc,
+    /// Quantization step, only for float columns (`f32`, `f64`, `Vec2`, `Vec3`) whose schema
+    /// sets `quantize`; `quantize` on other types is ignored.
+    pub step: Option<f32>,
+}
+
+/// A table's wire layout: column types and quantization steps, and the primary key column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireLayout {
+    columns: Vec<WireColumn>,
+    pk_column: usize,
+}
+
+/// A row as a client holds it: each column decoded (quantized columns dequantized), plus the
+/// quantized units the next delta is relative to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireRow {
+    /// Column values in declaration order.
+    pub columns: Vec<Value>,
+    units: Vec<Units>,
+}
+
+/// One changed column of a delta record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ColumnChange {
+    /// An unquantized column's new value.
+    Value {
+        /// Column index.
+        column: usize,
+        /// The new value.
+        value: Value,
+    },
+    /// A quantized column's change in units (added to the units the client holds, wrapping).
+    Units {
+        /// Column index.
+        column: usize,
+        /// Per-component differences.
+        diff: Units,
+    },
+}
+
+/// One decoded record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WireRecord {
+    /// The row (new to the client, or replacing what it holds).
+    Upsert {
+        /// Encoded primary key (row format).
+        pk: Vec<u8>,
+        /// The row.
+        row: WireRow,
+    },
+    /// Changes to a row the client holds.
+    Delta {
+        /// Encoded primary key (row format).
+        pk: Vec<u8>,
+        /// The mask of changed columns (bit `i` = column `i`).
+        mask: u64,
+        /// The changed columns, in column order.
+        changes: Vec<ColumnChange>,
+    },
+    /// The row is gone (deleted, or out of the client's view).
+    Delete {
+        /// Encoded primary key (row format).
+        pk: Vec<u8>,
+    },
+}
+
+impl WireRecord {
+    /// The record's encoded primary key.
+    pub fn pk(&self) -> &[u8] {
+        match self {
+            WireRecord::Upsert { pk, .. }
+            | WireRecord::Delta { pk, .. }
+            | WireRecord::Delete { pk } => pk,
+        }
+    }
+}
+
+impl WireLayout {
+    /// The layout of `table`.
+    pub fn new(table: &TableSchema) -> Self {
+        WireLayout {
+            columns: table
+                .columns
+                .iter()
+                .map(|c| WireColumn {
+                    step: c.quantize.filter(|_| c.ty.float_components().is_some()),
+                    ty: c.ty.clone(),
+                })
+                .collect(),
+            pk_column: table.primary_key,
+        }
+    }
+
+    /// The columns.
+    pub fn columns(&self) -> &[WireColumn] {
+        &self.columns
+    }
+
+    /// The primary key column's index.
+    pub fn pk_column(&self) -> usize {
+        self.pk_column
+    }
+
+    /// Whether delta records can describe this table (at most [`MAX_DELTA_COLUMNS`] columns).
+    pub fn supports_delta(&self) -> bool {
+        self.columns.len() <= MAX_DELTA_COLUMNS
+    }
+
+    // ---- encoding (server side; tests) ----
+
+    /// Transcodes an exact row (row format) into wire form, appending it to `out` and
+    /// returning the byte range of each column inside `out` relative to where the row starts.
+    pub fn encode_row(
+        &self,
+        exact: &[u8],
+        out: &mut Vec<u8>,
+        bounds: &mut Vec<Range<u32>>,
+    ) -> Result<(), RowDecodeError> {
+        bounds.clear();
+        let base = out.len();
+        let mut input = exact;
+        for column in &self.columns {
+            let start = (out.len() - base) as u32;
+            match column.step {
+                Some(step) => {
+                    let n = column.ty.float_components().unwrap_or(0);
+                    for unit in read_units(&column.ty, step, &mut input)?.iter().take(n) {
+                        write_varint(out, zigzag(*unit));
+                    }
+                }
+                None => {
+                    let before = input;
+                    Value::skip(&column.ty, &mut input)?;
+                    out.extend_from_slice(&before[..before.len() - input.len()]);
+                }
+            }
+            bounds.push(start..(out.len() - base) as u32);
+        }
+        if !input.is_empty() {
+            return Err(RowDecodeError::TrailingBytes(input.len()));
+        }
+        Ok(())
+    }
+
+    /// Appends an upsert record (`pk` in row format, `wire_row` from [`WireLayout::encode_row`]).
+    pub fn upsert_record(&self, pk: &[u8], wire_row: &[u8], out: &mut Vec<u8>) {
+        write_varint(out, UPSERT);
+        out.extend_from_slice(pk);
+        out.extend_from_slice(wire_row);
+    }
+
+    /// Appends a delete record.
+    pub fn delete_record(pk: &[u8], out: &mut Vec<u8>) {
+        write_varint(out, DELETE);
+        out.extend_from_slice(pk);
+    }
+
+    /// Appends a delta record taking a client from `old` to `new` (wire rows with their column
+    /// bounds, from [`WireLayout::encode_row`]). Returns false, appending nothing, if no
+    /// column changed or the table is too wide for a mask.
+    pub fn delta_record(
+        &self,
+        pk: &[u8],
+        old: (&[u8], &[Range<u32>]),
+        new: (&[u8], &[Range<u32>]),
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if !self.supports_delta()
+            || old.1.len() != self.columns.len()
+            || new.1.len() != self.columns.len()
+        {
+            return false;
+        }
+        fn slice<'r>((row, bounds): (&'r [u8], &[Range<u32>]), i: usize) -> &'r [u8] {
+            let r = &bounds[i];
+            row.get(r.start as usize..r.end as usize).unwrap_or(&[])
+        }
+        let mut mask = 0u64;
+        for i in 0..self.columns.len() {
+            if slice(old, i) != slice(new, i) {
+                mask |= 1 << i;
+            }
+        }
+        if mask == 0 {
+            return false;
+        }
+        write_varint(out, DELTA | (mask << 2));
+        out.extend_from_slice(pk);
+        for (i, column) in self.columns.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            match column.step {
+                Some(_) => {
+                    let (mut a, mut b) = (slice(old, i), slice(new, i));
+                    for _ in 0..column.ty.float_components().unwrap_or(0) {
+                        let before = read_varint(&mut a, "quantized").map(unzigzag).unwrap_or(0);
+                        let after = read_varint(&mut b, "quantized").map(unzigzag).unwrap_or(0);
+                        write_varint(out, zigzag(after.wrapping_sub(before)));
+                    }
+                }
+                None => out.extend_from_slice(slice(new, i)),
+            }
+        }
+        true
+    }
+
+    // ---- decoding (client side) ----
+
+    fn column(&self, i: usize) -> Result<&WireColumn, RowDecodeError> {
+        self.columns.get(i).ok_or_else(|| RowDecodeError::Invalid {
+            what: "table layout",
+            detail: format!("column {i} of {}", self.columns.len()),
+        })
+    }
+
+    /// The value of quantized `units` for a column of type `ty` and `step`, as the engine
+    /// computes it: `units * step` per component (in `f32`; in `f64` for `f64` columns).
+    pub fn dequantize(ty: &TypeDesc, step: f32, units: Units) -> Value {
+        let f = |u: i64| u as f32 * step;
+        match ty {
+            TypeDesc::F32 => Value::F32(f(units[0])),
+            TypeDesc::F64 => Value::F64(units[0] as f64 * f64::from(step)),
+            TypeDesc::Vec2 => Value::Vec2([f(units[0]), f(units[1])]),
+            _ => Value::Vec3([f(units[0]), f(units[1]), f(units[2])]),
+        }
+    }
+
+    fn read_column(&self, i: usize, input: &mut &[u8]) -> Result<(Value, Units), RowDecodeError> {
+        let column = self.column(i)?;
+        match column.step {
+            Some(step) => {
+                let units = read_unit_varints(&column.ty, input)?;
+                Ok((Self::dequantize(&column.ty, step, units), units))
+            }
+            None => Ok((Value::decode(&column.ty, input)?, [0; 3])),
+        }
+    }
+
+    fn read_pk(&self, input: &mut &[u8]) -> Result<Vec<u8>, RowDecodeError> {
+        let before = *input;
+        Value::skip(&self.column(self.pk_column)?.ty, input)?;
+        Ok(before[..before.len() - input.len()].to_vec())
+    }
+
+    /// Decodes one full wire row from the front of `input`.
+    pub fn decode_row(&self, input: &mut &[u8]) -> Result<WireRow, RowDecodeError> {
+        let mut row = WireRow {
+            columns: Vec::with_capacity(self.columns.len()),
+            units: Vec::with_capacity(self.columns.len()),
+        };
+        for i in 0..self.columns.len() {
+            let (value, units) = self.read_column(i, input)?;
+            row.columns.push(value);
+            row.units.push(units);
+        }
+        Ok(row)
+    }
+
+    /// Decodes a delta record's body (the columns named by `mask`) from the front of `input`.
+    pub fn decode_delta(
+        &self,
+        mask: u64,
+        input: &mut &[u8],
+    ) -> Result<Vec<ColumnChange>, RowDecodeError> {
+        if !self.supports_delta() {
+            return Err(RowDecodeError::Invalid {
+                what: "delta record",
+                detail: format!(
+                    "table has {} columns; deltas name at most {MAX_DELTA_COLUMNS}",
+                    self.columns.len()
+                ),
+            });
+        }
+        if mask >> self.columns.len() != 0 {
+            return Err(RowDecodeError::Invalid {
+                what: "delta record",
+                detail: format!(
+                    "mask {mask:#x} names columns the table ({} columns) lacks",
+                    self.columns.len()
+                ),
+            });
+        }
+        let mut changes = Vec::with_capacity(mask.count_ones() as usize);
+        for (i, column) in self.columns.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            changes.push(match column.step {
+                Some(_) => ColumnChange::Units {
+                    column: i,
+                    diff: read_unit_varints(&column.ty, input)?,
+                },
+                None => ColumnChange::Value {
+                    column: i,
+                    value: Value::decode(&column.ty, input)?,
+                },
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Decodes a whole table update payload into its records. Either every record decodes or
+    /// the payload is refused; never panics on any input.
+    pub fn decode_records(&self, mut input: &[u8]) -> Result<Vec<WireRecord>, RowDecodeError> {
+        let mut records = Vec::new();
+        while !input.is_empty() {
+            let header = read_varint(&mut input, "record header")?;
+            let pk = self.read_pk(&mut input)?;
+            match header & 3 {
+                UPSERT => {
+                    let row = self.decode_row(&mut input)?;
+                    records.push(WireRecord::Upsert { pk, row });
+                }
+                DELTA => {
+                    let mask = header >> 2;
+                    let changes = self.decode_delta(mask, &mut input)?;
+                    records.push(WireRecord::Delta { pk, mask, changes });
+                }
+                DELETE => records.push(WireRecord::Delete { pk }),
+                kind => {
+                    return Err(RowDecodeError::InvalidTag {
+                        what: "record kind",
+                        tag: kind,
+                    });
+                }
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn read_unit_varints(ty: &TypeDesc, input: &mut &[u8]) -> Result<Units, RowDecodeError> {
+    let mut units = [0i64; 3];
+    for unit in units.iter_mut().take(ty.float_components().unwrap_or(0)) {
+        *unit = unzigzag(read_varint(input, "quantized")?);
+    }
+    Ok(units)
+}
+
+fn read_units(ty: &TypeDesc, step: f32, input: &mut &[u8]) -> Result<Units, RowDecodeError> {
+    let mut units = [0i64; 3];
+    match ty {
+        TypeDesc::F32 => units[0] = quantize_f32(read_f32(input, "f32")?, step),
+        TypeDesc::F64 => units[0] = quantize_f64(read_f64(input, "f64")?, step),
+        TypeDesc::Vec2 | TypeDesc::Vec3 => {
+            for unit in units.iter_mut().take(ty.float_components().unwrap_or(0)) {
+                *unit = quantize_f32(read_f32(input, "f32")?, step);
+            }
+        }
+        _ => {}
+    }
+    Ok(units)
+}
+
+impl WireRow {
+    /// A row from column values (quantized columns' units recomputed from the values with
+    /// [`quantize_f32`]/[`quantize_f64`]).
+    pub fn from_values(layout: &WireLayout, columns: Vec<Value>) -> Self {
+        let units = layout
+            .columns
+            .iter()
+            .zip(&columns)
+            .map(|(c, v)| match (c.step, v) {
+                (Some(step), Value::F32(x)) => [quantize_f32(*x, step), 0, 0],
+                (Some(step), Value::F64(x)) => [quantize_f64(*x, step), 0, 0],
+                (Some(step), Value::Vec2(v)) => {
+                    [quantize_f32(v[0], step), quantize_f32(v[1], step), 0]
+                }
+                (Some(step), Value::Vec3(v)) => [
+                    quantize_f32(v[0], step),
+                    quantize_f32(v[1], step),
+                    quantize_f32(v[2], step),
+                ],
+                _ => [0; 3],
+            })
+            .collect();
+        WireRow { columns, units }
+    }
+
+    /// The quantized units column `i` holds (zeros for unquantized columns).
+    pub fn units(&self, i: usize) -> Option<Units> {
+        self.units.get(i).copied()
+    }
+
+    /// Applies a delta record's changes. Fails (changing nothing) if a change names a column
+    /// this row lacks.
+    pub fn apply_delta(
+        &mut self,
+        layout: &WireLayout,
+        changes: &[ColumnChange],
+    ) -> Result<(), RowDecodeError> {
+        let n = self.columns.len().min(self.units.len());
+        if let Some(bad) = changes.iter().find_map(|c| {
+            let i = match c {
+                ColumnChange::Value { column, .. } | ColumnChange::Units { column, .. } => *column,
+            };
+            (i >= n || i >= layout.columns.len()).then_some(i)
+        }) {
+            return Err(RowDecodeError::Invalid {
+                what: "delta record",
+                detail: format!("column {bad} of a {n}-column row"),
+            });
+        }
+        for change in changes {
+            match change {
+                ColumnChange::Value { column, value } => self.columns[*column] = value.clone(),
+                ColumnChange::Units { column, diff } => {
+                    let c = &layout.columns[*column];
+                    let mut units = self.units[*column];
+                    for (unit, d) in units.iter_mut().zip(diff) {
+                        *unit = unit.wrapping_add(*d);
+                    }
+                    self.units[*column] = units;
+                    if let Some(step) = c.step {
+                        self.columns[*column] = WireLayout::dequantize(&c.ty, step, units);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The row in the exact row format (quantized columns as their dequantized floats): what
+    /// crosses the FFI boundary and what generated client code decodes.
+    pub fn to_row_bytes(&self, layout: &WireLayout) -> Result<Vec<u8>, ValueError> {
+        let mut out = Vec::new();
+        for (c, v) in layout.columns.iter().zip(&self.columns) {
+            v.encode(&c.ty, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::schema::{ColumnSchema, Durability, Visibility};
+    use crate::row::value::encode_row as encode_exact;
+
+    fn table(columns: Vec<(&str, TypeDesc, Option<f32>)>) -> TableSchema {
+        TableSchema {
+            id: 0,
+            name: "t".into(),
+            rust_type: "T".into(),
+            columns: columns
+                .into_iter()
+                .map(|(name, ty, quantize)| ColumnSchema {
+                    name: name.into(),
+                    ty,
+                    auto_inc: false,
+                    quantize,
+                })
+                .collect(),
+            primary_key: 0,
+            indexes: Vec::new(),
+            visibility: Visibility::Public,
+            durability: Durability::Durable,
+            event: false,
+            scheduled: None,
+        }
+    }
+
+    fn wire(layout: &WireLayout, exact: &[u8]) -> (Vec<u8>, Vec<Range<u32>>) {
+        let (mut out, mut bounds) = (Vec::new(), Vec::new());
+        layout.encode_row(exact, &mut out, &mut bounds).unwrap();
+        (out, bounds)
+    }
+
+    #[test]
+    fn upsert_delta_delete_round_trip_with_quantization() {
+        let t = table(vec![
+            ("id", TypeDesc::U32, None),
+            ("pos", TypeDesc::Vec2, Some(0.5)),
+            ("hp", TypeDesc::I32, None),
+            ("name", TypeDesc::String, Some(0.5)), // ignored: not a float
+        ]);
+        let layout = WireLayout::new(&t);
+        let v1 = vec![
+            Value::Unsigned(7),
+            Value::Vec2([1.2, -3.0]),
+            Value::Signed(10),
+            Value::String("a".into()),
+        ];
+        let v2 = vec![
+            Value::Unsigned(7),
+            Value::Vec2([1.2, 4.0]),
+            Value::Signed(10),
+            Value::String("a".into()),
+        ];
+        let (e1, e2) = (
+            encode_exact(&t, &v1).unwrap(),
+            encode_exact(&t, &v2).unwrap(),
+        );
+        let (w1, b1) = wire(&layout, &e1);
+        let (w2, b2) = wire(&layout, &e2);
+        let pk = [7u8];
+        let mut payload = Vec::new();
+        layout.upsert_record(&pk, &w1, &mut payload);
+        assert!(layout.delta_record(&pk, (&w1, &b1), (&w2, &b2), &mut payload));
+        WireLayout::delete_record(&pk, &mut payload);
+        let records = layout.decode_records(&payload).unwrap();
+        assert_eq!(records.len(), 3);
+        let WireRecord::Upsert { row, .. } = &records[0] else {
+            panic!("upsert expected")
+        };
+        let mut row = row.clone();
+        // 1.2 / 0.5 = 2.4 → 2 units → 1.0; -3.0 → -6 units.
+        assert_eq!(row.columns[1], Value::Vec2([1.0, -3.0]));
+        assert_eq!(row.units(1), Some([2, -6, 0]));
+        let WireRecord::Delta { mask, changes, .. } = &records[1] else {
+            panic!("delta expected")
+        };
+        assert_eq!(*mask, 0b10);
+        assert_eq!(
+            changes,
+            &[ColumnChange::Units {
+                column: 1,
+                diff: [0, 14, 0]
+            }]
+        );
+        row.apply_delta(&layout, changes).unwrap();
+        assert_eq!(row.columns[1], Value::Vec2([1.0, 4.0]));
+        assert_eq!(records[2], WireRecord::Delete { pk: pk.to_vec() });
+        assert_eq!(
+            row.to_row_bytes(&layout).unwrap(),
+            encode_exact(
+                &t,
+                &[
+                    Value::Unsigned(7),
+                    Value::Vec2([1.0, 4.0]),
+                    Value::Signed(10),
+                    Value::String("a".into())
+                ]
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
+        assert!(matches!(
+            layout.decode_records(&[3, 1]),
+            Err(RowDecodeError::InvalidTag {
+                what: "record kind",
+                tag: 3
+            })
+        ));
+        // Delta naming column 1 of a one-column table.
+        assert!(matches!(
+            layout.decode_records(&[1 | (2 << 2), 1]),
+            Err(RowDecodeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            layout.decode_records(&[0, 1]),
+            Err(RowDecodeError::UnexpectedEof { .. })
+        ));
+        // A schema whose primary key is out of range decodes to an error, not a panic.
+        let mut t = table(vec![("id", TypeDesc::U8, None)]);
+        t.primary_key = 5;
+        assert!(WireLayout::new(&t).decode_records(&[2, 1]).is_err());
+    }
+
+    #[test]
+    fn wide_tables_refuse_deltas() {
+        let cols = (0..70)
+            .map(|i| (if i == 0 { "id" } else { "c" }, TypeDesc::U8, None))
+            .collect();
+        let layout = WireLayout::new(&table(cols));
+        assert!(!layout.supports_delta());
+        assert!(layout.decode_records(&[1 | (1 << 2), 0, 0]).is_err());
+    }
+
+    #[test]
+    fn quantization_rounds_and_zeroes_non_finite() {
+        assert_eq!(quantize_f32(0.25, 0.5), 1); // 0.5 rounds away from zero
+        assert_eq!(quantize_f32(-0.25, 0.5), -1);
+        assert_eq!(quantize_f32(f32::NAN, 0.5), 0);
+        assert_eq!(quantize_f32(f32::INFINITY, 0.5), 0);
+        assert_eq!(quantize_f32(1e30, 1e-5), i64::MAX); // saturates
+        assert_eq!(quantize_f32(1e30, 1e-10), 0); // 1e40 overflows f32: non-finite
+        assert_eq!(quantize_f64(2.5, 1.0), 3);
+    }
+}
