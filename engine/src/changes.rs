@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use bevy_ecs::entity::Entity;
 use rustc_hash::FxHashMap;
 
 use orrery_tick::Tick;
@@ -28,6 +29,7 @@ struct Entry {
     kind: ChangeKind,
     pk: Range<u32>,
     row: Range<u32>,
+    entity: Option<Entity>,
 }
 
 /// A row's change over a whole tick, relative to its state when the tick began.
@@ -84,6 +86,8 @@ struct LogEntry {
     /// The row right after the write; `None` for deletes, and for writes a later write of the
     /// same transaction deleted (that later write decides the net change).
     row: Option<Range<u32>>,
+    /// The row's entity (for deletes: the one it had).
+    entity: Option<Entity>,
 }
 
 /// One table's committed writes while a tick runs, append-only. A write encodes the row right
@@ -97,6 +101,14 @@ pub(crate) struct ChangeLog {
     entries: Vec<LogEntry>,
     /// Entries from this index on were written by capture (systems).
     systems_from: Option<usize>,
+}
+
+/// A primary key's net change while a log is folded.
+struct Folded {
+    net: NetChange,
+    pk: Range<u32>,
+    row: Option<Range<u32>>,
+    entity: Option<Entity>,
 }
 
 fn span(bytes: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Range<u32> {
@@ -116,10 +128,16 @@ impl ChangeLog {
         op: ChangeKind,
         pk: &P,
         row: Option<&R>,
+        entity: Option<Entity>,
     ) {
         let pk = span(&mut self.bytes, |out| pk.encode(out));
         let row = row.map(|row| span(&mut self.bytes, |out| row.encode(out)));
-        self.entries.push(LogEntry { op, pk, row });
+        self.entries.push(LogEntry {
+            op,
+            pk,
+            row,
+            entity,
+        });
     }
 
     /// Marks where capture's entries begin.
@@ -138,8 +156,7 @@ impl ChangeLog {
         let bytes = &self.bytes;
         let mut slots: FxHashMap<&[u8], usize> =
             FxHashMap::with_capacity_and_hasher(systems_from, Default::default());
-        let mut folded: Vec<(NetChange, Range<u32>, Option<Range<u32>>)> =
-            Vec::with_capacity(self.entries.len());
+        let mut folded: Vec<Folded> = Vec::with_capacity(self.entries.len());
         for (i, entry) in self.entries.iter().enumerate() {
             let pk = slice(bytes, &entry.pk);
             // A system's in-place update of a row no reducer touched is final as it is.
@@ -147,37 +164,57 @@ impl ChangeLog {
                 && entry.op == ChangeKind::Update
                 && (slots.is_empty() || !slots.contains_key(pk))
             {
-                folded.push((NetChange::Updated, entry.pk.clone(), entry.row.clone()));
+                folded.push(Folded {
+                    net: NetChange::Updated,
+                    pk: entry.pk.clone(),
+                    row: entry.row.clone(),
+                    entity: entry.entity,
+                });
                 continue;
             }
             match slots.entry(pk) {
                 std::collections::hash_map::Entry::Occupied(slot) => {
-                    let (net, _, row) = &mut folded[*slot.get()];
-                    *net = net.then(entry.op);
+                    let f = &mut folded[*slot.get()];
+                    f.net = f.net.then(entry.op);
                     if entry.row.is_some() {
-                        row.clone_from(&entry.row);
+                        f.row.clone_from(&entry.row);
+                    }
+                    if entry.entity.is_some() {
+                        f.entity = entry.entity;
                     }
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(folded.len());
-                    folded.push((
-                        NetChange::first(entry.op),
-                        entry.pk.clone(),
-                        entry.row.clone(),
-                    ));
+                    folded.push(Folded {
+                        net: NetChange::first(entry.op),
+                        pk: entry.pk.clone(),
+                        row: entry.row.clone(),
+                        entity: entry.entity,
+                    });
                 }
             }
         }
         let mut out = TableChanges::new(table, name);
         out.bytes.reserve(bytes.len());
-        for (net, pk, row) in folded {
+        for Folded {
+            net,
+            pk,
+            row,
+            entity,
+        } in folded
+        {
             let Some(kind) = net.kind() else { continue };
             let pk = span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk)));
             let row = match (kind, row) {
                 (ChangeKind::Delete, _) | (_, None) => 0..0,
                 (_, Some(row)) => span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
             };
-            out.entries.push(Entry { kind, pk, row });
+            out.entries.push(Entry {
+                kind,
+                pk,
+                row,
+                entity,
+            });
         }
         self.bytes.clear();
         self.entries.clear();
@@ -203,6 +240,9 @@ pub struct RowChange<'a> {
     pub pk: &'a [u8],
     /// The encoded row, for inserts and updates.
     pub row: Option<&'a [u8]>,
+    /// The row's entity (for a delete, the one it had), when the change came from this engine.
+    /// A hint for consumers that index rows densely; the primary key is the identity.
+    pub entity: Option<Entity>,
 }
 
 /// A decoded change of a typed table.
@@ -259,6 +299,7 @@ impl TableChanges {
             pk: &self.bytes[e.pk.start as usize..e.pk.end as usize],
             row: (e.kind != ChangeKind::Delete)
                 .then(|| &self.bytes[e.row.start as usize..e.row.end as usize]),
+            entity: e.entity,
         })
     }
 
@@ -334,14 +375,14 @@ mod tests {
     #[test]
     fn the_log_folds_reducer_writes_and_passes_system_updates_through() {
         let mut log = ChangeLog::default();
-        log.push(ChangeKind::Insert, &1u32, Some(&10u32));
-        log.push(ChangeKind::Update, &1u32, Some(&11u32));
-        log.push(ChangeKind::Update, &2u32, Some(&20u32));
-        log.push(ChangeKind::Delete, &3u32, None::<&u32>);
-        log.push(ChangeKind::Insert, &3u32, Some(&30u32));
+        log.push(ChangeKind::Insert, &1u32, Some(&10u32), None);
+        log.push(ChangeKind::Update, &1u32, Some(&11u32), None);
+        log.push(ChangeKind::Update, &2u32, Some(&20u32), None);
+        log.push(ChangeKind::Delete, &3u32, None::<&u32>, None);
+        log.push(ChangeKind::Insert, &3u32, Some(&30u32), None);
         log.start_systems();
-        log.push(ChangeKind::Update, &1u32, Some(&12u32));
-        log.push(ChangeKind::Update, &4u32, Some(&40u32));
+        log.push(ChangeKind::Update, &1u32, Some(&12u32), None);
+        log.push(ChangeKind::Update, &4u32, Some(&40u32), None);
         let out = log.take(TableId(0), "t").unwrap();
         let got: Vec<(ChangeKind, u32, Option<u32>)> = out
             .iter()

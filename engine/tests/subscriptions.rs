@@ -67,6 +67,13 @@ pub enum Op {
     DropMob { id: u32 },
 }
 
+/// Deletes a mob, then fails: the rollback brings the row back on a new entity.
+#[reducer]
+pub fn drop_mob_then_fail(ctx: &mut ReducerContext, id: u32) -> Result<(), String> {
+    ctx.db.mob().id().delete(&id);
+    Err("changed my mind".into())
+}
+
 #[reducer]
 pub fn run(ctx: &mut ReducerContext, ops: Vec<Op>) -> Result<(), String> {
     for op in ops {
@@ -123,7 +130,7 @@ fn engine() -> Engine {
         .table::<Bag>()
         .table::<Secret>()
         .table::<Mob>()
-        .reducers(reducers![run])
+        .reducers(reducers![run, drop_mob_then_fail])
         .build()
         .unwrap();
     Engine::new(
@@ -844,4 +851,45 @@ fn one_off_reads_obey_visibility() {
         read(&mut w, "SELECT * FROM secret", None),
         Err(QueryError::PrivateTable("secret".into()))
     );
+}
+
+#[test]
+fn rows_brought_back_by_a_rollback_keep_publishing() {
+    let mut w = World::new(generous());
+    w.run(vec![
+        Op::PutMob {
+            id: 1,
+            x: 1.0,
+            y: 0.0,
+            hp: 3,
+        },
+        Op::PutMob {
+            id: 2,
+            x: 2.0,
+            y: 0.0,
+            hp: 3,
+        },
+    ]);
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM mob").unwrap();
+    w.settle();
+    w.engine
+        .call_reducer("drop_mob_then_fail", Identity::ZERO, (1u32,))
+        .unwrap_err();
+    w.tick();
+    for step in 0..5 {
+        w.run(vec![Op::PutMob {
+            id: 1,
+            x: 1.0 + step as f32,
+            y: 0.0,
+            hp: 3,
+        }]);
+        w.tick();
+    }
+    w.run(vec![Op::DropMob { id: 1 }]);
+    w.settle();
+    let mob = w.engine.schema().table("mob").unwrap().id;
+    assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
+    assert_eq!(w.mirrors[&a].rows(mob).len(), 1);
 }

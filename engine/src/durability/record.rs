@@ -233,7 +233,12 @@ pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>,
                 let row_len = read_len(&mut input, 1, "row")?;
                 Some(take_bytes(&mut input, row_len, "row")?)
             };
-            entries.push(EntryRef { kind, pk, row });
+            entries.push(EntryRef {
+                kind,
+                pk,
+                row,
+                entity: None,
+            });
         }
         tables.push(TableRef {
             table,
@@ -324,17 +329,20 @@ mod tests {
                 EntryRef {
                     kind: ChangeKind::Insert,
                     pk: &[1],
-                    row: Some(&[10, 11])
+                    row: Some(&[10, 11]),
+                    entity: None,
                 },
                 EntryRef {
                     kind: ChangeKind::Update,
                     pk: &[2],
-                    row: Some(&[])
+                    row: Some(&[]),
+                    entity: None,
                 },
                 EntryRef {
                     kind: ChangeKind::Delete,
                     pk: &[3, 3],
-                    row: None
+                    row: None,
+                    entity: None,
                 },
             ]
         );

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, VecDeque, hash_map::Entry as MapEntry};
 use std::ops::Range;
 use std::time::Duration;
 
+use bevy_ecs::entity::Entity;
 use glam::Vec3;
 use orrery_spatial::{DenseHandles, SpatialGrid};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -211,6 +212,7 @@ impl PkKey {
 struct SlotData {
     pk: Box<[u8]>,
     allocated: bool,
+    entity: Option<Entity>,
     exact: Vec<u8>,
     wire: Vec<u8>,
     bounds: Vec<Range<u32>>,
@@ -226,6 +228,10 @@ struct MirrorTable {
     schema: TableSchema,
     layout: WireLayout,
     by_pk: FxHashMap<PkKey, u32>,
+    /// Slot by the row's entity index, checked against the full entity: changes arrive
+    /// roughly in entity order, so this is a near-sequential load where the key map is a
+    /// random probe. A row on a new entity (a rolled-back delete) falls back to the key map.
+    by_entity: Vec<Option<(Entity, u32)>>,
     meta: Vec<SlotMeta>,
     inline: Vec<InlineDelta>,
     data: Vec<SlotData>,
@@ -405,6 +411,7 @@ impl MirrorTable {
             layout: WireLayout::new(schema),
             schema: schema.clone(),
             by_pk: FxHashMap::default(),
+            by_entity: Vec::new(),
             meta: Vec::new(),
             inline: Vec::new(),
             data: Vec::new(),
@@ -431,6 +438,12 @@ impl MirrorTable {
         if !meta.live && meta.views == 0 && data.allocated {
             let pk = std::mem::take(&mut data.pk);
             self.by_pk.remove(&PkKey::new(&pk));
+            if let Some(entity) = data.entity
+                && let Some(mapped) = self.by_entity.get_mut(entity.index_u32() as usize)
+                && *mapped == Some((entity, slot))
+            {
+                *mapped = None;
+            }
             *data = SlotData::default();
             *meta = SlotMeta::default();
             self.inline[slot as usize] = InlineDelta::default();
@@ -505,11 +518,18 @@ impl Publisher {
         rows: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) {
         for (pk, row) in rows {
-            self.upsert_row(table, pk, row, false);
+            self.upsert_row(table, pk, row, false, None);
         }
     }
 
-    fn upsert_row(&mut self, table: u32, pk: &[u8], exact: &[u8], changed: bool) {
+    fn upsert_row(
+        &mut self,
+        table: u32,
+        pk: &[u8],
+        exact: &[u8],
+        changed: bool,
+        entity: Option<Entity>,
+    ) {
         let tick = self.tick;
         let Some(Some(t)) = self.tables.get_mut(table as usize) else {
             return;
@@ -525,9 +545,12 @@ impl Publisher {
             tracing::error!(table = t.schema.name, %error, "row does not match its table's schema");
             return;
         }
-        let key = PkKey::new(pk);
-        let slot = match t.by_pk.get(&key) {
-            Some(&slot) => slot,
+        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
+            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
+            _ => None,
+        });
+        let slot = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
+            Some(slot) => slot,
             None => {
                 let slot = t.free.pop().unwrap_or(t.data.len() as u32);
                 if slot as usize == t.data.len() {
@@ -538,10 +561,20 @@ impl Publisher {
                 let d = &mut t.data[slot as usize];
                 d.pk = pk.into();
                 d.allocated = true;
-                t.by_pk.insert(key, slot);
+                t.by_pk.insert(PkKey::new(pk), slot);
                 slot
             }
         };
+        if let Some(e) = entity
+            && by_entity.is_none()
+        {
+            let index = e.index_u32() as usize;
+            if index >= t.by_entity.len() {
+                t.by_entity.resize(index + 1, None);
+            }
+            t.by_entity[index] = Some((e, slot));
+            t.data[slot as usize].entity = Some(e);
+        }
         let meta = &mut t.meta[slot as usize];
         let inline = &mut t.inline[slot as usize];
         let d = &mut t.data[slot as usize];
@@ -609,12 +642,16 @@ impl Publisher {
         }
     }
 
-    fn delete_row(&mut self, table: u32, pk: &[u8]) {
+    fn delete_row(&mut self, table: u32, pk: &[u8], entity: Option<Entity>) {
         let tick = self.tick;
         let Some(Some(t)) = self.tables.get_mut(table as usize) else {
             return;
         };
-        let Some(&slot) = t.by_pk.get(&PkKey::new(pk)) else {
+        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
+            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
+            _ => None,
+        });
+        let Some(slot) = by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) else {
             return;
         };
         let meta = &mut t.meta[slot as usize];
@@ -640,8 +677,10 @@ impl Publisher {
             let table = table_changes.table().0;
             for change in table_changes.iter() {
                 match (change.kind, change.row) {
-                    (ChangeKind::Delete, _) => self.delete_row(table, change.pk),
-                    (_, Some(row)) => self.upsert_row(table, change.pk, row, true),
+                    (ChangeKind::Delete, _) => self.delete_row(table, change.pk, change.entity),
+                    (_, Some(row)) => {
+                        self.upsert_row(table, change.pk, row, true, change.entity);
+                    }
                     (_, None) => {}
                 }
             }

@@ -32,7 +32,7 @@ use crate::time::{ScheduleAt, Timestamp};
 enum Undo<T: Table> {
     Insert { pk: T::Pk, entity: Entity },
     Update { entity: Entity, old: T },
-    Delete(T),
+    Delete { entity: Entity, old: T },
 }
 
 /// Due times of a schedule table's rows, ordered by (due, primary key).
@@ -143,7 +143,8 @@ impl<T: Table> Changes<'_, T> {
                 }
             }
         }
-        self.log.push(ChangeKind::Update, row.pk(), Some(&*row));
+        self.log
+            .push(ChangeKind::Update, row.pk(), Some(&*row), Some(entity));
     }
 }
 
@@ -284,7 +285,7 @@ impl<T: Table> TableStore<T> {
         self.pk.remove(old.pk());
         self.indexes.remove(&old.keys(), entity);
         world.despawn(entity);
-        self.undo.push(Undo::Delete(old));
+        self.undo.push(Undo::Delete { entity, old });
         true
     }
 
@@ -298,8 +299,8 @@ impl<T: Table> TableStore<T> {
 
     /// Appends one committed write to the tick's change log; `row` is the row's state now (if
     /// it exists), encoded while it is hot in cache.
-    fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>) {
-        self.log.push(op, &pk, row);
+    fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>, entity: Entity) {
+        self.log.push(op, &pk, row, Some(entity));
     }
 
     fn reschedule_from_row(&mut self, world: &World, pk: &T::Pk, now: Timestamp) {
@@ -321,8 +322,10 @@ impl<T: Table> TableStore<T> {
         for op in undo.drain(..) {
             // The row as it is now; `None` if a later write in the same transaction deleted it
             // (that later write then decides the net change).
-            let (pk, kind, row) = match op {
-                Undo::Insert { pk, entity } => (pk, ChangeKind::Insert, world.get::<T>(entity)),
+            let (pk, kind, row, entity) = match op {
+                Undo::Insert { pk, entity } => {
+                    (pk, ChangeKind::Insert, world.get::<T>(entity), entity)
+                }
                 Undo::Update { entity, old } => {
                     let row = world.get::<T>(entity);
                     let pk = old.pk().clone();
@@ -330,15 +333,17 @@ impl<T: Table> TableStore<T> {
                     {
                         self.reschedule_from_row(world, &pk, now);
                     }
-                    self.record(pk, ChangeKind::Update, row);
+                    self.record(pk, ChangeKind::Update, row, entity);
                     continue;
                 }
-                Undo::Delete(old) => (old.pk().clone(), ChangeKind::Delete, None),
+                Undo::Delete { entity, old } => {
+                    (old.pk().clone(), ChangeKind::Delete, None, entity)
+                }
             };
             if self.schedule.is_some() {
                 self.reschedule_from_row(world, &pk, now);
             }
-            self.record(pk, kind, row);
+            self.record(pk, kind, row, entity);
         }
         self.undo = undo;
         self.in_tx = false;
@@ -370,7 +375,7 @@ impl<T: Table> TableStore<T> {
                         *slot = old;
                     }
                 }
-                Undo::Delete(old) => {
+                Undo::Delete { old, .. } => {
                     let keys = old.keys();
                     let pk = old.pk().clone();
                     let entity = world.spawn((old, RowKeys::<T>(keys.clone()))).id();
@@ -420,7 +425,7 @@ impl<T: Table> TableStore<T> {
             if let Some(queue) = self.schedule.as_mut() {
                 queue.remove(pk);
             }
-            self.record(pk.clone(), ChangeKind::Delete, None);
+            self.record(pk.clone(), ChangeKind::Delete, None, entity);
             stats.deleted += 1;
         }
 
@@ -482,7 +487,7 @@ impl<T: Table> TableStore<T> {
                         self.reschedule_from_row(world, &pk, now);
                     }
                     let row = world.get::<T>(entity);
-                    self.record(pk, ChangeKind::Insert, row);
+                    self.record(pk, ChangeKind::Insert, row, entity);
                     stats.inserted += 1;
                 }
                 Err(error) => {
