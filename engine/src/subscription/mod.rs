@@ -343,8 +343,7 @@ struct Scratch {
     candidates: Vec<(f32, u32, u32, u32)>,
     payloads: Vec<(u32, Vec<u8>)>,
     delta: Vec<u8>,
-    found: Vec<(u32, Vec3)>,
-    merged: Vec<(u32, ViewEntry)>,
+    refresh: RefreshScratch,
 }
 
 /// The subscription state machine. See the module docs.
@@ -1063,8 +1062,7 @@ impl Publisher {
                 &mut self.tables,
                 margin,
                 tick,
-                &mut self.scratch.found,
-                &mut self.scratch.merged,
+                &mut self.scratch.refresh,
             );
             client.budget = (client.budget + accrued).min(cap);
             flush(
@@ -1207,8 +1205,7 @@ fn refresh_spatial(
     tables: &mut [Option<MirrorTable>],
     margin: f32,
     tick: u64,
-    found: &mut Vec<(u32, Vec3)>,
-    merged: &mut Vec<(u32, ViewEntry)>,
+    scratch: &mut RefreshScratch,
 ) {
     let identity = client.identity;
     let focus = client.focus;
@@ -1229,93 +1226,90 @@ fn refresh_spatial(
             release,
             ..
         } = t;
-        found.clear();
+        // Mark the region's rows in dense per-slot arrays (which stay in cache) instead of
+        // sorting them: the view is walked once in its own (slot) order against the marks.
+        scratch.epoch += 1;
+        let epoch = scratch.epoch;
+        if scratch.mark.len() < meta.len() {
+            scratch.mark.resize(meta.len(), 0);
+            scratch.distance.resize(meta.len(), 0.0);
+        }
+        scratch.found.clear();
         if let (Some(focus), Some((_, grid))) =
             (focus, grids.iter().find(|(c, _)| *c == within.column))
         {
+            let (mark, distance, found) =
+                (&mut scratch.mark, &mut scratch.distance, &mut scratch.found);
             grid.for_each_in_radius(focus, within.radius + margin, |slot, p| {
-                found.push((slot, p));
+                mark[slot as usize] = epoch;
+                distance[slot as usize] = focus.distance(p);
+                found.push(slot);
             });
-            found.sort_unstable_by_key(|(slot, _)| *slot);
         }
-        let focus = focus.unwrap_or(Vec3::ZERO);
         let passes = |data: &mut [SlotData], slot: u32| {
             spatial
                 .condition
                 .as_ref()
                 .is_none_or(|c| c.matches(MirrorTable::values(data, schema, slot), identity))
         };
-        // Merge the view (sorted by slot) with the region's rows (sorted by slot).
         let view = &mut client.views[table as usize];
         let dirty = &mut client.dirty;
-        merged.clear();
-        let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
-        for &(slot, p) in found.iter() {
-            // Rows of the view before this one were not found: out of range.
-            while let Some((s, mut e)) = old.next_if(|(s, _)| *s < slot) {
-                if e.mask & (1 << bit) != 0 {
+        let (mark, dist) = (&mut scratch.mark, &scratch.distance);
+        view.entries.retain_mut(|(slot, e)| {
+            let s = *slot as usize;
+            let inside_before = e.mask & (1 << bit) != 0;
+            if mark.get(s) == Some(&epoch) {
+                // In the region: stays or enters (hysteresis), or leaves by the condition.
+                mark[s] = epoch - 1;
+                let d = dist[s];
+                if (d <= within.radius || inside_before) && passes(data, *slot) {
+                    e.mask |= 1 << bit;
+                } else {
                     e.mask &= !(1 << bit);
-                    e.distance = f32::INFINITY;
-                    if !keep_entry(
-                        &mut e,
-                        &mut meta[s as usize],
-                        event,
-                        table,
-                        s,
-                        tick,
-                        dirty,
-                        release,
-                    ) {
-                        continue;
-                    }
                 }
-                merged.push((s, e));
-            }
-            let distance = focus.distance(p);
-            let m = &mut meta[slot as usize];
-            match old.next_if(|(s, _)| *s == slot) {
-                Some((_, mut e)) => {
-                    let inside_before = e.mask & (1 << bit) != 0;
-                    if (distance <= within.radius || inside_before) && passes(data, slot) {
-                        e.mask |= 1 << bit;
-                    } else {
-                        e.mask &= !(1 << bit);
-                    }
-                    e.distance = distance;
-                    if keep_entry(&mut e, m, event, table, slot, tick, dirty, release) {
-                        merged.push((slot, e));
-                    }
-                }
-                None => {
-                    if distance <= within.radius && m.live && passes(data, slot) {
-                        merged.push((slot, new_entry(bit, distance, tick)));
-                        m.views += 1;
-                        dirty.push((table, slot));
-                    }
-                }
-            }
-        }
-        for (s, mut e) in old {
-            if e.mask & (1 << bit) != 0 {
+                e.distance = d;
+            } else if inside_before {
+                // Not in the region (radius + margin): left.
                 e.mask &= !(1 << bit);
                 e.distance = f32::INFINITY;
-                if !keep_entry(
-                    &mut e,
-                    &mut meta[s as usize],
-                    event,
-                    table,
-                    s,
-                    tick,
-                    dirty,
-                    release,
-                ) {
-                    continue;
-                }
+            } else {
+                return true;
             }
-            merged.push((s, e));
+            keep_entry(e, &mut meta[s], event, table, *slot, tick, dirty, release)
+        });
+        // Region rows the view did not have (still marked) may enter.
+        scratch.entering.clear();
+        for &slot in &scratch.found {
+            let s = slot as usize;
+            if mark[s] == epoch && dist[s] <= within.radius && meta[s].live && passes(data, slot) {
+                scratch.entering.push(slot);
+            }
         }
-        std::mem::swap(&mut view.entries, merged);
+        if !scratch.entering.is_empty() {
+            scratch.entering.sort_unstable();
+            let mut merged = Vec::with_capacity(view.entries.len() + scratch.entering.len());
+            let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
+            for &slot in &scratch.entering {
+                merged.extend(std::iter::from_fn(|| old.next_if(|(s, _)| *s < slot)));
+                merged.push((slot, new_entry(bit, dist[slot as usize], tick)));
+                meta[slot as usize].views += 1;
+                dirty.push((table, slot));
+            }
+            merged.extend(old);
+            view.entries = merged;
+        }
     }
+}
+
+/// Dense per-slot scratch for spatial refreshes, shared by all clients.
+#[derive(Default)]
+struct RefreshScratch {
+    /// Monotonic refresh counter; `mark[slot] == epoch` means "in the current region".
+    epoch: u64,
+    mark: Vec<u64>,
+    distance: Vec<f32>,
+    found: Vec<u32>,
+    entering: Vec<u32>,
 }
 
 /// The delta record taking a client holding `version` to the row's current version, if that

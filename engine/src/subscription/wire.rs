@@ -45,8 +45,22 @@ pub struct WireLayout {
 }
 
 fn quantize(v: f32, step: f32) -> i64 {
-    let q = (v / step).round();
-    if q.is_finite() { q as i64 } else { 0 }
+    let q = v / step;
+    if !q.is_finite() {
+        return 0;
+    }
+    // Round half away from zero exactly like `f32::round`, without its libm call on baseline
+    // x86-64: truncate (one instruction), then look at the fraction, which is exact (below
+    // 2^23 the subtraction is exact; above it every float is an integer). Saturates.
+    let t = q as i64;
+    let frac = q - t as f32;
+    if frac >= 0.5 {
+        t.saturating_add(1)
+    } else if frac <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
 }
 
 fn float_components(ty: &TypeDesc) -> Option<usize> {
@@ -409,6 +423,40 @@ mod tests {
             durability: Durability::Durable,
             event: false,
             scheduled: None,
+        }
+    }
+
+    #[test]
+    fn quantize_rounds_half_away_from_zero_like_f32_round() {
+        let edges = [
+            0.0f32,
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            8_388_609.0,
+            -8_388_609.0,
+            16_777_217.0,
+            1e30,
+            -1e30,
+        ];
+        for q in edges {
+            assert_eq!(quantize(q, 1.0), q.round() as i64, "{q}");
+        }
+        assert_eq!(quantize(f32::NAN, 0.01), 0);
+        assert_eq!(quantize(f32::INFINITY, 0.01), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quantize_equals_round_for_any_value(bits in proptest::prelude::any::<u32>(), step in 0.001f32..10.0) {
+            let v = f32::from_bits(bits);
+            let q = v / step;
+            let expected = if q.is_finite() { q.round() as i64 } else { 0 };
+            proptest::prop_assert_eq!(quantize(v, step), expected);
         }
     }
 
