@@ -98,14 +98,22 @@ enum ClientPhase {
     Ready,
 }
 
+enum Inflight {
+    /// A queued call; `true` if its reply waits for durability.
+    Call(bool),
+    /// The reply to a refused call, sent after the calls before it.
+    Refused(ServerMessage),
+}
+
 struct ClientEntry {
     identity: Identity,
     phase: ClientPhase,
     bucket: TokenBucket,
     /// Messages that arrived before `client_connected` ran.
     deferred: VecDeque<ClientMessage>,
-    /// Per queued call, in order: whether its reply must wait for durability.
-    inflight: VecDeque<bool>,
+    /// Calls queued in the engine and, behind them, replies to later calls that were refused
+    /// at once (rate limit): replies leave in call order.
+    inflight: VecDeque<Inflight>,
     /// Replies waiting for a durable tick (`(needed seq, reply)`), in order.
     held: VecDeque<(u64, ServerMessage)>,
     subscriptions: u64,
@@ -444,12 +452,16 @@ impl TickCore {
                         tick: self.engine.tick_seq() + 1,
                         result: Err(rate_limited_message(&rate)),
                     };
-                    reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
+                    if entry.inflight.is_empty() {
+                        reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
+                    } else {
+                        entry.inflight.push_back(Inflight::Refused(reply));
+                    }
                     return;
                 }
                 entry
                     .inflight
-                    .push_back(wants_durable && self.durability.is_some());
+                    .push_back(Inflight::Call(wants_durable && self.durability.is_some()));
                 self.engine.enqueue(Input::Call {
                     request_id: u64::from(request_id),
                     caller: Caller::client(entry.identity, ConnectionId(client)),
@@ -588,7 +600,10 @@ impl TickCore {
             },
             None => {}
             Some(request_id) => {
-                let needs_durable = entry.inflight.pop_front().unwrap_or(false);
+                let needs_durable = match entry.inflight.pop_front() {
+                    Some(Inflight::Call(d)) => d,
+                    _ => false,
+                };
                 let reply = ServerMessage::ReducerReply {
                     request_id: request_id as u32,
                     tick: seq,
@@ -604,6 +619,11 @@ impl TickCore {
                     out,
                     &mut self.holding,
                 );
+                while let Some(Inflight::Refused(_)) = entry.inflight.front() {
+                    if let Some(Inflight::Refused(reply)) = entry.inflight.pop_front() {
+                        reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
+                    }
+                }
             }
         }
     }
