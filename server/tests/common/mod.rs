@@ -89,6 +89,28 @@ pub fn expect(ctx: &mut ReducerContext, value: u64) -> Result<(), String> {
     }
 }
 
+/// A new world starts with one note.
+#[reducer(init)]
+pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
+    ctx.db.note().insert(Note {
+        id: 0,
+        level: 0,
+        text: "init".into(),
+    })?;
+    Ok(())
+}
+
+/// Fails unless there are exactly `n` notes.
+#[reducer]
+pub fn notes_are(ctx: &mut ReducerContext, n: u64) -> Result<(), String> {
+    let got = ctx.db.note().count();
+    if got == n {
+        Ok(())
+    } else {
+        Err(format!("{got} notes, expected {n}"))
+    }
+}
+
 #[reducer]
 pub fn fail(_ctx: &mut ReducerContext, message: String) -> Result<(), String> {
     Err(message)
@@ -142,7 +164,16 @@ pub fn module() -> Module {
         .table::<Counter>()
         .table::<Note>()
         .table::<Presence>()
-        .reducers(reducers![add, expect, fail, note, connected, disconnected])
+        .reducers(reducers![
+            init,
+            add,
+            expect,
+            notes_are,
+            fail,
+            note,
+            connected,
+            disconnected
+        ])
         .build()
         .expect("valid module")
 }
