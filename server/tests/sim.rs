@@ -380,7 +380,7 @@ fn subscriptions_over_the_wire() {
 fn client_connected_error_refuses_the_connection() {
     let mut sim = Sim::new(6, LinkConditions::PERFECT, |_| {});
     let mut banned = identity(0);
-    banned[0] = common::BANNED;
+    banned[..8].copy_from_slice(common::BANNED);
     let token = sim.token(banned, 1);
     sim.add_client_with_token(token);
     sim.add_client();

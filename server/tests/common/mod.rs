@@ -52,8 +52,8 @@ pub struct Presence {
     pub connects: u32,
 }
 
-/// Identities whose first byte is this are refused by `client_connected`.
-pub const BANNED: u8 = 0xBA;
+/// Identities starting with these bytes are refused by `client_connected`.
+pub const BANNED: &[u8; 8] = b"BANNED!!";
 
 #[reducer]
 pub fn add(ctx: &mut ReducerContext, n: u64) -> Result<(), String> {
@@ -125,7 +125,7 @@ pub fn note(ctx: &mut ReducerContext, level: u32, text: String) -> Result<(), St
 #[reducer(client_connected)]
 pub fn connected(ctx: &mut ReducerContext) -> Result<(), String> {
     let identity = ctx.sender;
-    if identity.0[0] == BANNED {
+    if identity.0.starts_with(BANNED) {
         return Err("this identity is banned".into());
     }
     let connects = ctx
@@ -213,7 +213,6 @@ pub fn note_args(level: u32, text: &str) -> Vec<u8> {
 
 pub fn identity(i: usize) -> [u8; 32] {
     let mut id = [0u8; 32];
-    id[0] = 0x01; // never BANNED
     id[1..9].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     id[31] = 0x5e;
     id
