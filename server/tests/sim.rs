@@ -505,3 +505,34 @@ fn admin_disconnect_drives_the_lifecycle() {
     );
     assert_eq!(sim.core.metrics().disconnects.load(Relaxed), 1);
 }
+
+/// A message over the server's size limit disconnects its sender only.
+#[test]
+fn oversized_message_disconnects_only_its_sender() {
+    let mut sim = Sim::new(10, LinkConditions::PERFECT, |c| c.max_client_message = 1024);
+    sim.add_client();
+    sim.add_client();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(0) && s.connected(1)));
+    call(
+        &mut sim,
+        0,
+        0,
+        "fail",
+        string_args(&"z".repeat(4096)),
+        false,
+    );
+    call(&mut sim, 1, 0, "add", add_args(1), false);
+    assert!(sim.run_until(Duration::from_secs(5), |s| {
+        replies(s, 1).len() == 1
+            && s.clients[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Disconnected { .. }))
+    }));
+    assert!(replies(&sim, 0).is_empty(), "the oversized call never ran");
+    assert_eq!(replies(&sim, 1), vec![(0, Ok(()))]);
+    assert!(sim.connected(1));
+    sim.step(Duration::from_millis(100));
+    assert_eq!(sim.core.metrics().clients.load(Relaxed), 1);
+    assert_eq!(sim.core.metrics().calls.load(Relaxed), 1);
+}
