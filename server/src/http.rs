@@ -135,21 +135,30 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
-fn authenticate(state: &ControlPlane, headers: &HeaderMap) -> Result<[u8; 32], Response> {
-    let token = bearer(headers).map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
+/// An authentication failure and its status (401 or 403).
+struct Refused(StatusCode, AuthError);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn authenticate(state: &ControlPlane, headers: &HeaderMap) -> Result<[u8; 32], Refused> {
+    let token = bearer(headers).map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))?;
     state
         .secrets
         .verify(token, unix_now())
         .map(|c| c.identity)
-        .map_err(|e| error(StatusCode::UNAUTHORIZED, e))
+        .map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))
 }
 
-fn require_admin(secrets: &Secrets, headers: &HeaderMap) -> Result<(), Response> {
-    let token = bearer(headers).map_err(|e| error(StatusCode::UNAUTHORIZED, e))?;
+fn require_admin(secrets: &Secrets, headers: &HeaderMap) -> Result<(), Refused> {
+    let token = bearer(headers).map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))?;
     if secrets.is_admin(token) {
         Ok(())
     } else {
-        Err(error(StatusCode::FORBIDDEN, AuthError::NotAdmin))
+        Err(Refused(StatusCode::FORBIDDEN, AuthError::NotAdmin))
     }
 }
 
@@ -182,7 +191,7 @@ fn metrics_text(metrics: &Metrics) -> Response {
 
 async fn metrics_admin(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&state.secrets, &headers) {
-        return r;
+        return r.into_response();
     }
     metrics_text(&state.metrics)
 }
@@ -209,7 +218,7 @@ async fn new_identity(State(state): State<AppState>) -> Response {
 async fn connect_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let identity = match authenticate(&state, &headers) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let client_id = state.next_client_id.fetch_add(1, Relaxed);
     match state.issuer.issue(&identity, client_id, unix_now()) {
@@ -236,7 +245,7 @@ async fn call(
 ) -> Response {
     let identity = match authenticate(&state, &headers) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let bad = |message: String| {
         state.metrics.calls.fetch_add(1, Relaxed);
@@ -298,7 +307,7 @@ async fn call(
 
 async fn admin_clients(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&state.secrets, &headers) {
-        return r;
+        return r.into_response();
     }
     let (tx, rx) = oneshot::channel();
     if state
@@ -321,7 +330,7 @@ async fn admin_disconnect(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = require_admin(&state.secrets, &headers) {
-        return r;
+        return r.into_response();
     }
     let Ok(client) = client_id.parse::<u64>() else {
         return error(
