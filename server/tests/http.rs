@@ -178,7 +178,7 @@ async fn call_reducers_with_json_arguments() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tables, ["counter", "note", "presence"]);
+    assert_eq!(tables, ["counter", "note", "presence", "mob"]);
     assert!(
         v["reducers"]
             .as_array()

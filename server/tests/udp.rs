@@ -33,15 +33,19 @@ struct Report {
     /// Server CPU time per tick with idle clients (keep-alives only).
     idle_cpu_per_tick: Duration,
     idle_ticks: u64,
-    /// Server CPU time per tick while every client calls a reducer every 200 ms and gets a
-    /// reply plus an update of its subscribed row.
+    /// Server CPU time per tick while every client moves its walker every 200 ms (a reducer
+    /// call and its reply) and receives the walkers within 50 m of it (a spatial subscription
+    /// around its focus: about 75 rows in view, updated as they move).
     load_cpu_per_tick: Duration,
     load_ticks: u64,
     load_calls: u64,
     replies: u64,
     updates: u64,
-    tick_p50: Duration,
-    tick_p99: Duration,
+    /// Tick time over the last 1,024 ticks (mostly the load phase), p50 / p99.
+    tick_total: (Duration, Duration),
+    tick_reducers: (Duration, Duration),
+    tick_publish: (Duration, Duration),
+    tick_flush: (Duration, Duration),
     ticks_skipped: u64,
 }
 
@@ -81,6 +85,18 @@ struct Client {
     updates: u64,
     next_call: Instant,
     sent: u32,
+    pos: (f32, f32),
+    rng: u64,
+}
+
+/// Walkers start in a 640 m square: about 75 others within 50 m of each at 4,096 clients.
+const AREA: f32 = 640.0;
+
+fn next_rand(x: &mut u64) -> f32 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    (*x >> 40) as f32 / (1u64 << 24) as f32
 }
 
 async fn connect_token(router: &axum::Router) -> Vec<u8> {
@@ -145,11 +161,19 @@ fn pass(clients: &mut [Client], calling: bool) {
         }
         if calling && c.connected && now_i >= c.next_call {
             c.next_call = now_i + Duration::from_millis(200);
+            let (dx, dy) = (
+                next_rand(&mut c.rng) * 4.0 - 2.0,
+                next_rand(&mut c.rng) * 4.0 - 2.0,
+            );
+            c.pos = (
+                (c.pos.0 + dx).clamp(0.0, AREA),
+                (c.pos.1 + dy).clamp(0.0, AREA),
+            );
             c.session
                 .send(&ClientMessage::CallReducer {
                     request_id: c.sent,
-                    reducer: "add".into(),
-                    args: common::add_args(1),
+                    reducer: "walk".into(),
+                    args: common::walk_args(c.pos.0, c.pos.1),
                     durable: false,
                 })
                 .unwrap();
@@ -201,7 +225,8 @@ async fn run_load(n: usize, steady: Duration) -> Report {
         let me = this_thread_id();
         let mut clients: Vec<Client> = tokens
             .iter()
-            .map(|t| Client {
+            .enumerate()
+            .map(|(i, t)| Client {
                 session: ClientSession::from_token_bytes(ClientConfig::default(), t, unix_now())
                     .unwrap(),
                 udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
@@ -210,6 +235,8 @@ async fn run_load(n: usize, steady: Duration) -> Report {
                 updates: 0,
                 next_call: Instant::now(),
                 sent: 0,
+                pos: (0.0, 0.0),
+                rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
             })
             .collect();
         let start = Instant::now();
@@ -252,15 +279,26 @@ async fn run_load(n: usize, steady: Duration) -> Report {
         run_for(&mut clients, steady, false);
         let (cpu1, ticks1) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
 
-        // Load: each client subscribes to its own counter row and calls `add` every 200 ms.
+        // Load: each client places its walker, subscribes to the walkers around it, then
+        // moves every 200 ms.
         for (i, c) in clients.iter_mut().enumerate() {
+            c.pos = (next_rand(&mut c.rng) * AREA, next_rand(&mut c.rng) * AREA);
+            c.session
+                .send(&ClientMessage::CallReducer {
+                    request_id: c.sent,
+                    reducer: "walk".into(),
+                    args: common::walk_args(c.pos.0, c.pos.1),
+                    durable: false,
+                })
+                .unwrap();
+            c.sent += 1;
             c.session
                 .send(&ClientMessage::Subscribe {
                     query_id: 1,
-                    sql: "SELECT * FROM counter WHERE owner = :sender".into(),
+                    sql: "SELECT * FROM mob WHERE within(pos, :focus, 50)".into(),
                 })
                 .unwrap();
-            c.next_call = Instant::now() + Duration::from_millis((i % 200) as u64);
+            c.next_call = Instant::now() + Duration::from_millis(200 + (i % 200) as u64);
         }
         let calls0 = metrics.calls.load(Relaxed);
         let (cpu2, ticks2) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
@@ -278,6 +316,7 @@ async fn run_load(n: usize, steady: Duration) -> Report {
             assert!(c.session.is_connected());
         }
         let summary = metrics.tick_stats.lock().unwrap().summary();
+        let pq = |p: orrery_tick::Phase| (summary.phase(p).p50, summary.phase(p).p99);
         let idle_ticks = (ticks1 - ticks0).max(1);
         let load_ticks = (ticks3 - ticks2).max(1);
         Report {
@@ -291,8 +330,10 @@ async fn run_load(n: usize, steady: Duration) -> Report {
             load_calls,
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
             updates: clients.iter().map(|c| c.updates).sum(),
-            tick_p50: summary.total.p50,
-            tick_p99: summary.total.p99,
+            tick_total: (summary.total.p50, summary.total.p99),
+            tick_reducers: pq(orrery_tick::Phase::Reducers),
+            tick_publish: pq(orrery_tick::Phase::Publish),
+            tick_flush: pq(orrery_tick::Phase::Flush),
             ticks_skipped: metrics.ticks_skipped.load(Relaxed),
         }
     })

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use orrery_engine::SystemsExecutor;
 use orrery_engine::codec::OrreryType as _;
+use orrery_engine::glam::Vec2;
 use orrery_engine::prelude::*;
 use orrery_netcode::sim::{LinkConditions, Network, SIM_EPOCH};
 use orrery_netcode::{
@@ -50,6 +51,16 @@ pub struct Presence {
     pub identity: Identity,
     pub online: bool,
     pub connects: u32,
+}
+
+/// One walker per identity, for spatial interest.
+#[table(name = mob, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mob {
+    #[primary_key]
+    pub owner: Identity,
+    #[spatial(cell = 25.0)]
+    pub pos: Vec2,
 }
 
 /// Identities starting with these bytes are refused by `client_connected`.
@@ -111,6 +122,22 @@ pub fn notes_are(ctx: &mut ReducerContext, n: u64) -> Result<(), String> {
     }
 }
 
+/// Moves the caller's walker to `(x, y)` and centres its spatial subscriptions there.
+#[reducer]
+pub fn walk(ctx: &mut ReducerContext, x: f32, y: f32) -> Result<(), String> {
+    let owner = ctx.sender;
+    let pos = Vec2::new(x, y);
+    if ctx.db.mob().owner().find(&owner).is_some() {
+        ctx.db.mob().owner().update(Mob { owner, pos })?;
+    } else {
+        ctx.db.mob().insert(Mob { owner, pos })?;
+    }
+    if let Some(connection) = ctx.connection_id {
+        ctx.set_focus(connection, pos);
+    }
+    Ok(())
+}
+
 #[reducer]
 pub fn fail(_ctx: &mut ReducerContext, message: String) -> Result<(), String> {
     Err(message)
@@ -164,11 +191,13 @@ pub fn module() -> Module {
         .table::<Counter>()
         .table::<Note>()
         .table::<Presence>()
+        .table::<Mob>()
         .reducers(reducers![
             init,
             add,
             expect,
             notes_are,
+            walk,
             fail,
             note,
             connected,
@@ -193,6 +222,14 @@ pub fn engine() -> Engine {
 pub fn add_args(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
     n.encode(&mut out);
+    out
+}
+
+/// Row-format arguments of `walk(x, y)`.
+pub fn walk_args(x: f32, y: f32) -> Vec<u8> {
+    let mut out = Vec::new();
+    x.encode(&mut out);
+    y.encode(&mut out);
     out
 }
 
