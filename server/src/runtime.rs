@@ -9,9 +9,10 @@
 //! - the **HTTP tasks** (axum) of the control plane and, optionally, the metrics listener.
 //!
 //! Channels are bounded. Events (network → tick, [`EVENT_BATCHES`] batches): when full, the
-//! network task waits before reading more datagrams, so the kernel buffer and then the
-//! clients' resends absorb the burst; events are never dropped (connects and disconnects must
-//! pair). Commands (tick → network, [`COMMAND_BATCHES`] batches of one tick each): when full the
+//! network task keeps the events (up to [`MAX_PENDING_EVENTS`], then it stops reading the
+//! socket, so the kernel buffer and then the clients' resends absorb the burst) and goes on
+//! applying commands; events are never dropped (connects and disconnects must pair).
+//! Commands (tick → network, [`COMMAND_BATCHES`] batches of one tick each): when full the
 //! tick thread waits, which shows as a long flush phase and ticks skipped by the clock. HTTP
 //! calls ([`HTTP_CALL_QUEUE`]): when full the call is answered 503 at once.
 //!
@@ -43,6 +44,9 @@ use crate::tick::{HttpCall, TickCore};
 pub const EVENT_BATCHES: usize = 1024;
 /// Capacity of the tick → network command channel, in ticks.
 pub const COMMAND_BATCHES: usize = 64;
+/// Events the network task holds, when the event channel is full, before it stops reading
+/// the socket.
+pub const MAX_PENDING_EVENTS: usize = 65_536;
 /// HTTP reducer calls waiting for the tick thread at most.
 pub const HTTP_CALL_QUEUE: usize = 4096;
 
@@ -442,9 +446,14 @@ async fn net_loop(
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_update = Instant::now();
-    let mut batch = Vec::new();
+    // Events not yet accepted by the channel. While there are many, the socket is not read
+    // (backpressure), but commands are still applied: the tick thread may be blocked on the
+    // command channel, and waiting for it here would deadlock.
+    let mut pending: Vec<NetEvent> = Vec::new();
     loop {
         let unsent = udp.unsent() > 0;
+        let can_read = pending.len() < MAX_PENDING_EVENTS;
+        let has_pending = !pending.is_empty();
         tokio::select! {
             _ = stop.wait_for(|s| *s) => {
                 session.disconnect_all("server shutting down");
@@ -459,7 +468,11 @@ async fn net_loop(
                 last_update = Instant::now();
                 flush(&mut udp, &mut session);
             }
-            readable = udp.readable() => {
+            permit = events.reserve(), if has_pending => match permit {
+                Ok(permit) => permit.send(std::mem::take(&mut pending)),
+                Err(_) => break,
+            },
+            readable = udp.readable(), if can_read => {
                 if let Err(e) = readable {
                     tracing::error!(error = %e, "UDP socket failed");
                     break;
@@ -489,9 +502,13 @@ async fn net_loop(
             }
             _ = udp.writable(), if unsent => flush(&mut udp, &mut session),
         }
-        net::drain_events(&mut session, &mut batch, &metrics);
-        if !batch.is_empty() && events.send(std::mem::take(&mut batch)).await.is_err() {
-            break;
+        net::drain_events(&mut session, &mut pending, &metrics);
+        if !pending.is_empty() {
+            match events.try_send(std::mem::take(&mut pending)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => pending = batch,
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
         }
     }
 }

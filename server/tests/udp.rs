@@ -30,13 +30,21 @@ struct Report {
     connect_time: Duration,
     /// Until the server ran `client_connected` for every client.
     server_connected_time: Duration,
-    /// Server CPU time per tick with idle clients (keep-alives only).
+    /// Server CPU time per tick with idle clients (keep-alives only): all server threads, and
+    /// the tick thread alone (the rest is the network task and the HTTP runtime).
     idle_cpu_per_tick: Duration,
+    idle_tick_thread_cpu_per_tick: Duration,
     idle_ticks: u64,
     /// Server CPU time per tick while every client moves its walker every 200 ms (a reducer
-    /// call and its reply) and receives the walkers within 50 m of it (a spatial subscription
-    /// around its focus: about 75 rows in view, updated as they move).
+    /// call and its reply), no subscriptions.
+    replies_cpu_per_tick: Duration,
+    replies_tick_thread_cpu_per_tick: Duration,
+    replies_ticks: u64,
+    replies_calls: u64,
+    /// The same, and every client receives the walkers within 55 m of it (a spatial
+    /// subscription around its focus: about 95 rows in view, each moving 5 times a second).
     load_cpu_per_tick: Duration,
+    load_tick_thread_cpu_per_tick: Duration,
     load_ticks: u64,
     load_calls: u64,
     replies: u64,
@@ -49,25 +57,31 @@ struct Report {
     ticks_skipped: u64,
 }
 
-/// CPU time of every thread of this process but `except` (ns, from schedstat).
-fn process_cpu_except(except: &str) -> Duration {
-    let mut total = 0u64;
+/// CPU time (from schedstat, so time preempted by other threads is not counted) of every
+/// thread of this process but `except`, and of the tick thread alone.
+fn process_cpu_except(except: &str) -> (Duration, Duration) {
+    let (mut total, mut tick) = (0u64, 0u64);
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             if task.file_name().to_string_lossy() == except {
                 continue;
             }
-            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat"))
-                && let Some(ns) = s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-            {
-                total += ns;
+            let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let ns = s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            total += ns;
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "orrery-tick" {
+                tick += ns;
             }
         }
     }
-    Duration::from_nanos(total)
+    (Duration::from_nanos(total), Duration::from_nanos(tick))
 }
 
 fn this_thread_id() -> String {
@@ -279,8 +293,7 @@ async fn run_load(n: usize, steady: Duration) -> Report {
         run_for(&mut clients, steady, false);
         let (cpu1, ticks1) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
 
-        // Load: each client places its walker, subscribes to the walkers around it, then
-        // moves every 200 ms.
+        // Replies: each client places its walker, then moves it every 200 ms.
         for (i, c) in clients.iter_mut().enumerate() {
             c.pos = (next_rand(&mut c.rng) * AREA, next_rand(&mut c.rng) * AREA);
             c.session
@@ -292,13 +305,23 @@ async fn run_load(n: usize, steady: Duration) -> Report {
                 })
                 .unwrap();
             c.sent += 1;
+            c.next_call = Instant::now() + Duration::from_millis(200 + (i % 200) as u64);
+        }
+        let calls_a = metrics.calls.load(Relaxed);
+        let (cpu_a, ticks_a) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        run_for(&mut clients, steady, true);
+        let (cpu_b, ticks_b) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let reply_calls = metrics.calls.load(Relaxed) - calls_a;
+        let reply_ticks = (ticks_b - ticks_a).max(1);
+
+        // Updates too: each client subscribes to the walkers within 50 m of its own.
+        for c in clients.iter_mut() {
             c.session
                 .send(&ClientMessage::Subscribe {
                     query_id: 1,
                     sql: "SELECT * FROM mob WHERE within(pos, :focus, 50)".into(),
                 })
                 .unwrap();
-            c.next_call = Instant::now() + Duration::from_millis(200 + (i % 200) as u64);
         }
         let calls0 = metrics.calls.load(Relaxed);
         let (cpu2, ticks2) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
@@ -321,11 +344,17 @@ async fn run_load(n: usize, steady: Duration) -> Report {
         let load_ticks = (ticks3 - ticks2).max(1);
         Report {
             clients: n,
+            replies_cpu_per_tick: (cpu_b.0 - cpu_a.0) / reply_ticks as u32,
+            replies_tick_thread_cpu_per_tick: (cpu_b.1 - cpu_a.1) / reply_ticks as u32,
+            replies_ticks: reply_ticks,
+            replies_calls: reply_calls,
             connect_time,
             server_connected_time,
-            idle_cpu_per_tick: (cpu1 - cpu0) / idle_ticks as u32,
+            idle_cpu_per_tick: (cpu1.0 - cpu0.0) / idle_ticks as u32,
+            idle_tick_thread_cpu_per_tick: (cpu1.1 - cpu0.1) / idle_ticks as u32,
             idle_ticks,
-            load_cpu_per_tick: (cpu3 - cpu2) / load_ticks as u32,
+            load_cpu_per_tick: (cpu3.0 - cpu2.0) / load_ticks as u32,
+            load_tick_thread_cpu_per_tick: (cpu3.1 - cpu2.1) / load_ticks as u32,
             load_ticks,
             load_calls,
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
