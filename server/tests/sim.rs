@@ -406,9 +406,10 @@ fn client_connected_error_refuses_the_connection() {
     assert!(engine.find::<Presence>(&Identity(banned)).is_none());
 }
 
-/// Expired and replayed connect tokens are refused by the server and never reach the engine.
+/// Expired, replayed and forged connect tokens are refused by the server and never reach the
+/// engine.
 #[test]
-fn expired_and_replayed_connect_tokens_are_refused() {
+fn expired_replayed_and_forged_connect_tokens_are_refused() {
     let mut sim = Sim::new(7, LinkConditions::PERFECT, |_| {});
     // Replayed: a second session with client 0's token, from another address.
     let token = sim.token(identity(0), 1);
@@ -437,6 +438,26 @@ fn expired_and_replayed_connect_tokens_are_refused() {
         "expired refused"
     );
     assert_eq!(sim.core.session().pending_clients(), 0);
+
+    // Forged: a token issued with another key.
+    let rejections = sim.core.metrics().netcode_rejections.load(Relaxed);
+    let mut forger = sim.issuer.clone();
+    forger.private_key = orrery_netcode::PrivateKey::from_bytes([0x66; 32]);
+    let forged = forger.issue(&identity(3), 4, sim.now).unwrap();
+    let f = sim.add_client_with_token(forged);
+    sim.step(Duration::from_secs(2));
+    assert!(!sim.connected(f));
+    assert!(
+        sim.core.metrics().netcode_rejections.load(Relaxed) > rejections,
+        "forged refused"
+    );
+    assert!(
+        sim.core
+            .tick_core()
+            .engine()
+            .find::<Presence>(&Identity(identity(3)))
+            .is_none()
+    );
 
     let engine = sim.core.tick_core().engine();
     assert_eq!(
