@@ -290,8 +290,12 @@ impl TickCore {
         let seq = step.seq;
         let mut timing = step.timing;
         timing.add(Phase::Input, input_time);
-        if let Some(error) = &step.storage_error {
-            self.metrics.set_storage_failed(error);
+        if let Some(error) = step
+            .storage_error
+            .clone()
+            .or_else(|| self.engine.storage_failure())
+        {
+            self.metrics.set_storage_failed(&error);
         }
 
         let mut timer = PhaseTimer::start();
