@@ -798,6 +798,17 @@ impl Engine {
         rows
     }
 
+    /// Calls `f(primary key, row)` for every row of table `table`, both encoded in the Orrery
+    /// row format as change sets carry them (for example to load a subscription publisher's
+    /// mirror after recovery). Rows come in storage order; an unknown table calls nothing.
+    pub fn for_each_row_bytes(&mut self, table: TableId, mut f: impl FnMut(&[u8], &[u8])) {
+        if (table.0 as usize) < self.tables.len() {
+            self.tables
+                .erased_mut(table.0 as usize)
+                .for_each_row_bytes(&self.world, &mut f);
+        }
+    }
+
     /// Number of rows of `T`.
     pub fn count<T: Table>(&self) -> usize {
         self.tables.store::<T>().map_or(0, |s| s.len())

@@ -2,8 +2,9 @@
 //! table, and chat as an event table. It is the reference game for Orrery's tests, load tests
 //! and benchmarks.
 //!
-//! It depends only on `orrery-engine`'s module API; networking and the server loop live in the
-//! binary.
+//! It depends only on `orrery-engine`'s module API; the binary runs it on `orrery-server`.
+//! A connection's subscription focus follows its player, so a client can subscribe to
+//! `SELECT * FROM npc WHERE within(position, :focus, 100)`.
 
 use std::time::Duration;
 
@@ -120,6 +121,14 @@ fn random_point(ctx: &mut ReducerContext) -> Vec2 {
     )
 }
 
+/// Centres the calling connection's spatial subscriptions (`within(position, :focus, r)`)
+/// on `position`.
+fn focus_on(ctx: &mut ReducerContext, position: Vec2) {
+    if let Some(connection) = ctx.connection_id {
+        ctx.set_focus(connection, position);
+    }
+}
+
 /// Creates the NPC spawner for a new world.
 #[reducer(init)]
 pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
@@ -163,10 +172,12 @@ pub fn client_connected(ctx: &mut ReducerContext) -> Result<(), String> {
     let identity = ctx.sender;
     match ctx.db.player().identity().find(&identity) {
         Some(player) => {
+            let position = player.position;
             ctx.db.player().id().update(Player {
                 online: true,
                 ..player
             })?;
+            focus_on(ctx, position);
         }
         None => {
             let position = random_point(ctx);
@@ -178,6 +189,7 @@ pub fn client_connected(ctx: &mut ReducerContext) -> Result<(), String> {
                 position,
                 online: true,
             })?;
+            focus_on(ctx, position);
         }
     }
     Ok(())
@@ -211,6 +223,7 @@ pub fn move_to(ctx: &mut ReducerContext, target: Vec2) -> Result<(), String> {
         .ok_or("no player for this identity")?;
     let bound = Vec2::splat(WORLD_HALF_EXTENT);
     let target = target.clamp(-bound, bound);
+    focus_on(ctx, target);
     Ok(ctx
         .db
         .player()

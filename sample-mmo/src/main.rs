@@ -1,15 +1,15 @@
-//! `sample-mmo`: runs the sample MMO module on a fixed tick.
+//! `sample-mmo`: the sample MMO module served by `orrery-server`.
 //!
-//! Networking (UDP sessions and the HTTP control plane) joins through `orrery-server`; until
-//! then the binary runs the world headless and logs tick statistics.
+//! `cargo run --release -p sample-mmo` works on a fresh machine: data in `./orrery-data`
+//! (created; the commit log in `db/`, the admin token in `admin-token`), HTTP on
+//! 127.0.0.1:3000 and UDP on 127.0.0.1:7777, or ports the OS chooses when those are taken. The
+//! actual addresses, the admin token's path and a curl example are logged at start. Ctrl-C
+//! stops the server cleanly (clients are told, the commit log is flushed and fsynced).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
-use orrery_engine::{Engine, EngineConfig, Phase, Timestamp};
-use orrery_tick::{FixedClock, OverrunPolicy};
+use orrery_server::ServerArgs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,17 +18,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Where the world's data lives.
-    #[arg(long, default_value = "./orrery-data")]
-    data_dir: PathBuf,
-    /// Simulation ticks per second.
-    #[arg(long, default_value_t = 20)]
-    tick_rate: u32,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Stop after this many seconds (runs until Ctrl-C when absent).
     #[arg(long)]
     duration: Option<f64>,
     /// Seconds between statistics log lines.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     stats_every: f64,
 }
 
@@ -41,74 +37,87 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     anyhow::ensure!(
-        args.tick_rate > 0 && args.tick_rate <= 1000,
-        "tick rate must be 1..=1000"
+        args.stats_every > 0.0 && args.stats_every.is_finite(),
+        "--stats-every must be a positive number of seconds"
     );
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-
-    let tick = Duration::from_secs(1) / args.tick_rate;
-    let config = EngineConfig {
-        tick_budget: tick,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(sample_mmo::module(), config)?;
-    engine
-        .init(Timestamp::now())
-        .map_err(|e| anyhow::anyhow!("init reducer failed: {e}"))?;
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        tick_rate = args.tick_rate,
-        "sample-mmo running headless (network and durability arrive with orrery-server)"
-    );
-
-    let start = Instant::now();
-    let mut clock = FixedClock::new(
-        tick,
-        start,
-        OverrunPolicy::Burst {
-            max_ticks_per_poll: 5,
-        },
-    )?;
-    let mut last_report = start;
-    loop {
-        let now = Instant::now();
-        if args
-            .duration
-            .is_some_and(|d| now.duration_since(start).as_secs_f64() >= d)
-        {
-            break;
-        }
-        let due = clock.poll(now);
-        if due.skipped > 0 {
-            tracing::warn!(
-                skipped = due.skipped,
-                "simulation fell behind; ticks dropped"
-            );
-        }
-        for _ in 0..due.run {
-            engine.step(Timestamp::now());
-        }
-        if now.duration_since(last_report).as_secs_f64() >= args.stats_every {
-            last_report = now;
-            let stats = engine.stats();
-            tracing::info!(
-                tick = engine.tick().get(),
-                npcs = engine.count::<sample_mmo::Npc>(),
-                total_p50_us = stats.total.p50.as_micros() as u64,
-                total_p99_us = stats.total.p99.as_micros() as u64,
-                systems_p99_us = stats.phase(Phase::Systems).p99.as_micros() as u64,
-                capture_p99_us = stats.phase(Phase::Capture).p99.as_micros() as u64,
-                overruns = stats.overruns,
-                "tick stats"
-            );
-        }
-        std::thread::sleep(
-            clock
-                .next_deadline()
-                .saturating_duration_since(Instant::now()),
+    if let Some(d) = args.duration {
+        anyhow::ensure!(
+            d >= 0.0 && d.is_finite(),
+            "--duration must be a non-negative number of seconds"
         );
     }
-    tracing::info!(ticks = engine.tick().get(), "stopped");
+    let config = args.server.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("orrery-net")
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(config, args.duration, args.stats_every))
+}
+
+async fn run(
+    config: orrery_server::ServerConfig,
+    duration: Option<f64>,
+    stats_every: f64,
+) -> anyhow::Result<()> {
+    let server = orrery_server::start(sample_mmo::module(), config).await?;
+    tracing::info!(
+        http = %server.http_addr,
+        udp = %server.udp_addr,
+        admin_token = %server.admin_token_path.display(),
+        fresh_world = server.fresh,
+        "sample-mmo ready"
+    );
+    tracing::info!(
+        "try: curl -s -X POST http://{}/v1/identity   (then /v1/connect-token with the token, see docs/server.md)",
+        server.http_addr
+    );
+
+    let stop = async {
+        match duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
+            None => {
+                if let Err(e) = tokio::signal::ctrl_c().await {
+                    tracing::error!(error = %e, "cannot listen for Ctrl-C; stopping");
+                }
+            }
+        }
+    };
+    tokio::pin!(stop);
+    let mut stats = tokio::time::interval(Duration::from_secs_f64(stats_every));
+    stats.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = stats.tick() => log_stats(&server),
+        }
+        if server.is_finished() {
+            tracing::error!("the tick thread stopped");
+            break;
+        }
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await?;
+    tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn log_stats(server: &orrery_server::ServerHandle) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = server.metrics();
+    let summary = m
+        .tick_stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .summary();
+    tracing::info!(
+        tick = m.tick_seq.load(Relaxed),
+        clients = m.clients.load(Relaxed),
+        calls = m.calls.load(Relaxed),
+        total_p50_us = summary.total.p50.as_micros() as u64,
+        total_p99_us = summary.total.p99.as_micros() as u64,
+        overruns = summary.overruns,
+        bytes_out = m.bytes_out.load(Relaxed),
+        "tick stats"
+    );
 }

@@ -17,7 +17,7 @@
 //! A delta record is only sent to a client that holds exactly the previous version of the row,
 //! so deltas are shared by every such client; others get an upsert. Tables with more than 62
 //! columns always use upserts. The format is specified for client authors in
-//! `netcode/ROW_FORMAT.md`; [`decode_records`] is the reference decoder.
+//! `netcode/ROW_FORMAT.md`; [`WireLayout::decode_records`] is the reference decoder.
 
 use std::ops::Range;
 

@@ -643,6 +643,7 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     fn sequences(&self) -> &[u64];
     fn restore_sequences(&mut self, values: &[u64]);
     fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64;
+    fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8]));
     fn load_rows(&mut self, world: &mut World, count: u64, rows: &[u8]) -> Result<(), String>;
     fn apply_changes(
         &mut self,
@@ -755,6 +756,9 @@ impl<T: Table> ErasedStore for TableStore<T> {
     }
     fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64 {
         TableStore::dump_rows(self, world, out)
+    }
+    fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8])) {
+        TableStore::for_each_row_bytes(self, world, f)
     }
     fn load_rows(&mut self, world: &mut World, count: u64, rows: &[u8]) -> Result<(), String> {
         TableStore::load_rows(self, world, count, rows)

@@ -42,6 +42,18 @@ impl<T: Table> TableStore<T> {
         count
     }
 
+    /// Calls `f` with every row's encoded primary key and encoded row, in storage order.
+    pub(crate) fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8])) {
+        let (mut pk, mut row) = (Vec::new(), Vec::new());
+        for value in self.rows_query.iter(world) {
+            pk.clear();
+            row.clear();
+            value.pk().encode(&mut pk);
+            value.encode(&mut row);
+            f(&pk, &row);
+        }
+    }
+
     /// Loads `count` rows in the [`TableStore::dump_rows`] layout.
     pub(crate) fn load_rows(
         &mut self,

@@ -1,0 +1,307 @@
+//! [`ServerConfig`]: everything a server needs to start, with defaults that work on a fresh
+//! machine, and [`ServerArgs`], the same settings as command-line flags for binaries (flatten
+//! it into a clap parser and call [`ServerArgs::into_config`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orrery_engine::subscription::PublishConfig;
+use orrery_engine::{FsyncPolicy, SystemsExecutor};
+use orrery_tick::OverrunPolicy;
+
+use crate::error::ServerError;
+
+/// Per-client limit on reducer calls: a token bucket refilled at `calls_per_second`, holding at
+/// most `burst` calls. A call that finds the bucket empty is answered at once with an error
+/// reply (`"rate limited: ..."`), counted, and not run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained calls per second.
+    pub calls_per_second: f64,
+    /// Calls that may arrive at once after a quiet period.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    /// 30 calls per second, bursts of 60.
+    fn default() -> Self {
+        RateLimit {
+            calls_per_second: 30.0,
+            burst: 60,
+        }
+    }
+}
+
+/// Where the world's tables live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory only (`Engine::new`): nothing survives a restart; `init` runs at every start.
+    /// For tests and throw-away servers.
+    Memory,
+    /// A commit log and snapshots in `<data dir>/db` (`Engine::open`): every tick is durable,
+    /// `init` runs only for a fresh database.
+    Disk {
+        /// When the log is fsynced.
+        fsync: FsyncPolicy,
+        /// A snapshot every this many ticks (0: never).
+        snapshot_every_ticks: u64,
+    },
+}
+
+/// Server settings. `ServerConfig::default()` is a local development server: data in
+/// `./orrery-data`, 20 Hz, UDP on 127.0.0.1:7777, HTTP on 127.0.0.1:3000 (both falling back to
+/// ports the OS chooses when taken), durable storage.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Data directory (created): the commit log (`db/`), the token secret (`server-secret`) and
+    /// the admin token (`admin-token`), both written with mode 0600 at first start.
+    pub data_dir: PathBuf,
+    /// Ticks per second (1..=1000).
+    pub tick_rate: u32,
+    /// What the tick clock does when a tick runs late.
+    pub overrun: OverrunPolicy,
+    /// UDP address to bind.
+    pub udp_bind: SocketAddr,
+    /// Addresses clients send to (put in connect tokens). Empty: the bound address (with
+    /// 127.0.0.1 in place of an unspecified IP).
+    pub udp_public: Vec<SocketAddr>,
+    /// HTTP control plane address.
+    pub http_bind: SocketAddr,
+    /// If set, `/metrics` is also served on this address without authentication (for a
+    /// Prometheus scraper on an internal interface). On `http_bind` it needs the admin token.
+    pub metrics_bind: Option<SocketAddr>,
+    /// When `udp_bind`, `http_bind` or `metrics_bind` is taken, bind port 0 instead (the OS
+    /// picks a free port; the handle and the logs report the actual addresses).
+    pub fallback_ports: bool,
+    /// Per-client (and, over HTTP, per-identity) reducer call limit.
+    pub rate_limit: RateLimit,
+    /// Largest client → server message in bytes; a larger one disconnects the client.
+    pub max_client_message: usize,
+    /// Largest server → client message in bytes.
+    pub max_server_message: usize,
+    /// Unacknowledged reliable bytes per client; beyond it the client is disconnected
+    /// (`BacklogExceeded`): a client that stopped reading cannot grow server memory.
+    pub max_backlog: usize,
+    /// Live connections at most.
+    pub max_clients: usize,
+    /// Connection handshakes in progress at most.
+    pub max_pending: usize,
+    /// Subscription publishing: per-client byte budget, message size, queries per client.
+    pub publish: PublishConfig,
+    /// Where tables live.
+    pub storage: Storage,
+    /// How the module's systems run.
+    pub executor: SystemsExecutor,
+    /// Engine RNG seed.
+    pub seed: u64,
+    /// Lifetime of bearer tokens from `POST /v1/identity` (default 30 days).
+    pub identity_token_lifetime: Duration,
+    /// Lifetime of connect tokens from `POST /v1/connect-token` (default 30 s).
+    pub connect_token_lifetime: Duration,
+    /// Silence after which a connection is dropped (put in connect tokens; default 10 s).
+    pub connection_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./orrery-data"),
+            tick_rate: 20,
+            overrun: OverrunPolicy::Burst {
+                max_ticks_per_poll: 3,
+            },
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            udp_public: Vec::new(),
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            metrics_bind: None,
+            fallback_ports: true,
+            rate_limit: RateLimit::default(),
+            max_client_message: orrery_netcode::protocol::DEFAULT_MAX_CLIENT_MESSAGE,
+            max_server_message: orrery_netcode::protocol::DEFAULT_MAX_SERVER_MESSAGE,
+            max_backlog: 1024 * 1024,
+            max_clients: 16_384,
+            max_pending: 4_096,
+            publish: PublishConfig::default(),
+            storage: Storage::Disk {
+                fsync: FsyncPolicy::EveryTick,
+                snapshot_every_ticks: 6_000,
+            },
+            executor: SystemsExecutor::MultiThreaded,
+            seed: orrery_engine::EngineConfig::default().seed,
+            identity_token_lifetime: Duration::from_secs(30 * 24 * 3600),
+            connect_token_lifetime: Duration::from_secs(30),
+            connection_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A configuration for tests: in-memory storage, every address on 127.0.0.1 port 0,
+    /// single-threaded systems.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: Storage::Memory,
+            executor: SystemsExecutor::SingleThreaded,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The length of one tick.
+    pub fn tick_duration(&self) -> Duration {
+        Duration::from_secs(1) / self.tick_rate.max(1)
+    }
+
+    /// Checks the values that have a valid range.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |field, value: String, reason| {
+            Err(ServerError::Config {
+                field,
+                value,
+                reason,
+            })
+        };
+        if !(1..=1000).contains(&self.tick_rate) {
+            return bad("tick_rate", self.tick_rate.to_string(), "must be 1..=1000");
+        }
+        let r = self.rate_limit;
+        if !(r.calls_per_second.is_finite() && r.calls_per_second > 0.0) {
+            return bad(
+                "rate_limit.calls_per_second",
+                r.calls_per_second.to_string(),
+                "must be a positive number",
+            );
+        }
+        if r.burst == 0 {
+            return bad("rate_limit.burst", "0".into(), "must be at least 1");
+        }
+        if self.max_clients == 0 {
+            return bad("max_clients", "0".into(), "must be at least 1");
+        }
+        if self.max_client_message < 64 {
+            return bad(
+                "max_client_message",
+                self.max_client_message.to_string(),
+                "must be at least 64 bytes",
+            );
+        }
+        if self.udp_public.len() > 32 {
+            return bad(
+                "udp_public",
+                self.udp_public.len().to_string(),
+                "at most 32 addresses",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The server's settings as command-line flags (`#[command(flatten)]` them into a binary's
+/// arguments). Defaults are [`ServerConfig::default`]'s.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Data directory (commit log, secrets, admin token).
+    #[arg(long, default_value = "./orrery-data")]
+    pub data_dir: PathBuf,
+    /// Simulation ticks per second.
+    #[arg(long, default_value_t = 20)]
+    pub tick_rate: u32,
+    /// UDP address for game clients (falls back to a free port when taken).
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub udp: SocketAddr,
+    /// Public UDP address(es) put in connect tokens (default: the bound address).
+    #[arg(long = "public-addr")]
+    pub public_addr: Vec<SocketAddr>,
+    /// HTTP control plane address (falls back to a free port when taken).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub http: SocketAddr,
+    /// Also serve /metrics without authentication on this address.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Fail instead of choosing free ports when the requested ones are taken.
+    #[arg(long)]
+    pub strict_ports: bool,
+    /// Reducer calls per second per client.
+    #[arg(long, default_value_t = 30.0)]
+    pub rate_limit: f64,
+    /// Reducer call burst per client.
+    #[arg(long, default_value_t = 60)]
+    pub rate_burst: u32,
+    /// Most connected clients.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_clients: usize,
+    /// Unacknowledged reliable bytes per client before it is disconnected.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_backlog: usize,
+    /// Subscription bytes per client per second.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub publish_budget: u32,
+    /// Fsync policy: `every-tick`, `never`, or an interval in milliseconds.
+    #[arg(long, default_value = "every-tick")]
+    pub fsync: String,
+    /// Keep the world in memory only (nothing is written to disk but the secrets).
+    #[arg(long)]
+    pub in_memory: bool,
+    /// Run the module's systems on one thread.
+    #[arg(long)]
+    pub single_threaded: bool,
+}
+
+impl ServerArgs {
+    /// The configuration these flags describe.
+    pub fn into_config(self) -> Result<ServerConfig, ServerError> {
+        let fsync = match self.fsync.as_str() {
+            "every-tick" => FsyncPolicy::EveryTick,
+            "never" => FsyncPolicy::Never,
+            ms => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => FsyncPolicy::Interval(Duration::from_millis(ms)),
+                _ => {
+                    return Err(ServerError::Config {
+                        field: "fsync",
+                        value: self.fsync,
+                        reason: "expected every-tick, never or a positive number of milliseconds",
+                    });
+                }
+            },
+        };
+        let defaults = ServerConfig::default();
+        let config = ServerConfig {
+            data_dir: self.data_dir,
+            tick_rate: self.tick_rate,
+            udp_bind: self.udp,
+            udp_public: self.public_addr,
+            http_bind: self.http,
+            metrics_bind: self.metrics,
+            fallback_ports: !self.strict_ports,
+            rate_limit: RateLimit {
+                calls_per_second: self.rate_limit,
+                burst: self.rate_burst,
+            },
+            max_clients: self.max_clients,
+            max_backlog: self.max_backlog,
+            publish: PublishConfig {
+                budget_bytes_per_second: self.publish_budget,
+                ..defaults.publish.clone()
+            },
+            storage: if self.in_memory {
+                Storage::Memory
+            } else {
+                Storage::Disk {
+                    fsync,
+                    snapshot_every_ticks: 6_000,
+                }
+            },
+            executor: if self.single_threaded {
+                SystemsExecutor::SingleThreaded
+            } else {
+                SystemsExecutor::MultiThreaded
+            },
+            ..defaults
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,358 @@
+//! The HTTP control plane (axum): identities, connect tokens, the schema, HTTP reducer calls,
+//! health, metrics and admin endpoints. The API with request and response examples is in
+//! `docs/server.md`.
+//!
+//! | endpoint | auth | success | errors |
+//! |---|---|---|---|
+//! | `GET /health` | none | 200 `{"status":"ok","tick":n,"clients":n}` | 503 when storage failed |
+//! | `GET /metrics` | admin | 200 Prometheus text | 401, 403 |
+//! | `POST /v1/identity` | none | 200 `{"identity","token"}` | |
+//! | `POST /v1/connect-token` | bearer | 200 `{"connect_token","server_addresses","identity","client_id"}` | 401 |
+//! | `GET /v1/schema` | none | 200 module schema | |
+//! | `POST /v1/call/{reducer}` | bearer | 200 `{"ok":true,"tick":n}` | 400, 401, 422, 429, 503 |
+//! | `GET /v1/admin/clients` | admin | 200 `{"clients":[..]}` | 401, 403 |
+//! | `POST /v1/admin/clients/{id}/disconnect` | admin | 200 `{"disconnected":true}` | 401, 403, 404 |
+//!
+//! Every error body is JSON: `{"error": "<message>"}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use orrery_engine::schema::{ModuleSchema, ReducerKind};
+use orrery_netcode::{ConnectTokenIssuer, unix_now};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::{AuthError, Secrets, random_bytes};
+use crate::metrics::{Metrics, RejectKind};
+use crate::net::ClientInfo;
+use crate::tick::{CallOutcome, HttpCall};
+
+/// A request for the network side (which owns the sessions).
+#[derive(Debug)]
+pub enum AdminRequest {
+    /// List connected clients.
+    ListClients(oneshot::Sender<Vec<ClientInfo>>),
+    /// Disconnect a client; answers whether it was connected.
+    Disconnect {
+        /// The client id.
+        client: u64,
+        /// Why (sent to the client).
+        reason: String,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Token secrets.
+    pub secrets: Arc<Secrets>,
+    /// Issues connect tokens for the UDP server.
+    pub issuer: ConnectTokenIssuer,
+    /// Next connection id to hand out.
+    pub next_client_id: AtomicU64,
+    /// The module schema (for argument encoding).
+    pub schema: ModuleSchema,
+    /// The schema as JSON (served as is).
+    pub schema_json: serde_json::Value,
+    /// HTTP calls to the tick thread (bounded; full means busy).
+    pub calls: mpsc::Sender<HttpCall>,
+    /// Admin requests to the network task.
+    pub admin: mpsc::Sender<AdminRequest>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Lifetime of bearer tokens.
+    pub identity_token_lifetime: Duration,
+}
+
+impl ControlPlane {
+    /// Connection ids start at a random 32-bit block so that ids from a previous run of the
+    /// server (which may still sit in tables) are not handed out again right away.
+    pub fn first_client_id() -> Result<u64, crate::ServerError> {
+        let r = random_bytes::<4>()?;
+        Ok((u64::from(u32::from_le_bytes(r)) << 24).max(1))
+    }
+
+    /// The server addresses clients connect to.
+    pub fn server_addresses(&self) -> &[SocketAddr] {
+        &self.issuer.server_addresses
+    }
+}
+
+/// The handlers' state.
+pub type AppState = Arc<ControlPlane>;
+
+/// The control-plane router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_admin))
+        .route("/v1/identity", post(new_identity))
+        .route("/v1/connect-token", post(connect_token))
+        .route("/v1/schema", get(schema))
+        .route("/v1/call/{reducer}", post(call))
+        .route("/v1/admin/clients", get(admin_clients))
+        .route(
+            "/v1/admin/clients/{client_id}/disconnect",
+            post(admin_disconnect),
+        )
+        .with_state(state)
+}
+
+/// A router serving only `GET /metrics`, without authentication (bind it to an internal
+/// interface).
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_public))
+        .with_state(metrics)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed("authorization header is not text".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(AuthError::Missing)?;
+    Ok(token.trim())
+}
+
+/// An authentication failure and its status (401 or 403).
+struct Refused(StatusCode, AuthError);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn authenticate(state: &ControlPlane, headers: &HeaderMap) -> Result<[u8; 32], Refused> {
+    let token = bearer(headers).map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))?;
+    state
+        .secrets
+        .verify(token, unix_now())
+        .map(|c| c.identity)
+        .map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))
+}
+
+fn require_admin(secrets: &Secrets, headers: &HeaderMap) -> Result<(), Refused> {
+    let token = bearer(headers).map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))?;
+    if secrets.is_admin(token) {
+        Ok(())
+    } else {
+        Err(Refused(StatusCode::FORBIDDEN, AuthError::NotAdmin))
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    let tick = m.tick_seq.load(Relaxed);
+    let clients = m.clients.load(Relaxed);
+    match m.storage_error() {
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "failed", "error": e, "tick": tick, "clients": clients})),
+        )
+            .into_response(),
+        None => {
+            axum::Json(json!({"status": "ok", "tick": tick, "clients": clients})).into_response()
+        }
+    }
+}
+
+fn metrics_text(metrics: &Metrics) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+async fn metrics_admin(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_admin(&state.secrets, &headers) {
+        return r.into_response();
+    }
+    metrics_text(&state.metrics)
+}
+
+async fn metrics_public(State(metrics): State<Arc<Metrics>>) -> Response {
+    metrics_text(&metrics)
+}
+
+async fn new_identity(State(state): State<AppState>) -> Response {
+    let identity = match random_bytes::<32>() {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let token = state
+        .secrets
+        .issue(&identity, unix_now(), state.identity_token_lifetime);
+    axum::Json(json!({
+        "identity": orrery_engine::Identity(identity).to_hex(),
+        "token": token,
+    }))
+    .into_response()
+}
+
+async fn connect_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let identity = match authenticate(&state, &headers) {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let client_id = state.next_client_id.fetch_add(1, Relaxed);
+    match state.issuer.issue(&identity, client_id, unix_now()) {
+        Ok(token) => axum::Json(json!({
+            "connect_token": base64::engine::general_purpose::STANDARD.encode(token.to_bytes()),
+            "server_addresses": state.server_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "identity": orrery_engine::Identity(identity).to_hex(),
+            "client_id": client_id,
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn schema(State(state): State<AppState>) -> Response {
+    axum::Json(state.schema_json.clone()).into_response()
+}
+
+async fn call(
+    State(state): State<AppState>,
+    Path(reducer): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let identity = match authenticate(&state, &headers) {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let bad = |message: String| {
+        state.metrics.calls.fetch_add(1, Relaxed);
+        state.metrics.reject(RejectKind::Invalid);
+        error(StatusCode::BAD_REQUEST, message)
+    };
+    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("request body is not JSON: {e}")),
+        }
+    };
+    let Some(def) = state.schema.reducer(&reducer) else {
+        return bad(format!("no reducer named {reducer:?}"));
+    };
+    if def.kind != ReducerKind::User {
+        return bad(format!(
+            "reducer {reducer:?} is a {:?} reducer and cannot be called directly",
+            def.kind
+        ));
+    }
+    let args = match orrery_engine::value::encode_args_json(&def.params, &json) {
+        Ok(a) => a,
+        Err(e) => return bad(format!("bad arguments for reducer {reducer:?}: {e}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = state.calls.try_send(HttpCall {
+        identity,
+        reducer,
+        args,
+        reply: tx,
+    });
+    if let Err(e) = sent {
+        state.metrics.calls.fetch_add(1, Relaxed);
+        state.metrics.reject(RejectKind::Busy);
+        let why = match e {
+            mpsc::error::TrySendError::Full(_) => "server busy: too many HTTP calls queued",
+            mpsc::error::TrySendError::Closed(_) => "server shutting down",
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    match rx.await {
+        Ok(CallOutcome::Committed { tick }) => {
+            axum::Json(json!({"ok": true, "tick": tick})).into_response()
+        }
+        Ok(CallOutcome::Failed { tick, message }) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"ok": false, "error": message, "tick": tick})),
+        )
+            .into_response(),
+        Ok(CallOutcome::Invalid { message }) => error(StatusCode::BAD_REQUEST, message),
+        Ok(CallOutcome::RateLimited { message }) => error(StatusCode::TOO_MANY_REQUESTS, message),
+        Ok(CallOutcome::Storage { message }) => error(StatusCode::SERVICE_UNAVAILABLE, message),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+    }
+}
+
+async fn admin_clients(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_admin(&state.secrets, &headers) {
+        return r.into_response();
+    }
+    let (tx, rx) = oneshot::channel();
+    if state
+        .admin
+        .send(AdminRequest::ListClients(tx))
+        .await
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    match rx.await {
+        Ok(clients) => axum::Json(json!({ "clients": clients })).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+    }
+}
+
+async fn admin_disconnect(
+    State(state): State<AppState>,
+    Path(client_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = require_admin(&state.secrets, &headers) {
+        return r.into_response();
+    }
+    let Ok(client) = client_id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("client id {client_id:?} is not a number"),
+        );
+    };
+    let (tx, rx) = oneshot::channel();
+    let request = AdminRequest::Disconnect {
+        client,
+        reason: "disconnected by an administrator".into(),
+        reply: tx,
+    };
+    if state.admin.send(request).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    match rx.await {
+        Ok(true) => axum::Json(json!({"disconnected": true})).into_response(),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("no connected client {client}"),
+        ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+    }
+}

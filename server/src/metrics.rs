@@ -1,0 +1,389 @@
+//! Server counters shared by the tick thread, the network task and the HTTP handlers, and
+//! their Prometheus text exposition ([`Metrics::render`]). Names are listed in
+//! `docs/server.md`.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use orrery_tick::{Phase, PhaseSummary, TickStats, TickTiming};
+
+/// Why a reducer call was not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectKind {
+    /// The per-client rate limit.
+    RateLimit,
+    /// Unknown or not callable reducer, or arguments that do not decode.
+    Invalid,
+    /// The commit log failed.
+    Storage,
+    /// The HTTP call queue to the tick thread was full.
+    Busy,
+}
+
+impl RejectKind {
+    /// Every kind, in exposition order.
+    pub const ALL: [RejectKind; 4] = [
+        RejectKind::RateLimit,
+        RejectKind::Invalid,
+        RejectKind::Storage,
+        RejectKind::Busy,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectKind::RateLimit => "rate_limit",
+            RejectKind::Invalid => "invalid",
+            RejectKind::Storage => "storage",
+            RejectKind::Busy => "busy",
+        }
+    }
+}
+
+/// Counters and gauges (all `Relaxed` atomics: each is read on its own).
+#[derive(Debug)]
+pub struct Metrics {
+    /// Clients connected (completed `client_connected`).
+    pub clients: AtomicU64,
+    /// Ticks run.
+    pub ticks: AtomicU64,
+    /// Sequence of the last tick.
+    pub tick_seq: AtomicU64,
+    /// Ticks the clock dropped because the loop fell behind.
+    pub ticks_skipped: AtomicU64,
+    /// UDP datagrams received (all, valid or not).
+    pub datagrams_in: AtomicU64,
+    /// UDP datagrams sent.
+    pub datagrams_out: AtomicU64,
+    /// UDP bytes received.
+    pub bytes_in: AtomicU64,
+    /// UDP bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Datagrams dropped by the session (malformed, unauthenticated, unknown address).
+    pub datagrams_dropped: AtomicU64,
+    /// Reducer calls received from clients and HTTP.
+    pub calls: AtomicU64,
+    /// Calls that committed.
+    pub calls_committed: AtomicU64,
+    /// Calls whose reducer returned an error or panicked.
+    pub calls_failed: AtomicU64,
+    rejected: [AtomicU64; 4],
+    /// Connections that completed `client_connected`.
+    pub connects: AtomicU64,
+    /// Connections that ended.
+    pub disconnects: AtomicU64,
+    /// Connections refused by `client_connected`.
+    pub connections_refused: AtomicU64,
+    /// Connection attempts and messages the netcode layer refused (tokens, protocol).
+    pub netcode_rejections: AtomicU64,
+    /// Clients disconnected because their reliable backlog was full.
+    pub backlog_disconnects: AtomicU64,
+    /// Subscriptions applied.
+    pub subscriptions_applied: AtomicU64,
+    /// Subscriptions refused.
+    pub subscription_errors: AtomicU64,
+    /// Subscriptions alive (sampled about once a second).
+    pub subscriptions_active: AtomicU64,
+    /// Rows mirrored by the publisher (sampled).
+    pub publisher_rows: AtomicU64,
+    /// Subscription payload bytes handed out.
+    pub publisher_bytes: AtomicU64,
+    /// Subscription records handed out (upserts, deltas, deletes).
+    pub publisher_records: AtomicU64,
+    /// Every tick up to this sequence is durable.
+    pub durable_seq: AtomicU64,
+    /// Replies waiting for their tick to be durable.
+    pub replies_held: AtomicU64,
+    /// The commit log failed: the server accepts no writes.
+    pub storage_failed: AtomicBool,
+    /// The storage failure's message.
+    pub storage_error: Mutex<Option<String>>,
+    /// Per-phase timings of recent ticks.
+    pub tick_stats: Mutex<TickStats>,
+}
+
+impl Metrics {
+    /// Zeroed metrics keeping timings of `window` ticks; `budget` is the tick length.
+    pub fn new(window: usize, budget: std::time::Duration) -> Self {
+        let z = || AtomicU64::new(0);
+        Metrics {
+            clients: z(),
+            ticks: z(),
+            tick_seq: z(),
+            ticks_skipped: z(),
+            datagrams_in: z(),
+            datagrams_out: z(),
+            bytes_in: z(),
+            bytes_out: z(),
+            datagrams_dropped: z(),
+            calls: z(),
+            calls_committed: z(),
+            calls_failed: z(),
+            rejected: [z(), z(), z(), z()],
+            connects: z(),
+            disconnects: z(),
+            connections_refused: z(),
+            netcode_rejections: z(),
+            backlog_disconnects: z(),
+            subscriptions_applied: z(),
+            subscription_errors: z(),
+            subscriptions_active: z(),
+            publisher_rows: z(),
+            publisher_bytes: z(),
+            publisher_records: z(),
+            durable_seq: z(),
+            replies_held: z(),
+            storage_failed: AtomicBool::new(false),
+            storage_error: Mutex::new(None),
+            tick_stats: Mutex::new(TickStats::with_capacity(window, budget)),
+        }
+    }
+
+    /// Counts a rejected call.
+    pub fn reject(&self, kind: RejectKind) {
+        self.rejected[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Calls rejected for `kind`.
+    pub fn rejected(&self, kind: RejectKind) -> u64 {
+        self.rejected[kind as usize].load(Relaxed)
+    }
+
+    /// Records one tick's timing.
+    pub fn record_tick(&self, timing: &TickTiming) {
+        let mut stats = self.tick_stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.record(timing);
+    }
+
+    /// Marks the storage as failed with `message`.
+    pub fn set_storage_failed(&self, message: &str) {
+        self.storage_failed.store(true, Relaxed);
+        let mut slot = self.storage_error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(message.to_owned());
+        }
+    }
+
+    /// The storage failure, if any.
+    pub fn storage_error(&self) -> Option<String> {
+        if !self.storage_failed.load(Relaxed) {
+            return None;
+        }
+        self.storage_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed) as f64;
+        metric(
+            "orrery_clients_connected",
+            "gauge",
+            "Clients connected.",
+            &[("", g(&self.clients))],
+        );
+        metric(
+            "orrery_ticks_total",
+            "counter",
+            "Ticks run.",
+            &[("", g(&self.ticks))],
+        );
+        metric(
+            "orrery_tick_seq",
+            "gauge",
+            "Sequence of the last tick.",
+            &[("", g(&self.tick_seq))],
+        );
+        metric(
+            "orrery_ticks_skipped_total",
+            "counter",
+            "Ticks dropped because the tick loop fell behind.",
+            &[("", g(&self.ticks_skipped))],
+        );
+        metric(
+            "orrery_durable_tick_seq",
+            "gauge",
+            "Every tick up to this sequence is durable.",
+            &[("", g(&self.durable_seq))],
+        );
+        metric(
+            "orrery_storage_failed",
+            "gauge",
+            "1 when the commit log has failed and the server accepts no writes.",
+            &[("", f64::from(u8::from(self.storage_failed.load(Relaxed))))],
+        );
+        let summary = self
+            .tick_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .summary();
+        let mut labels = Vec::new();
+        let mut values = Vec::new();
+        let mut push = |phase: &str, s: PhaseSummary| {
+            for (q, d) in [("0.5", s.p50), ("0.99", s.p99), ("1", s.max)] {
+                labels.push(format!("phase=\"{phase}\",quantile=\"{q}\""));
+                values.push(d.as_secs_f64());
+            }
+        };
+        for phase in Phase::ALL {
+            push(phase.name(), summary.phase(phase));
+        }
+        push("total", summary.total);
+        let samples: Vec<(&str, f64)> = labels
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .collect();
+        metric(
+            "orrery_tick_duration_seconds",
+            "gauge",
+            "Tick time per phase over the recent window (quantile 1 is the maximum).",
+            &samples,
+        );
+        metric(
+            "orrery_tick_window_overruns",
+            "gauge",
+            "Ticks in the recent window that took longer than the tick.",
+            &[("", summary.overruns as f64)],
+        );
+        metric(
+            "orrery_udp_datagrams_total",
+            "counter",
+            "UDP datagrams.",
+            &[
+                ("direction=\"in\"", g(&self.datagrams_in)),
+                ("direction=\"out\"", g(&self.datagrams_out)),
+            ],
+        );
+        metric(
+            "orrery_udp_bytes_total",
+            "counter",
+            "UDP bytes.",
+            &[
+                ("direction=\"in\"", g(&self.bytes_in)),
+                ("direction=\"out\"", g(&self.bytes_out)),
+            ],
+        );
+        metric(
+            "orrery_udp_datagrams_dropped_total",
+            "counter",
+            "Datagrams dropped as malformed, unauthenticated or from unknown addresses.",
+            &[("", g(&self.datagrams_dropped))],
+        );
+        metric(
+            "orrery_reducer_calls_total",
+            "counter",
+            "Reducer calls received (UDP and HTTP).",
+            &[("", g(&self.calls))],
+        );
+        metric(
+            "orrery_reducer_calls_committed_total",
+            "counter",
+            "Reducer calls that committed.",
+            &[("", g(&self.calls_committed))],
+        );
+        metric(
+            "orrery_reducer_calls_failed_total",
+            "counter",
+            "Reducer calls that returned an error or panicked (rolled back).",
+            &[("", g(&self.calls_failed))],
+        );
+        let rejected: Vec<(String, f64)> = RejectKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    format!("reason=\"{}\"", k.label()),
+                    self.rejected(*k) as f64,
+                )
+            })
+            .collect();
+        let rejected: Vec<(&str, f64)> = rejected.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "orrery_reducer_calls_rejected_total",
+            "counter",
+            "Reducer calls not run, by reason.",
+            &rejected,
+        );
+        metric(
+            "orrery_replies_held",
+            "gauge",
+            "Durable replies waiting for their tick to reach the disk.",
+            &[("", g(&self.replies_held))],
+        );
+        metric(
+            "orrery_connections_total",
+            "counter",
+            "Connections accepted by client_connected.",
+            &[("", g(&self.connects))],
+        );
+        metric(
+            "orrery_disconnections_total",
+            "counter",
+            "Connections ended.",
+            &[("", g(&self.disconnects))],
+        );
+        metric(
+            "orrery_connections_refused_total",
+            "counter",
+            "Connections refused, by reason.",
+            &[
+                ("reason=\"client_connected\"", g(&self.connections_refused)),
+                ("reason=\"netcode\"", g(&self.netcode_rejections)),
+            ],
+        );
+        metric(
+            "orrery_backlog_disconnects_total",
+            "counter",
+            "Clients disconnected because their reliable backlog was full.",
+            &[("", g(&self.backlog_disconnects))],
+        );
+        metric(
+            "orrery_subscriptions_total",
+            "counter",
+            "Subscribe requests, by result.",
+            &[
+                ("result=\"applied\"", g(&self.subscriptions_applied)),
+                ("result=\"error\"", g(&self.subscription_errors)),
+            ],
+        );
+        metric(
+            "orrery_subscriptions_active",
+            "gauge",
+            "Subscriptions alive (sampled about once a second).",
+            &[("", g(&self.subscriptions_active))],
+        );
+        metric(
+            "orrery_publisher_rows",
+            "gauge",
+            "Rows mirrored by the subscription publisher (sampled).",
+            &[("", g(&self.publisher_rows))],
+        );
+        metric(
+            "orrery_publisher_bytes_total",
+            "counter",
+            "Subscription payload bytes handed to clients.",
+            &[("", g(&self.publisher_bytes))],
+        );
+        metric(
+            "orrery_publisher_records_total",
+            "counter",
+            "Subscription records (upserts, deltas, deletes) handed to clients.",
+            &[("", g(&self.publisher_records))],
+        );
+        out
+    }
+}

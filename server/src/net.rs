@@ -1,0 +1,195 @@
+//! What passes between the network side (the netcode [`ServerSession`]) and the tick side
+//! ([`crate::TickCore`]): [`NetEvent`]s in, [`NetCommand`]s out, and the two functions that move
+//! them in and out of a session. The same functions serve the single-threaded
+//! [`crate::ServerCore`] and the threaded runtime, where the two sides are joined by channels.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use orrery_netcode::{
+    ClientId, ClientMessage, DisconnectReason, PrivateKey, SendError, ServerEvent, ServerMessage,
+    ServerSession,
+};
+use serde::Serialize;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+
+/// Something that happened on the network, for the tick side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetEvent {
+    /// A client completed the handshake.
+    Connected {
+        /// The connection.
+        client: ClientId,
+        /// Its identity (from the connect token).
+        identity: [u8; 32],
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A message from a connected client.
+    Message {
+        /// The sender.
+        client: ClientId,
+        /// The message.
+        msg: ClientMessage,
+    },
+    /// A connected client is gone.
+    Disconnected {
+        /// The connection.
+        client: ClientId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Something the tick side wants done on the network.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetCommand {
+    /// Queue a message on the client's reliable channel.
+    Send {
+        /// The client.
+        client: ClientId,
+        /// The message.
+        msg: ServerMessage,
+    },
+    /// Disconnect the client with a reason (it receives `Disconnecting { reason }`).
+    Disconnect {
+        /// The client.
+        client: ClientId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A connected client as the admin API lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClientInfo {
+    /// The connection id (the connect token's client id).
+    pub client_id: u64,
+    /// Identity, 64 hex characters.
+    pub identity: String,
+    /// The client's address.
+    pub address: String,
+    /// Authenticated datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Unacknowledged reliable bytes.
+    pub backlog_bytes: usize,
+    /// Round-trip time estimate, milliseconds.
+    pub rtt_ms: f64,
+    /// Packet loss estimate, 0..1.
+    pub packet_loss: f64,
+}
+
+/// The netcode session configuration for `config`.
+pub fn session_config(
+    config: &ServerConfig,
+    key: PrivateKey,
+    public_addresses: Vec<SocketAddr>,
+) -> orrery_netcode::ServerConfig {
+    let mut c = orrery_netcode::ServerConfig::new(
+        key,
+        orrery_netcode::DEFAULT_PROTOCOL_ID,
+        public_addresses,
+    );
+    c.max_clients = config.max_clients;
+    c.max_pending = config.max_pending;
+    c.max_client_message = config.max_client_message;
+    c.max_server_message = config.max_server_message;
+    c.max_backlog = config.max_backlog;
+    c
+}
+
+/// Moves the session's events into `out` and updates the network counters.
+pub fn drain_events(session: &mut ServerSession, out: &mut Vec<NetEvent>, metrics: &Metrics) {
+    while let Some(event) = session.poll_event() {
+        match event {
+            ServerEvent::Connected {
+                client,
+                identity,
+                addr,
+            } => out.push(NetEvent::Connected {
+                client,
+                identity,
+                addr,
+            }),
+            ServerEvent::Message { client, msg, .. } => out.push(NetEvent::Message { client, msg }),
+            ServerEvent::Disconnected { client, reason } => {
+                if matches!(reason, DisconnectReason::BacklogExceeded { .. }) {
+                    metrics.backlog_disconnects.fetch_add(1, Relaxed);
+                }
+                out.push(NetEvent::Disconnected { client, reason });
+            }
+            ServerEvent::Rejected {
+                addr,
+                client,
+                reason,
+            } => {
+                tracing::debug!(%addr, ?client, %reason, "netcode rejected a peer");
+            }
+        }
+    }
+    sample_counters(session, metrics);
+}
+
+/// Copies the session's whole-server counters into `metrics`.
+pub fn sample_counters(session: &ServerSession, metrics: &Metrics) {
+    let s = session.stats();
+    metrics.datagrams_in.store(s.datagrams_in, Relaxed);
+    metrics.datagrams_out.store(s.datagrams_out, Relaxed);
+    metrics.bytes_in.store(s.bytes_in, Relaxed);
+    metrics.bytes_out.store(s.bytes_out, Relaxed);
+    metrics.datagrams_dropped.store(
+        s.dropped_malformed + s.dropped_unauthenticated + s.dropped_unknown_addr,
+        Relaxed,
+    );
+    metrics.netcode_rejections.store(s.rejections, Relaxed);
+}
+
+/// Carries out the tick side's commands on the session. A send to a client whose backlog is
+/// full disconnects that client (the session reports it as a `Disconnected` event); a send to
+/// a client that has left is dropped.
+pub fn apply_commands(session: &mut ServerSession, commands: impl IntoIterator<Item = NetCommand>) {
+    for command in commands {
+        match command {
+            NetCommand::Send { client, msg } => match session.send(client, &msg) {
+                Ok(()) | Err(SendError::UnknownClient(_)) => {}
+                Err(error) => tracing::debug!(%client, %error, "send failed"),
+            },
+            NetCommand::Disconnect { client, reason } => {
+                session.disconnect(client, &reason);
+            }
+        }
+    }
+}
+
+/// The connected clients with their counters.
+pub fn list_clients(session: &ServerSession) -> Vec<ClientInfo> {
+    let mut ids: Vec<ClientId> = session.clients().collect();
+    ids.sort();
+    ids.into_iter()
+        .filter_map(|client| {
+            let stats = session.client_stats(client)?;
+            let identity = session.identity(client)?;
+            let addr = session.client_addr(client)?;
+            Some(ClientInfo {
+                client_id: client.0,
+                identity: orrery_engine::Identity(identity).to_hex(),
+                address: addr.to_string(),
+                datagrams_in: stats.datagrams_in,
+                datagrams_out: stats.datagrams_out,
+                bytes_in: stats.bytes_in,
+                bytes_out: stats.bytes_out,
+                backlog_bytes: stats.backlog_bytes,
+                rtt_ms: stats.rtt.as_secs_f64() * 1000.0,
+                packet_loss: stats.packet_loss,
+            })
+        })
+        .collect()
+}

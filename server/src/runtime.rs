@@ -1,0 +1,520 @@
+//! The real server: [`start`] opens the engine, binds the sockets and runs
+//!
+//! - the **tick thread** (a std thread, `orrery-tick`): a [`TickCore`] stepped by a
+//!   [`FixedClock`]; each tick it drains the event and HTTP-call channels, runs the tick and
+//!   sends the tick's commands as one batch;
+//! - the **network task** (tokio): the netcode `ServerSession` and its UDP socket. It receives
+//!   datagrams, forwards session events in batches, applies each command batch, updates the
+//!   session and sends; it also answers admin requests;
+//! - the **HTTP tasks** (axum) of the control plane and, optionally, the metrics listener.
+//!
+//! Channels are bounded. Events (network → tick, [`EVENT_BATCHES`] batches): when full, the
+//! network task keeps the events (up to [`MAX_PENDING_EVENTS`], then it stops reading the
+//! socket, so the kernel buffer and then the clients' resends absorb the burst) and goes on
+//! applying commands; events are never dropped (connects and disconnects must pair).
+//! Commands (tick → network, [`COMMAND_BATCHES`] batches of one tick each): when full the
+//! tick thread waits, which shows as a long flush phase and ticks skipped by the clock. HTTP
+//! calls ([`HTTP_CALL_QUEUE`]): when full the call is answered 503 at once.
+//!
+//! The caller owns the tokio runtime (multi-threaded, with I/O and time enabled).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use orrery_engine::{DurabilityConfig, Engine, EngineConfig, Module};
+use orrery_netcode::udp::TokioUdpEndpoint;
+use orrery_netcode::{
+    ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey, ServerSession, unix_now,
+};
+use orrery_tick::{FixedClock, Phase, PhaseTimer};
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::Secrets;
+use crate::config::{ServerConfig, Storage};
+use crate::error::ServerError;
+use crate::http::{self, AdminRequest, AppState, ControlPlane};
+use crate::metrics::Metrics;
+use crate::net::{self, NetCommand, NetEvent};
+use crate::tick::{HttpCall, TickCore};
+
+/// Capacity of the network → tick event channel, in batches.
+pub const EVENT_BATCHES: usize = 1024;
+/// Capacity of the tick → network command channel, in ticks.
+pub const COMMAND_BATCHES: usize = 64;
+/// Events the network task holds, when the event channel is full, before it stops reading
+/// the socket.
+pub const MAX_PENDING_EVENTS: usize = 65_536;
+/// HTTP reducer calls waiting for the tick thread at most.
+pub const HTTP_CALL_QUEUE: usize = 4096;
+
+/// A running server. Dropping it without [`ServerHandle::shutdown`] stops the tasks but does
+/// not wait for the engine to close.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Where the HTTP control plane listens.
+    pub http_addr: SocketAddr,
+    /// Where unauthenticated `/metrics` is served, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The bound UDP address.
+    pub udp_addr: SocketAddr,
+    /// The UDP addresses put in connect tokens.
+    pub public_addresses: Vec<SocketAddr>,
+    /// The file holding the admin token.
+    pub admin_token_path: PathBuf,
+    /// Whether the database was fresh (`init` ran).
+    pub fresh: bool,
+    state: AppState,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    tick_stop: Arc<AtomicBool>,
+    tick_thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The control-plane router (for in-process requests, e.g. `tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
+    /// The unauthenticated metrics router.
+    pub fn metrics_router(&self) -> axum::Router {
+        http::metrics_router(self.metrics.clone())
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> &str {
+        self.state.secrets.admin_token()
+    }
+
+    /// The token secrets (to issue bearer tokens in-process).
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        &self.state.secrets
+    }
+
+    /// Whether the tick thread has stopped (it stops only on shutdown or a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.tick_thread
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Stops the server: clients are disconnected ("server shutting down"), the HTTP listeners
+    /// close, the tick thread stops and the engine is closed (the commit log flushed and
+    /// fsynced). Returns the engine's close error, if any.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        self.tick_stop.store(true, Relaxed);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        let Some(thread) = self.tick_thread.take() else {
+            return Ok(());
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| ServerError::Thread {
+                name: "orrery-tick",
+                reason: e.to_string(),
+            })?;
+        match joined {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Thread {
+                name: "orrery-tick",
+                reason: "panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.tick_stop.store(true, Relaxed);
+    }
+}
+
+fn bind_udp(addr: SocketAddr, fallback: bool) -> Result<std::net::UdpSocket, ServerError> {
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        let size = orrery_netcode::udp::SOCKET_BUFFER_BYTES;
+        if let Err(e) = socket.set_recv_buffer_size(size) {
+            tracing::warn!(error = %e, "could not set the UDP receive buffer");
+        }
+        if let Err(e) = socket.set_send_buffer_size(size) {
+            tracing::warn!(error = %e, "could not set the UDP send buffer");
+        }
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    match bind(addr) {
+        Ok(s) => Ok(s),
+        Err(e) if fallback && e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            tracing::warn!(%addr, "UDP port taken; letting the OS choose one");
+            bind(SocketAddr::new(addr.ip(), 0)).map_err(|source| ServerError::Bind {
+                what: "udp",
+                addr,
+                source,
+            })
+        }
+        Err(source) => Err(ServerError::Bind {
+            what: "udp",
+            addr,
+            source,
+        }),
+    }
+}
+
+async fn bind_tcp(
+    what: &'static str,
+    addr: SocketAddr,
+    fallback: bool,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if fallback && e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            tracing::warn!(%addr, what, "port taken; letting the OS choose one");
+            tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .map_err(|source| ServerError::Bind { what, addr, source })
+        }
+        Err(source) => Err(ServerError::Bind { what, addr, source }),
+    }
+}
+
+/// Starts a server for `module` with `config` inside the current tokio runtime: opens (or
+/// recovers) the engine, runs `init` for a fresh database, binds UDP and HTTP, and spawns the
+/// tick thread and the network and HTTP tasks. See the module docs.
+pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let secrets = Arc::new(Secrets::load_or_create(&config.data_dir)?);
+    let engine_config = EngineConfig {
+        seed: config.seed,
+        tick_budget: config.tick_duration(),
+        executor: config.executor,
+        ..EngineConfig::default()
+    };
+    let (engine, fresh) = match config.storage {
+        Storage::Memory => (Engine::new(module, engine_config)?, true),
+        Storage::Disk {
+            fsync,
+            snapshot_every_ticks,
+        } => {
+            let mut durability = DurabilityConfig::new(config.data_dir.join("db"));
+            durability.fsync = fsync;
+            durability.snapshot_every_ticks = snapshot_every_ticks;
+            let (engine, report) = Engine::open(module, engine_config, durability)?;
+            tracing::info!(
+                fresh = report.fresh,
+                last_tick = report.last_tick,
+                rows = report.rows,
+                replayed_ticks = report.replayed_ticks,
+                truncated_ticks = report.truncated_ticks,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "database opened"
+            );
+            (engine, report.fresh)
+        }
+    };
+
+    let udp_socket = bind_udp(config.udp_bind, config.fallback_ports)?;
+    let udp_addr = udp_socket
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            what: "udp",
+            addr: config.udp_bind,
+            source,
+        })?;
+    let public_addresses = if config.udp_public.is_empty() {
+        let mut a = udp_addr;
+        if a.ip().is_unspecified() {
+            tracing::warn!(
+                %udp_addr,
+                "UDP bound to an unspecified address; connect tokens will name 127.0.0.1 (set public addresses for remote clients)"
+            );
+            a.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        vec![a]
+    } else {
+        config.udp_public.clone()
+    };
+    let http_listener = bind_tcp("http", config.http_bind, config.fallback_ports).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            what: "http",
+            addr: config.http_bind,
+            source,
+        })?;
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(bind_tcp("metrics", addr, config.fallback_ports).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let key = PrivateKey::generate()?;
+    let now = unix_now();
+    let session = ServerSession::new(
+        net::session_config(&config, key.clone(), public_addresses.clone()),
+        now,
+    )?;
+    let udp = TokioUdpEndpoint::new(tokio::net::UdpSocket::from_std(udp_socket).map_err(
+        |source| ServerError::Bind {
+            what: "udp",
+            addr: udp_addr,
+            source,
+        },
+    )?)
+    .map_err(|source| ServerError::Bind {
+        what: "udp",
+        addr: udp_addr,
+        source,
+    })?;
+
+    let metrics = Arc::new(Metrics::new(1024, config.tick_duration()));
+    let schema = engine.schema().clone();
+    let core = TickCore::new(engine, fresh, &config, metrics.clone(), now)?;
+    let clock = FixedClock::new(config.tick_duration(), Instant::now(), config.overrun)
+        .map_err(ServerError::Clock)?;
+
+    let (event_tx, event_rx) = mpsc::channel::<Vec<NetEvent>>(EVENT_BATCHES);
+    let (command_tx, command_rx) = mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES);
+    let (call_tx, call_rx) = mpsc::channel::<HttpCall>(HTTP_CALL_QUEUE);
+    let (admin_tx, admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let (stop, stop_rx) = watch::channel(false);
+    let tick_stop = Arc::new(AtomicBool::new(false));
+
+    let mut issuer = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, public_addresses.clone());
+    issuer.expire_after = config.connect_token_lifetime;
+    issuer.timeout = config.connection_timeout;
+    let state: AppState = Arc::new(ControlPlane {
+        secrets: secrets.clone(),
+        issuer,
+        next_client_id: AtomicU64::new(ControlPlane::first_client_id()?),
+        schema_json: schema.to_json(),
+        schema,
+        calls: call_tx,
+        admin: admin_tx,
+        metrics: metrics.clone(),
+        identity_token_lifetime: config.identity_token_lifetime,
+    });
+
+    let tick_thread = {
+        let (metrics, tick_stop) = (metrics.clone(), tick_stop.clone());
+        std::thread::Builder::new()
+            .name("orrery-tick".into())
+            .spawn(move || {
+                tick_loop(
+                    core, clock, event_rx, call_rx, command_tx, tick_stop, metrics,
+                )
+            })
+            .map_err(|e| ServerError::Thread {
+                name: "orrery-tick",
+                reason: e.to_string(),
+            })?
+    };
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(net_loop(
+        session,
+        udp,
+        command_rx,
+        event_tx,
+        admin_rx,
+        stop_rx.clone(),
+        metrics.clone(),
+        config.tick_duration(),
+    )));
+    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    tasks.push(serve(http_listener, http::router(state.clone())));
+    if let Some(listener) = metrics_listener {
+        tasks.push(serve(listener, http::metrics_router(metrics.clone())));
+    }
+    tracing::info!(
+        %http_addr,
+        %udp_addr,
+        ?public_addresses,
+        ?metrics_addr,
+        admin_token = %secrets.admin_token_path().display(),
+        tick_rate = config.tick_rate,
+        "orrery server running"
+    );
+    Ok(ServerHandle {
+        http_addr,
+        metrics_addr,
+        udp_addr,
+        public_addresses,
+        admin_token_path: secrets.admin_token_path().to_owned(),
+        fresh,
+        state,
+        metrics,
+        stop,
+        tick_stop,
+        tick_thread: Some(tick_thread),
+        tasks,
+    })
+}
+
+fn tick_loop(
+    mut core: TickCore,
+    mut clock: FixedClock,
+    mut events: mpsc::Receiver<Vec<NetEvent>>,
+    mut calls: mpsc::Receiver<HttpCall>,
+    commands: mpsc::Sender<Vec<NetCommand>>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ServerError> {
+    let mut batch_events = Vec::new();
+    let mut batch_calls = Vec::new();
+    'run: while !stop.load(Relaxed) {
+        let due = clock.poll(Instant::now());
+        if due.skipped > 0 {
+            metrics.ticks_skipped.fetch_add(due.skipped, Relaxed);
+            tracing::warn!(
+                skipped = due.skipped,
+                "tick loop fell behind; ticks dropped"
+            );
+        }
+        for _ in 0..due.run {
+            while let Ok(batch) = events.try_recv() {
+                batch_events.extend(batch);
+            }
+            while let Ok(call) = calls.try_recv() {
+                batch_calls.push(call);
+            }
+            let mut out = Vec::new();
+            let mut timing = core.tick(
+                unix_now(),
+                batch_events.drain(..),
+                batch_calls.drain(..),
+                &mut out,
+            );
+            let mut timer = PhaseTimer::start();
+            if commands.blocking_send(out).is_err() {
+                break 'run; // the network task is gone
+            }
+            timer.lap(Phase::Flush);
+            timing.add(Phase::Flush, timer.finish().get(Phase::Flush));
+            core.record_timing(&timing);
+        }
+        let wait = clock
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
+        std::thread::sleep(wait.min(Duration::from_millis(100)));
+    }
+    core.close()?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn net_loop(
+    mut session: ServerSession,
+    mut udp: TokioUdpEndpoint,
+    mut commands: mpsc::Receiver<Vec<NetCommand>>,
+    events: mpsc::Sender<Vec<NetEvent>>,
+    mut admin: mpsc::Receiver<AdminRequest>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    tick: Duration,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_update = Instant::now();
+    // Events not yet accepted by the channel. While there are many, the socket is not read
+    // (backpressure), but commands are still applied: the tick thread may be blocked on the
+    // command channel, and waiting for it here would deadlock.
+    let mut pending: Vec<NetEvent> = Vec::new();
+    loop {
+        let unsent = udp.unsent() > 0;
+        let can_read = pending.len() < MAX_PENDING_EVENTS;
+        let has_pending = !pending.is_empty();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {
+                session.disconnect_all("server shutting down");
+                session.update(unix_now());
+                let _ = udp.flush(&mut session);
+                break;
+            }
+            received = commands.recv() => {
+                let Some(received) = received else { break };
+                net::apply_commands(&mut session, received);
+                session.update(unix_now());
+                last_update = Instant::now();
+                flush(&mut udp, &mut session);
+            }
+            permit = events.reserve(), if has_pending => match permit {
+                Ok(permit) => permit.send(std::mem::take(&mut pending)),
+                Err(_) => break,
+            },
+            readable = udp.readable(), if can_read => {
+                if let Err(e) = readable {
+                    tracing::error!(error = %e, "UDP socket failed");
+                    break;
+                }
+                if let Err(e) = udp.recv(&mut session, unix_now()) {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                }
+                flush(&mut udp, &mut session);
+            }
+            Some(request) = admin.recv() => match request {
+                AdminRequest::ListClients(reply) => {
+                    let _ = reply.send(net::list_clients(&session));
+                }
+                AdminRequest::Disconnect { client, reason, reply } => {
+                    let done = session.disconnect(orrery_netcode::ClientId(client), &reason);
+                    flush(&mut udp, &mut session);
+                    let _ = reply.send(done);
+                }
+            },
+            _ = interval.tick() => {
+                // Keeps keep-alives, resends and timeouts going if the tick thread stalls.
+                if last_update.elapsed() >= tick {
+                    session.update(unix_now());
+                    last_update = Instant::now();
+                    flush(&mut udp, &mut session);
+                }
+            }
+            _ = udp.writable(), if unsent => flush(&mut udp, &mut session),
+        }
+        net::drain_events(&mut session, &mut pending, &metrics);
+        if !pending.is_empty() {
+            match events.try_send(std::mem::take(&mut pending)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => pending = batch,
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    }
+}
+
+fn flush(udp: &mut TokioUdpEndpoint, session: &mut ServerSession) {
+    if let Err(e) = udp.flush(session) {
+        tracing::warn!(error = %e, "UDP send failed");
+    }
+}

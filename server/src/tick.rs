@@ -1,0 +1,777 @@
+//! [`TickCore`]: the tick side of the server. It owns the [`Engine`], the subscription
+//! [`Publisher`] and the per-client state, and runs one tick per [`TickCore::tick`] call:
+//!
+//! 1. **input**: network events in arrival order. A connect queues `client_connected`, a
+//!    disconnect `client_disconnected`; a reducer call passes the client's rate limit and is
+//!    queued (`Input::Call`); subscribe and unsubscribe wait for the publish phase. Messages of a
+//!    client whose `client_connected` has not run yet wait until it has. HTTP calls are queued
+//!    after the network's.
+//! 2. **engine** (`Engine::step`): reducers, schedules, systems, capture and, with durability,
+//!    commit.
+//! 3. **replies**: one `ReducerReply` per call, in call order per client. A `durable` call's
+//!    reply (and every later reply to the same client, to keep the order) waits until the
+//!    commit log is durable up to the call's tick. A refused `client_connected` disconnects the
+//!    client with the reducer's message.
+//! 4. **publish**: the tick's changes go into the publisher, focus updates are applied,
+//!    subscriptions are registered (`SubscriptionApplied` / `SubscriptionError`), and each
+//!    client's budgeted deltas become `TableUpdate` messages.
+//!
+//! Everything leaves as [`NetCommand`]s; the caller hands them to the netcode session (and
+//! times that as the flush phase).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use orrery_engine::schema::ModuleSchema;
+use orrery_engine::subscription::Publisher;
+use orrery_engine::{
+    Caller, ConnectionId, DurabilityHandle, Engine, Identity, Input, ReducerError, TableId,
+    Timestamp,
+};
+use orrery_netcode::protocol::TableRows;
+use orrery_netcode::{ClientId, ClientMessage, ServerMessage};
+use orrery_tick::{Phase, PhaseTimer, TickTiming};
+use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
+
+use crate::config::{RateLimit, ServerConfig};
+use crate::metrics::{Metrics, RejectKind};
+use crate::net::{NetCommand, NetEvent};
+use crate::rate::{TokenBucket, rate_limited_message};
+
+/// Messages a client may send before its `client_connected` has run; more disconnect it.
+const MAX_DEFERRED: usize = 1024;
+
+/// A reducer call made over HTTP (`POST /v1/call/{reducer}`), run as `identity` without a
+/// connection. Its outcome is reported once its tick is durable.
+#[derive(Debug)]
+pub struct HttpCall {
+    /// The caller.
+    pub identity: [u8; 32],
+    /// The reducer.
+    pub reducer: String,
+    /// Arguments in the Orrery row format.
+    pub args: Vec<u8>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<CallOutcome>,
+}
+
+/// What became of an HTTP call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Committed in tick `tick` (a tick sequence), durable.
+    Committed {
+        /// The tick's sequence.
+        tick: u64,
+    },
+    /// The reducer returned an error or panicked; nothing was written.
+    Failed {
+        /// The tick's sequence.
+        tick: u64,
+        /// The reducer's message.
+        message: String,
+    },
+    /// Unknown reducer, not callable, or bad arguments.
+    Invalid {
+        /// What was wrong.
+        message: String,
+    },
+    /// Over the identity's rate limit.
+    RateLimited {
+        /// The limit.
+        message: String,
+    },
+    /// The commit log failed; nothing is accepted.
+    Storage {
+        /// The failure.
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientPhase {
+    /// `client_connected` is queued in this tick.
+    Joining,
+    /// Connected.
+    Ready,
+}
+
+enum Inflight {
+    /// A queued call; `true` if its reply waits for durability.
+    Call(bool),
+    /// The reply to a refused call, sent after the calls before it.
+    Refused(ServerMessage),
+}
+
+struct ClientEntry {
+    identity: Identity,
+    phase: ClientPhase,
+    bucket: TokenBucket,
+    /// Messages that arrived before `client_connected` ran.
+    deferred: VecDeque<ClientMessage>,
+    /// Calls queued in the engine and, behind them, replies to later calls that were refused
+    /// at once (rate limit): replies leave in call order.
+    inflight: VecDeque<Inflight>,
+    /// Replies waiting for a durable tick (`(needed seq, reply)`), in order.
+    held: VecDeque<(u64, ServerMessage)>,
+    subscriptions: u64,
+}
+
+/// The tick side of a server (see the module docs).
+pub struct TickCore {
+    engine: Engine,
+    publisher: Publisher,
+    schema: ModuleSchema,
+    durability: Option<DurabilityHandle>,
+    clients: BTreeMap<u64, ClientEntry>,
+    /// Clients with held replies.
+    holding: BTreeSet<u64>,
+    /// Clients that became ready with deferred messages.
+    undeferred: Vec<u64>,
+    subscription_messages: Vec<(u64, ClientMessage)>,
+    http_pending: FxHashMap<u64, oneshot::Sender<CallOutcome>>,
+    http_held: VecDeque<(u64, oneshot::Sender<CallOutcome>, CallOutcome)>,
+    http_next: u64,
+    http_buckets: FxHashMap<[u8; 32], TokenBucket>,
+    rate: RateLimit,
+    tick_duration: Duration,
+    metrics: Arc<Metrics>,
+    subscriptions: u64,
+    ticks: u64,
+}
+
+impl std::fmt::Debug for TickCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TickCore")
+            .field("clients", &self.clients.len())
+            .field("tick_seq", &self.engine.tick_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TickCore {
+    /// Takes an engine: loads its current rows into the publisher, then runs `init` when
+    /// `fresh` (a new database) at `now`.
+    pub fn new(
+        mut engine: Engine,
+        fresh: bool,
+        config: &ServerConfig,
+        metrics: Arc<Metrics>,
+        now: Duration,
+    ) -> Result<Self, crate::ServerError> {
+        let schema = engine.schema().clone();
+        let mut publisher = Publisher::new(&schema, config.publish.clone());
+        for (index, table) in schema.tables.iter().enumerate() {
+            if table.visibility == orrery_engine::schema::Visibility::Private {
+                continue;
+            }
+            let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            engine.for_each_row_bytes(TableId(index as u32), |pk, row| {
+                rows.push((pk.to_vec(), row.to_vec()));
+            });
+            publisher.load_rows(
+                index as u32,
+                rows.iter().map(|(pk, row)| (pk.as_slice(), row.as_slice())),
+            );
+        }
+        if fresh {
+            engine
+                .init(timestamp(now))
+                .map_err(crate::ServerError::Init)?;
+        }
+        let durability = engine.durability();
+        metrics.tick_seq.store(engine.tick_seq(), Relaxed);
+        Ok(TickCore {
+            engine,
+            publisher,
+            schema,
+            durability,
+            clients: BTreeMap::new(),
+            holding: BTreeSet::new(),
+            undeferred: Vec::new(),
+            subscription_messages: Vec::new(),
+            http_pending: FxHashMap::default(),
+            http_held: VecDeque::new(),
+            http_next: 0,
+            http_buckets: FxHashMap::default(),
+            rate: config.rate_limit,
+            tick_duration: config.tick_duration(),
+            metrics,
+            subscriptions: 0,
+            ticks: 0,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine, mutably (for tests and tools; writes go into the next tick).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The publisher.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The metrics this core updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Clients that completed `client_connected`.
+    pub fn connected_clients(&self) -> usize {
+        self.clients
+            .values()
+            .filter(|c| c.phase == ClientPhase::Ready)
+            .count()
+    }
+
+    /// Shuts the engine down cleanly (flushes and fsyncs the commit log). Pending HTTP calls
+    /// are answered with a storage error.
+    pub fn close(mut self) -> Result<(), orrery_engine::DurabilityError> {
+        let message = "server shutting down".to_owned();
+        for (_, reply) in self.http_pending.drain() {
+            let _ = reply.send(CallOutcome::Storage {
+                message: message.clone(),
+            });
+        }
+        for (_, reply, _) in self.http_held.drain(..) {
+            let _ = reply.send(CallOutcome::Storage {
+                message: message.clone(),
+            });
+        }
+        self.engine.close()
+    }
+
+    fn durable_up_to(&self) -> u64 {
+        self.durability
+            .as_ref()
+            .map_or(u64::MAX, DurabilityHandle::durable_up_to)
+    }
+
+    /// Runs one tick at `now` (time since the Unix epoch) with the network events and HTTP
+    /// calls received since the last one; appends what to send to `out`. Returns the tick's
+    /// phase timings (input to publish; the caller adds flush and passes it to
+    /// [`TickCore::record_timing`]).
+    pub fn tick(
+        &mut self,
+        now: Duration,
+        events: impl IntoIterator<Item = NetEvent>,
+        calls: impl IntoIterator<Item = HttpCall>,
+        out: &mut Vec<NetCommand>,
+    ) -> TickTiming {
+        let mut timer = PhaseTimer::start();
+        let durable = self.durable_up_to();
+        for client in std::mem::take(&mut self.undeferred) {
+            let Some(entry) = self.clients.get_mut(&client) else {
+                continue;
+            };
+            let deferred = std::mem::take(&mut entry.deferred);
+            for msg in deferred {
+                self.on_message(client, msg, now, durable, out);
+            }
+        }
+        for event in events {
+            self.on_event(event, now, durable, out);
+        }
+        for call in calls {
+            self.on_http_call(call, now);
+        }
+        timer.lap(Phase::Input);
+        let input_time = timer.finish().get(Phase::Input);
+
+        let step = self.engine.step(timestamp(now));
+        let seq = step.seq;
+        let mut timing = step.timing;
+        timing.add(Phase::Input, input_time);
+        if let Some(error) = step
+            .storage_error
+            .clone()
+            .or_else(|| self.engine.storage_failure())
+        {
+            self.metrics.set_storage_failed(&error);
+        }
+
+        let mut timer = PhaseTimer::start();
+        let durable = self.durable_up_to();
+        for outcome in step.outcomes {
+            self.on_outcome(outcome, seq, durable, out);
+        }
+        self.release_held(out);
+
+        self.publisher.apply(&step.changes);
+        for (connection, point) in step.focus {
+            self.publisher.set_focus(connection, point);
+        }
+        for (client, msg) in std::mem::take(&mut self.subscription_messages) {
+            self.on_subscription(client, msg, seq, out);
+        }
+        let mut outgoing = Vec::new();
+        self.publisher.publish(self.tick_duration, &mut outgoing);
+        let mut bytes = 0u64;
+        for o in outgoing {
+            bytes += o.payload.len() as u64;
+            out.push(NetCommand::Send {
+                client: ClientId(o.client.0),
+                msg: ServerMessage::TableUpdate {
+                    table_id: o.table,
+                    tick: seq,
+                    rows: o.payload,
+                },
+            });
+        }
+        self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
+        timer.lap(Phase::Publish);
+        timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
+
+        self.ticks += 1;
+        let m = &self.metrics;
+        m.ticks.fetch_add(1, Relaxed);
+        m.tick_seq.store(seq, Relaxed);
+        m.durable_seq.store(durable.min(seq), Relaxed);
+        m.clients.store(self.connected_clients() as u64, Relaxed);
+        m.subscriptions_active.store(self.subscriptions, Relaxed);
+        let held =
+            self.clients.values().map(|c| c.held.len()).sum::<usize>() + self.http_held.len();
+        m.replies_held.store(held as u64, Relaxed);
+        let per_second = u64::from(1_000_000 / self.tick_duration.as_micros().max(1) as u32).max(1);
+        if self.ticks.is_multiple_of(per_second) {
+            let stats = self.publisher.stats();
+            m.publisher_rows.store(stats.mirrored_rows as u64, Relaxed);
+            m.publisher_records.store(
+                stats.sent.upserts + stats.sent.deltas + stats.sent.deletes,
+                Relaxed,
+            );
+            let rate = self.rate;
+            self.http_buckets.retain(|_, b| !b.is_full(&rate, now));
+        }
+        timing
+    }
+
+    /// Records a finished tick's timing in the metrics.
+    pub fn record_timing(&self, timing: &TickTiming) {
+        self.metrics.record_tick(timing);
+    }
+
+    fn on_event(
+        &mut self,
+        event: NetEvent,
+        now: Duration,
+        durable: u64,
+        out: &mut Vec<NetCommand>,
+    ) {
+        match event {
+            NetEvent::Connected {
+                client, identity, ..
+            } => {
+                let identity = Identity(identity);
+                self.clients.insert(
+                    client.0,
+                    ClientEntry {
+                        identity,
+                        phase: ClientPhase::Joining,
+                        bucket: TokenBucket::new(&self.rate, now),
+                        deferred: VecDeque::new(),
+                        inflight: VecDeque::new(),
+                        held: VecDeque::new(),
+                        subscriptions: 0,
+                    },
+                );
+                self.engine.enqueue(Input::Connect {
+                    caller: Caller::client(identity, ConnectionId(client.0)),
+                });
+            }
+            NetEvent::Message { client, msg } => {
+                let Some(entry) = self.clients.get_mut(&client.0) else {
+                    return;
+                };
+                if entry.phase == ClientPhase::Joining {
+                    if entry.deferred.len() >= MAX_DEFERRED {
+                        self.drop_client(client.0);
+                        out.push(NetCommand::Disconnect {
+                            client,
+                            reason: format!(
+                                "more than {MAX_DEFERRED} messages before the connection was accepted"
+                            ),
+                        });
+                        return;
+                    }
+                    entry.deferred.push_back(msg);
+                    return;
+                }
+                self.on_message(client.0, msg, now, durable, out);
+            }
+            NetEvent::Disconnected { client, reason } => {
+                let Some(entry) = self.clients.get(&client.0) else {
+                    return;
+                };
+                tracing::debug!(%client, %reason, "client left");
+                let caller = Caller::client(entry.identity, ConnectionId(client.0));
+                self.drop_client(client.0);
+                self.metrics.disconnects.fetch_add(1, Relaxed);
+                self.engine.enqueue(Input::Disconnect { caller });
+            }
+        }
+    }
+
+    /// Forgets a client's server-side state.
+    fn drop_client(&mut self, client: u64) {
+        if let Some(entry) = self.clients.remove(&client) {
+            self.subscriptions -= entry.subscriptions;
+        }
+        self.holding.remove(&client);
+        self.publisher.disconnect(ConnectionId(client));
+    }
+
+    fn on_message(
+        &mut self,
+        client: u64,
+        msg: ClientMessage,
+        now: Duration,
+        durable: u64,
+        out: &mut Vec<NetCommand>,
+    ) {
+        let rate = self.rate;
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return;
+        };
+        match msg {
+            ClientMessage::CallReducer {
+                request_id,
+                reducer,
+                args,
+                durable: wants_durable,
+            } => {
+                self.metrics.calls.fetch_add(1, Relaxed);
+                if !entry.bucket.try_take(&rate, now) {
+                    self.metrics.reject(RejectKind::RateLimit);
+                    let reply = ServerMessage::ReducerReply {
+                        request_id,
+                        tick: self.engine.tick_seq() + 1,
+                        result: Err(rate_limited_message(&rate)),
+                    };
+                    if entry.inflight.is_empty() {
+                        reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
+                    } else {
+                        entry.inflight.push_back(Inflight::Refused(reply));
+                    }
+                    return;
+                }
+                entry
+                    .inflight
+                    .push_back(Inflight::Call(wants_durable && self.durability.is_some()));
+                self.engine.enqueue(Input::Call {
+                    request_id: u64::from(request_id),
+                    caller: Caller::client(entry.identity, ConnectionId(client)),
+                    reducer,
+                    args,
+                });
+            }
+            ClientMessage::Subscribe { query_id, .. } | ClientMessage::Unsubscribe { query_id } => {
+                if !entry.bucket.try_take(&rate, now) {
+                    self.metrics.subscription_errors.fetch_add(1, Relaxed);
+                    out.push(NetCommand::Send {
+                        client: ClientId(client),
+                        msg: ServerMessage::SubscriptionError {
+                            query_id,
+                            message: rate_limited_message(&rate),
+                        },
+                    });
+                    return;
+                }
+                self.subscription_messages.push((client, msg));
+            }
+        }
+    }
+
+    fn on_http_call(&mut self, call: HttpCall, now: Duration) {
+        self.metrics.calls.fetch_add(1, Relaxed);
+        let rate = self.rate;
+        let bucket = self
+            .http_buckets
+            .entry(call.identity)
+            .or_insert_with(|| TokenBucket::new(&rate, now));
+        if !bucket.try_take(&rate, now) {
+            self.metrics.reject(RejectKind::RateLimit);
+            let _ = call.reply.send(CallOutcome::RateLimited {
+                message: rate_limited_message(&rate),
+            });
+            return;
+        }
+        self.http_next += 1;
+        let id = self.http_next;
+        self.http_pending.insert(id, call.reply);
+        self.engine.enqueue(Input::Call {
+            request_id: id,
+            caller: Caller::from(Identity(call.identity)),
+            reducer: call.reducer,
+            args: call.args,
+        });
+    }
+
+    fn count_outcome(&self, result: &Result<(), ReducerError>) {
+        let m = &self.metrics;
+        match result {
+            Ok(()) => m.calls_committed.fetch_add(1, Relaxed),
+            Err(ReducerError::Failed { .. } | ReducerError::Panicked { .. }) => {
+                m.calls_failed.fetch_add(1, Relaxed)
+            }
+            Err(ReducerError::Storage(_)) => {
+                m.reject(RejectKind::Storage);
+                0
+            }
+            Err(_) => {
+                m.reject(RejectKind::Invalid);
+                0
+            }
+        };
+    }
+
+    fn on_outcome(
+        &mut self,
+        outcome: orrery_engine::InputOutcome,
+        seq: u64,
+        durable: u64,
+        out: &mut Vec<NetCommand>,
+    ) {
+        let Some(connection) = outcome.caller.connection_id else {
+            // An HTTP call.
+            let Some(id) = outcome.request_id else {
+                return;
+            };
+            let Some(reply) = self.http_pending.remove(&id) else {
+                return;
+            };
+            self.count_outcome(&outcome.result);
+            let result = match outcome.result {
+                Ok(()) => CallOutcome::Committed { tick: seq },
+                Err(e @ (ReducerError::Failed { .. } | ReducerError::Panicked { .. })) => {
+                    CallOutcome::Failed {
+                        tick: seq,
+                        message: e.client_message(),
+                    }
+                }
+                Err(ReducerError::Storage(message)) => CallOutcome::Storage { message },
+                Err(e) => CallOutcome::Invalid {
+                    message: e.client_message(),
+                },
+            };
+            if matches!(
+                result,
+                CallOutcome::Committed { .. } | CallOutcome::Failed { .. }
+            ) && self.durability.is_some()
+                && durable < seq
+            {
+                self.http_held.push_back((seq, reply, result));
+            } else {
+                let _ = reply.send(result);
+            }
+            return;
+        };
+        let client = connection.0;
+        if outcome.request_id.is_some() {
+            self.count_outcome(&outcome.result);
+        }
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return; // the client left during this tick
+        };
+        match outcome.request_id {
+            None if entry.phase == ClientPhase::Joining => match outcome.result {
+                Ok(()) => {
+                    entry.phase = ClientPhase::Ready;
+                    self.publisher.connect(connection, entry.identity);
+                    self.metrics.connects.fetch_add(1, Relaxed);
+                    if !entry.deferred.is_empty() {
+                        self.undeferred.push(client);
+                    }
+                }
+                Err(error) => {
+                    let reason = error.client_message();
+                    tracing::info!(client, %reason, "client_connected refused a connection");
+                    self.metrics.connections_refused.fetch_add(1, Relaxed);
+                    self.drop_client(client);
+                    out.push(NetCommand::Disconnect {
+                        client: ClientId(client),
+                        reason,
+                    });
+                }
+            },
+            None => {}
+            Some(request_id) => {
+                let needs_durable = match entry.inflight.pop_front() {
+                    Some(Inflight::Call(d)) => d,
+                    _ => false,
+                };
+                let reply = ServerMessage::ReducerReply {
+                    request_id: request_id as u32,
+                    tick: seq,
+                    result: outcome.result.map_err(|e| e.client_message()),
+                };
+                let needed = if needs_durable { seq } else { 0 };
+                reply_to(
+                    entry,
+                    client,
+                    needed,
+                    durable,
+                    reply,
+                    out,
+                    &mut self.holding,
+                );
+                while let Some(Inflight::Refused(_)) = entry.inflight.front() {
+                    if let Some(Inflight::Refused(reply)) = entry.inflight.pop_front() {
+                        reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends held replies whose tick is durable; after a storage failure, turns the rest into
+    /// errors.
+    fn release_held(&mut self, out: &mut Vec<NetCommand>) {
+        let durable = self.durable_up_to();
+        let failure = self.engine.storage_failure();
+        let mut emptied = Vec::new();
+        for &client in &self.holding {
+            let Some(entry) = self.clients.get_mut(&client) else {
+                emptied.push(client);
+                continue;
+            };
+            while let Some((needed, _)) = entry.held.front() {
+                let needed = *needed;
+                if needed > durable && failure.is_none() {
+                    break;
+                }
+                let Some((_, mut msg)) = entry.held.pop_front() else {
+                    break;
+                };
+                if needed > durable
+                    && let (Some(failure), ServerMessage::ReducerReply { result, .. }) =
+                        (&failure, &mut msg)
+                {
+                    *result = Err(format!(
+                        "storage failure, tick {needed} was not made durable: {failure}"
+                    ));
+                }
+                out.push(NetCommand::Send {
+                    client: ClientId(client),
+                    msg,
+                });
+            }
+            if entry.held.is_empty() {
+                emptied.push(client);
+            }
+        }
+        for client in emptied {
+            self.holding.remove(&client);
+        }
+        while let Some((needed, _, _)) = self.http_held.front() {
+            if *needed > durable && failure.is_none() {
+                break;
+            }
+            let Some((needed, reply, outcome)) = self.http_held.pop_front() else {
+                break;
+            };
+            let outcome = match (&failure, needed > durable) {
+                (Some(failure), true) => CallOutcome::Storage {
+                    message: failure.clone(),
+                },
+                _ => outcome,
+            };
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn on_subscription(
+        &mut self,
+        client: u64,
+        msg: ClientMessage,
+        seq: u64,
+        out: &mut Vec<NetCommand>,
+    ) {
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let connection = ConnectionId(client);
+        let reply = match msg {
+            ClientMessage::Subscribe { query_id, sql } => {
+                match self
+                    .publisher
+                    .subscribe(&self.schema, connection, query_id, &sql)
+                {
+                    Ok(subscribed) => {
+                        entry.subscriptions += 1;
+                        self.subscriptions += 1;
+                        self.metrics.subscriptions_applied.fetch_add(1, Relaxed);
+                        ServerMessage::SubscriptionApplied {
+                            query_id,
+                            tick: seq,
+                            tables: vec![TableRows {
+                                table_id: subscribed.table,
+                                rows: Vec::new(),
+                            }],
+                        }
+                    }
+                    Err(error) => {
+                        self.metrics.subscription_errors.fetch_add(1, Relaxed);
+                        ServerMessage::SubscriptionError {
+                            query_id,
+                            message: error.to_string(),
+                        }
+                    }
+                }
+            }
+            ClientMessage::Unsubscribe { query_id } => {
+                match self.publisher.unsubscribe(connection, query_id) {
+                    Ok(()) => {
+                        entry.subscriptions -= 1;
+                        self.subscriptions -= 1;
+                        return;
+                    }
+                    Err(error) => ServerMessage::SubscriptionError {
+                        query_id,
+                        message: error.to_string(),
+                    },
+                }
+            }
+            ClientMessage::CallReducer { .. } => return,
+        };
+        out.push(NetCommand::Send {
+            client: ClientId(client),
+            msg: reply,
+        });
+    }
+}
+
+/// Sends `reply` now, or holds it behind the client's earlier held replies or until `needed`
+/// is durable.
+fn reply_to(
+    entry: &mut ClientEntry,
+    client: u64,
+    needed: u64,
+    durable: u64,
+    reply: ServerMessage,
+    out: &mut Vec<NetCommand>,
+    holding: &mut BTreeSet<u64>,
+) {
+    if entry.held.is_empty() && needed <= durable {
+        out.push(NetCommand::Send {
+            client: ClientId(client),
+            msg: reply,
+        });
+    } else {
+        entry.held.push_back((needed, reply));
+        holding.insert(client);
+    }
+}
+
+/// A time since the Unix epoch as an engine timestamp.
+pub fn timestamp(now: Duration) -> Timestamp {
+    Timestamp::from_micros(i64::try_from(now.as_micros()).unwrap_or(i64::MAX))
+}

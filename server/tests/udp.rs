@@ -1,0 +1,394 @@
+//! Real UDP over loopback: clients (one socket each, `UdpEndpoint`) against a server started
+//! in-process with `orrery_server::start` on port 0, tokens from the HTTP control plane.
+//!
+//! CI runs 1,100 clients. `cargo test --release -p orrery-server --test udp -- --ignored
+//! --nocapture` runs 4,096 and prints connect time and server CPU per tick.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use orrery_netcode::udp::UdpEndpoint;
+use orrery_netcode::{
+    ClientConfig, ClientEvent, ClientMessage, ClientSession, ServerMessage, unix_now,
+};
+use orrery_server::ServerConfig;
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+/// What one run measured (printed by the `--ignored` runs).
+#[derive(Debug)]
+#[allow(dead_code)]
+struct Report {
+    clients: usize,
+    /// Until every client got its `Connected` (tokens were fetched before).
+    connect_time: Duration,
+    /// Until the server ran `client_connected` for every client.
+    server_connected_time: Duration,
+    /// Server CPU time per tick with idle clients (keep-alives only): all server threads, and
+    /// the tick thread alone (the rest is the network task and the HTTP runtime).
+    idle_cpu_per_tick: Duration,
+    idle_tick_thread_cpu_per_tick: Duration,
+    idle_ticks: u64,
+    /// Server CPU time per tick while every client moves its walker every 200 ms (a reducer
+    /// call and its reply), no subscriptions.
+    replies_cpu_per_tick: Duration,
+    replies_tick_thread_cpu_per_tick: Duration,
+    replies_ticks: u64,
+    replies_calls: u64,
+    /// The same, and every client receives the walkers within 55 m of it (a spatial
+    /// subscription around its focus: about 95 rows in view, each moving 5 times a second).
+    load_cpu_per_tick: Duration,
+    load_tick_thread_cpu_per_tick: Duration,
+    load_ticks: u64,
+    load_calls: u64,
+    replies: u64,
+    updates: u64,
+    /// Tick time over the last 1,024 ticks (mostly the load phase), p50 / p99.
+    tick_total: (Duration, Duration),
+    tick_reducers: (Duration, Duration),
+    tick_publish: (Duration, Duration),
+    tick_flush: (Duration, Duration),
+    ticks_skipped: u64,
+}
+
+/// CPU time (from schedstat, so time preempted by other threads is not counted) of every
+/// thread of this process but `except`, and of the tick thread alone.
+fn process_cpu_except(except: &str) -> (Duration, Duration) {
+    let (mut total, mut tick) = (0u64, 0u64);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if task.file_name().to_string_lossy() == except {
+                continue;
+            }
+            let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let ns = s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            total += ns;
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "orrery-tick" {
+                tick += ns;
+            }
+        }
+    }
+    (Duration::from_nanos(total), Duration::from_nanos(tick))
+}
+
+fn this_thread_id() -> String {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+struct Client {
+    session: ClientSession,
+    udp: UdpEndpoint,
+    connected: bool,
+    replies: Vec<u32>,
+    updates: u64,
+    next_call: Instant,
+    sent: u32,
+    pos: (f32, f32),
+    rng: u64,
+}
+
+/// Walkers start in a 640 m square: about 75 others within 50 m of each at 4,096 clients.
+const AREA: f32 = 640.0;
+
+fn next_rand(x: &mut u64) -> f32 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    (*x >> 40) as f32 / (1u64 << 24) as f32
+}
+
+async fn connect_token(router: &axum::Router) -> Vec<u8> {
+    let post = |uri: &str, token: Option<&str>| {
+        let mut r = Request::builder().method("POST").uri(uri);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let json = |resp: axum::response::Response| async move {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let id = json(
+        router
+            .clone()
+            .oneshot(post("/v1/identity", None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token = id["token"].as_str().unwrap();
+    let ct = json(
+        router
+            .clone()
+            .oneshot(post("/v1/connect-token", Some(token)))
+            .await
+            .unwrap(),
+    )
+    .await;
+    base64::engine::general_purpose::STANDARD
+        .decode(ct["connect_token"].as_str().unwrap())
+        .unwrap()
+}
+
+fn pass(clients: &mut [Client], calling: bool) {
+    let now_i = Instant::now();
+    for c in clients.iter_mut() {
+        let now = unix_now();
+        c.udp.recv(&mut c.session, now).unwrap();
+        while let Some(ev) = c.session.poll_event() {
+            match ev {
+                ClientEvent::Connected { .. } => c.connected = true,
+                ClientEvent::Message {
+                    msg:
+                        ServerMessage::ReducerReply {
+                            request_id, result, ..
+                        },
+                    ..
+                } => {
+                    assert_eq!(result, Ok(()), "reply {request_id}");
+                    c.replies.push(request_id);
+                }
+                ClientEvent::Message {
+                    msg: ServerMessage::TableUpdate { .. },
+                    ..
+                } => c.updates += 1,
+                ClientEvent::Message { .. } => {}
+                ClientEvent::Disconnected { reason } => panic!("client disconnected: {reason}"),
+            }
+        }
+        if calling && c.connected && now_i >= c.next_call {
+            c.next_call = now_i + Duration::from_millis(200);
+            let (dx, dy) = (
+                next_rand(&mut c.rng) * 4.0 - 2.0,
+                next_rand(&mut c.rng) * 4.0 - 2.0,
+            );
+            c.pos = (
+                (c.pos.0 + dx).clamp(0.0, AREA),
+                (c.pos.1 + dy).clamp(0.0, AREA),
+            );
+            c.session
+                .send(&ClientMessage::CallReducer {
+                    request_id: c.sent,
+                    reducer: "walk".into(),
+                    args: common::walk_args(c.pos.0, c.pos.1),
+                    durable: false,
+                })
+                .unwrap();
+            c.sent += 1;
+        }
+        c.session.update(now);
+        c.udp.flush(&mut c.session).unwrap();
+    }
+}
+
+fn run_for(clients: &mut [Client], d: Duration, calling: bool) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        pass(clients, calling);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn run_until(
+    clients: &mut [Client],
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&[Client]) -> bool,
+) {
+    let end = Instant::now() + limit;
+    while !done(clients) {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        pass(clients, false);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+async fn run_load(n: usize, steady: Duration) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests(dir.path());
+    config.max_pending = n.max(4096);
+    config.connect_token_lifetime = Duration::from_secs(120);
+    config.connection_timeout = Duration::from_secs(30);
+    let server = orrery_server::start(common::module(), config)
+        .await
+        .unwrap();
+    let router = server.router();
+    let mut tokens = Vec::with_capacity(n);
+    for _ in 0..n {
+        tokens.push(connect_token(&router).await);
+    }
+    let metrics = server.metrics().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let me = this_thread_id();
+        let mut clients: Vec<Client> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Client {
+                session: ClientSession::from_token_bytes(ClientConfig::default(), t, unix_now())
+                    .unwrap(),
+                udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
+                connected: false,
+                replies: Vec::new(),
+                updates: 0,
+                next_call: Instant::now(),
+                sent: 0,
+                pos: (0.0, 0.0),
+                rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+            })
+            .collect();
+        let start = Instant::now();
+        run_until(
+            &mut clients,
+            Duration::from_secs(120),
+            "connections",
+            |cs| cs.iter().all(|c| c.connected),
+        );
+        let connect_time = start.elapsed();
+        run_until(
+            &mut clients,
+            Duration::from_secs(60),
+            "client_connected",
+            |_| metrics.clients.load(Relaxed) == n as u64,
+        );
+        let server_connected_time = start.elapsed();
+
+        // Three calls each: every reply once, in order.
+        for c in clients.iter_mut() {
+            for _ in 0..3 {
+                c.session
+                    .send(&ClientMessage::CallReducer {
+                        request_id: c.sent,
+                        reducer: "add".into(),
+                        args: common::add_args(1),
+                        durable: false,
+                    })
+                    .unwrap();
+                c.sent += 1;
+            }
+        }
+        run_until(&mut clients, Duration::from_secs(60), "replies", |cs| {
+            cs.iter().all(|c| c.replies.len() == 3)
+        });
+        assert!(clients.iter().all(|c| c.replies == [0, 1, 2]));
+
+        // Idle.
+        let (cpu0, ticks0) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        run_for(&mut clients, steady, false);
+        let (cpu1, ticks1) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+
+        // Replies: each client places its walker, then moves it every 200 ms.
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.pos = (next_rand(&mut c.rng) * AREA, next_rand(&mut c.rng) * AREA);
+            c.session
+                .send(&ClientMessage::CallReducer {
+                    request_id: c.sent,
+                    reducer: "walk".into(),
+                    args: common::walk_args(c.pos.0, c.pos.1),
+                    durable: false,
+                })
+                .unwrap();
+            c.sent += 1;
+            c.next_call = Instant::now() + Duration::from_millis(200 + (i % 200) as u64);
+        }
+        let calls_a = metrics.calls.load(Relaxed);
+        let (cpu_a, ticks_a) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        run_for(&mut clients, steady, true);
+        let (cpu_b, ticks_b) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let reply_calls = metrics.calls.load(Relaxed) - calls_a;
+        let reply_ticks = (ticks_b - ticks_a).max(1);
+
+        // Updates too: each client subscribes to the walkers within 50 m of its own.
+        for c in clients.iter_mut() {
+            c.session
+                .send(&ClientMessage::Subscribe {
+                    query_id: 1,
+                    sql: "SELECT * FROM mob WHERE within(pos, :focus, 50)".into(),
+                })
+                .unwrap();
+        }
+        let calls0 = metrics.calls.load(Relaxed);
+        let (cpu2, ticks2) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        run_for(&mut clients, steady, true);
+        let (cpu3, ticks3) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let load_calls = metrics.calls.load(Relaxed) - calls0;
+        run_until(
+            &mut clients,
+            Duration::from_secs(60),
+            "load replies",
+            |cs| cs.iter().all(|c| c.replies.len() == c.sent as usize),
+        );
+        for c in &clients {
+            assert_eq!(c.replies, (0..c.sent).collect::<Vec<_>>());
+            assert!(c.session.is_connected());
+        }
+        let summary = metrics.tick_stats.lock().unwrap().summary();
+        let pq = |p: orrery_tick::Phase| (summary.phase(p).p50, summary.phase(p).p99);
+        let idle_ticks = (ticks1 - ticks0).max(1);
+        let load_ticks = (ticks3 - ticks2).max(1);
+        Report {
+            clients: n,
+            replies_cpu_per_tick: (cpu_b.0 - cpu_a.0) / reply_ticks as u32,
+            replies_tick_thread_cpu_per_tick: (cpu_b.1 - cpu_a.1) / reply_ticks as u32,
+            replies_ticks: reply_ticks,
+            replies_calls: reply_calls,
+            connect_time,
+            server_connected_time,
+            idle_cpu_per_tick: (cpu1.0 - cpu0.0) / idle_ticks as u32,
+            idle_tick_thread_cpu_per_tick: (cpu1.1 - cpu0.1) / idle_ticks as u32,
+            idle_ticks,
+            load_cpu_per_tick: (cpu3.0 - cpu2.0) / load_ticks as u32,
+            load_tick_thread_cpu_per_tick: (cpu3.1 - cpu2.1) / load_ticks as u32,
+            load_ticks,
+            load_calls,
+            replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
+            updates: clients.iter().map(|c| c.updates).sum(),
+            tick_total: (summary.total.p50, summary.total.p99),
+            tick_reducers: pq(orrery_tick::Phase::Reducers),
+            tick_publish: pq(orrery_tick::Phase::Publish),
+            tick_flush: pq(orrery_tick::Phase::Flush),
+            ticks_skipped: metrics.ticks_skipped.load(Relaxed),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.metrics().disconnects.load(Relaxed), 0);
+    server.shutdown().await.unwrap();
+    report
+}
+
+/// More clients than renet_netcode's 1,024 cap on one server process, through the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr)] // the numbers go to the test log
+async fn eleven_hundred_clients_over_real_udp() {
+    let r = run_load(1_100, Duration::from_millis(600)).await;
+    eprintln!("{r:#?}");
+    assert!(r.replies >= 3 * 1_100);
+    assert!(r.updates > 0, "subscribed rows were published");
+    assert!(r.connect_time < Duration::from_secs(60), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load: run with --release -- --ignored --nocapture"]
+#[allow(clippy::print_stderr)] // reports the measured numbers
+async fn four_thousand_ninety_six_clients_over_real_udp() {
+    let r = run_load(4_096, Duration::from_secs(5)).await;
+    eprintln!("{r:#?}");
+    assert!(r.replies >= 3 * 4_096);
+}
