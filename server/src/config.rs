@@ -101,6 +101,9 @@ pub struct ServerConfig {
     pub connect_token_lifetime: Duration,
     /// Silence after which a connection is dropped (put in connect tokens; default 10 s).
     pub connection_timeout: Duration,
+    /// Rows a one-off read (`POST /v1/sql`) may return; a query selecting more is refused
+    /// (default 10,000).
+    pub max_sql_rows: usize,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +135,7 @@ impl Default for ServerConfig {
             identity_token_lifetime: Duration::from_secs(30 * 24 * 3600),
             connect_token_lifetime: Duration::from_secs(30),
             connection_timeout: Duration::from_secs(10),
+            max_sql_rows: 10_000,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::net::{self, ClientInfo, NetCommand, NetEvent};
-use crate::tick::{HttpCall, TickCore};
+use crate::tick::{HttpCall, HttpRequest, SqlRead, TickCore};
 
 /// A server on explicit time (see the module docs).
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct ServerCore {
     anchor: Instant,
     start: Duration,
     events: Vec<NetEvent>,
-    calls: Vec<HttpCall>,
+    requests: Vec<HttpRequest>,
     commands: Vec<NetCommand>,
     metrics: Arc<Metrics>,
 }
@@ -61,7 +61,7 @@ impl ServerCore {
             anchor,
             start: now,
             events: Vec::new(),
-            calls: Vec::new(),
+            requests: Vec::new(),
             commands: Vec::new(),
             metrics,
         })
@@ -78,7 +78,12 @@ impl ServerCore {
 
     /// Queues an HTTP reducer call for the next tick.
     pub fn submit_call(&mut self, call: HttpCall) {
-        self.calls.push(call);
+        self.requests.push(HttpRequest::Call(call));
+    }
+
+    /// Queues a one-off SQL read; it is answered at the end of the next tick.
+    pub fn submit_sql(&mut self, read: SqlRead) {
+        self.requests.push(HttpRequest::Sql(read));
     }
 
     /// Advances to `now`: collects the session's events, runs every tick the clock says is
@@ -90,8 +95,8 @@ impl ServerCore {
         self.metrics.ticks_skipped.fetch_add(due.skipped, Relaxed);
         for _ in 0..due.run {
             let events = std::mem::take(&mut self.events);
-            let calls = std::mem::take(&mut self.calls);
-            let mut timing = self.tick.tick(now, events, calls, &mut self.commands);
+            let requests = std::mem::take(&mut self.requests);
+            let mut timing = self.tick.tick(now, events, requests, &mut self.commands);
             let mut timer = PhaseTimer::start();
             net::apply_commands(&mut self.session, self.commands.drain(..));
             timer.lap(Phase::Flush);

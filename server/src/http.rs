@@ -10,6 +10,7 @@
 //! | `POST /v1/connect-token` | bearer | 200 `{"connect_token","server_addresses","identity","client_id"}` | 401 |
 //! | `GET /v1/schema` | none | 200 module schema | |
 //! | `POST /v1/call/{reducer}` | bearer | 200 `{"ok":true,"tick":n}` | 400, 401, 422, 429, 503 |
+//! | `POST /v1/sql` | bearer | 200 `{"table","tick","rows":[{..}]}` | 400, 401, 429, 503 |
 //! | `GET /v1/admin/clients` | admin | 200 `{"clients":[..]}` | 401, 403 |
 //! | `POST /v1/admin/clients/{id}/disconnect` | admin | 200 `{"disconnected":true}` | 401, 403, 404 |
 //!
@@ -27,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use orrery_engine::glam::Vec3;
 use orrery_engine::schema::{ModuleSchema, ReducerKind};
 use orrery_netcode::{ConnectTokenIssuer, unix_now};
 use serde_json::json;
@@ -35,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{AuthError, Secrets, random_bytes};
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::ClientInfo;
-use crate::tick::{CallOutcome, HttpCall};
+use crate::tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead};
 
 /// A request for the network side (which owns the sessions).
 #[derive(Debug)]
@@ -66,8 +68,8 @@ pub struct ControlPlane {
     pub schema: ModuleSchema,
     /// The schema as JSON (served as is).
     pub schema_json: serde_json::Value,
-    /// HTTP calls to the tick thread (bounded; full means busy).
-    pub calls: mpsc::Sender<HttpCall>,
+    /// HTTP calls and reads to the tick thread (bounded; full means busy).
+    pub calls: mpsc::Sender<HttpRequest>,
     /// Admin requests to the network task.
     pub admin: mpsc::Sender<AdminRequest>,
     /// Counters.
@@ -102,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connect-token", post(connect_token))
         .route("/v1/schema", get(schema))
         .route("/v1/call/{reducer}", post(call))
+        .route("/v1/sql", post(sql))
         .route("/v1/admin/clients", get(admin_clients))
         .route(
             "/v1/admin/clients/{client_id}/disconnect",
@@ -274,20 +277,16 @@ async fn call(
         Err(e) => return bad(format!("bad arguments for reducer {reducer:?}: {e}")),
     };
     let (tx, rx) = oneshot::channel();
-    let sent = state.calls.try_send(HttpCall {
+    let sent = state.calls.try_send(HttpRequest::Call(HttpCall {
         identity,
         reducer,
         args,
         reply: tx,
-    });
+    }));
     if let Err(e) = sent {
         state.metrics.calls.fetch_add(1, Relaxed);
         state.metrics.reject(RejectKind::Busy);
-        let why = match e {
-            mpsc::error::TrySendError::Full(_) => "server busy: too many HTTP calls queued",
-            mpsc::error::TrySendError::Closed(_) => "server shutting down",
-        };
-        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+        return busy(e);
     }
     match rx.await {
         Ok(CallOutcome::Committed { tick }) => {
@@ -301,6 +300,102 @@ async fn call(
         Ok(CallOutcome::Invalid { message }) => error(StatusCode::BAD_REQUEST, message),
         Ok(CallOutcome::RateLimited { message }) => error(StatusCode::TOO_MANY_REQUESTS, message),
         Ok(CallOutcome::Storage { message }) => error(StatusCode::SERVICE_UNAVAILABLE, message),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+    }
+}
+
+fn busy<T>(e: mpsc::error::TrySendError<T>) -> Response {
+    let why = match e {
+        mpsc::error::TrySendError::Full(_) => "server busy: too many HTTP requests queued",
+        mpsc::error::TrySendError::Closed(_) => "server shutting down",
+    };
+    error(StatusCode::SERVICE_UNAVAILABLE, why)
+}
+
+/// The body of `POST /v1/sql`: either the query as plain text, or JSON
+/// `{"sql": "...", "focus": [x, y] | [x, y, z]}` (the focus a `within(..)` measures from).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlBody {
+    sql: String,
+    #[serde(default)]
+    focus: Option<Vec<f32>>,
+}
+
+fn parse_sql_body(body: &[u8]) -> Result<(String, Option<Vec3>), String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("request body is not UTF-8: {e}"))?;
+    let trimmed = text.trim();
+    if !trimmed.starts_with('{') {
+        if trimmed.is_empty() {
+            return Err("empty query: send the SQL as the body or as {\"sql\": ..}".into());
+        }
+        return Ok((trimmed.to_owned(), None));
+    }
+    let body: SqlBody =
+        serde_json::from_str(trimmed).map_err(|e| format!("request body is not valid: {e}"))?;
+    let focus = match body.focus.as_deref() {
+        None => None,
+        Some(&[x, y]) => Some(Vec3::new(x, y, 0.0)),
+        Some(&[x, y, z]) => Some(Vec3::new(x, y, z)),
+        Some(other) => {
+            return Err(format!(
+                "focus must be [x, y] or [x, y, z], got {} numbers",
+                other.len()
+            ));
+        }
+    };
+    if focus.is_some_and(|f| !f.is_finite()) {
+        return Err("focus must be finite".into());
+    }
+    Ok((body.sql, focus))
+}
+
+async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let identity = match authenticate(&state, &headers) {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let refuse = |status, message: String| {
+        state.metrics.sql_reads.fetch_add(1, Relaxed);
+        state.metrics.sql_refused.fetch_add(1, Relaxed);
+        error(status, message)
+    };
+    let (sql, focus) = match parse_sql_body(&body) {
+        Ok(parsed) => parsed,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = state.calls.try_send(HttpRequest::Sql(SqlRead {
+        identity,
+        sql,
+        focus,
+        reply: tx,
+    }));
+    if let Err(e) = sent {
+        state.metrics.sql_reads.fetch_add(1, Relaxed);
+        state.metrics.sql_refused.fetch_add(1, Relaxed);
+        return busy(e);
+    }
+    match rx.await {
+        Ok(SqlOutcome::Rows { tick, table, rows }) => {
+            let Some(schema) = state.schema.tables.get(table as usize) else {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "unknown table id");
+            };
+            let mut json_rows = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match orrery_engine::value::row_to_json(schema, row) {
+                    Ok(v) => json_rows.push(v),
+                    Err(e) => {
+                        tracing::error!(table = %schema.name, error = %e, "stored row does not decode");
+                        return error(StatusCode::INTERNAL_SERVER_ERROR, "a row did not decode");
+                    }
+                }
+            }
+            axum::Json(json!({"table": schema.name, "tick": tick, "rows": json_rows}))
+                .into_response()
+        }
+        Ok(SqlOutcome::Invalid { message }) => error(StatusCode::BAD_REQUEST, message),
+        Ok(SqlOutcome::RateLimited { message }) => error(StatusCode::TOO_MANY_REQUESTS, message),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
     }
 }

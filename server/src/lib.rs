@@ -42,4 +42,4 @@ pub use config::{RateLimit, ServerArgs, ServerConfig, Storage};
 pub use error::ServerError;
 pub use metrics::Metrics;
 pub use runtime::{ServerHandle, start};
-pub use tick::{CallOutcome, HttpCall, TickCore};
+pub use tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead, TickCore};

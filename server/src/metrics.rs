@@ -69,6 +69,10 @@ pub struct Metrics {
     /// Calls whose reducer returned an error or panicked.
     pub calls_failed: AtomicU64,
     rejected: [AtomicU64; 4],
+    /// One-off SQL reads received (`POST /v1/sql`).
+    pub sql_reads: AtomicU64,
+    /// SQL reads refused (bad query, private table, too many rows, rate limit).
+    pub sql_refused: AtomicU64,
     /// Connections that completed `client_connected`.
     pub connects: AtomicU64,
     /// Connections that ended.
@@ -120,6 +124,8 @@ impl Metrics {
             calls: z(),
             calls_committed: z(),
             calls_failed: z(),
+            sql_reads: z(),
+            sql_refused: z(),
             rejected: [z(), z(), z(), z()],
             connects: z(),
             disconnects: z(),
@@ -301,6 +307,18 @@ impl Metrics {
             "counter",
             "Reducer calls that returned an error or panicked (rolled back).",
             &[("", g(&self.calls_failed))],
+        );
+        metric(
+            "orrery_sql_reads_total",
+            "counter",
+            "One-off SQL reads received (POST /v1/sql).",
+            &[("", g(&self.sql_reads))],
+        );
+        metric(
+            "orrery_sql_reads_refused_total",
+            "counter",
+            "SQL reads refused: bad query, private table, too many rows or rate limit.",
+            &[("", g(&self.sql_refused))],
         );
         let rejected: Vec<(String, f64)> = RejectKind::ALL
             .iter()

@@ -14,7 +14,7 @@
 //! applying commands; events are never dropped (connects and disconnects must pair).
 //! Commands (tick → network, [`COMMAND_BATCHES`] batches of one tick each): when full the
 //! tick thread waits, which shows as a long flush phase and ticks skipped by the clock. HTTP
-//! calls ([`HTTP_CALL_QUEUE`]): when full the call is answered 503 at once.
+//! calls and SQL reads ([`HTTP_CALL_QUEUE`]): when full the request is answered 503 at once.
 //!
 //! The caller owns the tokio runtime (multi-threaded, with I/O and time enabled).
 
@@ -38,7 +38,7 @@ use crate::error::ServerError;
 use crate::http::{self, AdminRequest, AppState, ControlPlane};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
-use crate::tick::{HttpCall, TickCore};
+use crate::tick::{HttpRequest, TickCore};
 
 /// Capacity of the network → tick event channel, in batches.
 pub const EVENT_BATCHES: usize = 1024;
@@ -47,7 +47,7 @@ pub const COMMAND_BATCHES: usize = 64;
 /// Events the network task holds, when the event channel is full, before it stops reading
 /// the socket.
 pub const MAX_PENDING_EVENTS: usize = 65_536;
-/// HTTP reducer calls waiting for the tick thread at most.
+/// HTTP reducer calls and SQL reads waiting for the tick thread at most.
 pub const HTTP_CALL_QUEUE: usize = 4096;
 
 /// A running server. Dropping it without [`ServerHandle::shutdown`] stops the tasks but does
@@ -292,7 +292,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
 
     let (event_tx, event_rx) = mpsc::channel::<Vec<NetEvent>>(EVENT_BATCHES);
     let (command_tx, command_rx) = mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES);
-    let (call_tx, call_rx) = mpsc::channel::<HttpCall>(HTTP_CALL_QUEUE);
+    let (call_tx, call_rx) = mpsc::channel::<HttpRequest>(HTTP_CALL_QUEUE);
     let (admin_tx, admin_rx) = mpsc::channel::<AdminRequest>(64);
     let (stop, stop_rx) = watch::channel(false);
     let tick_stop = Arc::new(AtomicBool::new(false));
@@ -385,7 +385,7 @@ fn tick_loop(
     mut core: TickCore,
     mut clock: FixedClock,
     mut events: mpsc::Receiver<Vec<NetEvent>>,
-    mut calls: mpsc::Receiver<HttpCall>,
+    mut calls: mpsc::Receiver<HttpRequest>,
     commands: mpsc::Sender<Vec<NetCommand>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,

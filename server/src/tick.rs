@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use orrery_engine::glam::Vec3;
 use orrery_engine::schema::ModuleSchema;
 use orrery_engine::subscription::Publisher;
 use orrery_engine::{
@@ -56,6 +57,53 @@ pub struct HttpCall {
     pub args: Vec<u8>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<CallOutcome>,
+}
+
+/// A one-off SQL read (`POST /v1/sql`) as `identity`, answered from the publisher's mirror at
+/// the end of the tick it is handled in, under subscription visibility rules.
+#[derive(Debug)]
+pub struct SqlRead {
+    /// The reader.
+    pub identity: [u8; 32],
+    /// The query (the subscription SQL subset).
+    pub sql: String,
+    /// The point `:focus` stands for in a `within(..)`.
+    pub focus: Option<Vec3>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<SqlOutcome>,
+}
+
+/// What became of a [`SqlRead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlOutcome {
+    /// The visible rows, in the Orrery row format, ordered by primary key.
+    Rows {
+        /// The tick sequence the rows are as of.
+        tick: u64,
+        /// The table's id in the schema.
+        table: u32,
+        /// One encoded row each.
+        rows: Vec<Vec<u8>>,
+    },
+    /// The query is not valid, names a private table, or selects too many rows.
+    Invalid {
+        /// What was wrong.
+        message: String,
+    },
+    /// Over the identity's rate limit.
+    RateLimited {
+        /// The limit.
+        message: String,
+    },
+}
+
+/// A request from the HTTP control plane to the tick thread.
+#[derive(Debug)]
+pub enum HttpRequest {
+    /// A reducer call.
+    Call(HttpCall),
+    /// A one-off read.
+    Sql(SqlRead),
 }
 
 /// What became of an HTTP call.
@@ -132,6 +180,9 @@ pub struct TickCore {
     undeferred: Vec<u64>,
     subscription_messages: Vec<(u64, ClientMessage)>,
     http_pending: FxHashMap<u64, oneshot::Sender<CallOutcome>>,
+    /// Reads answered after this tick's publish phase.
+    sql_reads: Vec<SqlRead>,
+    max_sql_rows: usize,
     http_held: VecDeque<(u64, oneshot::Sender<CallOutcome>, CallOutcome)>,
     http_next: u64,
     http_buckets: FxHashMap<[u8; 32], TokenBucket>,
@@ -193,6 +244,8 @@ impl TickCore {
             undeferred: Vec::new(),
             subscription_messages: Vec::new(),
             http_pending: FxHashMap::default(),
+            sql_reads: Vec::new(),
+            max_sql_rows: config.max_sql_rows,
             http_held: VecDeque::new(),
             http_next: 0,
             http_buckets: FxHashMap::default(),
@@ -263,7 +316,7 @@ impl TickCore {
         &mut self,
         now: Duration,
         events: impl IntoIterator<Item = NetEvent>,
-        calls: impl IntoIterator<Item = HttpCall>,
+        requests: impl IntoIterator<Item = HttpRequest>,
         out: &mut Vec<NetCommand>,
     ) -> TickTiming {
         let mut timer = PhaseTimer::start();
@@ -280,8 +333,11 @@ impl TickCore {
         for event in events {
             self.on_event(event, now, durable, out);
         }
-        for call in calls {
-            self.on_http_call(call, now);
+        for request in requests {
+            match request {
+                HttpRequest::Call(call) => self.on_http_call(call, now),
+                HttpRequest::Sql(read) => self.on_sql_read(read, now),
+            }
         }
         timer.lap(Phase::Input);
         let input_time = timer.finish().get(Phase::Input);
@@ -327,6 +383,7 @@ impl TickCore {
             });
         }
         self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
+        self.answer_sql_reads(seq);
         timer.lap(Phase::Publish);
         timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
 
@@ -492,15 +549,10 @@ impl TickCore {
 
     fn on_http_call(&mut self, call: HttpCall, now: Duration) {
         self.metrics.calls.fetch_add(1, Relaxed);
-        let rate = self.rate;
-        let bucket = self
-            .http_buckets
-            .entry(call.identity)
-            .or_insert_with(|| TokenBucket::new(&rate, now));
-        if !bucket.try_take(&rate, now) {
+        if !self.http_allowed(call.identity, now) {
             self.metrics.reject(RejectKind::RateLimit);
             let _ = call.reply.send(CallOutcome::RateLimited {
-                message: rate_limited_message(&rate),
+                message: rate_limited_message(&self.rate),
             });
             return;
         }
@@ -513,6 +565,59 @@ impl TickCore {
             reducer: call.reducer,
             args: call.args,
         });
+    }
+
+    /// Takes a token from the identity's HTTP bucket (shared by calls and reads).
+    fn http_allowed(&mut self, identity: [u8; 32], now: Duration) -> bool {
+        let rate = self.rate;
+        let bucket = self
+            .http_buckets
+            .entry(identity)
+            .or_insert_with(|| TokenBucket::new(&rate, now));
+        bucket.try_take(&rate, now)
+    }
+
+    fn on_sql_read(&mut self, read: SqlRead, now: Duration) {
+        self.metrics.sql_reads.fetch_add(1, Relaxed);
+        if !self.http_allowed(read.identity, now) {
+            self.metrics.sql_refused.fetch_add(1, Relaxed);
+            let _ = read.reply.send(SqlOutcome::RateLimited {
+                message: rate_limited_message(&self.rate),
+            });
+            return;
+        }
+        self.sql_reads.push(read);
+    }
+
+    fn answer_sql_reads(&mut self, seq: u64) {
+        for read in std::mem::take(&mut self.sql_reads) {
+            let outcome = match self.publisher.read(
+                &self.schema,
+                &read.sql,
+                Identity(read.identity),
+                read.focus,
+            ) {
+                Ok((_, rows)) if rows.len() > self.max_sql_rows => SqlOutcome::Invalid {
+                    message: format!(
+                        "the query selects {} rows, more than the limit of {}; narrow it with WHERE",
+                        rows.len(),
+                        self.max_sql_rows
+                    ),
+                },
+                Ok((table, rows)) => SqlOutcome::Rows {
+                    tick: seq,
+                    table,
+                    rows,
+                },
+                Err(e) => SqlOutcome::Invalid {
+                    message: e.to_string(),
+                },
+            };
+            if !matches!(outcome, SqlOutcome::Rows { .. }) {
+                self.metrics.sql_refused.fetch_add(1, Relaxed);
+            }
+            let _ = read.reply.send(outcome);
+        }
     }
 
     fn count_outcome(&self, result: &Result<(), ReducerError>) {

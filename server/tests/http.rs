@@ -369,3 +369,96 @@ async fn taken_ports_fall_back() {
         "{error}"
     );
 }
+
+/// `POST /v1/sql`: one-off reads under the subscription rules, as plain text or JSON with a
+/// focus; every refusal is a 400 naming the problem, and reads count in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_obey_visibility_and_limits() {
+    let (server, dir) = server(|c| c.max_sql_rows = 3).await;
+    let router = server.router();
+    let admin = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
+    let (_, a) = new_identity(&router).await;
+    let (_, b) = new_identity(&router).await;
+    for body in [
+        r#"[1, "one"]"#,
+        r#"[5, "five"]"#,
+        r#"[9, "nine"]"#,
+        r#"[2, "two"]"#,
+    ] {
+        let (status, v) = json_of(&router, "POST", "/v1/call/note", Some(&a), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    for (token, body) in [(&a, "[10.0, 10.0]"), (&b, "[500.0, 500.0]")] {
+        let (status, v) = json_of(&router, "POST", "/v1/call/walk", Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+
+    let sql = |token: &str, body: &str| {
+        let router = router.clone();
+        let (token, body) = (token.to_owned(), body.to_owned());
+        async move { json_of(&router, "POST", "/v1/sql", Some(&token), Some(&body)).await }
+    };
+    // Plain-text body; the reducers above committed before this read's tick ended.
+    let (status, v) = sql(&b, "SELECT * FROM note WHERE level > 2 ORDER BY 1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = sql(&b, "  SELECT * FROM note WHERE level > 2 OR text = 'one'\n").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["table"], "note");
+    assert!(v["tick"].as_u64().unwrap() > 0);
+    let texts: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "five", "nine"], "ordered by primary key");
+
+    // JSON body with a focus for `within`.
+    let (status, v) = sql(
+        &b,
+        r#"{"sql": "SELECT * FROM mob WHERE within(pos, :focus, 50)", "focus": [0, 0]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["pos"], json!([10.0, 10.0]));
+    let (status, v) = sql(
+        &a,
+        r#"{"sql": "SELECT * FROM mob WHERE within(pos, :focus, 50)", "focus": [490, 510, 0]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+
+    // Refusals, each naming what is wrong.
+    for (body, needle) in [
+        ("SELECT * FROM mob WHERE within(pos, :focus, 50)", "focus"),
+        ("SELECT * FROM presence", "presence"),
+        ("SELECT * FROM nope", "nope"),
+        ("DELETE FROM note", "DELETE"),
+        ("SELECT * FROM note", "limit of 3"),
+        ("", "empty"),
+        (
+            r#"{"sql": "SELECT * FROM note", "focus": [1, 2, 3, 4]}"#,
+            "focus",
+        ),
+        (r#"{"sql": "SELECT * FROM note", "extra": 1}"#, "extra"),
+    ] {
+        let (status, v) = sql(&a, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.to_lowercase().contains(&needle.to_lowercase()),
+            "{body}: {message}"
+        );
+    }
+    let (status, _) = send(&router, "POST", "/v1/sql", None, Some("SELECT * FROM note")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (_, text) = send(&router, "GET", "/metrics", Some(admin.trim()), None).await;
+    let metrics = common::parse_metrics(&text);
+    assert_eq!(metrics["orrery_sql_reads_total"], 12.0, "{text}");
+    assert_eq!(metrics["orrery_sql_reads_refused_total"], 9.0, "{text}");
+    server.shutdown().await.unwrap();
+}
