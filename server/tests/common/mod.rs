@@ -432,3 +432,171 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// A larger module for the mirror convergence test (`tests/mirror.rs`): the tables above plus an
+// owner-visible table and quantized spatial NPCs, with reducers that update and delete.
+
+/// Items only their owner sees (`owner = owner`), with a quantized column.
+#[table(name = item, owner = owner)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    #[index(btree)]
+    pub owner: Identity,
+    pub kind: u32,
+    #[quantize(0.25)]
+    pub weight: f32,
+}
+
+/// Non-player walkers: spatial, quantized on the wire, and with a column queries filter on.
+#[table(name = npc, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Npc {
+    #[primary_key]
+    pub id: u64,
+    #[spatial(cell = 25.0)]
+    #[quantize(0.01)]
+    pub pos: Vec2,
+    pub hp: i32,
+}
+
+/// Sets a note's level and text (no-op for an unknown id).
+#[reducer]
+pub fn note_set(ctx: &mut ReducerContext, id: u64, level: u32, text: String) -> Result<(), String> {
+    if ctx.db.note().id().find(&id).is_some() {
+        ctx.db.note().id().update(Note { id, level, text })?;
+    }
+    Ok(())
+}
+
+/// Deletes a note (no-op for an unknown id).
+#[reducer]
+pub fn note_del(ctx: &mut ReducerContext, id: u64) -> Result<(), String> {
+    ctx.db.note().id().delete(&id);
+    Ok(())
+}
+
+/// Inserts or replaces an NPC.
+#[reducer]
+pub fn npc_put(ctx: &mut ReducerContext, id: u64, x: f32, y: f32, hp: i32) -> Result<(), String> {
+    let row = Npc {
+        id,
+        pos: Vec2::new(x, y),
+        hp,
+    };
+    if ctx.db.npc().id().find(&id).is_some() {
+        ctx.db.npc().id().update(row)?;
+    } else {
+        ctx.db.npc().insert(row)?;
+    }
+    Ok(())
+}
+
+/// Moves an NPC, keeping its hit points (no-op for an unknown id).
+#[reducer]
+pub fn npc_move(ctx: &mut ReducerContext, id: u64, x: f32, y: f32) -> Result<(), String> {
+    if let Some(npc) = ctx.db.npc().id().find(&id) {
+        ctx.db.npc().id().update(Npc {
+            pos: Vec2::new(x, y),
+            ..npc
+        })?;
+    }
+    Ok(())
+}
+
+/// Deletes an NPC (no-op for an unknown id).
+#[reducer]
+pub fn npc_del(ctx: &mut ReducerContext, id: u64) -> Result<(), String> {
+    ctx.db.npc().id().delete(&id);
+    Ok(())
+}
+
+/// A new item owned by the caller.
+#[reducer]
+pub fn item_put(ctx: &mut ReducerContext, kind: u32, weight: f32) -> Result<(), String> {
+    ctx.db.item().insert(Item {
+        id: 0,
+        owner: ctx.sender,
+        kind,
+        weight,
+    })?;
+    Ok(())
+}
+
+/// Changes an item's kind and weight (no-op for an unknown id).
+#[reducer]
+pub fn item_set(ctx: &mut ReducerContext, id: u64, kind: u32, weight: f32) -> Result<(), String> {
+    if let Some(item) = ctx.db.item().id().find(&id) {
+        ctx.db.item().id().update(Item {
+            kind,
+            weight,
+            ..item
+        })?;
+    }
+    Ok(())
+}
+
+/// Hands an item to another identity (no-op for an unknown id): it leaves one owner's view and
+/// enters another's.
+#[reducer]
+pub fn item_give(ctx: &mut ReducerContext, id: u64, to: Identity) -> Result<(), String> {
+    if let Some(item) = ctx.db.item().id().find(&id) {
+        ctx.db.item().id().update(Item { owner: to, ..item })?;
+    }
+    Ok(())
+}
+
+/// Deletes an item (no-op for an unknown id).
+#[reducer]
+pub fn item_del(ctx: &mut ReducerContext, id: u64) -> Result<(), String> {
+    ctx.db.item().id().delete(&id);
+    Ok(())
+}
+
+/// [`module`] plus `item` (owner-visible) and `npc` (quantized, spatial) and their reducers.
+pub fn mirror_module() -> Module {
+    Module::builder("server-mirror-test")
+        .table::<Counter>()
+        .table::<Note>()
+        .table::<Presence>()
+        .table::<Mob>()
+        .table::<Item>()
+        .table::<Npc>()
+        .reducers(reducers![
+            init,
+            add,
+            expect,
+            notes_are,
+            walk,
+            fail,
+            note,
+            connected,
+            disconnected,
+            note_set,
+            note_del,
+            npc_put,
+            npc_move,
+            npc_del,
+            item_put,
+            item_set,
+            item_give,
+            item_del
+        ])
+        .build()
+        .expect("valid module")
+}
+
+/// An in-memory engine running [`mirror_module`].
+pub fn mirror_engine() -> Engine {
+    Engine::new(
+        mirror_module(),
+        EngineConfig {
+            executor: SystemsExecutor::SingleThreaded,
+            ..Default::default()
+        },
+    )
+    .expect("engine")
+}
