@@ -530,7 +530,10 @@ impl TickCore {
                     args,
                 });
             }
-            ClientMessage::Subscribe { query_id, .. } | ClientMessage::Unsubscribe { query_id } => {
+            // Unsubscribes are never rate limited: they only free server work, and a refused
+            // one would leave a subscription the client has already forgotten.
+            ClientMessage::Unsubscribe { .. } => self.subscription_messages.push((client, msg)),
+            ClientMessage::Subscribe { query_id, .. } => {
                 if !entry.bucket.try_take(&rate, now) {
                     self.metrics.subscription_errors.fetch_add(1, Relaxed);
                     out.push(NetCommand::Send {

@@ -842,7 +842,7 @@ impl Publisher {
         };
         for sub in state.subs.drain(..) {
             if let SubKind::Shared(key) = sub.kind {
-                self.release_shared(&key, client);
+                self.release_shared(&key, client, sub.bit);
             }
         }
         for (table, view) in state.views.into_iter().enumerate() {
@@ -855,11 +855,13 @@ impl Publisher {
         }
     }
 
-    fn release_shared(&mut self, key: &SharedKey, client: ClientId) {
+    /// Drops one subscription (`client`, `bit`) from a shared query; the same client may hold
+    /// the same query under other ids, which stay.
+    fn release_shared(&mut self, key: &SharedKey, client: ClientId, bit: u32) {
         let Some(query) = self.shared.get_mut(key) else {
             return;
         };
-        query.subscribers.retain(|(c, _)| *c != client);
+        query.subscribers.retain(|&(c, b)| (c, b) != (client, bit));
         if query.subscribers.is_empty() {
             let table = query.table;
             self.shared.remove(key);
@@ -1042,7 +1044,7 @@ impl Publisher {
             t.release_pending();
         }
         if let SubKind::Shared(key) = sub.kind {
-            self.release_shared(&key, client);
+            self.release_shared(&key, client, sub.bit);
         }
         Ok(())
     }
