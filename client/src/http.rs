@@ -6,6 +6,8 @@
 //! | [`ControlPlane::create_identity`] | `POST /v1/identity` (no body) | `{"identity": "<64 hex>", "token": "<opaque>"}` |
 //! | [`ControlPlane::connect_token`] | `POST /v1/connect-token`, `Authorization: Bearer <token>` (no body) | `{"connect_token": "<base64>", "server_addresses": ["ip:port"], "identity": "<hex>", "client_id": <u64>}`; 401 `{"error": ..}` for a bad token |
 //! | [`ControlPlane::schema`] | `GET /v1/schema` | the module schema JSON |
+//! | [`ControlPlane::call`] | `POST /v1/call/{reducer}`, bearer, JSON arguments | `{"ok": true, "tick": n}` once durable; 422 when the reducer failed |
+//! | [`ControlPlane::sql`] | `POST /v1/sql`, bearer, `{"sql": .., "focus": [..]}` | `{"table", "tick", "rows": [{column: value}]}` |
 //!
 //! Any non-2xx answer is [`ClientError::Status`] with the `error` field of a JSON body (or
 //! the body text).
@@ -55,6 +57,40 @@ impl ConnectTokenResponse {
                 error: e.to_string(),
             })
     }
+}
+
+/// `POST /v1/sql`'s answer: the rows the query selects for the caller, under the same
+/// visibility rules as a subscription.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SqlResponse {
+    /// The table read.
+    pub table: String,
+    /// The tick sequence the rows are as of.
+    pub tick: u64,
+    /// One JSON object per row (column name → value), ordered by primary key.
+    pub rows: Vec<serde_json::Value>,
+}
+
+impl SqlResponse {
+    /// The rows as a Rust row type (the same JSON form as [`crate::Client::rows`]).
+    pub fn rows_as<T: DeserializeOwned>(&self) -> Result<Vec<T>, ClientError> {
+        self.rows
+            .iter()
+            .map(|row| {
+                T::deserialize(row).map_err(|e| ClientError::BadResponse {
+                    url: "/v1/sql".to_owned(),
+                    error: format!("row of {:?}: {e}", self.table),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `POST /v1/call/{reducer}`'s answer when the reducer committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallResponse {
+    /// The tick sequence the call committed in (durable when answered).
+    pub tick: u64,
 }
 
 /// A control-plane endpoint (see the module docs).
@@ -131,14 +167,65 @@ impl ControlPlane {
         self.json(Method::GET, "/v1/schema", None).await
     }
 
+    /// `POST /v1/call/{reducer}` with the identity's token: runs `reducer` with JSON
+    /// arguments (an array in parameter order, or an object by name) without a UDP
+    /// connection. A failing reducer is [`ClientError::Status`] 422 with its message.
+    pub async fn call(
+        &self,
+        token: &str,
+        reducer: &str,
+        args: &serde_json::Value,
+    ) -> Result<CallResponse, ClientError> {
+        let body = serde_json::to_vec(args).map_err(|e| ClientError::BadResponse {
+            url: format!("{}/v1/call/{reducer}", self.base),
+            error: format!("arguments do not serialize: {e}"),
+        })?;
+        self.json_with_body(
+            Method::POST,
+            &format!("/v1/call/{reducer}"),
+            Some(token),
+            Some(Bytes::from(body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/sql` with the identity's token: a one-off read of `sql` (the subscription
+    /// subset); `focus` is the point `:focus` stands for in `within(..)`.
+    pub async fn sql(
+        &self,
+        token: &str,
+        sql: &str,
+        focus: Option<[f32; 3]>,
+    ) -> Result<SqlResponse, ClientError> {
+        let body = match focus {
+            Some(f) => serde_json::json!({"sql": sql, "focus": f}),
+            None => serde_json::json!({ "sql": sql }),
+        };
+        let body = Bytes::from(body.to_string());
+        self.json_with_body(Method::POST, "/v1/sql", Some(token), Some(body))
+            .await
+    }
+
     async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         bearer: Option<&str>,
     ) -> Result<T, ClientError> {
+        self.json_with_body(method, path, bearer, None).await
+    }
+
+    async fn json_with_body<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        json_body: Option<Bytes>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let (status, body) = self.request(method.clone(), path, bearer).await?;
+        let (status, body) = self
+            .request(method.clone(), path, bearer, json_body)
+            .await?;
         let method_name = method_name(&method);
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -164,6 +251,7 @@ impl ControlPlane {
         method: Method,
         path: &str,
         bearer: Option<&str>,
+        json_body: Option<Bytes>,
     ) -> Result<(u16, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let method_name = method_name(&method);
@@ -190,13 +278,18 @@ impl ControlPlane {
                 .method(method)
                 .uri(format!("{}{path}", self.prefix))
                 .header(hyper::header::HOST, &self.authority)
-                .header(hyper::header::ACCEPT, "application/json")
-                .header(hyper::header::CONTENT_LENGTH, "0");
+                .header(hyper::header::ACCEPT, "application/json");
+            request = match &json_body {
+                Some(body) => request
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header(hyper::header::CONTENT_LENGTH, body.len()),
+                None => request.header(hyper::header::CONTENT_LENGTH, "0"),
+            };
             if let Some(token) = bearer {
                 request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
             }
             let request = request
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(json_body.unwrap_or_default()))
                 .map_err(|e| http_error(format!("request: {e}")))?;
             let response = sender
                 .send_request(request)

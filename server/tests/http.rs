@@ -462,3 +462,80 @@ async fn sql_reads_obey_visibility_and_limits() {
     assert_eq!(metrics["orrery_sql_reads_refused_total"], 9.0, "{text}");
     server.shutdown().await.unwrap();
 }
+
+/// `orrery_client::http::ControlPlane` over a real socket: identity, a JSON call, one-off
+/// reads (typed rows, focus) and a refused read carrying the server's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_control_plane_calls_and_reads() {
+    use orrery_client::ClientError;
+    use orrery_client::http::ControlPlane;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct NoteRow {
+        id: u64,
+        level: u32,
+        text: String,
+    }
+
+    let (server, _dir) = server(|_| {}).await;
+    let cp = ControlPlane::new(&format!("http://{}", server.http_addr)).unwrap();
+    let me = cp.create_identity().await.unwrap();
+    let first = cp
+        .call(&me.token, "note", &json!([4, "four"]))
+        .await
+        .unwrap();
+    let second = cp
+        .call(&me.token, "note", &json!({"level": 1, "text": "one"}))
+        .await
+        .unwrap();
+    assert!(second.tick > first.tick);
+    match cp.call(&me.token, "fail", &json!(["no"])).await {
+        Err(ClientError::Status {
+            status, message, ..
+        }) => assert_eq!((status, message.as_str()), (422, "no")),
+        other => panic!("{other:?}"),
+    }
+    cp.call(&me.token, "walk", &json!([3.0, 4.0]))
+        .await
+        .unwrap();
+
+    let read = cp
+        .sql(&me.token, "SELECT * FROM note WHERE level >= 1", None)
+        .await
+        .unwrap();
+    assert_eq!(read.table, "note");
+    assert!(read.tick >= second.tick);
+    let rows: Vec<NoteRow> = read.rows_as().unwrap();
+    let levels: Vec<(u32, &str)> = rows.iter().map(|r| (r.level, r.text.as_str())).collect();
+    assert_eq!(levels, [(4, "four"), (1, "one")]);
+    assert!(rows[0].id < rows[1].id);
+
+    let near = cp
+        .sql(
+            &me.token,
+            "SELECT * FROM mob WHERE within(pos, :focus, 5)",
+            Some([0.0, 0.0, 0.0]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(near.rows.len(), 1, "(3, 4) is 5 from the origin");
+    let far = cp
+        .sql(
+            &me.token,
+            "SELECT * FROM mob WHERE within(pos, :focus, 4.9)",
+            Some([0.0, 0.0, 0.0]),
+        )
+        .await
+        .unwrap();
+    assert!(far.rows.is_empty());
+    match cp.sql(&me.token, "SELECT * FROM presence", None).await {
+        Err(ClientError::Status {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 400);
+            assert!(message.contains("presence"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
