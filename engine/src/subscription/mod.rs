@@ -1384,6 +1384,18 @@ fn flush(
         candidates
             .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     }
+    // Touch each candidate's inline delta header first: these loads are independent, so
+    // their cache misses overlap here instead of stalling the send loop one by one (slots are
+    // spread over the whole table; this was a third of the flush time).
+    let mut touched = 0u64;
+    for &(_, table, slot, _) in candidates.iter() {
+        if let Some(Some(t)) = tables.get(table as usize)
+            && let Some(stored) = t.inline.get(slot as usize)
+        {
+            touched ^= stored.from;
+        }
+    }
+    std::hint::black_box(touched);
     let payloads = &mut scratch.payloads;
     let mut sent_count = 0;
     // Tables whose views had entries killed (bit per table id; ids from 63 up share a bit).
