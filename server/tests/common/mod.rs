@@ -186,8 +186,9 @@ pub fn disconnected(ctx: &mut ReducerContext) -> Result<(), String> {
     Ok(())
 }
 
-pub fn module() -> Module {
-    Module::builder("server-test")
+/// The tables and reducers every server test module has.
+fn base_module(name: &str) -> orrery_engine::ModuleBuilder {
+    Module::builder(name)
         .table::<Counter>()
         .table::<Note>()
         .table::<Presence>()
@@ -203,8 +204,10 @@ pub fn module() -> Module {
             connected,
             disconnected
         ])
-        .build()
-        .expect("valid module")
+}
+
+pub fn module() -> Module {
+    base_module("server-test").build().expect("valid module")
 }
 
 pub fn engine() -> Engine {
@@ -558,32 +561,11 @@ pub fn item_del(ctx: &mut ReducerContext, id: u64) -> Result<(), String> {
 
 /// [`module`] plus `item` (owner-visible) and `npc` (quantized, spatial) and their reducers.
 pub fn mirror_module() -> Module {
-    Module::builder("server-mirror-test")
-        .table::<Counter>()
-        .table::<Note>()
-        .table::<Presence>()
-        .table::<Mob>()
+    base_module("server-mirror-test")
         .table::<Item>()
         .table::<Npc>()
         .reducers(reducers![
-            init,
-            add,
-            expect,
-            notes_are,
-            walk,
-            fail,
-            note,
-            connected,
-            disconnected,
-            note_set,
-            note_del,
-            npc_put,
-            npc_move,
-            npc_del,
-            item_put,
-            item_set,
-            item_give,
-            item_del
+            note_set, note_del, npc_put, npc_move, npc_del, item_put, item_set, item_give, item_del
         ])
         .build()
         .expect("valid module")
