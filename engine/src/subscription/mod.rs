@@ -1381,8 +1381,19 @@ fn flush(
     }
     if estimate > client.budget {
         // Most urgent first: stale entries, then near ones; ties by table and row.
-        candidates
-            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let order = |a: &(f32, u32, u32, u32), b: &(f32, u32, u32, u32)| {
+            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+        };
+        // Only what the budget can reach needs an order (twice the estimate, for records
+        // larger than their last size): select those, sort them; the rest stays queued.
+        let average = estimate / candidates.len() as f64;
+        let reach = (2.0 * client.budget.max(0.0) / average).ceil() as usize + 8;
+        if reach < candidates.len() {
+            candidates.select_nth_unstable_by(reach, order);
+            candidates[..reach].sort_unstable_by(order);
+        } else {
+            candidates.sort_unstable_by(order);
+        }
     }
     // Touch each candidate's inline delta header first: these loads are independent, so
     // their cache misses overlap here instead of stalling the send loop one by one (slots are
