@@ -1361,22 +1361,37 @@ fn flush(
     // A cheap estimate of what sending everything would cost (each entry's last record size);
     // when the budget covers it, the queue goes out in its (deterministic) order unranked.
     let mut estimate = 0f64;
-    for &(table, slot) in &client.dirty {
-        let view = &client.views[table as usize];
-        if let Ok(position) = view.find(slot) {
-            let e = &view.entries[position].1;
-            if e.dirty == Dirty::Clean {
-                continue;
+    let mut consider = |table: u32, slot: u32, position: usize, e: &ViewEntry| {
+        if e.dirty == Dirty::Clean {
+            return;
+        }
+        let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
+        let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
+        let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
+        candidates.push((score, table, slot, position as u32));
+        estimate += if e.last_size == 0 {
+            64.0
+        } else {
+            f64::from(e.last_size)
+        };
+    };
+    let viewed: usize = client.views.iter().map(|v| v.entries.len()).sum();
+    let scan = client.dirty.len() * 4 >= viewed;
+    if scan {
+        // Most of the view is queued (a client the budget cannot keep up with): one pass over
+        // the views beats a binary search per queued entry. Every dirty entry is queued, so
+        // both ways find the same set.
+        for (table, view) in client.views.iter().enumerate() {
+            for (position, (slot, e)) in view.entries.iter().enumerate() {
+                consider(table as u32, *slot, position, e);
             }
-            let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
-            let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
-            let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
-            candidates.push((score, table, slot, position as u32));
-            estimate += if e.last_size == 0 {
-                64.0
-            } else {
-                f64::from(e.last_size)
-            };
+        }
+    } else {
+        for &(table, slot) in &client.dirty {
+            let view = &client.views[table as usize];
+            if let Ok(position) = view.find(slot) {
+                consider(table, slot, position, &view.entries[position].1);
+            }
         }
     }
     if estimate > client.budget {
@@ -1499,15 +1514,15 @@ fn flush(
             });
         }
     }
-    // What was not reached stays queued (once: an entry that went clean and dirty again
-    // between flushes can have been queued twice).
+    // What was not reached stays queued, once: an entry that went clean and dirty again
+    // between flushes can have been queued twice (a scan of the views finds each entry once).
     client.dirty.clear();
     client.dirty.extend(
         candidates[sent_count..]
             .iter()
             .map(|&(_, table, slot, _)| (table, slot)),
     );
-    if client.dirty.len() > 1 {
+    if !scan && client.dirty.len() > 1 {
         client.dirty.sort_unstable();
         client.dirty.dedup();
     }
