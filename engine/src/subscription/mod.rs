@@ -340,7 +340,8 @@ struct Scratch {
     wire: Vec<u8>,
     bounds: Vec<Range<u32>>,
     starts: Vec<u32>,
-    candidates: Vec<(f32, u32, u32, u32)>,
+    /// `(rank, table, slot, position in the view)`; see [`rank`].
+    candidates: Vec<(u32, u32, u32, u32)>,
     payloads: Vec<(u32, Vec<u8>)>,
     delta: Vec<u8>,
     refresh: RefreshScratch,
@@ -1342,6 +1343,18 @@ fn delta_from<'s>(d: &'s mut SlotData, layout: &WireLayout, version: u64) -> Opt
     Some(&d.deltas[index].1)
 }
 
+/// An ascending sort key for a priority `score` (higher first): the order-preserving map of
+/// the float's bits, inverted. Scores are finite and non-negative.
+fn rank(score: f32) -> u32 {
+    let bits = score.to_bits();
+    let ordered = if bits >> 31 == 0 {
+        bits | 1 << 31
+    } else {
+        !bits
+    };
+    !ordered
+}
+
 #[allow(clippy::too_many_arguments)]
 fn flush(
     client_id: ClientId,
@@ -1368,7 +1381,7 @@ fn flush(
         let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
         let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
         let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
-        candidates.push((score, table, slot, position as u32));
+        candidates.push((rank(score), table, slot, position as u32));
         estimate += if e.last_size == 0 {
             64.0
         } else {
@@ -1395,19 +1408,17 @@ fn flush(
         }
     }
     if estimate > client.budget {
-        // Most urgent first: stale entries, then near ones; ties by table and row.
-        let order = |a: &(f32, u32, u32, u32), b: &(f32, u32, u32, u32)| {
-            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-        };
+        // Most urgent first: stale entries, then near ones; ties by table and row (plain
+        // integer tuples: this sort runs for every budget-bound client every tick).
         // Only what the budget can reach needs an order (twice the estimate, for records
         // larger than their last size): select those, sort them; the rest stays queued.
         let average = estimate / candidates.len() as f64;
         let reach = (2.0 * client.budget.max(0.0) / average).ceil() as usize + 8;
         if reach < candidates.len() {
-            candidates.select_nth_unstable_by(reach, order);
-            candidates[..reach].sort_unstable_by(order);
+            candidates.select_nth_unstable(reach);
+            candidates[..reach].sort_unstable();
         } else {
-            candidates.sort_unstable_by(order);
+            candidates.sort_unstable();
         }
     }
     // Touch each candidate's inline delta header first: these loads are independent, so
@@ -1525,5 +1536,19 @@ fn flush(
     if !scan && client.dirty.len() > 1 {
         client.dirty.sort_unstable();
         client.dirty.dedup();
+    }
+}
+
+#[cfg(test)]
+mod rank_tests {
+    use super::rank;
+
+    #[test]
+    fn rank_sorts_higher_scores_first() {
+        let scores = [0.0f32, 1.0e-30, 0.5, 1.0, 1.5, 2.0, 1.0e6, f32::MAX];
+        for pair in scores.windows(2) {
+            assert!(rank(pair[1]) < rank(pair[0]), "{pair:?}");
+        }
+        assert_eq!(rank(3.25), rank(3.25));
     }
 }
