@@ -16,6 +16,7 @@
 //! once, in its newest state; a dirty entry is cleared only when its record is handed out.
 
 mod eval;
+mod grid;
 pub mod sql;
 pub mod wire;
 
@@ -25,9 +26,9 @@ use std::time::Duration;
 
 use bevy_ecs::entity::Entity;
 use glam::Vec3;
-use orrery_spatial::{DenseHandles, SpatialGrid};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use self::grid::MirrorGrid;
 use crate::changes::{ChangeKind, ChangeSet};
 use crate::codec::TypeDesc;
 use crate::identity::{ConnectionId, Identity};
@@ -237,7 +238,7 @@ struct MirrorTable {
     data: Vec<SlotData>,
     free: Vec<u32>,
     /// One grid per `Vec2`/`Vec3` column, positions of live rows.
-    grids: Vec<(usize, SpatialGrid<Vec3, u32, DenseHandles>)>,
+    grids: Vec<(usize, MirrorGrid)>,
     changed: Vec<u32>,
     shared: Vec<SharedKey>,
     owner_column: Option<usize>,
@@ -397,8 +398,9 @@ impl MirrorTable {
                         _ => None,
                     })
                     .unwrap_or(32.0);
-                let grid = SpatialGrid::new(cell)
-                    .or_else(|_| SpatialGrid::new(32.0))
+                let planar = schema.columns[i].ty == TypeDesc::Vec2;
+                let grid = MirrorGrid::new(planar, cell)
+                    .or_else(|_| MirrorGrid::new(planar, 32.0))
                     .unwrap_or_else(|e| panic!("a 32.0 grid is valid: {e}"));
                 (i, grid)
             })
@@ -628,12 +630,7 @@ impl Publisher {
                 grid.remove(slot);
                 continue;
             };
-            let result = if grid.contains(slot) {
-                grid.update(slot, p).map(|_| ())
-            } else {
-                grid.insert(slot, p)
-            };
-            if let Err(error) = result {
+            if let Err(error) = grid.set(slot, p) {
                 tracing::error!(%error, "publisher grid out of step");
             }
         }
@@ -801,10 +798,7 @@ impl Publisher {
                 let Some((_, grid)) = t.grids.iter().find(|(c, _)| *c == w.column) else {
                     continue;
                 };
-                if !grid
-                    .get(slot)
-                    .is_some_and(|p| p.distance(focus) <= w.radius)
-                {
+                if !grid.distance(slot, focus).is_some_and(|d| d <= w.radius) {
                     continue;
                 }
             }
@@ -1243,9 +1237,9 @@ fn refresh_spatial(
         {
             let (mark, distance, found) =
                 (&mut scratch.mark, &mut scratch.distance, &mut scratch.found);
-            grid.for_each_in_radius(focus, within.radius + margin, |slot, p| {
+            grid.for_each_within(focus, within.radius + margin, |slot, d| {
                 mark[slot as usize] = epoch;
-                distance[slot as usize] = focus.distance(p);
+                distance[slot as usize] = d;
                 found.push(slot);
             });
         }
