@@ -355,14 +355,17 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
-    let refuse = |status, message: String| {
+    // Reads refused here never reach the tick thread, which counts the others.
+    let count_refused = || {
         state.metrics.sql_reads.fetch_add(1, Relaxed);
         state.metrics.sql_refused.fetch_add(1, Relaxed);
-        error(status, message)
     };
     let (sql, focus) = match parse_sql_body(&body) {
         Ok(parsed) => parsed,
-        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+        Err(message) => {
+            count_refused();
+            return error(StatusCode::BAD_REQUEST, message);
+        }
     };
     let (tx, rx) = oneshot::channel();
     let sent = state.calls.try_send(HttpRequest::Sql(SqlRead {
@@ -372,8 +375,7 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         reply: tx,
     }));
     if let Err(e) = sent {
-        state.metrics.sql_reads.fetch_add(1, Relaxed);
-        state.metrics.sql_refused.fetch_add(1, Relaxed);
+        count_refused();
         return busy(e);
     }
     match rx.await {

@@ -1404,8 +1404,9 @@ fn flush(
     if estimate > client.budget {
         // Most urgent first: stale entries, then near ones; ties by table and row (plain
         // integer tuples: this sort runs for every budget-bound client every tick).
-        // Only what the budget can reach needs an order (twice the estimate, for records
-        // larger than their last size): select those, sort them; the rest stays queued.
+        // Only what the budget can reach needs an order (twice as many entries as the budget
+        // covers at their average last size, for records that grew): select those, sort
+        // them; the rest stays queued.
         let average = estimate / candidates.len() as f64;
         let reach = (2.0 * client.budget.max(0.0) / average).ceil() as usize + 8;
         if reach < candidates.len() {
