@@ -12,9 +12,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use orrery_netcode::row::ModuleSchema;
 use orrery_netcode::udp::TokioUdpEndpoint;
-use orrery_netcode::{ClientConfig, ClientSession, DisconnectReason, unix_now};
+use orrery_netcode::{ClientSession, ClientSessionConfig, DisconnectReason, unix_now};
+use orrery_row::{ConnectionId, Identity, ModuleSchema};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
@@ -42,7 +42,7 @@ pub struct ClientOptions {
     /// The local UDP address (default: any address, any port, of the server's family).
     pub bind: Option<SocketAddr>,
     /// Netcode session settings.
-    pub session: ClientConfig,
+    pub session: ClientSessionConfig,
 }
 
 impl Default for ClientOptions {
@@ -54,7 +54,7 @@ impl Default for ClientOptions {
             tick: Duration::from_millis(10),
             event_capacity: 1024,
             bind: None,
-            session: ClientConfig::default(),
+            session: ClientSessionConfig::default(),
         }
     }
 }
@@ -82,8 +82,8 @@ pub struct QueryHandle {
 enum ConnState {
     Connecting,
     Connected {
-        identity: [u8; 32],
-        connection_id: u64,
+        identity: Identity,
+        connection_id: ConnectionId,
     },
     Closed(DisconnectReason),
 }
@@ -261,7 +261,7 @@ impl Client {
     }
 
     /// The identity and connection id, once connected.
-    pub fn identity(&self) -> Option<([u8; 32], u64)> {
+    pub fn identity(&self) -> Option<(Identity, ConnectionId)> {
         match &*self.shared.state.borrow() {
             ConnState::Connected {
                 identity,

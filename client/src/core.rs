@@ -13,15 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orrery_netcode::row::{ModuleSchema, ReducerKind, encode_args_json};
 use orrery_netcode::udp::Session;
 use orrery_netcode::{
-    Channel, ClientConfig, ClientEvent, ClientMessage, ClientSession, ClientState,
+    Channel, ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ClientState,
     DisconnectReason, ServerMessage, Transmit,
 };
+use orrery_row::{ConnectionId, Identity, ModuleSchema, ReducerKind, encode_args_json};
 
 use crate::error::{ClientError, MirrorError};
-use crate::mirror::{Mirror, RowChange};
+use crate::mirror::{Mirror, MirrorChange};
 
 /// What happened on a client connection.
 #[derive(Clone, Debug)]
@@ -29,9 +29,9 @@ pub enum Event {
     /// The server accepted the client.
     Connected {
         /// The client's identity.
-        identity: [u8; 32],
+        identity: Identity,
         /// This connection's id.
-        connection_id: u64,
+        connection_id: ConnectionId,
     },
     /// A reducer call was answered.
     ReducerReply {
@@ -66,7 +66,7 @@ pub enum Event {
         /// The tick the changes are from.
         tick: u64,
         /// What changed, in record order.
-        changes: Vec<RowChange>,
+        changes: Vec<MirrorChange>,
     },
     /// A table update could not be applied (undecodable, unknown table); the mirror is
     /// unchanged. A correct server never causes this.
@@ -118,7 +118,7 @@ impl ClientCore {
     /// starting at `now` (time since the Unix epoch).
     pub fn from_token_bytes(
         schema: Arc<ModuleSchema>,
-        config: ClientConfig,
+        config: ClientSessionConfig,
         token: &[u8],
         now: Duration,
     ) -> Result<Self, ClientError> {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use orrery_netcode::row::{ReducerKind, RowDecodeError, ValueError};
 use orrery_netcode::{ConnectError, DisconnectReason, SendError};
+use orrery_row::{ReducerKind, RowDecodeError, ValueError};
 
 /// A failure of the client itself: the control plane, the connection, bad input, a timeout.
 #[derive(Debug, thiserror::Error)]

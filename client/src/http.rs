@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use orrery_netcode::row::ModuleSchema;
+use orrery_row::ModuleSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

@@ -43,9 +43,9 @@ pub mod mirror;
 pub use client::{Client, ClientOptions, QueryHandle, Reply};
 pub use core::{ClientCore, Event};
 pub use error::{CallError, ClientError, MirrorError};
-pub use mirror::{CallbackId, Callbacks, Mirror, MirrorStats, Row, RowChange};
+pub use mirror::{CallbackId, Callbacks, Mirror, MirrorChange, MirrorStats, Row};
 
-/// The netcode crate this client speaks (sessions, envelopes, the row codec).
+/// The netcode crate this client speaks (sessions, envelopes).
 pub use orrery_netcode as netcode;
-/// The schema-driven row codec (schema types, [`row::Value`], JSON mapping, wire records).
-pub use orrery_netcode::row;
+/// The data model and row codec (schema types, [`row::Value`], JSON mapping, wire records).
+pub use orrery_row as row;

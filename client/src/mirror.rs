@@ -2,7 +2,7 @@
 //! payloads, and the callbacks fired on inserts, updates and deletes.
 //!
 //! [`Mirror`] needs no network: feed it `(table_id, payload)` pairs with [`Mirror::apply`]
-//! and it returns what changed ([`RowChange`]); [`Callbacks::dispatch`] runs the callbacks
+//! and it returns what changed ([`MirrorChange`]); [`Callbacks::dispatch`] runs the callbacks
 //! registered for those tables. Rows are keyed by their encoded primary key. Event tables
 //! (`"event": true`) are never stored: their upserts come back as inserts only.
 //!
@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use orrery_netcode::row::wire::{WireLayout, WireRecord, WireRow};
-use orrery_netcode::row::{ModuleSchema, TableSchema, Value, values_to_json};
+use orrery_row::wire::{WireLayout, WireRecord, WireRow};
+use orrery_row::{ModuleSchema, TableSchema, Value, values_to_json};
 use serde::de::DeserializeOwned;
 
 use crate::error::MirrorError;
@@ -117,7 +117,7 @@ impl Row {
 
 /// One change a payload made to the mirror.
 #[derive(Clone, Debug)]
-pub enum RowChange {
+pub enum MirrorChange {
     /// A row the mirror did not hold (for event tables: every row; not stored).
     Insert(Row),
     /// A row the mirror held, replaced by an upsert or changed by a delta.
@@ -131,13 +131,13 @@ pub enum RowChange {
     Delete(Row),
 }
 
-impl RowChange {
+impl MirrorChange {
     /// The table id of the changed row.
     pub fn table_id(&self) -> u32 {
         match self {
-            RowChange::Insert(r) | RowChange::Delete(r) | RowChange::Update { new: r, .. } => {
-                r.table_id()
-            }
+            MirrorChange::Insert(r)
+            | MirrorChange::Delete(r)
+            | MirrorChange::Update { new: r, .. } => r.table_id(),
         }
     }
 }
@@ -244,7 +244,11 @@ impl Mirror {
 
     /// Applies one table update payload (published-row records) to table `table_id` and
     /// returns the changes, in record order. All or nothing: on error the mirror is unchanged.
-    pub fn apply(&mut self, table_id: u32, payload: &[u8]) -> Result<Vec<RowChange>, MirrorError> {
+    pub fn apply(
+        &mut self,
+        table_id: u32,
+        payload: &[u8],
+    ) -> Result<Vec<MirrorChange>, MirrorError> {
         let Some(&index) = self.by_id.get(&table_id) else {
             self.stats.rejected_payloads += 1;
             return Err(MirrorError::UnknownTableId(table_id));
@@ -276,15 +280,15 @@ impl Mirror {
                     self.stats.upserts += 1;
                     let data = Arc::new(RowData { pk, wire });
                     if event {
-                        changes.push(RowChange::Insert(row(data)));
+                        changes.push(MirrorChange::Insert(row(data)));
                         continue;
                     }
                     match table.rows.insert(data.pk.clone(), data.clone()) {
-                        Some(old) => changes.push(RowChange::Update {
+                        Some(old) => changes.push(MirrorChange::Update {
                             old: row(old),
                             new: row(data),
                         }),
-                        None => changes.push(RowChange::Insert(row(data))),
+                        None => changes.push(MirrorChange::Insert(row(data))),
                     }
                 }
                 WireRecord::Delta {
@@ -309,7 +313,7 @@ impl Mirror {
                     self.stats.deltas += 1;
                     let new = Arc::new(RowData { pk, wire });
                     *slot = new.clone();
-                    changes.push(RowChange::Update {
+                    changes.push(MirrorChange::Update {
                         old: row(old),
                         new: row(new),
                     });
@@ -317,7 +321,7 @@ impl Mirror {
                 WireRecord::Delete { pk } => match table.rows.remove(&pk) {
                     Some(old) => {
                         self.stats.deletes += 1;
-                        changes.push(RowChange::Delete(row(old)));
+                        changes.push(MirrorChange::Delete(row(old)));
                     }
                     None => {
                         self.stats.skipped_records += 1;
@@ -418,7 +422,7 @@ fn pk_bytes(table: &TableSchema, pk: &serde_json::Value) -> Result<Vec<u8>, Mirr
         error,
     };
     let column = table.primary_key_column().ok_or_else(|| {
-        key_error(orrery_netcode::row::ValueError::Mismatch {
+        key_error(orrery_row::ValueError::Mismatch {
             path: table.name.clone(),
             expected: format!("a primary key column (index {})", table.primary_key),
             got: format!("{} column(s)", table.columns.len()),
@@ -550,21 +554,21 @@ impl Callbacks {
     }
 
     /// Runs the callbacks registered for each change, in order.
-    pub fn dispatch(&mut self, changes: &[RowChange]) {
+    pub fn dispatch(&mut self, changes: &[MirrorChange]) {
         for change in changes {
             let table = change.table_id();
             match change {
-                RowChange::Insert(row) => {
+                MirrorChange::Insert(row) => {
                     for (_, f) in self.insert.get_mut(&table).into_iter().flatten() {
                         f(row);
                     }
                 }
-                RowChange::Update { old, new } => {
+                MirrorChange::Update { old, new } => {
                     for (_, f) in self.update.get_mut(&table).into_iter().flatten() {
                         f(old, new);
                     }
                 }
-                RowChange::Delete(row) => {
+                MirrorChange::Delete(row) => {
                     for (_, f) in self.delete.get_mut(&table).into_iter().flatten() {
                         f(row);
                     }

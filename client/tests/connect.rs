@@ -19,8 +19,8 @@ use orrery_client::row::Value;
 use orrery_client::{CallError, Client, ClientError, ClientOptions, Event};
 use orrery_netcode::udp::TokioUdpEndpoint;
 use orrery_netcode::{
-    ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, DisconnectReason, PrivateKey, ServerConfig,
-    ServerSession, unix_now,
+    ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, DisconnectReason, PrivateKey, ServerSession,
+    ServerSessionConfig, unix_now,
 };
 use serde_json::json;
 use support::FakeGame;
@@ -67,7 +67,14 @@ async fn connect_token(State(s): State<Arc<ControlState>>, headers: HeaderMap) -
         *next += 1;
         *next
     };
-    let token = s.issuer.issue(&identity, client_id, unix_now()).unwrap();
+    let token = s
+        .issuer
+        .issue(
+            &orrery_netcode::Identity(identity),
+            orrery_netcode::ConnectionId(client_id),
+            unix_now(),
+        )
+        .unwrap();
     Json(json!({
         "connect_token": base64::engine::general_purpose::STANDARD.encode(token.to_bytes()),
         "server_addresses": s.issuer.server_addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -94,7 +101,7 @@ async fn start_server() -> TestServer {
     let addr = udp.local_addr();
     let key = PrivateKey::generate().unwrap();
     let mut server = ServerSession::new(
-        ServerConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![addr]),
+        ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![addr]),
         unix_now(),
     )
     .unwrap();
@@ -160,7 +167,7 @@ async fn connect_call_subscribe_and_mirror() {
     let client = Client::connect(&server.http_base, options()).await.unwrap();
     assert!(client.is_connected());
     let (identity, _) = client.identity().unwrap();
-    assert_eq!(identity[31], 0xc1);
+    assert_eq!(identity.0[31], 0xc1);
     assert_eq!(client.schema().name, "demo");
     let mut events = client.events();
 

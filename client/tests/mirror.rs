@@ -1,5 +1,5 @@
-//! The mirror without a network: payloads built with the netcode encoders (the engine's
-//! encoder is checked against the same decoder in `tests/tests/row_format.rs`).
+//! The mirror without a network: payloads built with the `orrery-row` record encoders (a mirror
+//! fed by the real publisher is checked in `tests/tests/row_format.rs`).
 
 #![allow(missing_docs)]
 
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use orrery_client::row::wire::WireLayout;
 use orrery_client::row::{Value, encode_row};
-use orrery_client::{Callbacks, Mirror, MirrorError, RowChange};
+use orrery_client::{Callbacks, Mirror, MirrorChange, MirrorError};
 use serde_json::json;
 use support::{HIT, NPC, schema};
 
@@ -72,7 +72,7 @@ fn npc(id: u64, name: &str, pos: [f32; 2], hp: i64) -> Vec<Value> {
     vec![
         Value::Unsigned(id),
         Value::String(name.into()),
-        Value::Vec2(pos),
+        Value::Vec2(pos.into()),
         Value::Signed(hp),
     ]
 }
@@ -127,15 +127,18 @@ fn upserts_deltas_and_deletes_drive_changes_and_callbacks() {
             .unwrap()
             .unwrap()
             .get("pos"),
-        Some(&Value::Vec2([0.0, 10.0]))
+        Some(&Value::Vec2([0.0, 10.0].into()))
     );
 
     let changes = mirror.apply(NPC, &e.delta(&a1, &a2)).unwrap();
-    assert!(matches!(&changes[..], [RowChange::Update { .. }]));
+    assert!(matches!(&changes[..], [MirrorChange::Update { .. }]));
     callbacks.dispatch(&changes);
     let row = mirror.find_row("npc", &json!(1)).unwrap().unwrap();
     // 0.016 → 2 units → 0.02 (units * step in f32).
-    assert_eq!(row.get("pos"), Some(&Value::Vec2([2.0 * 0.01, 10.0])));
+    assert_eq!(
+        row.get("pos"),
+        Some(&Value::Vec2([2.0 * 0.01, 10.0].into()))
+    );
     assert_eq!(row.wire_row().units(2), Some([2, 1000, 0]));
     // A full upsert replacing a held row is an update too.
     callbacks.dispatch(
@@ -178,11 +181,11 @@ fn event_tables_fire_inserts_and_store_nothing() {
     let hit = vec![Value::Unsigned(1), Value::Unsigned(7), Value::Signed(30)];
     let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
     assert!(
-        matches!(&changes[..], [RowChange::Insert(r)] if r.get("dmg") == Some(&Value::Signed(30)))
+        matches!(&changes[..], [MirrorChange::Insert(r)] if r.get("dmg") == Some(&Value::Signed(30)))
     );
     // The same key again is another insert, not an update.
     let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
-    assert!(matches!(&changes[..], [RowChange::Insert(_)]));
+    assert!(matches!(&changes[..], [MirrorChange::Insert(_)]));
     assert_eq!(mirror.count("hit").unwrap(), 0);
     // Deltas and deletes have nothing to apply to.
     assert!(mirror.apply(HIT, &e.delete(1)).unwrap().is_empty());

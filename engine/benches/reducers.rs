@@ -217,7 +217,7 @@ fn bench_transfers(c: &mut Criterion) {
     assert_eq!(engine.count::<Account>(), ACCOUNTS);
 }
 
-/// The floor to compare against (REFERENCE_NUMBERS.md, "FxHashMap id → Entity, no undo log"):
+/// The floor to compare against (`docs/reference-numbers.md`, "FxHashMap id → Entity, no undo log"):
 /// the same transfers on raw bevy_ecs with no transaction, no undo log and no change capture.
 #[derive(Component)]
 struct RawAccount {

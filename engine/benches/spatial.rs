@@ -1,4 +1,4 @@
-//! The spatial workload of REFERENCE_NUMBERS.md (100,000 entities in 4 km × 4 km; per tick
+//! The spatial workload of `docs/reference-numbers.md` (100,000 entities in 4 km × 4 km; per tick
 //! 10,000 moves ≤ 5 m and 2,000 radius-50 m queries), run three ways in one binary so the
 //! ratios are measured under the same machine conditions:
 //!

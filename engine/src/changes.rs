@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 
 use orrery_tick::Tick;
 
-use crate::codec::{DecodeError, OrreryType};
+use crate::codec::{OrreryType, RowDecodeError};
 use crate::table::{Table, TableId};
 use crate::time::Timestamp;
 
@@ -304,7 +304,7 @@ impl TableChanges {
     }
 
     /// Decodes the changes as rows of `T`.
-    pub fn decode<T: Table>(&self) -> Result<Vec<RowOp<T>>, DecodeError> {
+    pub fn decode<T: Table>(&self) -> Result<Vec<RowOp<T>>, RowDecodeError> {
         self.iter()
             .map(|change| {
                 Ok(match (change.kind, change.row) {
@@ -335,7 +335,7 @@ impl ChangeSet {
     }
 
     /// Decoded changes of table `T` (empty if it did not change).
-    pub fn rows<T: Table>(&self) -> Result<Vec<RowOp<T>>, DecodeError> {
+    pub fn rows<T: Table>(&self) -> Result<Vec<RowOp<T>>, RowDecodeError> {
         self.table::<T>()
             .map_or_else(|| Ok(Vec::new()), TableChanges::decode::<T>)
     }

@@ -58,21 +58,19 @@
 //! ```
 
 pub mod changes;
-pub mod codec;
 pub mod durability;
 mod engine;
-pub mod identity;
 mod module;
 mod reducer;
-pub mod schema;
-pub mod subscription;
 pub mod table;
 mod tables;
-pub mod time;
-pub mod value;
+
+/// The data model lives in `orrery-row`; re-exported so modules and the engine's own code name
+/// it through one path.
+pub use orrery_row::{codec, identity, schema, time, value, wire};
 
 pub use changes::{ChangeKind, ChangeSet, RowChange, RowOp, TableChanges};
-pub use codec::{DecodeError, OrreryType, TypeDesc};
+pub use codec::{OrreryType, RowDecodeError, TypeDesc};
 pub use durability::{
     DurabilityConfig, DurabilityError, DurabilityHandle, FsyncPolicy, RecoveryReport,
 };
@@ -91,6 +89,11 @@ pub use time::{ScheduleAt, Timestamp};
 
 pub use orrery_macros::{OrreryType, reducer, reducers, table};
 pub use orrery_tick::{Phase, Tick, TickStatsSummary, TickTiming};
+
+/// The README's module example, compiled and run as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeModuleExample;
 
 /// Re-exported so modules use the engine's exact versions.
 pub use bevy_ecs;
@@ -111,7 +114,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::codec::{
-        DecodeError, FieldDesc, OrreryType, TypeDesc, VariantDesc, read_varint, write_varint,
+        FieldDesc, OrreryType, RowDecodeError, TypeDesc, VariantDesc, read_varint, write_varint,
     };
     pub use crate::reducer::{ArgsError, InvokeFn, decode_arg, finish_args, param};
     pub use crate::schema::{

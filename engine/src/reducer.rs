@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::TryRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::{DecodeError, OrreryType, TypeDesc};
+use crate::codec::{OrreryType, RowDecodeError, TypeDesc};
 use crate::identity::{ConnectionId, Identity};
 use crate::schema::{ParamSchema, ReducerKind, ReducerSchema};
 use crate::table::{Table, TableHandle};
@@ -171,7 +171,7 @@ pub enum ArgsError {
         /// Parameter type.
         ty: String,
         /// Why.
-        error: DecodeError,
+        error: RowDecodeError,
     },
     /// Bytes were left after the last argument.
     #[error("{extra} trailing byte(s) after the {expected} expected argument(s)")]

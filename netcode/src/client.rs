@@ -26,10 +26,11 @@ use crate::protocol::{
 };
 use crate::token::ConnectToken;
 use crate::{Channel, Transmit};
+use orrery_row::{ConnectionId, Identity};
 
 /// Configuration of a [`ClientSession`].
 #[derive(Debug, Clone)]
-pub struct ClientConfig {
+pub struct ClientSessionConfig {
     /// Largest client → server message (must match the server's; default 64 KiB).
     pub max_client_message: usize,
     /// Largest server → client message accepted (default 4 MiB).
@@ -49,7 +50,7 @@ pub struct ClientConfig {
     pub protocol_version: u16,
 }
 
-impl Default for ClientConfig {
+impl Default for ClientSessionConfig {
     fn default() -> Self {
         Self {
             max_client_message: DEFAULT_MAX_CLIENT_MESSAGE,
@@ -70,9 +71,9 @@ pub enum ClientEvent {
     /// The server accepted the client.
     Connected {
         /// The client's identity (from its token).
-        identity: [u8; 32],
+        identity: Identity,
         /// This connection's id.
-        connection_id: u64,
+        connection_id: ConnectionId,
     },
     /// A message from the server.
     Message {
@@ -128,7 +129,7 @@ pub struct ClientSessionStats {
 #[derive(Debug)]
 pub struct ClientSession {
     token: ConnectToken,
-    config: ClientConfig,
+    config: ClientSessionConfig,
     phase: Phase,
     state: ClientState,
     server_index: usize,
@@ -144,7 +145,7 @@ pub struct ClientSession {
     link: Link,
     hello_done: bool,
     server_reason: Option<String>,
-    identity: Option<([u8; 32], u64)>,
+    identity: Option<(Identity, ConnectionId)>,
     events: VecDeque<ClientEvent>,
     transmits: Vec<Transmit>,
     scratch: Vec<u8>,
@@ -155,7 +156,7 @@ pub struct ClientSession {
 impl ClientSession {
     /// A session that connects with `token` (starting at `now`, time since the Unix epoch).
     pub fn new(
-        config: ClientConfig,
+        config: ClientSessionConfig,
         token: ConnectToken,
         now: Duration,
     ) -> Result<Self, ConnectError> {
@@ -212,7 +213,7 @@ impl ClientSession {
 
     /// [`ClientSession::new`] from the token's bytes (as served by the control plane).
     pub fn from_token_bytes(
-        config: ClientConfig,
+        config: ClientSessionConfig,
         token: &[u8],
         now: Duration,
     ) -> Result<Self, ConnectError> {
@@ -230,7 +231,7 @@ impl ClientSession {
     }
 
     /// The identity and connection id, once connected.
-    pub fn identity(&self) -> Option<([u8; 32], u64)> {
+    pub fn identity(&self) -> Option<(Identity, ConnectionId)> {
         self.identity
     }
 
@@ -377,6 +378,7 @@ impl ClientSession {
             } if self.phase == Phase::Linked => {
                 self.phase = Phase::Ready;
                 self.state = ClientState::Connected;
+                let (identity, connection_id) = (Identity(identity), ConnectionId(connection_id));
                 self.identity = Some((identity, connection_id));
                 self.events.push_back(ClientEvent::Connected {
                     identity,

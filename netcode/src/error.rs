@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::ClientId;
+use crate::ConnectionId;
 
 /// A connect token could not be issued or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +96,7 @@ pub enum RejectReason {
     },
     /// A connection with this client id is live.
     #[error("client id {0} is already connected")]
-    ClientIdInUse(ClientId),
+    ClientIdInUse(ConnectionId),
     /// `max_clients` connections are live.
     #[error("server full ({max_clients} clients)")]
     ServerFull {
@@ -125,7 +125,7 @@ pub enum RejectReason {
     },
     /// The first reliable message was not a valid hello.
     #[error("invalid hello: {0}")]
-    BadHello(DecodeError),
+    BadHello(EnvelopeDecodeError),
     /// No hello arrived within the configured time.
     #[error("no hello within {0:?}")]
     HelloTimeout(std::time::Duration),
@@ -139,7 +139,7 @@ pub enum RejectReason {
     },
     /// A message did not decode.
     #[error("undecodable message: {0}")]
-    Malformed(DecodeError),
+    Malformed(EnvelopeDecodeError),
     /// The reliability layer's packets broke the protocol (bad slices, channel, ...).
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -188,7 +188,7 @@ pub enum DisconnectReason {
 
 /// A message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum EnvelopeDecodeError {
     /// The message is larger than the configured maximum.
     #[error("message of {size} bytes exceeds the {max} byte limit")]
     TooLarge {
@@ -217,7 +217,7 @@ pub enum DecodeError {
 pub enum SendError {
     /// No connected client has this id.
     #[error("no connected client {0}")]
-    UnknownClient(ClientId),
+    UnknownClient(ConnectionId),
     /// The session is not connected (client side) or the client is not ready yet.
     #[error("not connected")]
     NotConnected,

@@ -4,27 +4,23 @@
 //! ([`token`]), the sans-IO server and client sessions ([`server`], [`client`]) that run
 //! netcode 1.02-style secure connections with renet's reliable and unreliable channels on
 //! top, a seeded loss/latency simulator with an in-memory harness ([`sim`]), and the UDP socket
-//! edge ([`udp`]). [`row`] is the schema-driven Orrery row format: schema JSON types, values
-//! decoded by type, reducer arguments from JSON, and the published-row records of table
-//! updates (`netcode/ROW_FORMAT.md`).
+//! edge ([`udp`]). Row payloads inside envelopes are opaque bytes in the Orrery row format,
+//! which `orrery-row` owns (`netcode/ROW_FORMAT.md` specifies it).
 //!
 //! Sessions are sans-IO: they take the time (`now`, a `Duration` since the Unix epoch) and
 //! received datagrams, and hand back datagrams to send ([`Transmit`]) and events. They never
 //! read a clock or touch a socket, so tests drive N clients against a server on a virtual
 //! clock.
 //!
-//! Dependency rule: this crate must not depend on `orrery-engine`, bevy, or the server
-//! (`orrery-client ─► orrery-netcode`, `orrery-server ─► orrery-netcode, orrery-engine`).
-//! Envelopes carry row payloads as opaque bytes; [`row`] decodes them from the schema alone.
-//!
-//! See `docs/netcode.md` for the design.
+//! Dependency rule: this crate depends on `orrery-row` and never on `orrery-engine`, bevy,
+//! the publisher or the server (`orrery-client ─► orrery-netcode ─► orrery-row`); see
+//! `docs/architecture.md`. Its design is in `docs/netcode.md`.
 
 mod channel;
 pub mod client;
 pub mod error;
 mod packet;
 pub mod protocol;
-pub mod row;
 pub mod server;
 pub mod sim;
 pub mod token;
@@ -34,21 +30,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use channel::{RELIABLE, UNRELIABLE};
-pub use client::{ClientConfig, ClientEvent, ClientSession, ClientState};
-pub use error::{ConnectError, DecodeError, DisconnectReason, RejectReason, SendError, TokenError};
+pub use client::{ClientEvent, ClientSession, ClientSessionConfig, ClientState};
+pub use error::{
+    ConnectError, DisconnectReason, EnvelopeDecodeError, RejectReason, SendError, TokenError,
+};
 pub use protocol::{ClientMessage, Encoded, PROTOCOL_VERSION, ServerMessage};
-pub use server::{ClientStats, ServerConfig, ServerEvent, ServerSession, ServerStats};
+pub use server::{ClientStats, ServerEvent, ServerSession, ServerSessionConfig, ServerStats};
 pub use token::{ConnectToken, ConnectTokenIssuer, PrivateKey};
 
-/// Identifies a connection on a server: the client id from its connect token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u64);
-
-impl std::fmt::Display for ClientId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client#{}", self.0)
-    }
-}
+/// A connection on a server is named by the client id of its connect token, as the same
+/// [`ConnectionId`] the engine hands reducers (`ctx.connection_id`); the [`Identity`] in a
+/// token is the engine's `ctx.sender`.
+pub use orrery_row::{ConnectionId, Identity};
 
 /// The channel a message travelled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,14 +7,14 @@
 //! versions still understand each other's refusal. After the handshake every message is a
 //! [`ClientMessage`] or [`ServerMessage`] of the agreed version.
 //!
-//! Decoding is total: any byte string gives a value or a [`DecodeError`] (never a panic), and
+//! Decoding is total: any byte string gives a value or a [`EnvelopeDecodeError`] (never a panic), and
 //! sizes are checked before decoding. Row payloads (`rows`) are the engine's Orrery row format;
 //! this crate carries them as opaque bytes.
 
 use bitcode::{Decode, Encode};
 use renet::Bytes;
 
-use crate::error::DecodeError;
+use crate::error::EnvelopeDecodeError;
 
 /// Version of the envelopes below. Bump on any change to [`ClientMessage`] or
 /// [`ServerMessage`]; a client of another version is refused at connect.
@@ -184,14 +184,14 @@ fn decode_limited<'a, T: Decode<'a>>(
     bytes: &'a [u8],
     max: usize,
     what: &'static str,
-) -> Result<T, DecodeError> {
+) -> Result<T, EnvelopeDecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::TooLarge {
+        return Err(EnvelopeDecodeError::TooLarge {
             size: bytes.len(),
             max,
         });
     }
-    bitcode::decode(bytes).map_err(|e| DecodeError::Invalid {
+    bitcode::decode(bytes).map_err(|e| EnvelopeDecodeError::Invalid {
         what,
         error: e.to_string(),
         len: bytes.len(),
@@ -199,29 +199,29 @@ fn decode_limited<'a, T: Decode<'a>>(
 }
 
 /// Decodes a client message of at most `max` bytes.
-pub fn decode_client(bytes: &[u8], max: usize) -> Result<ClientMessage, DecodeError> {
+pub fn decode_client(bytes: &[u8], max: usize) -> Result<ClientMessage, EnvelopeDecodeError> {
     decode_limited(bytes, max, "ClientMessage")
 }
 
 /// Decodes a server message of at most `max` bytes.
-pub fn decode_server(bytes: &[u8], max: usize) -> Result<ServerMessage, DecodeError> {
+pub fn decode_server(bytes: &[u8], max: usize) -> Result<ServerMessage, EnvelopeDecodeError> {
     decode_limited(bytes, max, "ServerMessage")
 }
 
 /// Decodes and checks a client hello (magic only; the version is the caller's to judge).
-pub fn decode_client_hello(bytes: &[u8]) -> Result<ClientHello, DecodeError> {
+pub fn decode_client_hello(bytes: &[u8]) -> Result<ClientHello, EnvelopeDecodeError> {
     let hello: ClientHello = decode_limited(bytes, 64, "ClientHello")?;
     if hello.magic != HELLO_MAGIC {
-        return Err(DecodeError::BadMagic(hello.magic));
+        return Err(EnvelopeDecodeError::BadMagic(hello.magic));
     }
     Ok(hello)
 }
 
 /// Decodes and checks a server hello (magic only).
-pub fn decode_server_hello(bytes: &[u8]) -> Result<ServerHello, DecodeError> {
+pub fn decode_server_hello(bytes: &[u8]) -> Result<ServerHello, EnvelopeDecodeError> {
     let hello: ServerHello = decode_limited(bytes, 4096, "ServerHello")?;
     if hello.magic != HELLO_MAGIC {
-        return Err(DecodeError::BadMagic(hello.magic));
+        return Err(EnvelopeDecodeError::BadMagic(hello.magic));
     }
     Ok(hello)
 }
@@ -269,16 +269,19 @@ mod tests {
         let big = vec![0u8; 100];
         assert_eq!(
             decode_client(&big, 50),
-            Err(DecodeError::TooLarge { size: 100, max: 50 })
+            Err(EnvelopeDecodeError::TooLarge { size: 100, max: 50 })
         );
         assert!(matches!(
             decode_client(&[0xff; 9], 50),
-            Err(DecodeError::Invalid { .. })
+            Err(EnvelopeDecodeError::Invalid { .. })
         ));
         let hello = bitcode::encode(&ClientHello {
             magic: 1,
             protocol_version: 1,
         });
-        assert_eq!(decode_client_hello(&hello), Err(DecodeError::BadMagic(1)));
+        assert_eq!(
+            decode_client_hello(&hello),
+            Err(EnvelopeDecodeError::BadMagic(1))
+        );
     }
 }

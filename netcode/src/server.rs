@@ -38,12 +38,13 @@ use crate::protocol::{
     self, ClientMessage, DEFAULT_MAX_CLIENT_MESSAGE, DEFAULT_MAX_SERVER_MESSAGE, Encoded,
     HELLO_MAGIC, MAX_UNRELIABLE_MESSAGE, PROTOCOL_VERSION, ServerHello, ServerMessage,
 };
-use crate::token::{IDENTITY_BYTES, OpenError, PrivateKey, PrivateToken, identity_of};
-use crate::{Channel, ClientId, Transmit};
+use crate::token::{OpenError, PrivateKey, PrivateToken, identity_of};
+use crate::{Channel, ConnectionId, Transmit};
+use orrery_row::Identity;
 
 /// Configuration of a [`ServerSession`].
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub struct ServerSessionConfig {
     /// The key connect tokens are issued with.
     pub private_key: PrivateKey,
     /// Protocol id tokens and packets must carry.
@@ -78,7 +79,7 @@ pub struct ServerConfig {
     pub max_tokens: usize,
 }
 
-impl ServerConfig {
+impl ServerSessionConfig {
     /// A configuration with the defaults above.
     pub fn new(
         private_key: PrivateKey,
@@ -111,23 +112,23 @@ pub enum ServerEvent {
     /// A client completed the handshake and its hello; it can be sent to.
     Connected {
         /// The connection.
-        client: ClientId,
+        client: ConnectionId,
         /// The identity from its connect token.
-        identity: [u8; 32],
+        identity: Identity,
         /// Its address.
         addr: SocketAddr,
     },
     /// A connected client is gone. Exactly one per `Connected`.
     Disconnected {
         /// The connection.
-        client: ClientId,
+        client: ConnectionId,
         /// Why.
         reason: DisconnectReason,
     },
     /// A message from a connected client.
     Message {
         /// The sender.
-        client: ClientId,
+        client: ConnectionId,
         /// The message.
         msg: ClientMessage,
         /// The channel it arrived on.
@@ -139,7 +140,7 @@ pub enum ServerEvent {
         /// The peer's address.
         addr: SocketAddr,
         /// The connection, if the peer had completed the handshake.
-        client: Option<ClientId>,
+        client: Option<ConnectionId>,
         /// Why.
         reason: RejectReason,
     },
@@ -218,9 +219,9 @@ enum ConnState {
 
 #[derive(Debug)]
 struct Conn {
-    id: ClientId,
+    id: ConnectionId,
     addr: SocketAddr,
-    identity: [u8; IDENTITY_BYTES],
+    identity: Identity,
     send_key: [u8; KEY_BYTES],
     recv_key: [u8; KEY_BYTES],
     sequence: u64,
@@ -243,7 +244,7 @@ struct TokenUse {
 /// The server side of every connection of one server (see the module docs).
 #[derive(Debug)]
 pub struct ServerSession {
-    config: ServerConfig,
+    config: ServerSessionConfig,
     last_update: Duration,
     now: Duration,
     slots: Vec<Option<Conn>>,
@@ -270,7 +271,7 @@ impl ServerSession {
     /// A server with no clients at `now` (time since the Unix epoch).
     ///
     /// Fails only if the operating system's random source fails (for the challenge key).
-    pub fn new(config: ServerConfig, now: Duration) -> Result<Self, crate::TokenError> {
+    pub fn new(config: ServerSessionConfig, now: Duration) -> Result<Self, crate::TokenError> {
         let challenge_key =
             packet::random_bytes().map_err(|e| crate::TokenError::Random(e.to_string()))?;
         let rejection_budget = config.rejection_events_per_sec;
@@ -300,7 +301,7 @@ impl ServerSession {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &ServerConfig {
+    pub fn config(&self) -> &ServerSessionConfig {
         &self.config
     }
 
@@ -431,7 +432,7 @@ impl ServerSession {
                 refusal: None,
             };
             let info = ServerMessage::IdentityInfo {
-                identity: conn.identity,
+                identity: conn.identity.0,
                 connection_id: client.0,
             };
             let _ = conn
@@ -458,7 +459,7 @@ impl ServerSession {
                 });
                 true
             }
-            Err(crate::DecodeError::TooLarge { size, max }) => {
+            Err(crate::EnvelopeDecodeError::TooLarge { size, max }) => {
                 self.violation(
                     slot,
                     DisconnectReason::Rejected(RejectReason::MessageTooLarge { size, max }),
@@ -570,7 +571,7 @@ impl ServerSession {
         if self.by_id.contains_key(&private.client_id) {
             return self.reject(
                 from,
-                RejectReason::ClientIdInUse(ClientId(private.client_id)),
+                RejectReason::ClientIdInUse(ConnectionId(private.client_id)),
             );
         }
         if self.live >= self.config.max_clients {
@@ -688,7 +689,7 @@ impl ServerSession {
             return;
         };
         if self.by_id.contains_key(&client_id) {
-            return self.reject(from, RejectReason::ClientIdInUse(ClientId(client_id)));
+            return self.reject(from, RejectReason::ClientIdInUse(ConnectionId(client_id)));
         }
         if self.live >= self.config.max_clients {
             if packet::encode(
@@ -725,9 +726,9 @@ impl ServerSession {
         };
         let now = self.now;
         let conn = Conn {
-            id: ClientId(pending.client_id),
+            id: ConnectionId(pending.client_id),
             addr,
-            identity: identity_of(user_data),
+            identity: Identity(identity_of(user_data)),
             send_key: pending.send_key,
             recv_key: pending.recv_key,
             sequence: pending.sequence,
@@ -924,7 +925,7 @@ impl ServerSession {
         self.events.pop_front()
     }
 
-    fn ready_slot(&self, client: ClientId) -> Result<usize, SendError> {
+    fn ready_slot(&self, client: ConnectionId) -> Result<usize, SendError> {
         match self.by_id.get(&client.0) {
             Some(&slot)
                 if self
@@ -940,7 +941,7 @@ impl ServerSession {
     }
 
     /// Queues a message on the client's reliable channel.
-    pub fn send(&mut self, client: ClientId, msg: &ServerMessage) -> Result<(), SendError> {
+    pub fn send(&mut self, client: ConnectionId, msg: &ServerMessage) -> Result<(), SendError> {
         self.send_encoded(client, &Encoded::server(msg))
     }
 
@@ -949,7 +950,7 @@ impl ServerSession {
     ///
     /// If the client's reliable backlog would exceed `max_backlog`, the client is disconnected
     /// ([`DisconnectReason::BacklogExceeded`]) and the error says so.
-    pub fn send_encoded(&mut self, client: ClientId, msg: &Encoded) -> Result<(), SendError> {
+    pub fn send_encoded(&mut self, client: ConnectionId, msg: &Encoded) -> Result<(), SendError> {
         let slot = self.ready_slot(client)?;
         if msg.len() > self.config.max_server_message {
             return Err(SendError::MessageTooLarge {
@@ -982,7 +983,7 @@ impl ServerSession {
     /// [`MAX_UNRELIABLE_MESSAGE`] bytes encoded).
     pub fn send_unreliable(
         &mut self,
-        client: ClientId,
+        client: ConnectionId,
         msg: &ServerMessage,
     ) -> Result<(), SendError> {
         self.send_unreliable_encoded(client, &Encoded::server(msg))
@@ -991,7 +992,7 @@ impl ServerSession {
     /// [`ServerSession::send_unreliable`] for already-encoded bytes.
     pub fn send_unreliable_encoded(
         &mut self,
-        client: ClientId,
+        client: ConnectionId,
         msg: &Encoded,
     ) -> Result<(), SendError> {
         let slot = self.ready_slot(client)?;
@@ -1011,7 +1012,7 @@ impl ServerSession {
 
     /// Disconnects a client: sends [`ServerMessage::Disconnecting`] with `reason` (best
     /// effort) and disconnect packets, and emits `Disconnected`. `false` if no such client.
-    pub fn disconnect(&mut self, client: ClientId, reason: &str) -> bool {
+    pub fn disconnect(&mut self, client: ConnectionId, reason: &str) -> bool {
         let Some(&slot) = self.by_id.get(&client.0) else {
             return false;
         };
@@ -1027,14 +1028,14 @@ impl ServerSession {
 
     /// Disconnects every client (server shutdown).
     pub fn disconnect_all(&mut self, reason: &str) {
-        let ids: Vec<ClientId> = self.slots.iter().flatten().map(|c| c.id).collect();
+        let ids: Vec<ConnectionId> = self.slots.iter().flatten().map(|c| c.id).collect();
         for id in ids {
             self.disconnect(id, reason);
         }
     }
 
     /// Counters of one connected client.
-    pub fn client_stats(&self, client: ClientId) -> Option<ClientStats> {
+    pub fn client_stats(&self, client: ConnectionId) -> Option<ClientStats> {
         let conn = self.slots.get(*self.by_id.get(&client.0)?)?.as_ref()?;
         let mut s = conn.stats.clone();
         s.backlog_bytes = conn.link.backlog();
@@ -1049,7 +1050,7 @@ impl ServerSession {
     }
 
     /// The identity of a connected client.
-    pub fn identity(&self, client: ClientId) -> Option<[u8; 32]> {
+    pub fn identity(&self, client: ConnectionId) -> Option<Identity> {
         Some(
             self.slots
                 .get(*self.by_id.get(&client.0)?)?
@@ -1059,7 +1060,7 @@ impl ServerSession {
     }
 
     /// The address of a connected client.
-    pub fn client_addr(&self, client: ClientId) -> Option<SocketAddr> {
+    pub fn client_addr(&self, client: ConnectionId) -> Option<SocketAddr> {
         Some(self.slots.get(*self.by_id.get(&client.0)?)?.as_ref()?.addr)
     }
 
@@ -1073,7 +1074,7 @@ impl ServerSession {
     }
 
     /// Ids of the clients that completed their hello.
-    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+    pub fn clients(&self) -> impl Iterator<Item = ConnectionId> + '_ {
         self.slots
             .iter()
             .flatten()

@@ -37,10 +37,11 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::client::{ClientConfig, ClientSession};
-use crate::server::{ServerConfig, ServerSession};
+use crate::client::{ClientSession, ClientSessionConfig};
+use crate::server::{ServerSession, ServerSessionConfig};
 use crate::token::{ConnectToken, ConnectTokenIssuer, PrivateKey};
 use crate::{DEFAULT_PROTOCOL_ID, Transmit};
+use orrery_row::{ConnectionId, Identity};
 
 /// How a simulated link treats each datagram.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -237,7 +238,7 @@ pub struct Harness {
     /// Conditions for every datagram (unless a client overrides them).
     pub conditions: LinkConditions,
     /// Client configuration used by [`Harness::add_client`].
-    pub client_config: ClientConfig,
+    pub client_config: ClientSessionConfig,
     /// The network.
     pub net: Network,
     /// Virtual time since the Unix epoch.
@@ -266,11 +267,12 @@ impl Harness {
     pub fn with_config(
         seed: u64,
         conditions: LinkConditions,
-        configure: impl FnOnce(&mut ServerConfig),
+        configure: impl FnOnce(&mut ServerSessionConfig),
     ) -> Self {
         let server_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 40_000);
         let key = PrivateKey::from_bytes(derive_key(seed));
-        let mut config = ServerConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
+        let mut config =
+            ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
         configure(&mut config);
         let now = SIM_EPOCH;
         let issuer = ConnectTokenIssuer::new(key, config.protocol_id, vec![server_addr]);
@@ -284,7 +286,7 @@ impl Harness {
             issuer,
             clients: Vec::new(),
             conditions,
-            client_config: ClientConfig::default(),
+            client_config: ClientSessionConfig::default(),
             net: Network::new(seed),
             now,
             tap: None,
@@ -308,11 +310,11 @@ impl Harness {
     }
 
     /// The identity the harness gives client `index`.
-    pub fn identity(index: usize) -> [u8; 32] {
+    pub fn identity(index: usize) -> Identity {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
         id[31] = 0x0e;
-        id
+        Identity(id)
     }
 
     /// Adds a client with a fresh token (client id `index + 1`) and starts connecting it.
@@ -322,10 +324,11 @@ impl Harness {
     /// If the operating system's random source fails (the token's keys).
     pub fn add_client(&mut self) -> usize {
         let index = self.clients.len();
-        let token = match self
-            .issuer
-            .issue(&Self::identity(index), index as u64 + 1, self.now)
-        {
+        let token = match self.issuer.issue(
+            &Self::identity(index),
+            ConnectionId(index as u64 + 1),
+            self.now,
+        ) {
             Ok(t) => t,
             Err(e) => panic!("issue token: {e}"),
         };

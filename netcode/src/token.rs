@@ -10,6 +10,7 @@
 //!
 //! The byte layout of [`ConnectToken::to_bytes`] is `renetcode` 2.0's `ConnectToken::write`.
 
+use orrery_row::{ConnectionId, Identity};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -181,14 +182,16 @@ impl ConnectTokenIssuer {
         }
     }
 
-    /// Issues a token for `identity` as connection `client_id` at `now` (time since the Unix
-    /// epoch). Client ids must be unique among live connections; a counter or a random u64 does.
+    /// Issues a token for `identity` as connection `connection` at `now` (time since the Unix
+    /// epoch). Connection ids must be unique among live connections; a counter or a random u64
+    /// does.
     pub fn issue(
         &self,
-        identity: &[u8; IDENTITY_BYTES],
-        client_id: u64,
+        identity: &Identity,
+        connection: ConnectionId,
         now: Duration,
     ) -> Result<ConnectToken, TokenError> {
+        let client_id = connection.0;
         let n = self.server_addresses.len();
         if n == 0 || n > MAX_SERVER_ADDRESSES {
             return Err(TokenError::ServerAddressCount(n));
@@ -203,7 +206,7 @@ impl ConnectTokenIssuer {
         let expire_timestamp = create_timestamp + self.expire_after.as_secs().max(1);
 
         let mut user_data = [0u8; USER_DATA_BYTES];
-        user_data[..IDENTITY_BYTES].copy_from_slice(identity);
+        user_data[..IDENTITY_BYTES].copy_from_slice(identity.as_bytes());
         let private = PrivateToken {
             client_id,
             timeout_seconds,
@@ -400,7 +403,11 @@ mod tests {
     #[test]
     fn token_round_trips_and_opens() {
         let token = issuer()
-            .issue(&[9; 32], 5, Duration::from_secs(1_000))
+            .issue(
+                &Identity([9; 32]),
+                ConnectionId(5),
+                Duration::from_secs(1_000),
+            )
             .unwrap();
         let bytes = token.to_bytes();
         let back = ConnectToken::from_bytes(&bytes).unwrap();
@@ -444,7 +451,7 @@ mod tests {
     #[test]
     fn truncated_tokens_are_errors() {
         let bytes = issuer()
-            .issue(&[1; 32], 1, Duration::from_secs(10))
+            .issue(&Identity([1; 32]), ConnectionId(1), Duration::from_secs(10))
             .unwrap()
             .to_bytes();
         for len in 0..bytes.len() {

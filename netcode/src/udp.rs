@@ -20,7 +20,7 @@
 //! With the `tokio` feature, `TokioUdpEndpoint` does the same on a `tokio::net::UdpSocket`
 //! and adds `readable().await` to wait for incoming datagrams, for a network task that owns
 //! the session. Every datagram costs one syscall and one hash lookup in the session, whatever
-//! the number of clients (REFERENCE_NUMBERS: `recv_from` ~1 M/s, `send_to` ~300 k/s per core;
+//! the number of clients (`docs/reference-numbers.md`: `recv_from` ~1 M/s, `send_to` ~300 k/s per core;
 //! batching syscalls gains nothing there).
 
 use std::collections::VecDeque;

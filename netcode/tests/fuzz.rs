@@ -8,12 +8,13 @@
 
 mod common;
 
+use orrery_netcode::{ConnectionId, Identity};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::{ClientLog, ServerLog, call, collect, run_until, serve};
 use orrery_netcode::sim::{Captured, Harness, LinkConditions};
-use orrery_netcode::{ClientConfig, ClientMessage, ClientSession, ClientState, protocol};
+use orrery_netcode::{ClientMessage, ClientSession, ClientSessionConfig, ClientState, protocol};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,10 +106,14 @@ impl Fuzzer {
                 let token = self
                     .h
                     .issuer
-                    .issue(&[0xee; 32], self.next_client_id, self.h.now)
+                    .issue(
+                        &Identity([0xee; 32]),
+                        ConnectionId(self.next_client_id),
+                        self.h.now,
+                    )
                     .unwrap();
                 self.h.clients[a].session =
-                    ClientSession::new(ClientConfig::default(), token, self.h.now).unwrap();
+                    ClientSession::new(ClientSessionConfig::default(), token, self.h.now).unwrap();
                 self.attacker_sessions += 1;
             }
         }

@@ -1,13 +1,14 @@
 //! Wire compatibility with `renetcode` 2.0 (netcode 1.02): our tokens and handshake are the
 //! standard's, so the security analysis of netcode applies to them.
 
+use orrery_netcode::{ConnectionId, Identity};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use orrery_netcode::sim::SIM_EPOCH;
 use orrery_netcode::{
-    ClientConfig, ClientSession, ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey, ServerConfig,
-    ServerSession,
+    ClientSession, ClientSessionConfig, ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey,
+    ServerSession, ServerSessionConfig,
 };
 
 const SERVER: &str = "127.0.0.1:40000";
@@ -19,7 +20,9 @@ fn renetcode_client_completes_the_handshake_with_our_server() {
     let client_addr: SocketAddr = CLIENT.parse().unwrap();
     let key = PrivateKey::from_bytes([3; 32]);
     let issuer = ConnectTokenIssuer::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
-    let token = issuer.issue(&[5; 32], 77, SIM_EPOCH).unwrap();
+    let token = issuer
+        .issue(&Identity([5; 32]), ConnectionId(77), SIM_EPOCH)
+        .unwrap();
     let bytes = token.to_bytes();
 
     // renetcode reads our token bytes...
@@ -33,7 +36,7 @@ fn renetcode_client_completes_the_handshake_with_our_server() {
     assert_eq!(rewritten, bytes);
 
     let mut server = ServerSession::new(
-        ServerConfig::new(key, DEFAULT_PROTOCOL_ID, vec![server_addr]),
+        ServerSessionConfig::new(key, DEFAULT_PROTOCOL_ID, vec![server_addr]),
         SIM_EPOCH,
     )
     .unwrap();
@@ -95,7 +98,7 @@ fn our_client_completes_the_handshake_with_a_renetcode_server() {
         authentication: renetcode::ServerAuthentication::Secure { private_key: key },
     });
     let mut client =
-        ClientSession::from_token_bytes(ClientConfig::default(), &bytes, SIM_EPOCH).unwrap();
+        ClientSession::from_token_bytes(ClientSessionConfig::default(), &bytes, SIM_EPOCH).unwrap();
     let mut now = SIM_EPOCH;
     let mut out = Vec::new();
     let mut connected = None;

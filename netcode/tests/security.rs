@@ -2,6 +2,7 @@
 
 mod common;
 
+use orrery_netcode::{ConnectionId, Identity};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use common::{ClientLog, ServerLog, call, collect, run_until, serve};
 use orrery_netcode::protocol::MAX_UNRELIABLE_MESSAGE;
 use orrery_netcode::sim::{Harness, LinkConditions};
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientMessage, ClientSession, ConnectError, ConnectToken,
+    ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ConnectError, ConnectToken,
     ConnectTokenIssuer, DisconnectReason, PrivateKey, RejectReason, SendError, ServerEvent,
     ServerMessage,
 };
@@ -82,16 +83,23 @@ fn expired_token_is_rejected_by_server_and_client() {
     // A client refuses a token that expired already.
     let token = h
         .issuer
-        .issue(&[1; 32], 99, h.now - Duration::from_secs(60))
+        .issue(
+            &Identity([1; 32]),
+            ConnectionId(99),
+            h.now - Duration::from_secs(60),
+        )
         .unwrap();
-    let err = ClientSession::new(ClientConfig::default(), token, h.now).unwrap_err();
+    let err = ClientSession::new(ClientSessionConfig::default(), token, h.now).unwrap_err();
     assert!(matches!(err, ConnectError::Expired { .. }), "{err}");
 }
 
 #[test]
 fn replayed_token_from_another_address_is_rejected() {
     let mut h = Harness::new(4, LinkConditions::PERFECT);
-    let token = h.issuer.issue(&[7; 32], 1, h.now).unwrap();
+    let token = h
+        .issuer
+        .issue(&Identity([7; 32]), ConnectionId(1), h.now)
+        .unwrap();
     let a = h.add_client_with_token(token.clone());
     let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
     connect_all(&mut h, &mut slog, &mut clogs);
@@ -128,7 +136,10 @@ fn replayed_token_from_another_address_is_rejected() {
 #[test]
 fn token_is_single_use_even_from_the_same_address() {
     let mut h = Harness::new(5, LinkConditions::PERFECT);
-    let token = h.issuer.issue(&[7; 32], 1, h.now).unwrap();
+    let token = h
+        .issuer
+        .issue(&Identity([7; 32]), ConnectionId(1), h.now)
+        .unwrap();
     let a = h.add_client_with_token(token.clone());
     let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
     connect_all(&mut h, &mut slog, &mut clogs);
@@ -143,7 +154,8 @@ fn token_is_single_use_even_from_the_same_address() {
     );
     assert_eq!(slog.disconnected[0].1, DisconnectReason::ByClient);
     // Reconnect with the same token from the same address: refused.
-    h.clients[a].session = ClientSession::new(ClientConfig::default(), token, h.now).unwrap();
+    h.clients[a].session =
+        ClientSession::new(ClientSessionConfig::default(), token, h.now).unwrap();
     run_until(
         &mut h,
         &mut slog,
@@ -203,7 +215,7 @@ fn replayed_packets_are_dropped() {
 
 /// Sends the client's connection request straight to the server (whatever address it names).
 fn deliver_request(h: &mut Harness, token: ConnectToken, from: SocketAddr) {
-    let mut client = ClientSession::new(ClientConfig::default(), token, h.now).unwrap();
+    let mut client = ClientSession::new(ClientSessionConfig::default(), token, h.now).unwrap();
     client.update(h.now);
     let mut out = Vec::new();
     client.drain_transmits(&mut out);
@@ -224,23 +236,47 @@ fn forged_tampered_wrong_protocol_and_wrong_server_tokens_are_rejected() {
         h.issuer.protocol_id,
         vec![h.server_addr],
     );
-    deliver_request(&mut h, forger.issue(&[1; 32], 1, now).unwrap(), from);
+    deliver_request(
+        &mut h,
+        forger
+            .issue(&Identity([1; 32]), ConnectionId(1), now)
+            .unwrap(),
+        from,
+    );
     // Tampered private data (e.g. a changed identity).
-    let mut tampered = h.issuer.issue(&[1; 32], 2, h.now).unwrap();
+    let mut tampered = h
+        .issuer
+        .issue(&Identity([1; 32]), ConnectionId(2), h.now)
+        .unwrap();
     tampered.private_data[40] ^= 1;
     deliver_request(&mut h, tampered, from);
     // Expiry moved forward by the client: authenticated data no longer matches.
-    let mut extended = h.issuer.issue(&[1; 32], 3, h.now).unwrap();
+    let mut extended = h
+        .issuer
+        .issue(&Identity([1; 32]), ConnectionId(3), h.now)
+        .unwrap();
     extended.expire_timestamp += 3600;
     deliver_request(&mut h, extended, from);
     // Other protocol id.
     let mut other = h.issuer.clone();
     other.protocol_id ^= 1;
-    deliver_request(&mut h, other.issue(&[1; 32], 4, now).unwrap(), from);
+    deliver_request(
+        &mut h,
+        other
+            .issue(&Identity([1; 32]), ConnectionId(4), now)
+            .unwrap(),
+        from,
+    );
     // Genuine token for another server address.
     let mut elsewhere = h.issuer.clone();
     elsewhere.server_addresses = vec!["127.0.0.1:40001".parse().unwrap()];
-    deliver_request(&mut h, elsewhere.issue(&[1; 32], 5, now).unwrap(), from);
+    deliver_request(
+        &mut h,
+        elsewhere
+            .issue(&Identity([1; 32]), ConnectionId(5), now)
+            .unwrap(),
+        from,
+    );
 
     serve(&mut h, &mut slog);
     collect(&mut h, &mut clogs);
@@ -270,7 +306,10 @@ fn duplicate_client_id_is_rejected() {
     h.add_client(); // client id 1
     let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
     connect_all(&mut h, &mut slog, &mut clogs);
-    let dup = h.issuer.issue(&[2; 32], 1, h.now).unwrap();
+    let dup = h
+        .issuer
+        .issue(&Identity([2; 32]), ConnectionId(1), h.now)
+        .unwrap();
     h.add_client_with_token(dup);
     run_until(
         &mut h,
@@ -280,7 +319,9 @@ fn duplicate_client_id_is_rejected() {
         Duration::from_secs(1),
         |_, _, _| false,
     );
-    assert!(rejections(&slog).contains(&RejectReason::ClientIdInUse(orrery_netcode::ClientId(1))));
+    assert!(rejections(&slog).contains(&RejectReason::ClientIdInUse(
+        orrery_netcode::ConnectionId(1)
+    )));
     assert_eq!(slog.connected.len(), 1);
 }
 
@@ -384,7 +425,7 @@ fn stalled_client_is_disconnected_others_unaffected() {
         Duration::from_secs(2),
         |_, _, c| c[healthy].messages.len() == 100,
     );
-    let stalled_id = orrery_netcode::ClientId(stalled as u64 + 1);
+    let stalled_id = orrery_netcode::ConnectionId(stalled as u64 + 1);
     let (id, err) = backlog_error.expect("the stalled client hit the backlog limit");
     assert_eq!(id, stalled_id);
     assert!(
@@ -513,7 +554,7 @@ fn server_disconnect_carries_the_reason_and_timeouts_fire() {
     let (a, b) = (h.add_client(), h.add_client());
     let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
     connect_all(&mut h, &mut slog, &mut clogs);
-    let id_a = orrery_netcode::ClientId(a as u64 + 1);
+    let id_a = orrery_netcode::ConnectionId(a as u64 + 1);
     assert!(h.server.disconnect(id_a, "kicked for testing"));
     run_until(
         &mut h,
@@ -544,7 +585,7 @@ fn server_disconnect_carries_the_reason_and_timeouts_fire() {
     assert_eq!(
         slog.disconnected[1],
         (
-            orrery_netcode::ClientId(b as u64 + 1),
+            orrery_netcode::ConnectionId(b as u64 + 1),
             DisconnectReason::TimedOut
         )
     );

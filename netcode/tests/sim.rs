@@ -2,6 +2,7 @@
 
 mod common;
 
+use orrery_netcode::ConnectionId;
 use std::time::Duration;
 
 use common::{ClientLog, ServerLog, call, run_until};
@@ -26,7 +27,10 @@ fn one_client_connects_calls_and_gets_its_identity() {
         |_, _, c| c[0].replies.len() == 5
     ));
     assert_eq!(clogs[0].replies, vec![0, 1, 2, 3, 4]);
-    assert_eq!(clogs[0].connected, Some((Harness::identity(0), 1)));
+    assert_eq!(
+        clogs[0].connected,
+        Some((Harness::identity(0), ConnectionId(1)))
+    );
     assert_eq!(slog.connected.len(), 1);
     assert_eq!(slog.connected.values().next(), Some(&Harness::identity(0)));
 }
@@ -73,7 +77,10 @@ fn two_hundred_clients_lossy_jittery_every_reply_once_in_order() {
             log.replies, expected,
             "client {i}: replies exactly once and in order"
         );
-        assert_eq!(log.connected, Some((Harness::identity(i), i as u64 + 1)));
+        assert_eq!(
+            log.connected,
+            Some((Harness::identity(i), ConnectionId(i as u64 + 1)))
+        );
     }
     assert_eq!(
         slog.calls,

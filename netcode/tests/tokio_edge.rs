@@ -2,13 +2,14 @@
 
 #![cfg(feature = "tokio")]
 
+use orrery_netcode::{ConnectionId, Identity};
 use std::time::Duration;
 
 use orrery_netcode::udp::TokioUdpEndpoint;
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientMessage, ClientSession, ConnectTokenIssuer,
-    DEFAULT_PROTOCOL_ID, PrivateKey, ServerConfig, ServerEvent, ServerMessage, ServerSession,
-    unix_now,
+    ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ConnectTokenIssuer,
+    DEFAULT_PROTOCOL_ID, PrivateKey, ServerEvent, ServerMessage, ServerSession,
+    ServerSessionConfig, unix_now,
 };
 
 #[tokio::test]
@@ -19,12 +20,12 @@ async fn tokio_server_task_answers_a_call() {
     let addr = server_udp.local_addr();
     let key = PrivateKey::generate().unwrap();
     let mut server = ServerSession::new(
-        ServerConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![addr]),
+        ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![addr]),
         unix_now(),
     )
     .unwrap();
     let token = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, vec![addr])
-        .issue(&[1; 32], 1, unix_now())
+        .issue(&Identity([1; 32]), ConnectionId(1), unix_now())
         .unwrap();
 
     let server_task = tokio::spawn(async move {
@@ -52,7 +53,7 @@ async fn tokio_server_task_answers_a_call() {
     let mut client_udp = TokioUdpEndpoint::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mut client = ClientSession::new(ClientConfig::default(), token, unix_now()).unwrap();
+    let mut client = ClientSession::new(ClientSessionConfig::default(), token, unix_now()).unwrap();
     client
         .send(&ClientMessage::CallReducer {
             request_id: 9,

@@ -4,6 +4,7 @@
 //! CI runs 1,100 clients. `cargo test --release -p orrery-netcode --test udp -- --ignored
 //! --nocapture` runs 4,096 and prints connect time and server CPU per tick.
 
+use orrery_netcode::{ConnectionId, Identity};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -12,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use orrery_netcode::udp::UdpEndpoint;
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientMessage, ClientSession, ConnectTokenIssuer,
-    DEFAULT_PROTOCOL_ID, Encoded, PrivateKey, ServerConfig, ServerEvent, ServerMessage,
-    ServerSession, ServerStats, unix_now,
+    ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ConnectTokenIssuer,
+    DEFAULT_PROTOCOL_ID, Encoded, PrivateKey, ServerEvent, ServerMessage, ServerSession,
+    ServerSessionConfig, ServerStats, unix_now,
 };
 
 const TICK: Duration = Duration::from_millis(50); // 20 Hz
@@ -174,7 +175,7 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
     let server_udp = UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr: SocketAddr = server_udp.local_addr();
     let key = PrivateKey::generate().unwrap();
-    let mut config = ServerConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
+    let mut config = ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
     config.max_pending = n.max(1024);
     let session = ServerSession::new(config, unix_now()).unwrap();
     let mut issuer = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, vec![server_addr]);
@@ -192,10 +193,12 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
         .map(|i| {
             let mut identity = [0u8; 32];
             identity[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let token = issuer.issue(&identity, i as u64 + 1, unix_now()).unwrap();
+            let token = issuer
+                .issue(&Identity(identity), ConnectionId(i as u64 + 1), unix_now())
+                .unwrap();
             // Through bytes, as a real client gets it from the control plane.
             let session = ClientSession::from_token_bytes(
-                ClientConfig::default(),
+                ClientSessionConfig::default(),
                 &token.to_bytes(),
                 unix_now(),
             )

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use orrery_engine::subscription::wire::{WireLayout, WireRecord};
 use orrery_engine::value::Value;
 use orrery_engine::{Engine, EngineConfig, FsyncPolicy, Table};
 use orrery_netcode::udp::UdpEndpoint;
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientMessage, ClientSession, ServerMessage, unix_now,
+    ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ServerMessage, unix_now,
 };
+use orrery_row::wire::{WireLayout, WireRecord};
 use orrery_server::{ServerConfig, Storage};
 use serde_json::Value as Json;
 
@@ -56,7 +56,8 @@ fn play(
         .decode(ct["connect_token"].as_str().unwrap())
         .unwrap();
     let mut session =
-        ClientSession::from_token_bytes(ClientConfig::default(), &bytes, unix_now()).unwrap();
+        ClientSession::from_token_bytes(ClientSessionConfig::default(), &bytes, unix_now())
+            .unwrap();
     let mut udp = UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let schema = Engine::new(sample_mmo::module(), EngineConfig::default())
         .unwrap()

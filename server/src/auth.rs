@@ -9,6 +9,7 @@
 //! The admin token is 32 random bytes in hex in `<data dir>/admin-token` (mode 0600, written at
 //! first start); admin endpoints require `Authorization: Bearer <admin token>`.
 
+use orrery_engine::Identity;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub enum AuthError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BearerClaims {
     /// The holder's identity.
-    pub identity: [u8; 32],
+    pub identity: Identity,
     /// Issue time, seconds since the Unix epoch.
     pub issued_at: u64,
     /// Expiry, seconds since the Unix epoch.
@@ -184,12 +185,12 @@ impl Secrets {
     }
 
     /// Issues a bearer token for `identity` at `now` (since the Unix epoch), valid `lifetime`.
-    pub fn issue(&self, identity: &[u8; 32], now: Duration, lifetime: Duration) -> String {
+    pub fn issue(&self, identity: &Identity, now: Duration, lifetime: Duration) -> String {
         let issued_at = now.as_secs();
         let expires_at = issued_at.saturating_add(lifetime.as_secs().max(1));
         let mut bytes = Vec::with_capacity(TOKEN_BYTES);
         bytes.push(TOKEN_VERSION);
-        bytes.extend_from_slice(identity);
+        bytes.extend_from_slice(identity.as_bytes());
         bytes.extend_from_slice(&issued_at.to_le_bytes());
         bytes.extend_from_slice(&expires_at.to_le_bytes());
         let tag = hmac::sign(&self.key, &bytes);
@@ -224,7 +225,7 @@ impl Secrets {
             u64::from_le_bytes(b)
         };
         let claims = BearerClaims {
-            identity,
+            identity: Identity(identity),
             issued_at: u64_at(33),
             expires_at: u64_at(41),
         };
@@ -256,9 +257,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Secrets::load_or_create(dir.path()).unwrap();
         let now = Duration::from_secs(1_000_000);
-        let t = s.issue(&[7; 32], now, Duration::from_secs(60));
+        let t = s.issue(&Identity([7; 32]), now, Duration::from_secs(60));
         let c = s.verify(&t, now).unwrap();
-        assert_eq!(c.identity, [7; 32]);
+        assert_eq!(c.identity, Identity([7; 32]));
         assert_eq!(c.expires_at, 1_000_060);
         assert!(matches!(
             s.verify(&t, now + Duration::from_secs(60)),

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orrery_engine::subscription::PublishConfig;
 use orrery_engine::{FsyncPolicy, SystemsExecutor};
+use orrery_subscription::PublishConfig;
 use orrery_tick::OverrunPolicy;
 
 use crate::error::ServerError;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use orrery_engine::Engine;
-use orrery_netcode::{ClientId, PrivateKey, ServerSession, Transmit};
+use orrery_netcode::{ConnectionId, PrivateKey, ServerSession, Transmit};
 use orrery_tick::{FixedClock, Phase, PhaseTimer};
 
 use crate::config::ServerConfig;
@@ -125,7 +125,7 @@ impl ServerCore {
     }
 
     /// Disconnects a client (admin action); `false` if it is not connected.
-    pub fn disconnect(&mut self, client: ClientId, reason: &str) -> bool {
+    pub fn disconnect(&mut self, client: ConnectionId, reason: &str) -> bool {
         self.session.disconnect(client, reason)
     }
 

@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use orrery_engine::glam::Vec3;
 use orrery_engine::schema::{ModuleSchema, ReducerKind};
-use orrery_netcode::{ConnectTokenIssuer, unix_now};
+use orrery_netcode::{ConnectTokenIssuer, ConnectionId, Identity, unix_now};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,8 +46,8 @@ pub enum AdminRequest {
     ListClients(oneshot::Sender<Vec<ClientInfo>>),
     /// Disconnect a client; answers whether it was connected.
     Disconnect {
-        /// The client id.
-        client: u64,
+        /// The connection.
+        client: ConnectionId,
         /// Why (sent to the client).
         reason: String,
         /// The answer.
@@ -57,7 +57,7 @@ pub enum AdminRequest {
 
 /// What the handlers share.
 #[derive(Debug)]
-pub struct ControlPlane {
+pub struct ControlPlaneState {
     /// Token secrets.
     pub secrets: Arc<Secrets>,
     /// Issues connect tokens for the UDP server.
@@ -78,7 +78,7 @@ pub struct ControlPlane {
     pub identity_token_lifetime: Duration,
 }
 
-impl ControlPlane {
+impl ControlPlaneState {
     /// Connection ids start at a random 32-bit block so that ids from a previous run of the
     /// server (which may still sit in tables) are not handed out again right away.
     pub fn first_client_id() -> Result<u64, crate::ServerError> {
@@ -93,7 +93,7 @@ impl ControlPlane {
 }
 
 /// The handlers' state.
-pub type AppState = Arc<ControlPlane>;
+pub type AppState = Arc<ControlPlaneState>;
 
 /// The control-plane router.
 pub fn router(state: AppState) -> Router {
@@ -147,7 +147,7 @@ impl IntoResponse for Refused {
     }
 }
 
-fn authenticate(state: &ControlPlane, headers: &HeaderMap) -> Result<[u8; 32], Refused> {
+fn authenticate(state: &ControlPlaneState, headers: &HeaderMap) -> Result<Identity, Refused> {
     let token = bearer(headers).map_err(|e| Refused(StatusCode::UNAUTHORIZED, e))?;
     state
         .secrets
@@ -205,14 +205,14 @@ async fn metrics_public(State(metrics): State<Arc<Metrics>>) -> Response {
 
 async fn new_identity(State(state): State<AppState>) -> Response {
     let identity = match random_bytes::<32>() {
-        Ok(i) => i,
+        Ok(i) => Identity(i),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
     let token = state
         .secrets
         .issue(&identity, unix_now(), state.identity_token_lifetime);
     axum::Json(json!({
-        "identity": orrery_engine::Identity(identity).to_hex(),
+        "identity": identity.to_hex(),
         "token": token,
     }))
     .into_response()
@@ -223,13 +223,13 @@ async fn connect_token(State(state): State<AppState>, headers: HeaderMap) -> Res
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
-    let client_id = state.next_client_id.fetch_add(1, Relaxed);
-    match state.issuer.issue(&identity, client_id, unix_now()) {
+    let connection = ConnectionId(state.next_client_id.fetch_add(1, Relaxed));
+    match state.issuer.issue(&identity, connection, unix_now()) {
         Ok(token) => axum::Json(json!({
             "connect_token": base64::engine::general_purpose::STANDARD.encode(token.to_bytes()),
             "server_addresses": state.server_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "identity": orrery_engine::Identity(identity).to_hex(),
-            "client_id": client_id,
+            "identity": identity.to_hex(),
+            "client_id": connection.0,
         }))
         .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -429,7 +429,7 @@ async fn admin_disconnect(
     if let Err(r) = require_admin(&state.secrets, &headers) {
         return r.into_response();
     }
-    let Ok(client) = client_id.parse::<u64>() else {
+    let Ok(client) = client_id.parse::<u64>().map(ConnectionId) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("client id {client_id:?} is not a number"),

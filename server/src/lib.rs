@@ -23,7 +23,7 @@
 //! logs with `tracing`. See `docs/server.md` for the threading, the tick loop, the HTTP API,
 //! limits and metrics.
 //!
-//! [`Publisher`]: orrery_engine::subscription::Publisher
+//! [`Publisher`]: orrery_subscription::Publisher
 
 pub mod auth;
 pub mod config;

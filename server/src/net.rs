@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
+use orrery_netcode::Identity;
 use orrery_netcode::{
-    ClientId, ClientMessage, DisconnectReason, PrivateKey, SendError, ServerEvent, ServerMessage,
-    ServerSession,
+    ClientMessage, ConnectionId, DisconnectReason, PrivateKey, SendError, ServerEvent,
+    ServerMessage, ServerSession,
 };
 use serde::Serialize;
 
@@ -21,23 +22,23 @@ pub enum NetEvent {
     /// A client completed the handshake.
     Connected {
         /// The connection.
-        client: ClientId,
+        client: ConnectionId,
         /// Its identity (from the connect token).
-        identity: [u8; 32],
+        identity: Identity,
         /// Its address.
         addr: SocketAddr,
     },
     /// A message from a connected client.
     Message {
         /// The sender.
-        client: ClientId,
+        client: ConnectionId,
         /// The message.
         msg: ClientMessage,
     },
     /// A connected client is gone.
     Disconnected {
         /// The connection.
-        client: ClientId,
+        client: ConnectionId,
         /// Why.
         reason: DisconnectReason,
     },
@@ -49,14 +50,14 @@ pub enum NetCommand {
     /// Queue a message on the client's reliable channel.
     Send {
         /// The client.
-        client: ClientId,
+        client: ConnectionId,
         /// The message.
         msg: ServerMessage,
     },
     /// Disconnect the client with a reason (it receives `Disconnecting { reason }`).
     Disconnect {
         /// The client.
-        client: ClientId,
+        client: ConnectionId,
         /// Why.
         reason: String,
     },
@@ -66,7 +67,7 @@ pub enum NetCommand {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClientInfo {
     /// The connection id (the connect token's client id).
-    pub client_id: u64,
+    pub client_id: ConnectionId,
     /// Identity, 64 hex characters.
     pub identity: String,
     /// The client's address.
@@ -92,8 +93,8 @@ pub fn session_config(
     config: &ServerConfig,
     key: PrivateKey,
     public_addresses: Vec<SocketAddr>,
-) -> orrery_netcode::ServerConfig {
-    let mut c = orrery_netcode::ServerConfig::new(
+) -> orrery_netcode::ServerSessionConfig {
+    let mut c = orrery_netcode::ServerSessionConfig::new(
         key,
         orrery_netcode::DEFAULT_PROTOCOL_ID,
         public_addresses,
@@ -171,7 +172,7 @@ pub fn apply_commands(session: &mut ServerSession, commands: impl IntoIterator<I
 
 /// The connected clients with their counters.
 pub fn list_clients(session: &ServerSession) -> Vec<ClientInfo> {
-    let mut ids: Vec<ClientId> = session.clients().collect();
+    let mut ids: Vec<ConnectionId> = session.clients().collect();
     ids.sort();
     ids.into_iter()
         .filter_map(|client| {
@@ -179,8 +180,8 @@ pub fn list_clients(session: &ServerSession) -> Vec<ClientInfo> {
             let identity = session.identity(client)?;
             let addr = session.client_addr(client)?;
             Some(ClientInfo {
-                client_id: client.0,
-                identity: orrery_engine::Identity(identity).to_hex(),
+                client_id: client,
+                identity: identity.to_hex(),
                 address: addr.to_string(),
                 datagrams_in: stats.datagrams_in,
                 datagrams_out: stats.datagrams_out,

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Secrets;
 use crate::config::{ServerConfig, Storage};
 use crate::error::ServerError;
-use crate::http::{self, AdminRequest, AppState, ControlPlane};
+use crate::http::{self, AdminRequest, AppState, ControlPlaneState};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
 use crate::tick::{HttpRequest, TickCore};
@@ -300,10 +300,10 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     let mut issuer = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, public_addresses.clone());
     issuer.expire_after = config.connect_token_lifetime;
     issuer.timeout = config.connection_timeout;
-    let state: AppState = Arc::new(ControlPlane {
+    let state: AppState = Arc::new(ControlPlaneState {
         secrets: secrets.clone(),
         issuer,
-        next_client_id: AtomicU64::new(ControlPlane::first_client_id()?),
+        next_client_id: AtomicU64::new(ControlPlaneState::first_client_id()?),
         schema_json: schema.to_json(),
         schema,
         calls: call_tx,
@@ -487,7 +487,7 @@ async fn net_loop(
                     let _ = reply.send(net::list_clients(&session));
                 }
                 AdminRequest::Disconnect { client, reason, reply } => {
-                    let done = session.disconnect(orrery_netcode::ClientId(client), &reason);
+                    let done = session.disconnect(client, &reason);
                     flush(&mut udp, &mut session);
                     let _ = reply.send(done);
                 }

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use orrery_engine::glam::Vec3;
 use orrery_engine::schema::ModuleSchema;
-use orrery_engine::subscription::Publisher;
 use orrery_engine::{
     Caller, ConnectionId, DurabilityHandle, Engine, Identity, Input, ReducerError, TableId,
     Timestamp,
 };
 use orrery_netcode::protocol::TableRows;
-use orrery_netcode::{ClientId, ClientMessage, ServerMessage};
+use orrery_netcode::{ClientMessage, ServerMessage};
+use orrery_subscription::Publisher;
 use orrery_tick::{Phase, PhaseTimer, TickTiming};
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
@@ -50,7 +50,7 @@ const MAX_DEFERRED: usize = 1024;
 #[derive(Debug)]
 pub struct HttpCall {
     /// The caller.
-    pub identity: [u8; 32],
+    pub identity: Identity,
     /// The reducer.
     pub reducer: String,
     /// Arguments in the Orrery row format.
@@ -64,7 +64,7 @@ pub struct HttpCall {
 #[derive(Debug)]
 pub struct SqlRead {
     /// The reader.
-    pub identity: [u8; 32],
+    pub identity: Identity,
     /// The query (the subscription SQL subset).
     pub sql: String,
     /// The point `:focus` stands for in a `within(..)`.
@@ -173,19 +173,19 @@ pub struct TickCore {
     publisher: Publisher,
     schema: ModuleSchema,
     durability: Option<DurabilityHandle>,
-    clients: BTreeMap<u64, ClientEntry>,
+    clients: BTreeMap<ConnectionId, ClientEntry>,
     /// Clients with held replies.
-    holding: BTreeSet<u64>,
+    holding: BTreeSet<ConnectionId>,
     /// Clients that became ready with deferred messages.
-    undeferred: Vec<u64>,
-    subscription_messages: Vec<(u64, ClientMessage)>,
+    undeferred: Vec<ConnectionId>,
+    subscription_messages: Vec<(ConnectionId, ClientMessage)>,
     http_pending: FxHashMap<u64, oneshot::Sender<CallOutcome>>,
     /// Reads answered after this tick's publish phase.
     sql_reads: Vec<SqlRead>,
     max_sql_rows: usize,
     http_held: VecDeque<(u64, oneshot::Sender<CallOutcome>, CallOutcome)>,
     http_next: u64,
-    http_buckets: FxHashMap<[u8; 32], TokenBucket>,
+    http_buckets: FxHashMap<Identity, TokenBucket>,
     rate: RateLimit,
     tick_duration: Duration,
     metrics: Arc<Metrics>,
@@ -374,7 +374,7 @@ impl TickCore {
         for o in outgoing {
             bytes += o.payload.len() as u64;
             out.push(NetCommand::Send {
-                client: ClientId(o.client.0),
+                client: ConnectionId(o.client.0),
                 msg: ServerMessage::TableUpdate {
                     table_id: o.table,
                     tick: seq,
@@ -427,9 +427,8 @@ impl TickCore {
             NetEvent::Connected {
                 client, identity, ..
             } => {
-                let identity = Identity(identity);
                 self.clients.insert(
-                    client.0,
+                    client,
                     ClientEntry {
                         identity,
                         phase: ClientPhase::Joining,
@@ -441,16 +440,16 @@ impl TickCore {
                     },
                 );
                 self.engine.enqueue(Input::Connect {
-                    caller: Caller::client(identity, ConnectionId(client.0)),
+                    caller: Caller::client(identity, client),
                 });
             }
             NetEvent::Message { client, msg } => {
-                let Some(entry) = self.clients.get_mut(&client.0) else {
+                let Some(entry) = self.clients.get_mut(&client) else {
                     return;
                 };
                 if entry.phase == ClientPhase::Joining {
                     if entry.deferred.len() >= MAX_DEFERRED {
-                        self.drop_client(client.0);
+                        self.drop_client(client);
                         out.push(NetCommand::Disconnect {
                             client,
                             reason: format!(
@@ -462,15 +461,15 @@ impl TickCore {
                     entry.deferred.push_back(msg);
                     return;
                 }
-                self.on_message(client.0, msg, now, durable, out);
+                self.on_message(client, msg, now, durable, out);
             }
             NetEvent::Disconnected { client, reason } => {
-                let Some(entry) = self.clients.get(&client.0) else {
+                let Some(entry) = self.clients.get(&client) else {
                     return;
                 };
                 tracing::debug!(%client, %reason, "client left");
-                let caller = Caller::client(entry.identity, ConnectionId(client.0));
-                self.drop_client(client.0);
+                let caller = Caller::client(entry.identity, client);
+                self.drop_client(client);
                 self.metrics.disconnects.fetch_add(1, Relaxed);
                 self.engine.enqueue(Input::Disconnect { caller });
             }
@@ -478,17 +477,17 @@ impl TickCore {
     }
 
     /// Forgets a client's server-side state.
-    fn drop_client(&mut self, client: u64) {
+    fn drop_client(&mut self, client: ConnectionId) {
         if let Some(entry) = self.clients.remove(&client) {
             self.subscriptions -= entry.subscriptions;
         }
         self.holding.remove(&client);
-        self.publisher.disconnect(ConnectionId(client));
+        self.publisher.disconnect(client);
     }
 
     fn on_message(
         &mut self,
-        client: u64,
+        client: ConnectionId,
         msg: ClientMessage,
         now: Duration,
         durable: u64,
@@ -525,7 +524,7 @@ impl TickCore {
                     .push_back(Inflight::Call(wants_durable && self.durability.is_some()));
                 self.engine.enqueue(Input::Call {
                     request_id: u64::from(request_id),
-                    caller: Caller::client(entry.identity, ConnectionId(client)),
+                    caller: Caller::client(entry.identity, client),
                     reducer,
                     args,
                 });
@@ -537,7 +536,7 @@ impl TickCore {
                 if !entry.bucket.try_take(&rate, now) {
                     self.metrics.subscription_errors.fetch_add(1, Relaxed);
                     out.push(NetCommand::Send {
-                        client: ClientId(client),
+                        client,
                         msg: ServerMessage::SubscriptionError {
                             query_id,
                             message: rate_limited_message(&rate),
@@ -564,14 +563,14 @@ impl TickCore {
         self.http_pending.insert(id, call.reply);
         self.engine.enqueue(Input::Call {
             request_id: id,
-            caller: Caller::from(Identity(call.identity)),
+            caller: Caller::from(call.identity),
             reducer: call.reducer,
             args: call.args,
         });
     }
 
     /// Takes a token from the identity's HTTP bucket (shared by calls and reads).
-    fn http_allowed(&mut self, identity: [u8; 32], now: Duration) -> bool {
+    fn http_allowed(&mut self, identity: Identity, now: Duration) -> bool {
         let rate = self.rate;
         let bucket = self
             .http_buckets
@@ -597,7 +596,7 @@ impl TickCore {
             let outcome = match self.publisher.read(
                 &self.schema,
                 &read.sql,
-                Identity(read.identity),
+                read.identity,
                 read.focus,
             ) {
                 Ok((_, rows)) if rows.len() > self.max_sql_rows => SqlOutcome::Invalid {
@@ -682,7 +681,7 @@ impl TickCore {
             }
             return;
         };
-        let client = connection.0;
+        let client = connection;
         if outcome.request_id.is_some() {
             self.count_outcome(&outcome.result);
         }
@@ -701,13 +700,10 @@ impl TickCore {
                 }
                 Err(error) => {
                     let reason = error.client_message();
-                    tracing::info!(client, %reason, "client_connected refused a connection");
+                    tracing::info!(%client, %reason, "client_connected refused a connection");
                     self.metrics.connections_refused.fetch_add(1, Relaxed);
                     self.drop_client(client);
-                    out.push(NetCommand::Disconnect {
-                        client: ClientId(client),
-                        reason,
-                    });
+                    out.push(NetCommand::Disconnect { client, reason });
                 }
             },
             None => {}
@@ -767,10 +763,7 @@ impl TickCore {
                         "storage failure, tick {needed} was not made durable: {failure}"
                     ));
                 }
-                out.push(NetCommand::Send {
-                    client: ClientId(client),
-                    msg,
-                });
+                out.push(NetCommand::Send { client, msg });
             }
             if entry.held.is_empty() {
                 emptied.push(client);
@@ -798,7 +791,7 @@ impl TickCore {
 
     fn on_subscription(
         &mut self,
-        client: u64,
+        client: ConnectionId,
         msg: ClientMessage,
         seq: u64,
         out: &mut Vec<NetCommand>,
@@ -806,7 +799,7 @@ impl TickCore {
         let Some(entry) = self.clients.get_mut(&client) else {
             return;
         };
-        let connection = ConnectionId(client);
+        let connection = client;
         let reply = match msg {
             ClientMessage::Subscribe { query_id, sql } => {
                 match self
@@ -850,10 +843,7 @@ impl TickCore {
             }
             ClientMessage::CallReducer { .. } => return,
         };
-        out.push(NetCommand::Send {
-            client: ClientId(client),
-            msg: reply,
-        });
+        out.push(NetCommand::Send { client, msg: reply });
     }
 }
 
@@ -861,18 +851,15 @@ impl TickCore {
 /// is durable.
 fn reply_to(
     entry: &mut ClientEntry,
-    client: u64,
+    client: ConnectionId,
     needed: u64,
     durable: u64,
     reply: ServerMessage,
     out: &mut Vec<NetCommand>,
-    holding: &mut BTreeSet<u64>,
+    holding: &mut BTreeSet<ConnectionId>,
 ) {
     if entry.held.is_empty() && needed <= durable {
-        out.push(NetCommand::Send {
-            client: ClientId(client),
-            msg: reply,
-        });
+        out.push(NetCommand::Send { client, msg: reply });
     } else {
         entry.held.push_back((needed, reply));
         holding.insert(client);

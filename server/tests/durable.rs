@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::{Sim, add_args, note_args};
-use orrery_engine::subscription::wire::{WireLayout, WireRecord};
 use orrery_engine::value::Value;
 use orrery_engine::{DurabilityConfig, Engine, EngineConfig, FsyncPolicy, SystemsExecutor, Table};
 use orrery_netcode::sim::LinkConditions;
 use orrery_netcode::{ClientEvent, ClientMessage, ServerMessage};
+use orrery_row::wire::{WireLayout, WireRecord};
 
 fn open(dir: &std::path::Path, configure: impl FnOnce(&mut DurabilityConfig)) -> (Engine, bool) {
     let mut d = DurabilityConfig::new(dir);

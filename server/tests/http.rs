@@ -103,7 +103,7 @@ async fn identity_and_connect_tokens_with_bearer_errors() {
     let (status, _) = json_of(&router, "POST", "/v1/connect-token", Some("garbage!"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let expired = server.secrets().issue(
-        &[3; 32],
+        &orrery_engine::Identity([3; 32]),
         unix_now() - Duration::from_secs(100),
         Duration::from_secs(10),
     );

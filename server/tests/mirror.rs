@@ -29,14 +29,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orrery_client::row::value::identity_to_hex;
+use orrery_client::row::Identity;
 use orrery_client::row::{ModuleSchema, TableSchema, Value, Visibility};
-use orrery_client::{ClientCore, Event, RowChange};
+use orrery_client::{ClientCore, Event, MirrorChange};
 use orrery_engine::glam::Vec3;
 use orrery_engine::{Engine, TableId};
 use orrery_netcode::sim::{LinkConditions, Network, SIM_EPOCH};
 use orrery_netcode::{
-    ClientConfig, ClientSession, ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey, Transmit,
+    ClientSession, ClientSessionConfig, ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey,
+    Transmit,
 };
 use orrery_server::{ServerConfig, ServerCore, SqlOutcome, SqlRead};
 use rand::{RngExt, SeedableRng};
@@ -75,14 +76,14 @@ impl RowView<'_> {
 
     fn identity(&self, column: &str) -> [u8; 32] {
         match self.get(column) {
-            Value::Identity(id) => *id,
+            Value::Identity(id) => id.0,
             other => panic!("{column} is not an identity: {other:?}"),
         }
     }
 
     fn vec2(&self, column: &str) -> [f32; 2] {
         match self.get(column) {
-            Value::Vec2(p) => *p,
+            Value::Vec2(p) => p.to_array(),
             other => panic!("{column} is not a vec2: {other:?}"),
         }
     }
@@ -210,8 +211,8 @@ fn as_client_sees(table: &TableSchema, mut values: Vec<Value>) -> Vec<Value> {
         };
         match value {
             Value::F32(v) => *v = quantized(*v, step),
-            Value::Vec2(p) => p.iter_mut().for_each(|v| *v = quantized(*v, step)),
-            Value::Vec3(p) => p.iter_mut().for_each(|v| *v = quantized(*v, step)),
+            Value::Vec2(p) => *p = p.map(|v| quantized(v, step)),
+            Value::Vec3(p) => *p = p.map(|v| quantized(v, step)),
             Value::F64(v) => {
                 let units = (*v / f64::from(step)).round();
                 *v = if units.is_finite() { units as i64 } else { 0 } as f64 * f64::from(step);
@@ -441,10 +442,14 @@ impl World {
         for i in 0..clients {
             let identity = common::identity(i);
             let token = issuer
-                .issue(&identity, i as u64 + 1, now)
+                .issue(
+                    &orrery_engine::Identity(identity),
+                    orrery_engine::ConnectionId(i as u64 + 1),
+                    now,
+                )
                 .expect("connect token");
-            let session =
-                ClientSession::new(ClientConfig::default(), token, now).expect("client session");
+            let session = ClientSession::new(ClientSessionConfig::default(), token, now)
+                .expect("client session");
             let addr = common::Sim::client_addr(i);
             world.by_addr.insert(addr, i);
             world.peers.push(Peer {
@@ -554,9 +559,9 @@ fn record(tally: &mut Tally, event: Event) {
         Event::TableUpdate { changes, .. } => {
             for change in changes {
                 match change {
-                    RowChange::Insert(_) => tally.inserts += 1,
-                    RowChange::Update { .. } => tally.updates += 1,
-                    RowChange::Delete(row) => {
+                    MirrorChange::Insert(_) => tally.inserts += 1,
+                    MirrorChange::Update { .. } => tally.updates += 1,
+                    MirrorChange::Delete(row) => {
                         tally.deletes += 1;
                         *tally
                             .deletes_by_table
@@ -694,7 +699,7 @@ fn one_op(world: &mut World, rng: &mut ChaCha8Rng, pool: &[Query], i: usize, ids
         86..90 => {
             let id = rng.random_range(1..=*items + 1);
             let to = world.peers[rng.random_range(0..world.peers.len())].identity;
-            world.call(i, "item_give", json!([id, identity_to_hex(&to)]));
+            world.call(i, "item_give", json!([id, Identity(to).to_hex()]));
         }
         90..92 => {
             let id = rng.random_range(1..=*items + 1);
@@ -994,7 +999,7 @@ fn oracle_agrees_with_the_publisher(world: &mut World, all: &Rows, pool: &[Query
         for sql in p.core.subscriptions().values() {
             let (reply, rx) = tokio::sync::oneshot::channel();
             world.core.submit_sql(SqlRead {
-                identity: p.identity,
+                identity: orrery_engine::Identity(p.identity),
                 sql: sql.clone(),
                 focus: Some(Vec3::new(focus[0], focus[1], 0.0)),
                 reply,

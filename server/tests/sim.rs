@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{Counter, Note, Presence, Sim, add_args, identity, note_args, string_args};
-use orrery_engine::subscription::wire::{WireLayout, WireRecord};
 use orrery_engine::value::Value;
 use orrery_engine::{Identity, Table};
 use orrery_netcode::sim::LinkConditions;
 use orrery_netcode::{ClientEvent, ClientMessage, ServerMessage};
+use orrery_row::wire::{WireLayout, WireRecord};
 use orrery_server::metrics::RejectKind;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -443,7 +443,13 @@ fn expired_replayed_and_forged_connect_tokens_are_refused() {
     let rejections = sim.core.metrics().netcode_rejections.load(Relaxed);
     let mut forger = sim.issuer.clone();
     forger.private_key = orrery_netcode::PrivateKey::from_bytes([0x66; 32]);
-    let forged = forger.issue(&identity(3), 4, sim.now).unwrap();
+    let forged = forger
+        .issue(
+            &orrery_engine::Identity(identity(3)),
+            orrery_engine::ConnectionId(4),
+            sim.now,
+        )
+        .unwrap();
     let f = sim.add_client_with_token(forged);
     sim.step(Duration::from_secs(2));
     assert!(!sim.connected(f));
@@ -509,7 +515,7 @@ fn admin_disconnect_drives_the_lifecycle() {
     sim.add_client();
     assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(0)));
     assert_eq!(sim.core.clients().len(), 1);
-    assert!(sim.core.disconnect(orrery_netcode::ClientId(1), "bye"));
+    assert!(sim.core.disconnect(orrery_netcode::ConnectionId(1), "bye"));
     assert!(sim.run_until(Duration::from_secs(2), |s| {
         s.clients[0]
             .events

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use orrery_netcode::udp::UdpEndpoint;
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientMessage, ClientSession, ServerMessage, unix_now,
+    ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ServerMessage, unix_now,
 };
 use orrery_server::ServerConfig;
 use serde_json::Value;
@@ -241,8 +241,12 @@ async fn run_load(n: usize, steady: Duration) -> Report {
             .iter()
             .enumerate()
             .map(|(i, t)| Client {
-                session: ClientSession::from_token_bytes(ClientConfig::default(), t, unix_now())
-                    .unwrap(),
+                session: ClientSession::from_token_bytes(
+                    ClientSessionConfig::default(),
+                    t,
+                    unix_now(),
+                )
+                .unwrap(),
                 udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
                 connected: false,
                 replies: Vec::new(),

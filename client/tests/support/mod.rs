@@ -13,13 +13,13 @@ use std::time::Duration;
 use orrery_client::ClientCore;
 use orrery_client::Event;
 use orrery_netcode::protocol::TableRows;
-use orrery_netcode::row::wire::WireLayout;
-use orrery_netcode::row::{ModuleSchema, Value, decode_args, encode_row};
 use orrery_netcode::sim::{LinkConditions, Network, SIM_EPOCH};
 use orrery_netcode::{
-    ClientConfig, ClientId, ClientMessage, ConnectTokenIssuer, DEFAULT_PROTOCOL_ID, PrivateKey,
-    ServerConfig, ServerEvent, ServerMessage, ServerSession, Transmit,
+    ClientMessage, ClientSessionConfig, ConnectTokenIssuer, ConnectionId, DEFAULT_PROTOCOL_ID,
+    PrivateKey, ServerEvent, ServerMessage, ServerSession, ServerSessionConfig, Transmit,
 };
+use orrery_row::wire::WireLayout;
+use orrery_row::{ModuleSchema, Value, decode_args, encode_row};
 
 pub const NPC: u32 = 0;
 pub const HIT: u32 = 1;
@@ -86,13 +86,13 @@ pub struct FakeGame {
     pub schema: Arc<ModuleSchema>,
     layouts: Vec<WireLayout>,
     npcs: BTreeMap<u64, Held>,
-    subscribers: BTreeMap<ClientId, BTreeSet<u32>>,
+    subscribers: BTreeMap<ConnectionId, BTreeSet<u32>>,
     next_hit: u64,
     pub tick: u64,
     /// Every call: (client, reducer, decoded arguments or error).
-    pub calls: Vec<(ClientId, String, Result<Vec<Value>, String>)>,
-    pub connected: Vec<ClientId>,
-    pub disconnected: Vec<(ClientId, String)>,
+    pub calls: Vec<(ConnectionId, String, Result<Vec<Value>, String>)>,
+    pub connected: Vec<ConnectionId>,
+    pub disconnected: Vec<(ConnectionId, String)>,
 }
 
 impl Default for FakeGame {
@@ -140,7 +140,7 @@ impl FakeGame {
 
     fn pk(id: u64) -> Vec<u8> {
         Value::Unsigned(id)
-            .to_bytes(&orrery_netcode::row::TypeDesc::U64)
+            .to_bytes(&orrery_row::TypeDesc::U64)
             .expect("u64")
     }
 
@@ -198,7 +198,7 @@ impl FakeGame {
     fn run(
         &mut self,
         server: &mut ServerSession,
-        client: ClientId,
+        client: ConnectionId,
         reducer: &str,
         args: &[Value],
     ) -> Result<(), String> {
@@ -383,7 +383,7 @@ impl SimWorld {
         let key = PrivateKey::from_bytes(key);
         let now = SIM_EPOCH;
         let server = ServerSession::new(
-            ServerConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]),
+            ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]),
             now,
         )
         .expect("server session");
@@ -407,11 +407,15 @@ impl SimWorld {
         identity[0] = index as u8 + 1;
         let token = self
             .issuer
-            .issue(&identity, index as u64 + 1, self.now)
+            .issue(
+                &orrery_netcode::Identity(identity),
+                ConnectionId(index as u64 + 1),
+                self.now,
+            )
             .expect("token");
         let core = ClientCore::from_token_bytes(
             self.game.schema.clone(),
-            ClientConfig::default(),
+            ClientSessionConfig::default(),
             &token.to_bytes(),
             self.now,
         )

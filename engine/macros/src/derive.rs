@@ -119,7 +119,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
                 quote! {
                     match #p::read_varint(input, #type_name)? {
                         #(#decode_arms)*
-                        tag => Err(#p::DecodeError::InvalidTag { what: #type_name, tag }),
+                        tag => Err(#p::RowDecodeError::InvalidTag { what: #type_name, tag }),
                     }
                 },
             )
@@ -138,7 +138,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             #[allow(unused_variables)]
             fn encode(&self, out: &mut ::std::vec::Vec<u8>) { #encode }
             #[allow(unused_variables)]
-            fn decode(input: &mut &[u8]) -> ::std::result::Result<Self, #p::DecodeError> { #decode }
+            fn decode(input: &mut &[u8]) -> ::std::result::Result<Self, #p::RowDecodeError> { #decode }
         }
     })
 }

@@ -587,7 +587,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
                 #p::TypeDesc::Struct { name: #row_name.into(), fields: vec![#(#field_descs),*] }
             }
             fn encode(&self, out: &mut ::std::vec::Vec<u8>) { #(#encodes)* }
-            fn decode(input: &mut &[u8]) -> ::std::result::Result<Self, #p::DecodeError> {
+            fn decode(input: &mut &[u8]) -> ::std::result::Result<Self, #p::RowDecodeError> {
                 Ok(#construct)
             }
         }

@@ -1,4 +1,4 @@
-//! Spatial grid benchmark, the workload of `REFERENCE_NUMBERS.md`: 100,000 entities placed
+//! Spatial grid benchmark, the workload of `docs/reference-numbers.md`: 100,000 entities placed
 //! uniformly in a 4,000 m × 4,000 m world; each tick 10,000 of them move by a random vector
 //! of length ≤ 5 m, then 2,000 radius-50 m queries run at random centers.
 //!

@@ -6,7 +6,7 @@
 //! The layout is specified in `docs/durability.md`; keep the two in sync.
 
 use crate::changes::{ChangeKind, RowChange};
-use crate::codec::{DecodeError, read_len, read_varint, take_bytes, write_varint};
+use crate::codec::{RowDecodeError, read_len, read_varint, take_bytes, write_varint};
 
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ORRYLOG\0";
@@ -179,14 +179,14 @@ pub(crate) struct TickRecord<'a> {
 }
 
 /// Decodes a record payload (the bytes after the frame header) of sequence `seq`.
-pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>, DecodeError> {
+pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>, RowDecodeError> {
     let mut input = payload;
     let head = take_bytes(&mut input, 12, "record header")?;
     let micros = u64_at(head, 0) as i64;
     let count = u32_at(head, 8);
     // Every table section takes at least three bytes, so this bounds the allocation.
     if u64::from(count) * 3 > input.len() as u64 {
-        return Err(DecodeError::LengthTooLarge {
+        return Err(RowDecodeError::LengthTooLarge {
             len: u64::from(count),
             remaining: input.len(),
         });
@@ -194,7 +194,7 @@ pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>,
     let mut tables = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let table = u32::try_from(read_varint(&mut input, "table id")?)
-            .map_err(|_| DecodeError::VarintOverflow { what: "table id" })?;
+            .map_err(|_| RowDecodeError::VarintOverflow { what: "table id" })?;
         let flags = take_bytes(&mut input, 1, "table flags")?[0];
         let sequences = if flags & HAS_SEQUENCES != 0 {
             let n = read_len(&mut input, 1, "sequences")?;
@@ -204,7 +204,7 @@ pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>,
             }
             Some(values)
         } else if flags != 0 {
-            return Err(DecodeError::InvalidTag {
+            return Err(RowDecodeError::InvalidTag {
                 what: "table flags",
                 tag: u64::from(flags),
             });
@@ -219,7 +219,7 @@ pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>,
                 1 => ChangeKind::Update,
                 2 => ChangeKind::Delete,
                 tag => {
-                    return Err(DecodeError::InvalidTag {
+                    return Err(RowDecodeError::InvalidTag {
                         what: "entry kind",
                         tag: u64::from(tag),
                     });
@@ -247,7 +247,7 @@ pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>,
         });
     }
     if !input.is_empty() {
-        return Err(DecodeError::TrailingBytes(input.len()));
+        return Err(RowDecodeError::TrailingBytes(input.len()));
     }
     Ok(TickRecord {
         seq,

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use orrery_netcode::sim::Harness;
-use orrery_netcode::{ClientEvent, ClientId, ClientMessage, ServerEvent, ServerMessage};
+use orrery_netcode::{
+    ClientEvent, ClientMessage, ConnectionId, Identity, ServerEvent, ServerMessage,
+};
 
 /// What the test server saw.
 #[derive(Debug, Default)]
 pub struct ServerLog {
-    pub connected: HashMap<ClientId, [u8; 32]>,
-    pub disconnected: Vec<(ClientId, orrery_netcode::DisconnectReason)>,
+    pub connected: HashMap<ConnectionId, Identity>,
+    pub disconnected: Vec<(ConnectionId, orrery_netcode::DisconnectReason)>,
     pub rejected: Vec<ServerEvent>,
     pub calls: u64,
     pub tick: u64,
@@ -61,7 +63,7 @@ pub fn serve(h: &mut Harness, log: &mut ServerLog) {
 /// Replies seen by one client, and whether it connected.
 #[derive(Debug, Default, Clone)]
 pub struct ClientLog {
-    pub connected: Option<([u8; 32], u64)>,
+    pub connected: Option<(Identity, ConnectionId)>,
     pub replies: Vec<u32>,
     pub messages: Vec<ServerMessage>,
     pub disconnected: Option<orrery_netcode::DisconnectReason>,

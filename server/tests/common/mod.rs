@@ -13,7 +13,7 @@ use orrery_engine::glam::Vec2;
 use orrery_engine::prelude::*;
 use orrery_netcode::sim::{LinkConditions, Network, SIM_EPOCH};
 use orrery_netcode::{
-    ClientConfig, ClientEvent, ClientSession, ConnectToken, ConnectTokenIssuer,
+    ClientEvent, ClientSession, ClientSessionConfig, ConnectToken, ConnectTokenIssuer,
     DEFAULT_PROTOCOL_ID, PrivateKey, Transmit,
 };
 use orrery_server::{ServerConfig, ServerCore};
@@ -336,7 +336,11 @@ impl Sim {
 
     pub fn token(&self, identity: [u8; 32], client_id: u64) -> ConnectToken {
         self.issuer
-            .issue(&identity, client_id, self.now)
+            .issue(
+                &orrery_engine::Identity(identity),
+                orrery_engine::ConnectionId(client_id),
+                self.now,
+            )
             .expect("token")
     }
 
@@ -350,8 +354,8 @@ impl Sim {
     pub fn add_client_with_token(&mut self, token: ConnectToken) -> usize {
         let index = self.clients.len();
         let addr = Self::client_addr(index);
-        let session =
-            ClientSession::new(ClientConfig::default(), token, self.now).expect("client session");
+        let session = ClientSession::new(ClientSessionConfig::default(), token, self.now)
+            .expect("client session");
         self.clients.push(SimClient {
             session,
             addr,

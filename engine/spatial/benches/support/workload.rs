@@ -1,4 +1,4 @@
-//! The REFERENCE_NUMBERS spatial workload, shared by the grid benchmark and the engine's
+//! The spatial workload of `docs/reference-numbers.md`, shared by the grid benchmark and the engine's
 //! spatial benchmark so both measure exactly the same ticks: 100,000 entities uniformly
 //! placed in a 4,000 m × 4,000 m world; each tick 10,000 of them move by a random vector of
 //! length ≤ 5 m, then 2,000 radius-50 m queries run at random centers.

@@ -20,7 +20,7 @@ use orrery_engine::SystemsExecutor;
 use orrery_engine::bevy_ecs::prelude::*;
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
-use orrery_engine::subscription::{PublishConfig, Publisher};
+use orrery_subscription::{PublishConfig, Publisher};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -107,7 +107,7 @@ struct Scenario {
     publisher: Publisher,
     focus: Vec<(Vec3, Vec3)>,
     tick: i64,
-    out: Vec<orrery_engine::subscription::Outgoing>,
+    out: Vec<orrery_subscription::Outgoing>,
 }
 
 impl Scenario {

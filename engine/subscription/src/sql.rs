@@ -17,11 +17,11 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::codec::TypeDesc;
-use crate::identity::Identity;
-use crate::schema::{ModuleSchema, TableSchema, Visibility};
-use crate::time::Timestamp;
-use crate::value::Value;
+use orrery_row::Identity;
+use orrery_row::Timestamp;
+use orrery_row::TypeDesc;
+use orrery_row::Value;
+use orrery_row::{ModuleSchema, TableSchema, Visibility};
 
 /// Why a query was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,7 @@
-//! The Orrery row format: how column values, rows and reducer arguments become bytes.
+//! The row codec: how column values, rows and reducer arguments become bytes, the
+//! [`TypeDesc`] that describes a type to schema-driven (non-Rust) decoders, and the
+//! [`OrreryType`] trait that Rust types implement (derived by `#[table]` and
+//! `#[derive(OrreryType)]`).
 //!
 //! Columns are written in declaration order with no framing: unsigned integers wider than a byte
 //! as LEB128 varints, signed ones zigzag-encoded first, `u8`/`i8`/`bool` as one byte, floats as
@@ -11,9 +14,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Why bytes could not be decoded into a value.
+/// Why bytes could not be decoded into a value. Decoders treat their input as hostile: any
+/// byte string yields a value or one of these, never a panic, and never an allocation larger
+/// than the input could describe.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum RowDecodeError {
     /// The input ended before the value did.
     #[error("unexpected end of input: needed {needed} more byte(s) for {what}")]
     UnexpectedEof {
@@ -181,6 +186,17 @@ impl TypeDesc {
             TypeDesc::Struct { name, .. } | TypeDesc::Enum { name, .. } => name.clone(),
         }
     }
+
+    /// How many `f32`/`f64` components a quantizable type has (`f32`/`f64`: 1, `Vec2`: 2,
+    /// `Vec3`: 3); `None` for types `#[quantize]` does not apply to.
+    pub fn float_components(&self) -> Option<usize> {
+        match self {
+            TypeDesc::F32 | TypeDesc::F64 => Some(1),
+            TypeDesc::Vec2 => Some(2),
+            TypeDesc::Vec3 => Some(3),
+            _ => None,
+        }
+    }
 }
 
 /// A type that has a place in the Orrery row format: table rows, their columns, reducer
@@ -192,7 +208,7 @@ pub trait OrreryType: Sized {
     /// Appends the value's bytes to `out`.
     fn encode(&self, out: &mut Vec<u8>);
     /// Reads one value from the front of `input`, advancing it.
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError>;
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError>;
 
     /// Encodes into a fresh buffer.
     fn to_bytes(&self) -> Vec<u8> {
@@ -202,13 +218,13 @@ pub trait OrreryType: Sized {
     }
 
     /// Decodes a value that must span all of `bytes`.
-    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, RowDecodeError> {
         let mut input = bytes;
         let value = Self::decode(&mut input)?;
         if input.is_empty() {
             Ok(value)
         } else {
-            Err(DecodeError::TrailingBytes(input.len()))
+            Err(RowDecodeError::TrailingBytes(input.len()))
         }
     }
 }
@@ -225,12 +241,12 @@ pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
 #[inline]
-pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, DecodeError> {
+pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, RowDecodeError> {
     let mut result: u64 = 0;
     for (i, &byte) in input.iter().enumerate().take(10) {
         let bits = u64::from(byte & 0x7f);
         if i == 9 && byte > 1 {
-            return Err(DecodeError::VarintOverflow { what });
+            return Err(RowDecodeError::VarintOverflow { what });
         }
         result |= bits << (7 * i);
         if byte & 0x80 == 0 {
@@ -239,9 +255,9 @@ pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, DecodeE
         }
     }
     if input.len() >= 10 {
-        Err(DecodeError::VarintOverflow { what })
+        Err(RowDecodeError::VarintOverflow { what })
     } else {
-        Err(DecodeError::UnexpectedEof { what, needed: 1 })
+        Err(RowDecodeError::UnexpectedEof { what, needed: 1 })
     }
 }
 
@@ -263,9 +279,9 @@ pub fn take_bytes<'a>(
     input: &mut &'a [u8],
     n: usize,
     what: &'static str,
-) -> Result<&'a [u8], DecodeError> {
+) -> Result<&'a [u8], RowDecodeError> {
     if input.len() < n {
-        return Err(DecodeError::UnexpectedEof {
+        return Err(RowDecodeError::UnexpectedEof {
             what,
             needed: n - input.len(),
         });
@@ -282,11 +298,11 @@ pub fn read_len(
     input: &mut &[u8],
     min_item_size: usize,
     what: &'static str,
-) -> Result<usize, DecodeError> {
+) -> Result<usize, RowDecodeError> {
     let len = read_varint(input, what)?;
     let need = len.saturating_mul(min_item_size.max(1) as u64);
     if need > input.len() as u64 {
-        return Err(DecodeError::LengthTooLarge {
+        return Err(RowDecodeError::LengthTooLarge {
             len,
             remaining: input.len(),
         });
@@ -301,9 +317,9 @@ macro_rules! impl_unsigned {
             #[inline]
             fn encode(&self, out: &mut Vec<u8>) { write_varint(out, u64::from(*self)) }
             #[inline]
-            fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+            fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
                 let v = read_varint(input, stringify!($t))?;
-                <$t>::try_from(v).map_err(|_| DecodeError::VarintOverflow { what: stringify!($t) })
+                <$t>::try_from(v).map_err(|_| RowDecodeError::VarintOverflow { what: stringify!($t) })
             }
         }
     )*};
@@ -317,9 +333,9 @@ macro_rules! impl_signed {
             #[inline]
             fn encode(&self, out: &mut Vec<u8>) { write_varint(out, zigzag(i64::from(*self))) }
             #[inline]
-            fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+            fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
                 let v = unzigzag(read_varint(input, stringify!($t))?);
-                <$t>::try_from(v).map_err(|_| DecodeError::VarintOverflow { what: stringify!($t) })
+                <$t>::try_from(v).map_err(|_| RowDecodeError::VarintOverflow { what: stringify!($t) })
             }
         }
     )*};
@@ -335,7 +351,7 @@ impl OrreryType for u8 {
         out.push(*self);
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(take_bytes(input, 1, "u8")?[0])
     }
 }
@@ -349,7 +365,7 @@ impl OrreryType for i8 {
         out.push(*self as u8);
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(take_bytes(input, 1, "i8")?[0] as i8)
     }
 }
@@ -363,11 +379,11 @@ impl OrreryType for bool {
         out.push(u8::from(*self));
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         match take_bytes(input, 1, "bool")?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(DecodeError::InvalidBool(other)),
+            other => Err(RowDecodeError::InvalidBool(other)),
         }
     }
 }
@@ -381,7 +397,7 @@ impl OrreryType for f32 {
         out.extend_from_slice(&self.to_le_bytes());
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         let b = take_bytes(input, 4, "f32")?;
         Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
@@ -396,7 +412,7 @@ impl OrreryType for f64 {
         out.extend_from_slice(&self.to_le_bytes());
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         let b = take_bytes(input, 8, "f64")?;
         let mut raw = [0u8; 8];
         raw.copy_from_slice(b);
@@ -412,12 +428,12 @@ impl OrreryType for String {
         write_varint(out, self.len() as u64);
         out.extend_from_slice(self.as_bytes());
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         let len = read_len(input, 1, "String")?;
         let bytes = take_bytes(input, len, "String")?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(DecodeError::InvalidUtf8 {
+            Err(e) => Err(RowDecodeError::InvalidUtf8 {
                 valid_up_to: e.valid_up_to(),
             }),
         }
@@ -436,7 +452,7 @@ impl<T: OrreryType> OrreryType for Vec<T> {
             item.encode(out);
         }
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         // Every item takes at least one byte on the wire, so this bounds the allocation.
         let len = read_len(input, 1, "Vec")?;
         let mut items = Vec::with_capacity(len);
@@ -462,11 +478,11 @@ impl<T: OrreryType> OrreryType for Option<T> {
             }
         }
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         match take_bytes(input, 1, "Option")?[0] {
             0 => Ok(None),
             1 => Ok(Some(T::decode(input)?)),
-            tag => Err(DecodeError::InvalidTag {
+            tag => Err(RowDecodeError::InvalidTag {
                 what: "Option",
                 tag: u64::from(tag),
             }),
@@ -481,7 +497,7 @@ impl<T: OrreryType> OrreryType for Box<T> {
     fn encode(&self, out: &mut Vec<u8>) {
         (**self).encode(out);
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         T::decode(input).map(Box::new)
     }
 }
@@ -493,7 +509,7 @@ impl OrreryType for Duration {
     fn encode(&self, out: &mut Vec<u8>) {
         write_varint(out, u64::try_from(self.as_micros()).unwrap_or(u64::MAX));
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(Duration::from_micros(read_varint(input, "Duration")?))
     }
 }
@@ -508,7 +524,7 @@ impl OrreryType for glam::Vec2 {
         self.y.encode(out);
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(glam::Vec2::new(f32::decode(input)?, f32::decode(input)?))
     }
 }
@@ -524,7 +540,7 @@ impl OrreryType for glam::Vec3 {
         self.z.encode(out);
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(glam::Vec3::new(
             f32::decode(input)?,
             f32::decode(input)?,
@@ -541,7 +557,7 @@ impl OrreryType for () {
         }
     }
     fn encode(&self, _out: &mut Vec<u8>) {}
-    fn decode(_input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(_input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(())
     }
 }
@@ -579,22 +595,22 @@ mod tests {
         let eleven = [0xffu8; 11];
         assert!(matches!(
             read_varint(&mut &eleven[..], "t"),
-            Err(DecodeError::VarintOverflow { .. })
+            Err(RowDecodeError::VarintOverflow { .. })
         ));
         // Ten bytes whose last carries more than the 64th bit.
         let mut too_big = [0xffu8; 10];
         too_big[9] = 0x02;
         assert!(matches!(
             read_varint(&mut &too_big[..], "t"),
-            Err(DecodeError::VarintOverflow { .. })
+            Err(RowDecodeError::VarintOverflow { .. })
         ));
         assert!(matches!(
             u8::decode(&mut &[][..]),
-            Err(DecodeError::UnexpectedEof { .. })
+            Err(RowDecodeError::UnexpectedEof { .. })
         ));
         assert!(matches!(
             u16::from_bytes(&[0xff, 0xff, 0x04]),
-            Err(DecodeError::VarintOverflow { what: "u16" })
+            Err(RowDecodeError::VarintOverflow { what: "u16" })
         ));
     }
 
@@ -616,26 +632,29 @@ mod tests {
         bytes.extend_from_slice(b"abc");
         assert!(matches!(
             Vec::<String>::from_bytes(&bytes),
-            Err(DecodeError::LengthTooLarge { .. })
+            Err(RowDecodeError::LengthTooLarge { .. })
         ));
         assert!(matches!(
             String::from_bytes(&bytes),
-            Err(DecodeError::LengthTooLarge { .. })
+            Err(RowDecodeError::LengthTooLarge { .. })
         ));
     }
 
     #[test]
     fn invalid_bool_utf8_and_option_tags_are_errors() {
-        assert_eq!(bool::from_bytes(&[2]), Err(DecodeError::InvalidBool(2)));
+        assert_eq!(bool::from_bytes(&[2]), Err(RowDecodeError::InvalidBool(2)));
         assert!(matches!(
             String::from_bytes(&[2, 0xc3, 0x28]),
-            Err(DecodeError::InvalidUtf8 { valid_up_to: 0 })
+            Err(RowDecodeError::InvalidUtf8 { valid_up_to: 0 })
         ));
         assert!(matches!(
             Option::<u8>::from_bytes(&[7]),
-            Err(DecodeError::InvalidTag { tag: 7, .. })
+            Err(RowDecodeError::InvalidTag { tag: 7, .. })
         ));
-        assert_eq!(u8::from_bytes(&[1, 2]), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            u8::from_bytes(&[1, 2]),
+            Err(RowDecodeError::TrailingBytes(1))
+        );
     }
 
     proptest! {

@@ -1,23 +1,24 @@
 //! Schema-driven values: decode any row or argument bytes by their [`TypeDesc`] without the
-//! Rust type, and convert between the Orrery row format and JSON.
+//! Rust type, encode them back, and convert between the row format and JSON.
 //!
 //! This is what lets the control plane accept reducer arguments as JSON, answer one-off SQL
-//! reads as JSON, and evaluate subscription predicates on encoded rows.
+//! reads as JSON, evaluate subscription predicates on encoded rows, and lets clients (the Rust
+//! SDK, the CLI, the FFI) read rows from the schema alone.
 //!
 //! JSON mapping: integers and floats are numbers (64-bit integers may also be given as decimal
 //! strings, since JavaScript numbers lose precision above 2^53); `Identity` is 64 hex
 //! characters; `Timestamp` and `Duration` are integer microseconds; `ScheduleAt` is
 //! `{"interval": µs}` or `{"at": µs}`; `Vec2`/`Vec3` are `[x, y(, z)]`; an `Option` is `null` or
-//! its value; arrays are arrays; structs are objects keyed by field name; enum values are the
-//! variant name for unit variants and `{"Variant": [fields..]}` otherwise (named fields may be
-//! given as an object).
+//! its value; arrays are arrays; structs are objects keyed by field name (or arrays, by
+//! position, on input); enum values are the variant name for unit variants and
+//! `{"Variant": [fields..]}` otherwise (named fields may be given as an object on input).
 
 use std::time::Duration;
 
 use glam::{Vec2, Vec3};
 
 use crate::codec::{
-    DecodeError, FieldDesc, OrreryType, TypeDesc, read_len, read_varint, write_varint,
+    FieldDesc, OrreryType, RowDecodeError, TypeDesc, read_len, read_varint, write_varint,
 };
 use crate::identity::{ConnectionId, Identity};
 use crate::schema::{ParamSchema, TableSchema};
@@ -98,7 +99,7 @@ pub enum ValueError {
 
 impl Value {
     /// Decodes one value of type `ty` from the front of `input`.
-    pub fn decode(ty: &TypeDesc, input: &mut &[u8]) -> Result<Value, DecodeError> {
+    pub fn decode(ty: &TypeDesc, input: &mut &[u8]) -> Result<Value, RowDecodeError> {
         Ok(match ty {
             TypeDesc::Bool => Value::Bool(bool::decode(input)?),
             TypeDesc::U8 => Value::Unsigned(u64::from(u8::decode(input)?)),
@@ -123,7 +124,7 @@ impl Value {
                 0 => Value::Option(None),
                 1 => Value::Option(Some(Box::new(Value::decode(of, input)?))),
                 tag => {
-                    return Err(DecodeError::InvalidTag {
+                    return Err(RowDecodeError::InvalidTag {
                         what: "Option",
                         tag: u64::from(tag),
                     });
@@ -143,7 +144,7 @@ impl Value {
                 let variant = usize::try_from(tag)
                     .ok()
                     .and_then(|i| variants.get(i))
-                    .ok_or(DecodeError::InvalidTag { what: "enum", tag })?;
+                    .ok_or(RowDecodeError::InvalidTag { what: "enum", tag })?;
                 Value::Enum {
                     tag: tag as u32,
                     fields: decode_fields(&variant.fields, input)?,
@@ -152,8 +153,19 @@ impl Value {
         })
     }
 
+    /// Decodes a value of type `ty` that must span all of `bytes`.
+    pub fn from_bytes(ty: &TypeDesc, bytes: &[u8]) -> Result<Value, RowDecodeError> {
+        let mut input = bytes;
+        let value = Value::decode(ty, &mut input)?;
+        if input.is_empty() {
+            Ok(value)
+        } else {
+            Err(RowDecodeError::TrailingBytes(input.len()))
+        }
+    }
+
     /// Skips one value of type `ty` at the front of `input` without building it.
-    pub fn skip(ty: &TypeDesc, input: &mut &[u8]) -> Result<(), DecodeError> {
+    pub fn skip(ty: &TypeDesc, input: &mut &[u8]) -> Result<(), RowDecodeError> {
         match ty {
             TypeDesc::Bool | TypeDesc::U8 | TypeDesc::I8 => {
                 crate::codec::take_bytes(input, 1, "byte")?;
@@ -271,6 +283,48 @@ impl Value {
             _ => return Err(mismatch()),
         }
         Ok(())
+    }
+
+    /// Encodes into a fresh buffer; fails if the value does not match `ty`.
+    pub fn to_bytes(&self, ty: &TypeDesc) -> Result<Vec<u8>, ValueError> {
+        let mut out = Vec::new();
+        self.encode(ty, &mut out)?;
+        Ok(out)
+    }
+
+    /// The value as a `u64` if it is an unsigned integer or a connection id.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Unsigned(v) => Some(*v),
+            Value::ConnectionId(c) => Some(c.0),
+            _ => None,
+        }
+    }
+
+    /// The value as an `i64` if it is a signed integer or a timestamp (microseconds).
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Signed(v) => Some(*v),
+            Value::Timestamp(t) => Some(t.as_micros()),
+            _ => None,
+        }
+    }
+
+    /// The value as an `f64` if it is a float.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::F32(v) => Some(f64::from(*v)),
+            Value::F64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The value as a string slice if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// The value as JSON (see the module docs for the mapping).
@@ -461,7 +515,7 @@ impl Value {
     }
 }
 
-fn decode_fields(fields: &[FieldDesc], input: &mut &[u8]) -> Result<Vec<Value>, DecodeError> {
+fn decode_fields(fields: &[FieldDesc], input: &mut &[u8]) -> Result<Vec<Value>, RowDecodeError> {
     fields.iter().map(|f| Value::decode(&f.ty, input)).collect()
 }
 
@@ -564,8 +618,21 @@ pub fn encode_args_json(
     Ok(out)
 }
 
-/// Decodes an encoded row of `table` into its column values.
-pub fn decode_row(table: &TableSchema, bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
+/// Decodes reducer arguments (the parameters' values back to back) into values.
+pub fn decode_args(params: &[ParamSchema], bytes: &[u8]) -> Result<Vec<Value>, RowDecodeError> {
+    let mut input = bytes;
+    let values = params
+        .iter()
+        .map(|p| Value::decode(&p.ty, &mut input))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !input.is_empty() {
+        return Err(RowDecodeError::TrailingBytes(input.len()));
+    }
+    Ok(values)
+}
+
+/// Decodes an encoded row of `table` (columns in declaration order) into its column values.
+pub fn decode_row(table: &TableSchema, bytes: &[u8]) -> Result<Vec<Value>, RowDecodeError> {
     let mut input = bytes;
     let values = table
         .columns
@@ -573,20 +640,153 @@ pub fn decode_row(table: &TableSchema, bytes: &[u8]) -> Result<Vec<Value>, Decod
         .map(|c| Value::decode(&c.ty, &mut input))
         .collect::<Result<Vec<_>, _>>()?;
     if !input.is_empty() {
-        return Err(DecodeError::TrailingBytes(input.len()));
+        return Err(RowDecodeError::TrailingBytes(input.len()));
     }
     Ok(values)
 }
 
-/// An encoded row of `table` as a JSON object keyed by column name.
-pub fn row_to_json(table: &TableSchema, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
-    let values = decode_row(table, bytes)?;
-    Ok(serde_json::Value::Object(
+/// Encodes column values (declaration order) as a row of `table`.
+pub fn encode_row(table: &TableSchema, values: &[Value]) -> Result<Vec<u8>, ValueError> {
+    if values.len() != table.columns.len() {
+        return Err(ValueError::Mismatch {
+            path: table.name.clone(),
+            expected: format!("{} column(s)", table.columns.len()),
+            got: format!("{} value(s)", values.len()),
+        });
+    }
+    let mut out = Vec::new();
+    for (c, v) in table.columns.iter().zip(values) {
+        v.encode(&c.ty, &mut out).map_err(|e| match e {
+            ValueError::Mismatch { expected, got, .. } => ValueError::Mismatch {
+                path: format!("{}.{}", table.name, c.name),
+                expected,
+                got,
+            },
+            other => other,
+        })?;
+    }
+    Ok(out)
+}
+
+/// Column values as a JSON object keyed by column name.
+pub fn values_to_json(table: &TableSchema, values: &[Value]) -> serde_json::Value {
+    serde_json::Value::Object(
         table
             .columns
             .iter()
-            .zip(&values)
+            .zip(values)
             .map(|(c, v)| (c.name.clone(), v.to_json(&c.ty)))
             .collect(),
-    ))
+    )
+}
+
+/// An encoded row of `table` as a JSON object keyed by column name.
+pub fn row_to_json(table: &TableSchema, bytes: &[u8]) -> Result<serde_json::Value, RowDecodeError> {
+    Ok(values_to_json(table, &decode_row(table, bytes)?))
+}
+
+/// A row of `table` from JSON (an object keyed by column name, or an array in column order),
+/// as column values.
+pub fn row_values_from_json(
+    table: &TableSchema,
+    json: &serde_json::Value,
+) -> Result<Vec<Value>, ValueError> {
+    let fields: Vec<FieldDesc> = table
+        .columns
+        .iter()
+        .map(|c| FieldDesc {
+            name: c.name.clone(),
+            ty: c.ty.clone(),
+        })
+        .collect();
+    fields_from_json(&fields, json, &table.name, || ValueError::Mismatch {
+        path: table.name.clone(),
+        expected: format!("a {} row", table.name),
+        got: shorten(json),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bytes(ty: &TypeDesc, json: serde_json::Value) -> Vec<u8> {
+        Value::from_json(ty, &json, "v")
+            .unwrap()
+            .to_bytes(ty)
+            .unwrap()
+    }
+
+    #[test]
+    fn primitive_encodings() {
+        assert_eq!(bytes(&TypeDesc::U32, json!(300)), [0xac, 0x02]);
+        assert_eq!(bytes(&TypeDesc::I32, json!(-3)), [0x05]);
+        assert_eq!(
+            bytes(&TypeDesc::U64, json!("18446744073709551615")).len(),
+            10
+        );
+        assert_eq!(bytes(&TypeDesc::I8, json!(-1)), [0xff]);
+        assert_eq!(bytes(&TypeDesc::F32, json!(1.5)), 1.5f32.to_le_bytes());
+        assert_eq!(bytes(&TypeDesc::String, json!("hé")), [3, b'h', 0xc3, 0xa9]);
+        assert_eq!(
+            bytes(&TypeDesc::ScheduleAt, json!({"at": -1})),
+            [1, 0x01],
+            "tag byte then zigzag micros"
+        );
+        let opt = TypeDesc::Option {
+            of: Box::new(TypeDesc::Bool),
+        };
+        assert_eq!(bytes(&opt, json!(null)), [0]);
+        assert_eq!(bytes(&opt, json!(true)), [1, 1]);
+    }
+
+    #[test]
+    fn json_errors_carry_the_path_and_value() {
+        let err = Value::from_json(&TypeDesc::U8, &json!(256), "amount").unwrap_err();
+        assert_eq!(
+            err,
+            ValueError::Mismatch {
+                path: "amount".into(),
+                expected: "u8".into(),
+                got: "256".into()
+            }
+        );
+        let params = vec![ParamSchema {
+            name: "n".into(),
+            ty: TypeDesc::U8,
+        }];
+        assert_eq!(
+            encode_args_json(&params, &json!({"m": 1})),
+            Err(ValueError::UnknownArgument("m".into()))
+        );
+        assert_eq!(
+            encode_args_json(&params, &json!({})),
+            Err(ValueError::MissingArgument("n".into()))
+        );
+        assert_eq!(
+            encode_args_json(&params, &json!([1, 2])),
+            Err(ValueError::ArgumentCount {
+                expected: 1,
+                got: 2
+            })
+        );
+        assert_eq!(encode_args_json(&[], &json!(null)), Ok(vec![]));
+        assert_eq!(
+            decode_args(&params, &encode_args_json(&params, &json!([7])).unwrap()),
+            Ok(vec![Value::Unsigned(7)])
+        );
+    }
+
+    #[test]
+    fn accessors_read_the_matching_variants() {
+        assert_eq!(Value::ConnectionId(ConnectionId(9)).as_u64(), Some(9));
+        assert_eq!(
+            Value::Timestamp(Timestamp::from_micros(-4)).as_i64(),
+            Some(-4)
+        );
+        assert_eq!(Value::F32(0.5).as_f64(), Some(0.5));
+        assert_eq!(Value::String("a".into()).as_str(), Some("a"));
+        assert_eq!(Value::Bool(true).as_u64(), None);
+    }
 }

@@ -10,11 +10,9 @@ use std::time::Duration;
 use orrery_engine::SystemsExecutor;
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
-use orrery_engine::subscription::wire::{WireLayout, WireRecord, WireRow};
-use orrery_engine::subscription::{
-    ClientId, Outgoing, PublishConfig, Publisher, QueryError, SubscribeError,
-};
 use orrery_engine::value::Value;
+use orrery_engine::wire::{WireLayout, WireRecord, WireRow};
+use orrery_subscription::{Outgoing, PublishConfig, Publisher, QueryError, SubscribeError};
 use proptest::prelude::*;
 
 #[table(name = item, public)]
@@ -162,11 +160,11 @@ impl Mirror {
                 WireRecord::Upsert { pk, row } => {
                     table.insert(pk, row);
                 }
-                WireRecord::Delta { pk, mask, body } => {
+                WireRecord::Delta { pk, changes, .. } => {
                     let row = table
                         .get_mut(&pk)
                         .expect("delta for a row the client holds");
-                    row.apply_delta(layout, mask, &body).unwrap();
+                    row.apply_delta(layout, &changes).unwrap();
                 }
                 WireRecord::Delete { pk } => {
                     assert!(
@@ -190,7 +188,7 @@ struct World {
     engine: Engine,
     publisher: Publisher,
     layouts: Vec<WireLayout>,
-    mirrors: BTreeMap<ClientId, Mirror>,
+    mirrors: BTreeMap<ConnectionId, Mirror>,
     tick: i64,
 }
 
@@ -208,7 +206,7 @@ impl World {
         }
     }
 
-    fn connect(&mut self, client: u64, identity: u64) -> ClientId {
+    fn connect(&mut self, client: u64, identity: u64) -> ConnectionId {
         let id = ConnectionId(client);
         self.publisher.connect(id, Identity::from_u64(identity));
         self.mirrors.insert(id, Mirror::default());
@@ -217,7 +215,7 @@ impl World {
 
     fn subscribe(
         &mut self,
-        client: ClientId,
+        client: ConnectionId,
         query_id: u32,
         sql: &str,
     ) -> Result<usize, SubscribeError> {
@@ -234,7 +232,7 @@ impl World {
     }
 
     /// One tick; returns bytes sent per client this tick.
-    fn tick(&mut self) -> BTreeMap<ClientId, usize> {
+    fn tick(&mut self) -> BTreeMap<ConnectionId, usize> {
         self.tick += 1;
         let out = self.engine.step(Timestamp::from_micros(self.tick * 50_000));
         self.publisher.apply(&out.changes);
@@ -716,7 +714,7 @@ proptest! {
     fn mirrors_converge_to_the_visible_rows(actions in proptest::collection::vec(action(), 1..40), budget in prop_oneof![Just(600u32), Just(1u32 << 20)]) {
         let config = PublishConfig { budget_bytes_per_second: budget, hysteresis: 4.0, ..PublishConfig::default() };
         let mut w = World::new(config);
-        let clients: Vec<ClientId> = (0..3).map(|c| w.connect(c, c + 1)).collect();
+        let clients: Vec<ConnectionId> = (0..3).map(|c| w.connect(c, c + 1)).collect();
         w.subscribe(clients[0], 1, "SELECT * FROM item WHERE level >= 2").unwrap();
         w.subscribe(clients[0], 2, "SELECT * FROM bag").unwrap();
         w.subscribe(clients[1], 1, "SELECT * FROM item").unwrap();

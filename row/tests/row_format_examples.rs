@@ -1,10 +1,10 @@
-//! The worked examples of `netcode/ROW_FORMAT.md`, byte for byte (the codec they run on is
-//! held to the engine by `tests/tests/row_format.rs`).
+//! The worked examples of `netcode/ROW_FORMAT.md`, byte for byte, run on the one codec the
+//! engine, the publisher and every client share.
 
 #![allow(missing_docs)]
 
-use orrery_netcode::row::wire::{WireLayout, WireRecord};
-use orrery_netcode::row::{ModuleSchema, TypeDesc, Value, encode_args_json, encode_row};
+use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::{ModuleSchema, TypeDesc, Value, encode_args_json, encode_row};
 use serde_json::json;
 
 fn hex(bytes: &[u8]) -> String {
@@ -176,7 +176,7 @@ fn row_and_record_examples() {
         vec![
             Value::Unsigned(7),
             Value::String("orc".into()),
-            Value::Vec2([x, -5.0]),
+            Value::Vec2(glam::Vec2::new(x, -5.0)),
             Value::Signed(hp),
         ]
     };
@@ -208,14 +208,14 @@ fn row_and_record_examples() {
     let WireRecord::Upsert { row: mut held, .. } = records[0].clone() else {
         panic!("upsert")
     };
-    assert_eq!(held.columns[2], Value::Vec2([1.23, -5.0]));
+    assert_eq!(held.columns[2], Value::Vec2(glam::Vec2::new(1.23, -5.0)));
     assert_eq!(held.units(2), Some([123, -500, 0]));
     let WireRecord::Delta { mask, changes, .. } = &records[1] else {
         panic!("delta")
     };
     assert_eq!(*mask, 0b1100);
     held.apply_delta(&layout, changes).unwrap();
-    assert_eq!(held.columns[2], Value::Vec2([1.5, -5.0]));
+    assert_eq!(held.columns[2], Value::Vec2(glam::Vec2::new(1.5, -5.0)));
     assert_eq!(held.columns[3], Value::Signed(90));
     assert_eq!(records[2], WireRecord::Delete { pk: vec![7] });
 }

@@ -1,15 +1,15 @@
 //! Property tests of the schema-driven row codec: values of random types round-trip through
-//! bytes and JSON, and no decoder panics on random bytes (the engine conformance tests live in
-//! `tests/tests/row_format.rs`).
+//! bytes and JSON, and no decoder panics on random bytes (agreement with the derive macros is
+//! checked in `tests/tests/row_format.rs`).
 
 #![allow(missing_docs)]
 
 use std::time::Duration;
 
-use orrery_netcode::row::wire::{WireLayout, WireRecord};
-use orrery_netcode::row::{
-    ColumnSchema, Durability, FieldDesc, ScheduleAt, TableSchema, TypeDesc, Value, VariantDesc,
-    Visibility, decode_row, encode_row,
+use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::{
+    ColumnSchema, ConnectionId, Durability, FieldDesc, Identity, ScheduleAt, TableSchema,
+    Timestamp, TypeDesc, Value, VariantDesc, Visibility, decode_row, encode_row,
 };
 use proptest::prelude::*;
 
@@ -109,20 +109,28 @@ fn value(ty: &TypeDesc, finite: bool) -> BoxedStrategy<Value> {
             }
         }
         TypeDesc::String => ".{0,8}".prop_map(Value::String).boxed(),
-        TypeDesc::Identity => any::<[u8; 32]>().prop_map(Value::Identity).boxed(),
-        TypeDesc::ConnectionId => any::<u64>().prop_map(Value::ConnectionId).boxed(),
-        TypeDesc::Timestamp => any::<i64>().prop_map(Value::Timestamp).boxed(),
+        TypeDesc::Identity => any::<[u8; 32]>()
+            .prop_map(|b| Value::Identity(Identity(b)))
+            .boxed(),
+        TypeDesc::ConnectionId => any::<u64>()
+            .prop_map(|c| Value::ConnectionId(ConnectionId(c)))
+            .boxed(),
+        TypeDesc::Timestamp => any::<i64>()
+            .prop_map(|t| Value::Timestamp(Timestamp::from_micros(t)))
+            .boxed(),
         TypeDesc::Duration => any::<u64>()
             .prop_map(|us| Value::Duration(Duration::from_micros(us)))
             .boxed(),
         TypeDesc::ScheduleAt => prop_oneof![
             any::<u64>().prop_map(|us| ScheduleAt::Interval(Duration::from_micros(us))),
-            any::<i64>().prop_map(ScheduleAt::At),
+            any::<i64>().prop_map(|t| ScheduleAt::At(Timestamp::from_micros(t))),
         ]
         .prop_map(Value::ScheduleAt)
         .boxed(),
-        TypeDesc::Vec2 => [f32s(), f32s()].prop_map(Value::Vec2).boxed(),
-        TypeDesc::Vec3 => [f32s(), f32s(), f32s()].prop_map(Value::Vec3).boxed(),
+        TypeDesc::Vec2 => [f32s(), f32s()].prop_map(|v| Value::Vec2(v.into())).boxed(),
+        TypeDesc::Vec3 => [f32s(), f32s(), f32s()]
+            .prop_map(|v| Value::Vec3(v.into()))
+            .boxed(),
         TypeDesc::Option { of } => prop::option::of(value(of, finite))
             .prop_map(|v| Value::Option(v.map(Box::new)))
             .boxed(),

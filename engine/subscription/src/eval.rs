@@ -2,9 +2,9 @@
 
 use std::cmp::Ordering;
 
-use super::sql::{CmpOp, Condition, Operand};
-use crate::identity::Identity;
-use crate::value::Value;
+use crate::sql::{CmpOp, Condition, Operand};
+use orrery_row::Identity;
+use orrery_row::Value;
 
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {

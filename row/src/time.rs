@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{
-    DecodeError, OrreryType, TypeDesc, read_varint, unzigzag, write_varint, zigzag,
+    OrreryType, RowDecodeError, TypeDesc, read_varint, unzigzag, write_varint, zigzag,
 };
 
 /// Microseconds since the Unix epoch.
@@ -91,7 +91,7 @@ impl OrreryType for Timestamp {
     fn encode(&self, out: &mut Vec<u8>) {
         write_varint(out, zigzag(self.0));
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(Timestamp(unzigzag(read_varint(input, "Timestamp")?)))
     }
 }
@@ -146,11 +146,11 @@ impl OrreryType for ScheduleAt {
             }
         }
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         match u8::decode(input)? {
             0 => Ok(ScheduleAt::Interval(Duration::decode(input)?)),
             1 => Ok(ScheduleAt::At(Timestamp::decode(input)?)),
-            tag => Err(DecodeError::InvalidTag {
+            tag => Err(RowDecodeError::InvalidTag {
                 what: "ScheduleAt",
                 tag: u64::from(tag),
             }),
@@ -189,7 +189,7 @@ mod tests {
         }
         assert!(matches!(
             ScheduleAt::from_bytes(&[9, 0]),
-            Err(DecodeError::InvalidTag { tag: 9, .. })
+            Err(RowDecodeError::InvalidTag { tag: 9, .. })
         ));
     }
 }

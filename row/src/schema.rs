@@ -108,12 +108,18 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
-    /// The column named `name`.
+    /// The column named `name` and its position.
     pub fn column(&self, name: &str) -> Option<(usize, &ColumnSchema)> {
         self.columns
             .iter()
             .enumerate()
             .find(|(_, c)| c.name == name)
+    }
+
+    /// The primary key column (`None` only for a malformed schema whose `primary_key` is out
+    /// of range, as a hostile server could send).
+    pub fn primary_key_column(&self) -> Option<&ColumnSchema> {
+        self.columns.get(self.primary_key)
     }
 }
 
@@ -171,13 +177,71 @@ impl ModuleSchema {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 
+    /// Parses the schema JSON the server serves (`GET /v1/schema`). Unknown fields are
+    /// ignored, so older clients read newer schemas.
+    pub fn from_json_str(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
     /// The table named `name`.
     pub fn table(&self, name: &str) -> Option<&TableSchema> {
         self.tables.iter().find(|t| t.name == name)
     }
 
+    /// The table with wire id `id`.
+    pub fn table_by_id(&self, id: u32) -> Option<&TableSchema> {
+        self.tables
+            .get(id as usize)
+            .filter(|t| t.id == id)
+            .or_else(|| self.tables.iter().find(|t| t.id == id))
+    }
+
     /// The reducer named `name`.
     pub fn reducer(&self, name: &str) -> Option<&ReducerSchema> {
         self.reducers.iter().find(|r| r.name == name)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_engine_json_shape() {
+        let json = r#"{
+          "name": "demo",
+          "tables": [{
+            "id": 0, "name": "npc", "rust_type": "Npc",
+            "columns": [
+              {"name": "id", "type": {"kind": "u64"}, "auto_inc": true},
+              {"name": "pos", "type": {"kind": "vec2"}, "auto_inc": false, "quantize": 0.01},
+              {"name": "tags", "type": {"kind": "array", "of": {"kind": "string"}}, "auto_inc": false}
+            ],
+            "primary_key": 0,
+            "indexes": [{"column": "id", "kind": "primary"},
+                        {"column": "pos", "kind": "spatial", "cell": 25.0}],
+            "visibility": {"kind": "owner", "column": "owner"},
+            "durability": "transient",
+            "event": false,
+            "future_field": 1
+          }],
+          "reducers": [{"name": "spawn", "kind": "user",
+                        "params": [{"name": "at", "type": {"kind": "option", "of": {"kind": "vec3"}}}]}]
+        }"#;
+        let schema = ModuleSchema::from_json_str(json).unwrap();
+        let npc = schema.table("npc").unwrap();
+        assert_eq!(npc.columns[1].quantize, Some(0.01));
+        assert_eq!(npc.indexes[1].kind, IndexKind::Spatial { cell: 25.0 });
+        assert_eq!(
+            npc.visibility,
+            Visibility::Owner {
+                column: "owner".into()
+            }
+        );
+        assert_eq!(npc.durability, Durability::Transient);
+        assert_eq!(schema.table_by_id(0).unwrap().name, "npc");
+        assert_eq!(
+            schema.reducer("spawn").unwrap().params[0].ty.display_name(),
+            "Option<Vec3>"
+        );
     }
 }

@@ -8,7 +8,7 @@ use glam::{Vec2, Vec3};
 use orrery_spatial::{DenseHandles, SpatialError, SpatialGrid};
 
 /// A grid of row slots by position.
-pub(super) enum MirrorGrid {
+pub(crate) enum MirrorGrid {
     /// A `Vec2` column.
     Flat(SpatialGrid<Vec2, u32, DenseHandles>),
     /// A `Vec3` column.
@@ -17,7 +17,7 @@ pub(super) enum MirrorGrid {
 
 impl MirrorGrid {
     /// An empty grid with `cell` sized cells, planar if `planar`.
-    pub(super) fn new(planar: bool, cell: f32) -> Result<Self, SpatialError> {
+    pub(crate) fn new(planar: bool, cell: f32) -> Result<Self, SpatialError> {
         Ok(if planar {
             MirrorGrid::Flat(SpatialGrid::new(cell)?)
         } else {
@@ -26,7 +26,7 @@ impl MirrorGrid {
     }
 
     /// Places `slot` at `p` (inserted or moved).
-    pub(super) fn set(&mut self, slot: u32, p: Vec3) -> Result<(), SpatialError> {
+    pub(crate) fn set(&mut self, slot: u32, p: Vec3) -> Result<(), SpatialError> {
         fn set<P: orrery_spatial::GridPoint>(
             grid: &mut SpatialGrid<P, u32, DenseHandles>,
             slot: u32,
@@ -45,7 +45,7 @@ impl MirrorGrid {
     }
 
     /// Takes `slot` out (no-op if absent).
-    pub(super) fn remove(&mut self, slot: u32) {
+    pub(crate) fn remove(&mut self, slot: u32) {
         match self {
             MirrorGrid::Flat(g) => {
                 g.remove(slot);
@@ -57,7 +57,7 @@ impl MirrorGrid {
     }
 
     /// The distance from `focus` to `slot`'s position, if it has one.
-    pub(super) fn distance(&self, slot: u32, focus: Vec3) -> Option<f32> {
+    pub(crate) fn distance(&self, slot: u32, focus: Vec3) -> Option<f32> {
         match self {
             MirrorGrid::Flat(g) => g.get(slot).map(|p| p.distance(focus.truncate())),
             MirrorGrid::Solid(g) => g.get(slot).map(|p| p.distance(focus)),
@@ -65,7 +65,7 @@ impl MirrorGrid {
     }
 
     /// Calls `f(slot, distance)` for every slot within `radius` of `center`.
-    pub(super) fn for_each_within(&self, center: Vec3, radius: f32, mut f: impl FnMut(u32, f32)) {
+    pub(crate) fn for_each_within(&self, center: Vec3, radius: f32, mut f: impl FnMut(u32, f32)) {
         match self {
             MirrorGrid::Flat(g) => {
                 let c = center.truncate();

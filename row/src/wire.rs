@@ -17,19 +17,19 @@
 //! `Vec2`, `Vec3`): each component is the zigzag varint of `round(value / step)` (non-finite
 //! results as 0). Tables with more than [`MAX_DELTA_COLUMNS`] columns only ever get upserts.
 //!
-//! This is a port of the engine's `orrery_engine::subscription::wire` (encoder and reference
-//! decoder) that needs no engine: [`WireLayout::decode_records`] decodes, [`WireRow`] keeps
-//! each quantized column's units so deltas apply exactly. The encoders are here too, for
-//! servers and tests that produce payloads without the engine. Specified in
-//! `netcode/ROW_FORMAT.md`.
+//! A delta record is only sent to a client that holds exactly the previous version of the row,
+//! so deltas are shared by every such client; others get an upsert. The publisher encodes with
+//! [`WireLayout::encode_row`] and the record builders; clients decode with
+//! [`WireLayout::decode_records`], and [`WireRow`] keeps each quantized column's units so
+//! deltas apply exactly. Specified for client authors in `netcode/ROW_FORMAT.md`.
 
 use std::ops::Range;
 
-use super::codec::{
-    RowDecodeError, read_f32, read_f64, read_varint, unzigzag, write_varint, zigzag,
+use crate::codec::{
+    OrreryType, RowDecodeError, TypeDesc, read_varint, unzigzag, write_varint, zigzag,
 };
-use super::schema::{TableSchema, TypeDesc};
-use super::value::{Value, ValueError};
+use crate::schema::TableSchema;
+use crate::value::{Value, ValueError};
 
 /// Record kind: the whole row (new to the client, or replacing what it holds).
 pub const UPSERT: u64 = 0;
@@ -47,8 +47,22 @@ pub type Units = [i64; 3];
 /// `round(value / step)` for an `f32` component (in `f32` arithmetic; ties away from zero;
 /// out-of-range results saturate to `i64::MIN`/`i64::MAX`; a non-finite result is 0).
 pub fn quantize_f32(value: f32, step: f32) -> i64 {
-    let q = (value / step).round();
-    if q.is_finite() { q as i64 } else { 0 }
+    let q = value / step;
+    if !q.is_finite() {
+        return 0;
+    }
+    // Round half away from zero exactly like `f32::round`, without its libm call on baseline
+    // x86-64: truncate (one instruction), then look at the fraction, which is exact (below
+    // 2^23 the subtraction is exact; above it every float is an integer). Saturates.
+    let t = q as i64;
+    let frac = q - t as f32;
+    if frac >= 0.5 {
+        t.saturating_add(1)
+    } else if frac <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
 }
 
 /// `round(value / step)` for an `f64` column (in `f64` arithmetic with the step widened to
@@ -181,10 +195,23 @@ impl WireLayout {
         out: &mut Vec<u8>,
         bounds: &mut Vec<Range<u32>>,
     ) -> Result<(), RowDecodeError> {
+        self.encode_row_offsets(exact, out, bounds, &mut Vec::new())
+    }
+
+    /// [`WireLayout::encode_row`], also recording where each column starts in `exact`.
+    pub fn encode_row_offsets(
+        &self,
+        exact: &[u8],
+        out: &mut Vec<u8>,
+        bounds: &mut Vec<Range<u32>>,
+        exact_starts: &mut Vec<u32>,
+    ) -> Result<(), RowDecodeError> {
         bounds.clear();
+        exact_starts.clear();
         let base = out.len();
         let mut input = exact;
         for column in &self.columns {
+            exact_starts.push((exact.len() - input.len()) as u32);
             let start = (out.len() - base) as u32;
             match column.step {
                 Some(step) => {
@@ -286,8 +313,8 @@ impl WireLayout {
         match ty {
             TypeDesc::F32 => Value::F32(f(units[0])),
             TypeDesc::F64 => Value::F64(units[0] as f64 * f64::from(step)),
-            TypeDesc::Vec2 => Value::Vec2([f(units[0]), f(units[1])]),
-            _ => Value::Vec3([f(units[0]), f(units[1]), f(units[2])]),
+            TypeDesc::Vec2 => Value::Vec2(glam::Vec2::new(f(units[0]), f(units[1]))),
+            _ => Value::Vec3(glam::Vec3::new(f(units[0]), f(units[1]), f(units[2]))),
         }
     }
 
@@ -406,11 +433,11 @@ fn read_unit_varints(ty: &TypeDesc, input: &mut &[u8]) -> Result<Units, RowDecod
 fn read_units(ty: &TypeDesc, step: f32, input: &mut &[u8]) -> Result<Units, RowDecodeError> {
     let mut units = [0i64; 3];
     match ty {
-        TypeDesc::F32 => units[0] = quantize_f32(read_f32(input, "f32")?, step),
-        TypeDesc::F64 => units[0] = quantize_f64(read_f64(input, "f64")?, step),
+        TypeDesc::F32 => units[0] = quantize_f32(f32::decode(input)?, step),
+        TypeDesc::F64 => units[0] = quantize_f64(f64::decode(input)?, step),
         TypeDesc::Vec2 | TypeDesc::Vec3 => {
             for unit in units.iter_mut().take(ty.float_components().unwrap_or(0)) {
-                *unit = quantize_f32(read_f32(input, "f32")?, step);
+                *unit = quantize_f32(f32::decode(input)?, step);
             }
         }
         _ => {}
@@ -430,12 +457,12 @@ impl WireRow {
                 (Some(step), Value::F32(x)) => [quantize_f32(*x, step), 0, 0],
                 (Some(step), Value::F64(x)) => [quantize_f64(*x, step), 0, 0],
                 (Some(step), Value::Vec2(v)) => {
-                    [quantize_f32(v[0], step), quantize_f32(v[1], step), 0]
+                    [quantize_f32(v.x, step), quantize_f32(v.y, step), 0]
                 }
                 (Some(step), Value::Vec3(v)) => [
-                    quantize_f32(v[0], step),
-                    quantize_f32(v[1], step),
-                    quantize_f32(v[2], step),
+                    quantize_f32(v.x, step),
+                    quantize_f32(v.y, step),
+                    quantize_f32(v.z, step),
                 ],
                 _ => [0; 3],
             })
@@ -500,8 +527,9 @@ impl WireRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::schema::{ColumnSchema, Durability, Visibility};
-    use crate::row::value::encode_row as encode_exact;
+    use crate::schema::{ColumnSchema, Durability, Visibility};
+    use crate::value::encode_row as encode_exact;
+    use glam::Vec2;
 
     fn table(columns: Vec<(&str, TypeDesc, Option<f32>)>) -> TableSchema {
         TableSchema {
@@ -543,13 +571,13 @@ mod tests {
         let layout = WireLayout::new(&t);
         let v1 = vec![
             Value::Unsigned(7),
-            Value::Vec2([1.2, -3.0]),
+            Value::Vec2(Vec2::new(1.2, -3.0)),
             Value::Signed(10),
             Value::String("a".into()),
         ];
         let v2 = vec![
             Value::Unsigned(7),
-            Value::Vec2([1.2, 4.0]),
+            Value::Vec2(Vec2::new(1.2, 4.0)),
             Value::Signed(10),
             Value::String("a".into()),
         ];
@@ -571,7 +599,7 @@ mod tests {
         };
         let mut row = row.clone();
         // 1.2 / 0.5 = 2.4 → 2 units → 1.0; -3.0 → -6 units.
-        assert_eq!(row.columns[1], Value::Vec2([1.0, -3.0]));
+        assert_eq!(row.columns[1], Value::Vec2(Vec2::new(1.0, -3.0)));
         assert_eq!(row.units(1), Some([2, -6, 0]));
         let WireRecord::Delta { mask, changes, .. } = &records[1] else {
             panic!("delta expected")
@@ -585,7 +613,7 @@ mod tests {
             }]
         );
         row.apply_delta(&layout, changes).unwrap();
-        assert_eq!(row.columns[1], Value::Vec2([1.0, 4.0]));
+        assert_eq!(row.columns[1], Value::Vec2(Vec2::new(1.0, 4.0)));
         assert_eq!(records[2], WireRecord::Delete { pk: pk.to_vec() });
         assert_eq!(
             row.to_row_bytes(&layout).unwrap(),
@@ -593,7 +621,7 @@ mod tests {
                 &t,
                 &[
                     Value::Unsigned(7),
-                    Value::Vec2([1.0, 4.0]),
+                    Value::Vec2(Vec2::new(1.0, 4.0)),
                     Value::Signed(10),
                     Value::String("a".into())
                 ]
@@ -646,5 +674,37 @@ mod tests {
         assert_eq!(quantize_f32(1e30, 1e-5), i64::MAX); // saturates
         assert_eq!(quantize_f32(1e30, 1e-10), 0); // 1e40 overflows f32: non-finite
         assert_eq!(quantize_f64(2.5, 1.0), 3);
+    }
+
+    #[test]
+    fn quantize_rounds_half_away_from_zero_like_f32_round() {
+        let edges = [
+            0.0f32,
+            0.49999997,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            8_388_609.0,
+            -8_388_609.0,
+            16_777_217.0,
+            1e30,
+            -1e30,
+        ];
+        for q in edges {
+            assert_eq!(quantize_f32(q, 1.0), q.round() as i64, "{q}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quantize_equals_round_for_any_value(bits in proptest::prelude::any::<u32>(), step in 0.001f32..10.0) {
+            let v = f32::from_bits(bits);
+            let q = v / step;
+            let expected = if q.is_finite() { q.round() as i64 } else { 0 };
+            proptest::prop_assert_eq!(quantize_f32(v, step), expected);
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{DecodeError, OrreryType, TypeDesc, read_varint, take_bytes, write_varint};
+use crate::codec::{OrreryType, RowDecodeError, TypeDesc, read_varint, take_bytes, write_varint};
 
 /// A 32-byte identity, global across zones. Minted by the control plane; the engine only
 /// compares and stores it.
@@ -35,16 +35,18 @@ impl Identity {
 
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(64);
         for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
         }
         s
     }
 
-    /// Parses 64 hex characters.
-    pub fn from_hex(hex: &str) -> Result<Self, DecodeError> {
-        let invalid = || DecodeError::Invalid {
+    /// Parses 64 hex characters (either case).
+    pub fn from_hex(hex: &str) -> Result<Self, RowDecodeError> {
+        let invalid = || RowDecodeError::Invalid {
             what: "Identity",
             detail: format!("expected 64 hex characters, got {hex:?}"),
         };
@@ -93,7 +95,7 @@ impl OrreryType for Identity {
         out.extend_from_slice(&self.0);
     }
     #[inline]
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(take_bytes(input, 32, "Identity")?);
         Ok(Identity(bytes))
@@ -119,7 +121,7 @@ impl OrreryType for ConnectionId {
     fn encode(&self, out: &mut Vec<u8>) {
         write_varint(out, self.0);
     }
-    fn decode(input: &mut &[u8]) -> Result<Self, DecodeError> {
+    fn decode(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
         Ok(ConnectionId(read_varint(input, "ConnectionId")?))
     }
 }
@@ -135,6 +137,11 @@ mod tests {
         assert!(Identity::from_hex("zz").is_err());
         assert!(Identity::from_hex(&"g".repeat(64)).is_err());
         assert!(Identity::from_hex(&"é".repeat(32)).is_err());
+        assert_eq!(Identity::from_hex(&id.to_hex().to_uppercase()).unwrap(), id);
+        assert_eq!(
+            Identity::from_u64(0xab).to_hex(),
+            format!("{}ab", "0".repeat(62))
+        );
         assert_eq!(Identity::from_bytes(*id.as_bytes()), id);
     }
 }

@@ -1,0 +1,41 @@
+//! The publisher's per-client state: identity, focus, byte budget, subscriptions, and one view
+//! per table with the queue of entries that became dirty.
+
+use glam::Vec3;
+use orrery_row::Identity;
+
+use crate::shared::SharedKey;
+use crate::sql::{Condition, Within};
+use crate::view::View;
+
+/// A `within(..)` subscription: refreshed around the client's focus every publish.
+pub(crate) struct SpatialSub {
+    pub(crate) within: Within,
+    pub(crate) condition: Option<Condition>,
+}
+
+/// How a subscription is evaluated.
+pub(crate) enum SubKind {
+    Shared(SharedKey),
+    Spatial(SpatialSub),
+}
+
+/// One subscription of a client.
+pub(crate) struct Sub {
+    pub(crate) query_id: u32,
+    pub(crate) table: u32,
+    pub(crate) bit: u32,
+    pub(crate) kind: SubKind,
+}
+
+/// What the publisher keeps per connected client.
+pub(crate) struct ClientState {
+    pub(crate) identity: Identity,
+    pub(crate) focus: Option<Vec3>,
+    pub(crate) budget: f64,
+    pub(crate) subs: Vec<Sub>,
+    /// Views by table id.
+    pub(crate) views: Vec<View>,
+    /// (table, slot) of entries that became dirty and may still be.
+    pub(crate) dirty: Vec<(u32, u32)>,
+}

@@ -1,0 +1,55 @@
+//! The publisher's settings and why a subscription is refused.
+
+use std::time::Duration;
+
+use orrery_row::ConnectionId;
+
+use crate::sql::QueryError;
+
+/// Publisher settings.
+#[derive(Clone, Debug)]
+pub struct PublishConfig {
+    /// Bytes each client may be sent per second, spent tick by tick.
+    pub budget_bytes_per_second: u32,
+    /// Most budget a client can bank while it has nothing to send.
+    pub max_banked: Duration,
+    /// Hysteresis margin for `within(..)`: a row enters a view within `radius` and leaves it
+    /// beyond `radius + margin`.
+    pub hysteresis: f32,
+    /// Largest table update payload; larger outputs are split.
+    pub max_message_bytes: usize,
+    /// Most queries one client may hold.
+    pub max_queries_per_client: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            budget_bytes_per_second: 8 * 1024,
+            max_banked: Duration::from_millis(250),
+            hysteresis: 5.0,
+            max_message_bytes: 1024,
+            max_queries_per_client: 32,
+        }
+    }
+}
+
+/// Why a subscribe or unsubscribe was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The query is not valid.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The client is not connected.
+    #[error("{0} is not connected")]
+    UnknownClient(ConnectionId),
+    /// The query id is already in use by this client.
+    #[error("query id {0} is already subscribed")]
+    DuplicateQueryId(u32),
+    /// No subscription with this id.
+    #[error("no subscription with query id {0}")]
+    UnknownQueryId(u32),
+    /// Too many subscriptions.
+    #[error("at most {0} subscriptions per client")]
+    TooManyQueries(usize),
+}

@@ -1,0 +1,249 @@
+//! Flushing a client: spend its byte budget on its dirty view entries, most urgent first,
+//! turning each into an upsert, a (shared) delta or a delete record, batched per table into
+//! payloads no larger than the configured message size.
+
+use orrery_row::ConnectionId;
+use orrery_row::wire::WireLayout;
+
+use crate::client_state::ClientState;
+use crate::mirror::{MirrorTable, NO_INLINE_DELTA};
+use crate::publisher::{Outgoing, SentCounters};
+use crate::view::{Dirty, ViewEntry, kill};
+
+/// An ascending sort key for a priority `score` (higher first): the order-preserving map of
+/// the float's bits, inverted. Scores are finite and non-negative.
+pub(crate) fn rank(score: f32) -> u32 {
+    let bits = score.to_bits();
+    let ordered = if bits >> 31 == 0 {
+        bits | 1 << 31
+    } else {
+        !bits
+    };
+    !ordered
+}
+
+/// One publish's flush of every client: the tables to send from and what the sends feed.
+pub(crate) struct Flush<'a> {
+    /// The mirror, by table id.
+    pub(crate) tables: &'a mut [Option<MirrorTable>],
+    /// The publisher's tick sequence.
+    pub(crate) tick: u64,
+    /// Largest payload before it is split into another message.
+    pub(crate) max_message: usize,
+    /// Records and bytes handed out.
+    pub(crate) counters: &'a mut SentCounters,
+    /// Buffers reused across clients.
+    pub(crate) scratch: &'a mut FlushScratch,
+    /// Where payloads go, in client order.
+    pub(crate) out: &'a mut Vec<Outgoing>,
+}
+
+/// Buffers reused by every client's flush.
+#[derive(Default)]
+pub(crate) struct FlushScratch {
+    /// `(rank, table, slot, position in the view)`; see [`rank`].
+    candidates: Vec<(u32, u32, u32, u32)>,
+    payloads: Vec<(u32, Vec<u8>)>,
+}
+
+impl Flush<'_> {
+    /// Spends `client`'s budget on its dirty entries, most urgent first (stale and close to
+    /// the focus); what the budget does not reach stays queued for the next publish.
+    pub(crate) fn client(&mut self, client_id: ConnectionId, client: &mut ClientState) {
+        let Flush {
+            tables,
+            tick,
+            max_message,
+            counters,
+            scratch,
+            out,
+        } = self;
+        let (tick, max_message) = (*tick, *max_message);
+        if client.dirty.is_empty() {
+            return;
+        }
+        let candidates = &mut scratch.candidates;
+        candidates.clear();
+        // A cheap estimate of what sending everything would cost (each entry's last record size);
+        // when the budget covers it, the queue goes out in its (deterministic) order unranked.
+        let mut estimate = 0f64;
+        let mut consider = |table: u32, slot: u32, position: usize, e: &ViewEntry| {
+            if e.dirty == Dirty::Clean {
+                return;
+            }
+            let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
+            let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
+            let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
+            candidates.push((rank(score), table, slot, position as u32));
+            estimate += if e.last_size == 0 {
+                64.0
+            } else {
+                f64::from(e.last_size)
+            };
+        };
+        let viewed: usize = client.views.iter().map(|v| v.entries.len()).sum();
+        let scan = client.dirty.len() * 4 >= viewed;
+        if scan {
+            // Most of the view is queued (a client the budget cannot keep up with): one pass over
+            // the views beats a binary search per queued entry. Every dirty entry is queued, so
+            // both ways find the same set.
+            for (table, view) in client.views.iter().enumerate() {
+                for (position, (slot, e)) in view.entries.iter().enumerate() {
+                    consider(table as u32, *slot, position, e);
+                }
+            }
+        } else {
+            for &(table, slot) in &client.dirty {
+                let view = &client.views[table as usize];
+                if let Ok(position) = view.find(slot) {
+                    consider(table, slot, position, &view.entries[position].1);
+                }
+            }
+        }
+        if estimate > client.budget {
+            // Most urgent first: stale entries, then near ones; ties by table and row (plain
+            // integer tuples: this sort runs for every budget-bound client every tick).
+            // Only what the budget can reach needs an order (twice as many entries as the budget
+            // covers at their average last size, for records that grew): select those, sort
+            // them; the rest stays queued.
+            let average = estimate / candidates.len() as f64;
+            let reach = (2.0 * client.budget.max(0.0) / average).ceil() as usize + 8;
+            if reach < candidates.len() {
+                candidates.select_nth_unstable(reach);
+                candidates[..reach].sort_unstable();
+            } else {
+                candidates.sort_unstable();
+            }
+        }
+        // Touch each candidate's inline delta header first: these loads are independent, so
+        // their cache misses overlap here instead of stalling the send loop one by one (slots are
+        // spread over the whole table; this was a third of the flush time).
+        let mut touched = 0u64;
+        for &(_, table, slot, _) in candidates.iter() {
+            if let Some(Some(t)) = tables.get(table as usize)
+                && let Some(stored) = t.inline.get(slot as usize)
+            {
+                touched ^= stored.from;
+            }
+        }
+        std::hint::black_box(touched);
+        let payloads = &mut scratch.payloads;
+        let mut sent_count = 0;
+        // Tables whose views had entries killed (bit per table id; ids from 63 up share a bit).
+        let mut killed = 0u64;
+        for &(_, table, slot, position) in candidates.iter() {
+            if client.budget <= 0.0 {
+                break;
+            }
+            sent_count += 1;
+            let Some(Some(t)) = tables.get_mut(table as usize) else {
+                continue;
+            };
+            // Entries are only marked dead during a flush, never moved: positions stay valid.
+            let e = &mut client.views[table as usize].entries[position as usize].1;
+            let index = match payloads.iter().position(|(t, _)| *t == table) {
+                Some(index) => index,
+                None => {
+                    payloads.push((table, Vec::with_capacity(256)));
+                    payloads.len() - 1
+                }
+            };
+            if payloads[index].1.len() >= max_message {
+                let full = std::mem::replace(&mut payloads[index].1, Vec::with_capacity(256));
+                out.push(Outgoing {
+                    client: client_id,
+                    table,
+                    payload: full,
+                });
+            }
+            let payload = &mut payloads[index].1;
+            let before = payload.len();
+            let meta = &mut t.meta[slot as usize];
+            match e.dirty {
+                Dirty::Clean => continue,
+                Dirty::Delete => {
+                    counters.deletes += 1;
+                    WireLayout::delete_record(&t.data[slot as usize].pk, payload);
+                    kill(e, meta, slot, &mut t.release);
+                    killed |= 1 << table.min(63);
+                }
+                Dirty::Upsert => {
+                    let stored = &t.inline[slot as usize];
+                    if e.sent != 0 && e.sent == stored.from && stored.len != NO_INLINE_DELTA {
+                        if stored.len > 0 {
+                            counters.deltas += 1;
+                            payload.extend_from_slice(&stored.bytes[..stored.len as usize]);
+                        }
+                    } else {
+                        let d = &mut t.data[slot as usize];
+                        match d.delta_from(&t.layout, e.sent) {
+                            Some(delta) => {
+                                if !delta.is_empty() {
+                                    counters.deltas += 1;
+                                    payload.extend_from_slice(delta);
+                                }
+                            }
+                            None => {
+                                counters.upserts += 1;
+                                t.layout.upsert_record(&d.pk, &d.wire, payload);
+                            }
+                        }
+                    }
+                    if t.schema.event {
+                        kill(e, meta, slot, &mut t.release);
+                        killed |= 1 << table.min(63);
+                    } else {
+                        e.sent = meta.version;
+                        e.dirty = Dirty::Clean;
+                    }
+                }
+            }
+            let bytes = payload.len() - before;
+            e.last_size = u16::try_from(bytes).unwrap_or(u16::MAX);
+            counters.bytes += bytes as u64;
+            client.budget -= bytes as f64;
+        }
+        if killed != 0 {
+            for (table, view) in client.views.iter_mut().enumerate() {
+                if killed & (1 << table.min(63)) != 0 {
+                    view.entries.retain(|(_, e)| !e.is_dead());
+                }
+            }
+        }
+        for (table, payload) in payloads.drain(..) {
+            if !payload.is_empty() {
+                out.push(Outgoing {
+                    client: client_id,
+                    table,
+                    payload,
+                });
+            }
+        }
+        // What was not reached stays queued, once: an entry that went clean and dirty again
+        // between flushes can have been queued twice (a scan of the views finds each entry once).
+        client.dirty.clear();
+        client.dirty.extend(
+            candidates[sent_count..]
+                .iter()
+                .map(|&(_, table, slot, _)| (table, slot)),
+        );
+        if !scan && client.dirty.len() > 1 {
+            client.dirty.sort_unstable();
+            client.dirty.dedup();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank;
+
+    #[test]
+    fn rank_sorts_higher_scores_first() {
+        let scores = [0.0f32, 1.0e-30, 0.5, 1.0, 1.5, 2.0, 1.0e6, f32::MAX];
+        for pair in scores.windows(2) {
+            assert!(rank(pair[1]) < rank(pair[0]), "{pair:?}");
+        }
+        assert_eq!(rank(3.25), rank(3.25));
+    }
+}

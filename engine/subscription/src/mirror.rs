@@ -1,0 +1,407 @@
+//! The publisher's mirror of one table: every row clients may read, by slot, encoded once per
+//! change in wire form, with a short history of earlier versions so that a client holding any
+//! of them gets a (shared) delta record instead of the whole row, and a grid per position
+//! column for spatial views.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use bevy_ecs::entity::Entity;
+use glam::Vec3;
+use orrery_row::wire::WireLayout;
+use orrery_row::{IndexKind, TableSchema, TypeDesc, Value, Visibility};
+use rustc_hash::FxHashMap;
+
+use crate::grid::MirrorGrid;
+use crate::shared::SharedKey;
+
+/// How many earlier versions of a row are kept to encode deltas from. A client more than this
+/// many changes behind gets the full row.
+pub(crate) const HISTORY: usize = 7;
+
+/// An earlier version of a row, in wire form.
+pub(crate) struct Version {
+    pub(crate) version: u64,
+    pub(crate) wire: Vec<u8>,
+    pub(crate) bounds: Vec<Range<u32>>,
+}
+
+/// Longest delta record stored inline in [`SlotMeta`].
+pub(crate) const INLINE_DELTA: usize = 22;
+/// `SlotMeta::delta_len` when the latest delta is not stored inline.
+pub(crate) const NO_INLINE_DELTA: u8 = u8::MAX;
+
+/// The part of a mirrored row every view update reads, kept dense (16 bytes) so that the
+/// per-client loops touch one small array instead of the rows' bytes.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SlotMeta {
+    /// Tick sequence of the newest change (0: unused slot).
+    pub(crate) version: u64,
+    /// Client view entries that reference this slot.
+    pub(crate) views: u32,
+    pub(crate) live: bool,
+}
+
+/// The delta from a row's previous version to its current one (what an up-to-date client
+/// needs), stored inline in a dense array when small so that sending it reads nothing else.
+#[derive(Clone, Copy)]
+pub(crate) struct InlineDelta {
+    /// The version it starts from.
+    pub(crate) from: u64,
+    /// Length of `bytes` (0: nothing visible changed), or [`NO_INLINE_DELTA`].
+    pub(crate) len: u8,
+    pub(crate) bytes: [u8; INLINE_DELTA],
+}
+
+impl Default for InlineDelta {
+    fn default() -> Self {
+        InlineDelta {
+            from: 0,
+            len: NO_INLINE_DELTA,
+            bytes: [0; INLINE_DELTA],
+        }
+    }
+}
+
+/// A primary key as a hash-map key without a pointer to chase: inline when short (every integer
+/// key), boxed otherwise.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PkKey {
+    Inline(u8, [u8; 23]),
+    Boxed(Box<[u8]>),
+}
+
+impl PkKey {
+    pub(crate) fn new(pk: &[u8]) -> Self {
+        if pk.len() <= 23 {
+            let mut bytes = [0u8; 23];
+            bytes[..pk.len()].copy_from_slice(pk);
+            PkKey::Inline(pk.len() as u8, bytes)
+        } else {
+            PkKey::Boxed(pk.into())
+        }
+    }
+}
+
+/// The bytes of a mirrored row.
+#[derive(Default)]
+pub(crate) struct SlotData {
+    pub(crate) pk: Box<[u8]>,
+    pub(crate) allocated: bool,
+    pub(crate) entity: Option<Entity>,
+    pub(crate) exact: Vec<u8>,
+    pub(crate) wire: Vec<u8>,
+    pub(crate) bounds: Vec<Range<u32>>,
+    /// Earlier versions, newest first.
+    pub(crate) history: VecDeque<Version>,
+    /// Delta records from an earlier version to the current one, encoded when first needed and
+    /// shared by every client holding that version. Empty bytes: nothing visible changed.
+    pub(crate) deltas: Vec<(u64, Vec<u8>)>,
+    pub(crate) values: Option<Vec<Value>>,
+}
+
+pub(crate) struct MirrorTable {
+    pub(crate) schema: TableSchema,
+    pub(crate) layout: WireLayout,
+    pub(crate) by_pk: FxHashMap<PkKey, u32>,
+    /// Slot by the row's entity index, checked against the full entity: changes arrive
+    /// roughly in entity order, so this is a near-sequential load where the key map is a
+    /// random probe. A row on a new entity (a rolled-back delete) falls back to the key map.
+    pub(crate) by_entity: Vec<Option<(Entity, u32)>>,
+    pub(crate) meta: Vec<SlotMeta>,
+    pub(crate) inline: Vec<InlineDelta>,
+    pub(crate) data: Vec<SlotData>,
+    pub(crate) free: Vec<u32>,
+    /// One grid per `Vec2`/`Vec3` column, positions of live rows.
+    pub(crate) grids: Vec<(usize, MirrorGrid)>,
+    pub(crate) changed: Vec<u32>,
+    pub(crate) shared: Vec<SharedKey>,
+    pub(crate) owner_column: Option<usize>,
+    /// Slots whose last view may have gone; freed after the loop that released them.
+    pub(crate) release: Vec<u32>,
+}
+
+/// Buffers reused by every [`MirrorTable::upsert`].
+#[derive(Default)]
+pub(crate) struct EncodeScratch {
+    wire: Vec<u8>,
+    bounds: Vec<Range<u32>>,
+    starts: Vec<u32>,
+    delta: Vec<u8>,
+}
+
+fn read_position(ty: &TypeDesc, exact: &[u8], start: u32) -> Option<Vec3> {
+    let dims = match ty {
+        TypeDesc::Vec2 => 2,
+        TypeDesc::Vec3 => 3,
+        _ => return None,
+    };
+    let bytes = exact.get(start as usize..start as usize + 4 * dims)?;
+    let f = |i: usize| {
+        f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ])
+    };
+    let p = Vec3::new(f(0), f(1), if dims == 3 { f(2) } else { 0.0 });
+    p.is_finite().then_some(p)
+}
+
+impl MirrorTable {
+    pub(crate) fn new(schema: &TableSchema) -> Self {
+        let grids = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c.ty, TypeDesc::Vec2 | TypeDesc::Vec3))
+            .map(|(i, _)| {
+                let cell = schema
+                    .indexes
+                    .iter()
+                    .find_map(|ix| match ix.kind {
+                        IndexKind::Spatial { cell } if ix.column == schema.columns[i].name => {
+                            Some(cell)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(32.0);
+                let planar = schema.columns[i].ty == TypeDesc::Vec2;
+                let grid = MirrorGrid::new(planar, cell)
+                    .or_else(|_| MirrorGrid::new(planar, 32.0))
+                    .unwrap_or_else(|e| panic!("a 32.0 grid is valid: {e}"));
+                (i, grid)
+            })
+            .collect();
+        let owner_column = match &schema.visibility {
+            Visibility::Owner { column } => schema.column(column).map(|(i, _)| i),
+            _ => None,
+        };
+        MirrorTable {
+            layout: WireLayout::new(schema),
+            schema: schema.clone(),
+            by_pk: FxHashMap::default(),
+            by_entity: Vec::new(),
+            meta: Vec::new(),
+            inline: Vec::new(),
+            data: Vec::new(),
+            free: Vec::new(),
+            grids,
+            changed: Vec::new(),
+            shared: Vec::new(),
+            owner_column,
+            release: Vec::new(),
+        }
+    }
+
+    pub(crate) fn values<'d>(
+        data: &'d mut [SlotData],
+        schema: &TableSchema,
+        slot: u32,
+    ) -> &'d [Value] {
+        let d = &mut data[slot as usize];
+        if d.values.is_none() {
+            d.values = Some(orrery_row::decode_row(schema, &d.exact).unwrap_or_default());
+        }
+        d.values.as_deref().unwrap_or(&[])
+    }
+
+    pub(crate) fn free_if_unused(&mut self, slot: u32) {
+        let meta = &mut self.meta[slot as usize];
+        let data = &mut self.data[slot as usize];
+        if !meta.live && meta.views == 0 && data.allocated {
+            let pk = std::mem::take(&mut data.pk);
+            self.by_pk.remove(&PkKey::new(&pk));
+            if let Some(entity) = data.entity
+                && let Some(mapped) = self.by_entity.get_mut(entity.index_u32() as usize)
+                && *mapped == Some((entity, slot))
+            {
+                *mapped = None;
+            }
+            *data = SlotData::default();
+            *meta = SlotMeta::default();
+            self.inline[slot as usize] = InlineDelta::default();
+            self.free.push(slot);
+        }
+    }
+
+    pub(crate) fn release_pending(&mut self) {
+        let mut release = std::mem::take(&mut self.release);
+        for slot in release.drain(..) {
+            self.free_if_unused(slot);
+        }
+        self.release = release;
+    }
+
+    /// Stores `exact` as the row's newest version (stamped `tick`): encodes its wire form and
+    /// the delta from the version before, keeps that one as history, and moves the row in the
+    /// grids. `changed` queues it for re-evaluation against the shared queries.
+    pub(crate) fn upsert(
+        &mut self,
+        pk: &[u8],
+        exact: &[u8],
+        changed: bool,
+        entity: Option<Entity>,
+        tick: u64,
+        scratch: &mut EncodeScratch,
+    ) {
+        let t = self;
+        scratch.wire.clear();
+        if let Err(error) = t.layout.encode_row_offsets(
+            exact,
+            &mut scratch.wire,
+            &mut scratch.bounds,
+            &mut scratch.starts,
+        ) {
+            tracing::error!(table = t.schema.name, %error, "row does not match its table's schema");
+            return;
+        }
+        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
+            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
+            _ => None,
+        });
+        let slot = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
+            Some(slot) => slot,
+            None => {
+                let slot = t.free.pop().unwrap_or(t.data.len() as u32);
+                if slot as usize == t.data.len() {
+                    t.data.push(SlotData::default());
+                    t.meta.push(SlotMeta::default());
+                    t.inline.push(InlineDelta::default());
+                }
+                let d = &mut t.data[slot as usize];
+                d.pk = pk.into();
+                d.allocated = true;
+                t.by_pk.insert(PkKey::new(pk), slot);
+                slot
+            }
+        };
+        if let Some(e) = entity
+            && by_entity.is_none()
+        {
+            let index = e.index_u32() as usize;
+            if index >= t.by_entity.len() {
+                t.by_entity.resize(index + 1, None);
+            }
+            t.by_entity[index] = Some((e, slot));
+            t.data[slot as usize].entity = Some(e);
+        }
+        let meta = &mut t.meta[slot as usize];
+        let inline = &mut t.inline[slot as usize];
+        let d = &mut t.data[slot as usize];
+        d.deltas.clear();
+        let was_live = meta.live;
+        inline.len = NO_INLINE_DELTA;
+        if was_live {
+            scratch.delta.clear();
+            let changed_columns = t.layout.delta_record(
+                pk,
+                (&d.wire, &d.bounds),
+                (&scratch.wire, &scratch.bounds),
+                &mut scratch.delta,
+            );
+            if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
+                inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
+                inline.len = scratch.delta.len() as u8;
+                inline.from = meta.version;
+            }
+            // The current version becomes history; the oldest one's buffers are reused.
+            let (old_wire, old_bounds) = if d.history.len() >= HISTORY {
+                d.history
+                    .pop_back()
+                    .map(|v| (v.wire, v.bounds))
+                    .unwrap_or_default()
+            } else {
+                Default::default()
+            };
+            let previous = Version {
+                version: meta.version,
+                wire: std::mem::replace(&mut d.wire, old_wire),
+                bounds: std::mem::replace(&mut d.bounds, old_bounds),
+            };
+            d.history.push_front(previous);
+        } else {
+            d.history.clear();
+        }
+        d.exact.clear();
+        d.exact.extend_from_slice(exact);
+        std::mem::swap(&mut d.wire, &mut scratch.wire);
+        std::mem::swap(&mut d.bounds, &mut scratch.bounds);
+        d.values = None;
+        meta.version = tick.max(1);
+        meta.live = true;
+        for (column, grid) in &mut t.grids {
+            let Some(p) = read_position(
+                &t.schema.columns[*column].ty,
+                exact,
+                scratch.starts[*column],
+            ) else {
+                grid.remove(slot);
+                continue;
+            };
+            if let Err(error) = grid.set(slot, p) {
+                tracing::error!(%error, "publisher grid out of step");
+            }
+        }
+        if changed {
+            t.changed.push(slot);
+        }
+    }
+
+    /// Marks the row deleted at `tick`; its slot lives on while a client still holds it.
+    pub(crate) fn delete(&mut self, pk: &[u8], entity: Option<Entity>, tick: u64) {
+        let t = self;
+        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
+            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
+            _ => None,
+        });
+        let Some(slot) = by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) else {
+            return;
+        };
+        let meta = &mut t.meta[slot as usize];
+        if !meta.live {
+            return;
+        }
+        meta.live = false;
+        meta.version = tick;
+        let d = &mut t.data[slot as usize];
+        d.deltas.clear();
+        d.history.clear();
+        for (_, grid) in &mut t.grids {
+            grid.remove(slot);
+        }
+        t.changed.push(slot);
+    }
+}
+
+impl SlotData {
+    /// The delta record taking a client holding `version` to the row's current version, if that
+    /// version is still in the row's history (empty bytes: nothing visible changed).
+    pub(crate) fn delta_from(&mut self, layout: &WireLayout, version: u64) -> Option<&[u8]> {
+        let d = self;
+        if version == 0 {
+            return None;
+        }
+        let index = match d.deltas.iter().position(|(from, _)| *from == version) {
+            Some(index) => index,
+            None => {
+                let old = d.history.iter().find(|v| v.version == version)?;
+                let mut bytes = Vec::new();
+                layout.delta_record(
+                    &d.pk,
+                    (&old.wire, &old.bounds),
+                    (&d.wire, &d.bounds),
+                    &mut bytes,
+                );
+                if bytes.is_empty() && old.wire != d.wire {
+                    // Too wide a table for a mask: only a full row describes the change.
+                    return None;
+                }
+                d.deltas.push((version, bytes));
+                d.deltas.len() - 1
+            }
+        };
+        Some(&d.deltas[index].1)
+    }
+}

@@ -1,0 +1,483 @@
+//! [`Publisher`]: the subscription state machine's entry points — connect, subscribe, apply a
+//! tick's changes, publish — and the values it hands back.
+
+use std::collections::{BTreeMap, hash_map::Entry as MapEntry};
+use std::time::Duration;
+
+use glam::Vec3;
+use orrery_engine::{ChangeKind, ChangeSet};
+use orrery_row::{ConnectionId, Identity, ModuleSchema, Visibility};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::client_state::{ClientState, SpatialSub, Sub, SubKind};
+use crate::config::{PublishConfig, SubscribeError};
+use crate::flush::{Flush, FlushScratch};
+use crate::mirror::{EncodeScratch, MirrorTable};
+use crate::refresh::{RefreshScratch, refresh_spatial};
+use crate::shared::{SharedKey, SharedQuery};
+use crate::sql::{CmpOp, Condition, Operand, QueryError, SubscriptionQuery};
+use crate::view::{Dirty, EntryUpdate, View, settle};
+
+/// What a successful subscribe reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The table.
+    pub table: u32,
+    /// Rows matching right now (spatial queries: 0; they fill from the next publish).
+    pub initial_rows: usize,
+}
+
+/// One table update payload for one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The client.
+    pub client: ConnectionId,
+    /// The table.
+    pub table: u32,
+    /// Records in the published-row wire format ([`orrery_row::wire`]).
+    pub payload: Vec<u8>,
+}
+
+/// Counters for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    /// Connected clients.
+    pub clients: usize,
+    /// Shared (non-spatial) query states alive.
+    pub shared_queries: usize,
+    /// Spatial subscriptions alive.
+    pub spatial_queries: usize,
+    /// Rows mirrored (including deleted rows still owed to some client).
+    pub mirrored_rows: usize,
+    /// Dirty entries waiting across all clients.
+    pub dirty: usize,
+    /// Records handed out since start: full upserts, deltas, deletes.
+    pub sent: SentCounters,
+}
+
+/// Records and bytes handed out since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SentCounters {
+    /// Full-row upserts.
+    pub upserts: u64,
+    /// Column deltas.
+    pub deltas: u64,
+    /// Deletes (rows deleted or out of view).
+    pub deletes: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// Scratch buffers reused across clients and ticks.
+#[derive(Default)]
+struct Scratch {
+    encode: EncodeScratch,
+    flush: FlushScratch,
+    refresh: RefreshScratch,
+}
+
+/// The subscription state machine: see the crate docs.
+pub struct Publisher {
+    config: PublishConfig,
+    pub(crate) tables: Vec<Option<MirrorTable>>,
+    pub(crate) shared: FxHashMap<SharedKey, SharedQuery>,
+    pub(crate) clients: BTreeMap<ConnectionId, ClientState>,
+    pub(crate) tick: u64,
+    sent: SentCounters,
+    scratch: Scratch,
+}
+
+impl Publisher {
+    /// A publisher for `schema` (private tables are never mirrored).
+    pub fn new(schema: &ModuleSchema, config: PublishConfig) -> Self {
+        let tables = schema
+            .tables
+            .iter()
+            .map(|t| (t.visibility != Visibility::Private).then(|| MirrorTable::new(t)))
+            .collect();
+        Publisher {
+            config,
+            tables,
+            shared: FxHashMap::default(),
+            clients: BTreeMap::new(),
+            tick: 0,
+            sent: SentCounters::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PublisherStats {
+        PublisherStats {
+            clients: self.clients.len(),
+            shared_queries: self.shared.len(),
+            spatial_queries: self
+                .clients
+                .values()
+                .map(|c| {
+                    c.subs
+                        .iter()
+                        .filter(|s| matches!(s.kind, SubKind::Spatial(_)))
+                        .count()
+                })
+                .sum(),
+            mirrored_rows: self
+                .tables
+                .iter()
+                .flatten()
+                .map(|t| t.data.len() - t.free.len())
+                .sum(),
+            dirty: self
+                .clients
+                .values()
+                .flat_map(|c| c.views.iter())
+                .flat_map(|v| v.entries.iter())
+                .filter(|(_, e)| e.dirty != Dirty::Clean)
+                .count(),
+            sent: self.sent,
+        }
+    }
+
+    /// Loads existing rows of a table (encoded primary key and exact row), e.g. at start-up.
+    pub fn load_rows<'a>(
+        &mut self,
+        table: u32,
+        rows: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        let Some(Some(t)) = self.tables.get_mut(table as usize) else {
+            return;
+        };
+        for (pk, row) in rows {
+            t.upsert(pk, row, false, None, self.tick, &mut self.scratch.encode);
+        }
+    }
+
+    /// Folds a tick's changes into the mirror and re-evaluates the changed rows against the
+    /// shared queries. Call once per tick, before [`Publisher::publish`].
+    pub fn apply(&mut self, changes: &ChangeSet) {
+        self.tick = self.tick.max(1) + 1;
+        let (tick, encode) = (self.tick, &mut self.scratch.encode);
+        for table_changes in &changes.tables {
+            let Some(Some(t)) = self.tables.get_mut(table_changes.table().0 as usize) else {
+                continue;
+            };
+            for change in table_changes.iter() {
+                match (change.kind, change.row) {
+                    (ChangeKind::Delete, _) => t.delete(change.pk, change.entity, tick),
+                    (_, Some(row)) => {
+                        t.upsert(change.pk, row, true, change.entity, tick, encode);
+                    }
+                    (_, None) => {}
+                }
+            }
+        }
+        for table in 0..self.tables.len() as u32 {
+            self.evaluate_shared(table);
+        }
+    }
+
+    /// A one-off read (`POST /v1/sql`): the exact rows `sql` selects for `sender`, under the
+    /// same visibility rules as subscriptions (private tables refused, owner tables filtered to
+    /// the sender). A `within(..)` needs `focus`. Rows come in a deterministic order (by encoded
+    /// primary key).
+    pub fn read(
+        &mut self,
+        schema: &ModuleSchema,
+        sql: &str,
+        sender: Identity,
+        focus: Option<Vec3>,
+    ) -> Result<(u32, Vec<Vec<u8>>), QueryError> {
+        let query = SubscriptionQuery::parse(schema, sql)?;
+        let Some(Some(t)) = self.tables.get_mut(query.table as usize) else {
+            return Err(QueryError::PrivateTable(query.canonical));
+        };
+        let within = match (query.within, focus) {
+            (Some(w), Some(f)) => Some((w, f)),
+            (Some(_), None) => {
+                return Err(QueryError::Unsupported(
+                    "within(.., :focus, ..) in a one-off read needs a focus".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        let owner = t.owner_column.map(|column| Condition::Compare {
+            column,
+            op: CmpOp::Eq,
+            rhs: Operand::Sender,
+        });
+        let mut rows: Vec<(Box<[u8]>, Vec<u8>)> = Vec::new();
+        for slot in 0..t.data.len() as u32 {
+            if !t.meta[slot as usize].live {
+                continue;
+            }
+            if let Some((w, focus)) = within {
+                let Some((_, grid)) = t.grids.iter().find(|(c, _)| *c == w.column) else {
+                    continue;
+                };
+                if !grid.distance(slot, focus).is_some_and(|d| d <= w.radius) {
+                    continue;
+                }
+            }
+            let values = MirrorTable::values(&mut t.data, &t.schema, slot);
+            let visible = owner.as_ref().is_none_or(|c| c.matches(values, sender))
+                && query
+                    .condition
+                    .as_ref()
+                    .is_none_or(|c| c.matches(values, sender));
+            if visible {
+                let d = &t.data[slot as usize];
+                rows.push((d.pk.clone(), d.exact.clone()));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((query.table, rows.into_iter().map(|(_, row)| row).collect()))
+    }
+
+    /// Registers a connected client.
+    pub fn connect(&mut self, client: ConnectionId, identity: Identity) {
+        let tables = self.tables.len();
+        self.clients.entry(client).or_insert_with(|| ClientState {
+            identity,
+            focus: None,
+            budget: 0.0,
+            subs: Vec::new(),
+            views: (0..tables).map(|_| View::default()).collect(),
+            dirty: Vec::new(),
+        });
+    }
+
+    /// Forgets a client and everything it subscribed to.
+    pub fn disconnect(&mut self, client: ConnectionId) {
+        let Some(mut state) = self.clients.remove(&client) else {
+            return;
+        };
+        for sub in state.subs.drain(..) {
+            if let SubKind::Shared(key) = sub.kind {
+                self.release_shared(&key, client, sub.bit);
+            }
+        }
+        for (table, view) in state.views.into_iter().enumerate() {
+            if let Some(Some(t)) = self.tables.get_mut(table) {
+                for (slot, _) in view.entries {
+                    t.meta[slot as usize].views -= 1;
+                    t.free_if_unused(slot);
+                }
+            }
+        }
+    }
+
+    /// Sets a client's focus point (for `within(col, :focus, r)`); 2D positions use `z = 0`.
+    pub fn set_focus(&mut self, client: ConnectionId, focus: Vec3) {
+        if let Some(c) = self.clients.get_mut(&client)
+            && focus.is_finite()
+        {
+            c.focus = Some(focus);
+        }
+    }
+
+    /// Subscribes `client` to `sql` under `query_id`. Visibility is enforced here: private
+    /// tables are refused and queries on `owner = col` tables only ever see the client's rows.
+    pub fn subscribe(
+        &mut self,
+        schema: &ModuleSchema,
+        client: ConnectionId,
+        query_id: u32,
+        sql: &str,
+    ) -> Result<Subscribed, SubscribeError> {
+        let query = SubscriptionQuery::parse(schema, sql)?;
+        let max_queries = self.config.max_queries_per_client;
+        let tick = self.tick;
+        let Some(state) = self.clients.get_mut(&client) else {
+            return Err(SubscribeError::UnknownClient(client));
+        };
+        if state.subs.iter().any(|s| s.query_id == query_id) {
+            return Err(SubscribeError::DuplicateQueryId(query_id));
+        }
+        if state.subs.len() >= max_queries {
+            return Err(SubscribeError::TooManyQueries(max_queries));
+        }
+        let table = query.table;
+        let Some(Some(t)) = self.tables.get_mut(table as usize) else {
+            return Err(SubscribeError::Query(QueryError::PrivateTable(
+                query.canonical,
+            )));
+        };
+        // Owner tables: whatever the query says, only the subscriber's rows.
+        let mut condition = query.condition.clone();
+        let mut uses_sender = query.uses_sender;
+        if let Some(owner) = t.owner_column {
+            let owner_filter = Condition::Compare {
+                column: owner,
+                op: CmpOp::Eq,
+                rhs: Operand::Sender,
+            };
+            condition = Some(match condition {
+                Some(c) => Condition::And(Box::new(owner_filter), Box::new(c)),
+                None => owner_filter,
+            });
+            uses_sender = true;
+        }
+        let used_bits = state
+            .subs
+            .iter()
+            .filter(|s| s.table == table)
+            .fold(0u32, |acc, s| acc | (1 << s.bit));
+        let bit = (0..32).find(|b| used_bits & (1 << b) == 0).unwrap_or(31);
+        let identity = state.identity;
+
+        if let Some(within) = query.within {
+            state.subs.push(Sub {
+                query_id,
+                table,
+                bit,
+                kind: SubKind::Spatial(SpatialSub { within, condition }),
+            });
+            return Ok(Subscribed {
+                table,
+                initial_rows: 0,
+            });
+        }
+
+        let key: SharedKey = (query.canonical.clone(), uses_sender.then_some(identity));
+        let shared = match self.shared.entry(key.clone()) {
+            MapEntry::Occupied(o) => o.into_mut(),
+            MapEntry::Vacant(v) => {
+                // A new shared query starts from a scan of the mirror.
+                let mut members = FxHashSet::default();
+                for slot in 0..t.data.len() as u32 {
+                    if t.meta[slot as usize].live
+                        && condition.as_ref().is_none_or(|c| {
+                            c.matches(MirrorTable::values(&mut t.data, &t.schema, slot), identity)
+                        })
+                    {
+                        members.insert(slot);
+                    }
+                }
+                t.shared.push(key.clone());
+                v.insert(SharedQuery {
+                    table,
+                    condition,
+                    sender: identity,
+                    members,
+                    subscribers: Vec::new(),
+                })
+            }
+        };
+        shared.subscribers.push((client, bit));
+        let mut members: Vec<u32> = shared.members.iter().copied().collect();
+        members.sort_unstable();
+        state.subs.push(Sub {
+            query_id,
+            table,
+            bit,
+            kind: SubKind::Shared(key),
+        });
+        let event = t.schema.event;
+        let view = &mut state.views[table as usize];
+        let mut merged = Vec::with_capacity(view.len() + members.len());
+        let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
+        for &slot in &members {
+            while let Some(entry) = old.next_if(|(s, _)| *s < slot) {
+                merged.push(entry);
+            }
+            let meta = &mut t.meta[slot as usize];
+            match old.next_if(|(s, _)| *s == slot) {
+                Some((_, mut e)) => {
+                    e.mask |= 1 << bit;
+                    if settle(&mut e, meta, event, tick) {
+                        state.dirty.push((table, slot));
+                    }
+                    merged.push((slot, e));
+                }
+                None => {
+                    let mut update = EntryUpdate {
+                        table,
+                        event,
+                        tick,
+                        dirty: &mut state.dirty,
+                    };
+                    merged.push(update.enter(meta, slot, bit, 0.0));
+                }
+            }
+        }
+        merged.extend(old);
+        view.entries = merged;
+        Ok(Subscribed {
+            table,
+            initial_rows: members.len(),
+        })
+    }
+
+    /// Ends a subscription; rows no other subscription of the client covers are deleted on
+    /// its side.
+    pub fn unsubscribe(
+        &mut self,
+        client: ConnectionId,
+        query_id: u32,
+    ) -> Result<(), SubscribeError> {
+        let tick = self.tick;
+        let Some(state) = self.clients.get_mut(&client) else {
+            return Err(SubscribeError::UnknownClient(client));
+        };
+        let Some(index) = state.subs.iter().position(|s| s.query_id == query_id) else {
+            return Err(SubscribeError::UnknownQueryId(query_id));
+        };
+        let sub = state.subs.remove(index);
+        if let Some(Some(t)) = self.tables.get_mut(sub.table as usize) {
+            let view = &mut state.views[sub.table as usize];
+            let event = t.schema.event;
+            let (table, bit) = (sub.table, sub.bit);
+            let MirrorTable { meta, release, .. } = t;
+            let mut update = EntryUpdate {
+                table,
+                event,
+                tick,
+                dirty: &mut state.dirty,
+            };
+            view.entries.retain_mut(|(slot, e)| {
+                if e.mask & (1 << bit) == 0 {
+                    return true;
+                }
+                e.mask &= !(1 << bit);
+                update.keep(e, &mut meta[*slot as usize], *slot, release)
+            });
+            t.release_pending();
+        }
+        if let SubKind::Shared(key) = sub.kind {
+            self.release_shared(&key, client, sub.bit);
+        }
+        Ok(())
+    }
+
+    /// Refreshes spatial views and spends each client's budget, returning table update payloads
+    /// in client order. `elapsed` is the time since the previous publish (budget accrual).
+    pub fn publish(&mut self, elapsed: Duration, out: &mut Vec<Outgoing>) {
+        let tick = self.tick;
+        let rate = f64::from(self.config.budget_bytes_per_second);
+        let accrued = rate * elapsed.as_secs_f64();
+        let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
+        let margin = self.config.hysteresis;
+        let mut flush = Flush {
+            tables: &mut self.tables,
+            tick,
+            max_message: self.config.max_message_bytes.max(64),
+            counters: &mut self.sent,
+            scratch: &mut self.scratch.flush,
+            out,
+        };
+        for (&client_id, client) in &mut self.clients {
+            refresh_spatial(
+                client,
+                flush.tables,
+                margin,
+                tick,
+                &mut self.scratch.refresh,
+            );
+            client.budget = (client.budget + accrued).min(cap);
+            flush.client(client_id, client);
+        }
+        for t in self.tables.iter_mut().flatten() {
+            t.release_pending();
+        }
+    }
+}
