@@ -76,11 +76,7 @@ async fn run(
     let stop = async {
         match duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
-            None => {
-                if let Err(e) = tokio::signal::ctrl_c().await {
-                    tracing::error!(error = %e, "cannot listen for Ctrl-C; stopping");
-                }
-            }
+            None => orrery_server::shutdown_signal().await,
         }
     };
     tokio::pin!(stop);

@@ -104,6 +104,15 @@ pub struct ServerConfig {
     /// Rows a one-off read (`POST /v1/sql`) may return; a query selecting more is refused
     /// (default 10,000).
     pub max_sql_rows: usize,
+    /// Largest HTTP request body; larger ones get 413 before they are read (default 64 KiB).
+    pub max_http_body: usize,
+    /// New identities (`POST /v1/identity`) one source address may mint (default 1 per
+    /// second, bursts of 10); beyond it 429.
+    pub identities_per_address: RateLimit,
+    /// Connect tokens (`POST /v1/connect-token`) one source address may fetch (default 5 per
+    /// second, bursts of 20); beyond it 429. Each token takes a handshake slot while it is
+    /// used, so this also bounds what one address can hold of the handshake table.
+    pub connect_tokens_per_address: RateLimit,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +141,15 @@ impl Default for ServerConfig {
             },
             executor: SystemsExecutor::MultiThreaded,
             seed: orrery_engine::EngineConfig::default().seed,
+            max_http_body: 64 * 1024,
+            identities_per_address: RateLimit {
+                calls_per_second: 1.0,
+                burst: 10,
+            },
+            connect_tokens_per_address: RateLimit {
+                calls_per_second: 5.0,
+                burst: 20,
+            },
             identity_token_lifetime: Duration::from_secs(30 * 24 * 3600),
             connect_token_lifetime: Duration::from_secs(30),
             connection_timeout: Duration::from_secs(10),

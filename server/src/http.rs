@@ -23,20 +23,23 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use orrery_engine::glam::Vec3;
 use orrery_engine::schema::{ModuleSchema, ReducerKind};
 use orrery_netcode::{ConnectTokenIssuer, ConnectionId, Identity, unix_now};
+use orrery_subscription::{QueryLimits, check_limits};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{AuthError, Secrets, random_bytes};
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::ClientInfo;
+use crate::rate::AddressLimiter;
 use crate::tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead};
 
 /// A request for the network side (which owns the sessions).
@@ -76,6 +79,15 @@ pub struct ControlPlaneState {
     pub metrics: Arc<Metrics>,
     /// Lifetime of bearer tokens.
     pub identity_token_lifetime: Duration,
+    /// Size limits on queries, checked here so that an oversized one never reaches the tick
+    /// thread's queue.
+    pub query_limits: QueryLimits,
+    /// Largest request body.
+    pub max_body: usize,
+    /// New identities per source address.
+    pub identities_per_address: AddressLimiter,
+    /// Connect tokens per source address.
+    pub connect_tokens_per_address: AddressLimiter,
 }
 
 impl ControlPlaneState {
@@ -97,6 +109,7 @@ pub type AppState = Arc<ControlPlaneState>;
 
 /// The control-plane router.
 pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_admin))
@@ -110,7 +123,41 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/clients/{client_id}/disconnect",
             post(admin_disconnect),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit_address))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Per-address admission for the endpoints that mint credentials, before any work is done
+/// for the request. Requests without a peer address (the router driven in-process, as tests
+/// and embedders do) are not limited: the address comes from the socket
+/// (`into_make_service_with_connect_info`), never from a header a client could forge.
+async fn admit_address(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let limiter = match request.uri().path() {
+        "/v1/identity" => &state.identities_per_address,
+        "/v1/connect-token" => &state.connect_tokens_per_address,
+        _ => return next.run(request).await,
+    };
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+        && !limiter.admit(peer.ip(), unix_now())
+    {
+        state.metrics.http_address_limited.fetch_add(1, Relaxed);
+        let limit = limiter.limit();
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "rate limited: at most {} requests per second (burst {}) to {} from one address",
+                limit.calls_per_second,
+                limit.burst,
+                request.uri().path()
+            ),
+        );
+    }
+    next.run(request).await
 }
 
 /// A router serving only `GET /metrics`, without authentication (bind it to an internal
@@ -367,6 +414,10 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             return error(StatusCode::BAD_REQUEST, message);
         }
     };
+    if let Err(e) = check_limits(&sql, &state.query_limits) {
+        count_refused();
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let (tx, rx) = oneshot::channel();
     let sent = state.calls.try_send(HttpRequest::Sql(SqlRead {
         identity,

@@ -41,5 +41,5 @@ pub use auth::{AuthError, BearerClaims, Secrets};
 pub use config::{RateLimit, ServerArgs, ServerConfig, Storage};
 pub use error::ServerError;
 pub use metrics::Metrics;
-pub use runtime::{ServerHandle, start};
+pub use runtime::{ServerHandle, shutdown_signal, start};
 pub use tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead, TickCore};

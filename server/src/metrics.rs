@@ -73,6 +73,8 @@ pub struct Metrics {
     pub sql_reads: AtomicU64,
     /// SQL reads refused (bad query, private table, too many rows, rate limit).
     pub sql_refused: AtomicU64,
+    /// Identity and connect-token requests refused by the per-address limit.
+    pub http_address_limited: AtomicU64,
     /// Connections that completed `client_connected`.
     pub connects: AtomicU64,
     /// Connections that ended.
@@ -126,6 +128,7 @@ impl Metrics {
             calls_failed: z(),
             sql_reads: z(),
             sql_refused: z(),
+            http_address_limited: z(),
             rejected: [z(), z(), z(), z()],
             connects: z(),
             disconnects: z(),
@@ -319,6 +322,12 @@ impl Metrics {
             "counter",
             "SQL reads refused: bad query, private table, too many rows or rate limit.",
             &[("", g(&self.sql_refused))],
+        );
+        metric(
+            "orrery_http_address_limited_total",
+            "counter",
+            "Identity and connect-token requests refused by the per-address limit.",
+            &[("", g(&self.http_address_limited))],
         );
         let rejected: Vec<(String, f64)> = RejectKind::ALL
             .iter()

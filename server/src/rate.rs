@@ -44,6 +44,52 @@ impl TokenBucket {
     }
 }
 
+/// Token buckets by source address, for the endpoints anyone may call (minting identities
+/// and connect tokens). At most `max_tracked` addresses are remembered; when full, idle
+/// (full) buckets are forgotten, and if none is idle a new address is refused: a flood of
+/// source addresses cannot grow memory, and addresses already tracked keep their share.
+#[derive(Debug)]
+pub struct AddressLimiter {
+    limit: RateLimit,
+    max_tracked: usize,
+    buckets: std::sync::Mutex<rustc_hash::FxHashMap<std::net::IpAddr, TokenBucket>>,
+}
+
+impl AddressLimiter {
+    /// A limiter allowing `limit` per address, remembering at most `max_tracked` addresses.
+    pub fn new(limit: RateLimit, max_tracked: usize) -> Self {
+        AddressLimiter {
+            limit,
+            max_tracked: max_tracked.max(1),
+            buckets: std::sync::Mutex::new(rustc_hash::FxHashMap::default()),
+        }
+    }
+
+    /// The limit applied.
+    pub fn limit(&self) -> &RateLimit {
+        &self.limit
+    }
+
+    /// Takes one request from `address`'s bucket at `now`; false if it is over its limit.
+    pub fn admit(&self, address: std::net::IpAddr, now: Duration) -> bool {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= self.max_tracked && !buckets.contains_key(&address) {
+            let limit = &self.limit;
+            buckets.retain(|_, bucket| !bucket.is_full(limit, now));
+            if buckets.len() >= self.max_tracked {
+                return false;
+            }
+        }
+        buckets
+            .entry(address)
+            .or_insert_with(|| TokenBucket::new(&self.limit, now))
+            .try_take(&self.limit, now)
+    }
+}
+
 /// The error text of a rate-limited call.
 pub fn rate_limited_message(limit: &RateLimit) -> String {
     format!(
@@ -55,6 +101,28 @@ pub fn rate_limited_message(limit: &RateLimit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_have_their_own_buckets_and_a_bounded_table() {
+        let limit = RateLimit {
+            calls_per_second: 1.0,
+            burst: 2,
+        };
+        let limiter = AddressLimiter::new(limit, 2);
+        let (a, b, c) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        let t0 = Duration::from_secs(100);
+        assert!(limiter.admit(a, t0) && limiter.admit(a, t0));
+        assert!(!limiter.admit(a, t0), "burst spent");
+        assert!(limiter.admit(b, t0), "another address has its own bucket");
+        assert!(!limiter.admit(c, t0), "table full and nobody idle: refused");
+        assert!(limiter.admit(a, t0 + Duration::from_secs(1)), "refilled");
+        // Once a and b are idle (full again) they are forgotten to make room.
+        assert!(limiter.admit(c, t0 + Duration::from_secs(10)));
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

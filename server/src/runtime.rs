@@ -38,6 +38,7 @@ use crate::error::ServerError;
 use crate::http::{self, AdminRequest, AppState, ControlPlaneState};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
+use crate::rate::AddressLimiter;
 use crate::tick::{HttpRequest, TickCore};
 
 /// Capacity of the network → tick event channel, in batches.
@@ -310,6 +311,10 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         admin: admin_tx,
         metrics: metrics.clone(),
         identity_token_lifetime: config.identity_token_lifetime,
+        query_limits: config.publish.query_limits,
+        max_body: config.max_http_body,
+        identities_per_address: AddressLimiter::new(config.identities_per_address, 65_536),
+        connect_tokens_per_address: AddressLimiter::new(config.connect_tokens_per_address, 65_536),
     });
 
     let tick_thread = {
@@ -344,7 +349,8 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service)
                 .with_graceful_shutdown(shutdown)
                 .await
             {
@@ -516,5 +522,37 @@ async fn net_loop(
 fn flush(udp: &mut TokioUdpEndpoint, session: &mut ServerSession) {
     if let Err(e) = udp.flush(session) {
         tracing::warn!(error = %e, "UDP send failed");
+    }
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or, on Unix, SIGTERM (what
+/// orchestrators such as Kubernetes send). A binary awaits it and then calls
+/// [`ServerHandle::shutdown`], so both end the same clean way. If the Ctrl-C handler cannot
+/// be installed it logs why and resolves (as before); if the SIGTERM one cannot, it logs why
+/// and waits for Ctrl-C alone.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C; stopping");
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Sub {
     pub(crate) query_id: u32,
     pub(crate) table: u32,
     pub(crate) bit: u32,
+    /// The query's predicates (its share of the client's predicate budget).
+    pub(crate) predicates: usize,
     pub(crate) kind: SubKind,
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use orrery_row::ConnectionId;
 
-use crate::sql::QueryError;
+use crate::sql::{QueryError, QueryLimits};
 
 /// Publisher settings.
 #[derive(Clone, Debug)]
@@ -20,6 +20,11 @@ pub struct PublishConfig {
     pub max_message_bytes: usize,
     /// Most queries one client may hold.
     pub max_queries_per_client: usize,
+    /// Most predicates all of one client's queries may hold together: what its subscriptions
+    /// may cost the publisher per changed row.
+    pub max_predicates_per_client: usize,
+    /// Size limits on each query (text, predicates, nesting, `within` radius).
+    pub query_limits: QueryLimits,
 }
 
 impl Default for PublishConfig {
@@ -30,6 +35,8 @@ impl Default for PublishConfig {
             hysteresis: 5.0,
             max_message_bytes: 1024,
             max_queries_per_client: 32,
+            max_predicates_per_client: 256,
+            query_limits: QueryLimits::default(),
         }
     }
 }
@@ -52,4 +59,14 @@ pub enum SubscribeError {
     /// Too many subscriptions.
     #[error("at most {0} subscriptions per client")]
     TooManyQueries(usize),
+    /// The client's subscriptions together would hold too many predicates.
+    #[error(
+        "subscriptions of one client may hold at most {max} predicates; this one would make {total}"
+    )]
+    TooManyPredicates {
+        /// What the client's subscriptions would hold with this one.
+        total: usize,
+        /// The configured maximum.
+        max: usize,
+    },
 }

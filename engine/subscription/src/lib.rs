@@ -38,4 +38,4 @@ pub(crate) mod view;
 
 pub use config::{PublishConfig, SubscribeError};
 pub use publisher::{Outgoing, Publisher, PublisherStats, SentCounters, Subscribed};
-pub use sql::{QueryError, SubscriptionQuery};
+pub use sql::{QueryError, QueryLimits, SubscriptionQuery, check_limits};

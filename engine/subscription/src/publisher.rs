@@ -187,7 +187,7 @@ impl Publisher {
         sender: Identity,
         focus: Option<Vec3>,
     ) -> Result<(u32, Vec<Vec<u8>>), QueryError> {
-        let query = SubscriptionQuery::parse(schema, sql)?;
+        let query = SubscriptionQuery::parse(schema, sql, &self.config.query_limits)?;
         let Some(Some(t)) = self.tables.get_mut(query.table as usize) else {
             return Err(QueryError::PrivateTable(query.canonical));
         };
@@ -284,7 +284,7 @@ impl Publisher {
         query_id: u32,
         sql: &str,
     ) -> Result<Subscribed, SubscribeError> {
-        let query = SubscriptionQuery::parse(schema, sql)?;
+        let query = SubscriptionQuery::parse(schema, sql, &self.config.query_limits)?;
         let max_queries = self.config.max_queries_per_client;
         let tick = self.tick;
         let Some(state) = self.clients.get_mut(&client) else {
@@ -295,6 +295,13 @@ impl Publisher {
         }
         if state.subs.len() >= max_queries {
             return Err(SubscribeError::TooManyQueries(max_queries));
+        }
+        let total = state.subs.iter().map(|s| s.predicates).sum::<usize>() + query.predicates;
+        if total > self.config.max_predicates_per_client {
+            return Err(SubscribeError::TooManyPredicates {
+                total,
+                max: self.config.max_predicates_per_client,
+            });
         }
         let table = query.table;
         let Some(Some(t)) = self.tables.get_mut(table as usize) else {
@@ -330,6 +337,7 @@ impl Publisher {
                 query_id,
                 table,
                 bit,
+                predicates: query.predicates,
                 kind: SubKind::Spatial(SpatialSub { within, condition }),
             });
             return Ok(Subscribed {
@@ -370,6 +378,7 @@ impl Publisher {
             query_id,
             table,
             bit,
+            predicates: query.predicates,
             kind: SubKind::Shared(key),
         });
         let event = t.schema.event;

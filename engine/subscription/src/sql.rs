@@ -9,6 +9,13 @@
 //! an identity as a hex string; an enum by variant name) or `:sender` (the subscriber's
 //! identity). One spatial predicate `within(column, :focus, radius)` may be `AND`ed at the top
 //! level. Anything else is an error that names the unsupported part.
+//!
+//! Queries come from untrusted clients, so [`QueryLimits`] are checked on the token stream
+//! before the parser (which recurses) sees the text: a query longer than the byte limit is
+//! refused without being read, and one with too many predicates or too deep a nesting is
+//! refused before any tree is built. Every tree the parser then builds is at most a few times
+//! the predicate limit deep, so the recursive passes over it (checks, display, evaluation,
+//! drop) stay bounded.
 
 use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, ObjectName,
@@ -16,6 +23,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use orrery_row::Identity;
 use orrery_row::Timestamp;
@@ -46,6 +54,16 @@ pub enum QueryError {
         /// The column named.
         column: String,
     },
+    /// The query is larger than a configured limit allows.
+    #[error("query exceeds the {limit} limit: {value} > {max}")]
+    Limit {
+        /// Which limit (`sql_bytes`, `predicates`, `nesting_depth`, `within_radius`, ...).
+        limit: &'static str,
+        /// What the query has (rounded up for radii).
+        value: u64,
+        /// The configured maximum.
+        max: u64,
+    },
     /// A comparison or literal that does not fit the column's type.
     #[error("column {column:?} ({ty}): {problem}")]
     Type {
@@ -56,6 +74,107 @@ pub enum QueryError {
         /// What does not fit.
         problem: String,
     },
+}
+
+/// How large a query from a client may be. Checked before parsing; every refusal is a
+/// [`QueryError::Limit`] naming the limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueryLimits {
+    /// Longest query text, in bytes.
+    pub max_sql_bytes: usize,
+    /// Most predicates (comparisons and `within`) in one query.
+    pub max_predicates: usize,
+    /// Deepest nesting of parentheses.
+    pub max_depth: usize,
+    /// Largest `within` radius, in world units.
+    pub max_radius: f32,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_sql_bytes: 4096,
+            max_predicates: 64,
+            max_depth: 16,
+            max_radius: 1000.0,
+        }
+    }
+}
+
+/// sqlparser's own guard against deep expressions (its default): the token checks keep
+/// queries well inside it, and it bounds the parser's stack use.
+const PARSER_RECURSION_LIMIT: usize = 50;
+
+/// Tokens per predicate a well-formed query needs at most (`(`, column, operator, literal,
+/// `)`, `AND`, and a few for `within(col, :focus, r)`); more tokens than this budget allows
+/// is not a query worth parsing.
+const TOKENS_PER_PREDICATE: usize = 16;
+
+fn limit(limit: &'static str, value: usize, max: usize) -> Result<(), QueryError> {
+    if value > max {
+        Err(QueryError::Limit {
+            limit,
+            value: value as u64,
+            max: max as u64,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks `sql` against `limits` without parsing it: its length, then (tokenizing, which
+/// does not recurse) its predicate count, nesting depth and token count. Returns the
+/// number of predicates.
+pub fn check_limits(sql: &str, limits: &QueryLimits) -> Result<usize, QueryError> {
+    limit("sql_bytes", sql.len(), limits.max_sql_bytes)?;
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let (mut predicates, mut deepest, mut counted) = (0usize, 0usize, 0usize);
+    // Open parentheses, each marked whether it nests the condition (`within`'s argument list
+    // does not).
+    let mut open: Vec<bool> = Vec::new();
+    let mut depth = 0usize;
+    let mut after_within = false;
+    for token in &tokens {
+        if matches!(token, Token::Whitespace(_)) {
+            continue;
+        }
+        match token {
+            Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship => predicates += 1,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("within") => predicates += 1,
+            Token::LParen => {
+                let nests = !after_within;
+                open.push(nests);
+                if nests {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+            }
+            Token::RParen if open.pop() == Some(true) => depth -= 1,
+            _ => {}
+        }
+        after_within = matches!(token, Token::Word(w) if w.value.eq_ignore_ascii_case("within"));
+        counted += 1;
+    }
+    limit("predicates", predicates, limits.max_predicates)?;
+    limit("nesting_depth", deepest, limits.max_depth)?;
+    limit(
+        "tokens",
+        counted,
+        limits
+            .max_predicates
+            .saturating_add(1)
+            .saturating_mul(TOKENS_PER_PREDICATE),
+    )?;
+    Ok(predicates)
 }
 
 /// A comparison operator.
@@ -124,13 +243,24 @@ pub struct SubscriptionQuery {
     pub uses_sender: bool,
     /// The text the query was parsed from, normalised.
     pub canonical: String,
+    /// Predicates (comparisons and `within`) in the query: its evaluation cost.
+    pub predicates: usize,
 }
 
 impl SubscriptionQuery {
-    /// Parses `sql` against `schema`. Visibility rules are not applied here; the subscription
-    /// layer adds the owner filter to every query on an `owner = col` table.
-    pub fn parse(schema: &ModuleSchema, sql: &str) -> Result<SubscriptionQuery, QueryError> {
-        let statements = Parser::parse_sql(&GenericDialect {}, sql)
+    /// Parses `sql` against `schema`, within `limits` (checked first, see [`check_limits`]).
+    /// Visibility rules are not applied here; the subscription layer adds the owner filter to
+    /// every query on an `owner = col` table.
+    pub fn parse(
+        schema: &ModuleSchema,
+        sql: &str,
+        limits: &QueryLimits,
+    ) -> Result<SubscriptionQuery, QueryError> {
+        let predicates = check_limits(sql, limits)?;
+        let statements = Parser::new(&GenericDialect {})
+            .with_recursion_limit(PARSER_RECURSION_LIMIT)
+            .try_with_sql(sql)
+            .and_then(|mut parser| parser.parse_statements())
             .map_err(|e| QueryError::Syntax(e.to_string()))?;
         let statement = match statements.as_slice() {
             [one] => one,
@@ -157,13 +287,14 @@ impl SubscriptionQuery {
             within: None,
             uses_sender: false,
             canonical: String::new(),
+            predicates,
         };
         if let Some(selection) = &select.selection {
             let mut conjuncts = Vec::new();
             split_and(selection, &mut conjuncts);
             let mut rest = Vec::new();
             for conjunct in conjuncts {
-                if let Some(within) = parse_within(table_schema, conjunct)? {
+                if let Some(within) = parse_within(table_schema, conjunct, limits)? {
                     if parsed.within.replace(within).is_some() {
                         return Err(QueryError::Unsupported(
                             "more than one within(..) predicate".into(),
@@ -348,7 +479,11 @@ fn is_placeholder(expr: &Expr, name: &str) -> bool {
     matches!(expr, Expr::Value(v) if matches!(&v.value, SqlValue::Placeholder(p) if p.eq_ignore_ascii_case(name)))
 }
 
-fn parse_within(table: &TableSchema, expr: &Expr) -> Result<Option<Within>, QueryError> {
+fn parse_within(
+    table: &TableSchema,
+    expr: &Expr,
+    limits: &QueryLimits,
+) -> Result<Option<Within>, QueryError> {
     let Expr::Function(function) = expr else {
         return Ok(None);
     };
@@ -398,6 +533,13 @@ fn parse_within(table: &TableSchema, expr: &Expr) -> Result<Option<Within>, Quer
                 "within's radius must be a non-negative number, got `{radius}`"
             ))
         })?;
+    if radius > limits.max_radius {
+        return Err(QueryError::Limit {
+            limit: "within_radius",
+            value: radius.ceil() as u64,
+            max: limits.max_radius as u64,
+        });
+    }
     Ok(Some(Within { column, radius }))
 }
 
