@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{AuthError, Secrets, random_bytes};
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::ClientInfo;
-use crate::rate::AddressLimiter;
+use crate::rate::{AddressLimiter, KeyedLimiter, rate_limited_message};
 use crate::tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead};
 
 /// A request for the network side (which owns the sessions).
@@ -88,6 +88,9 @@ pub struct ControlPlaneState {
     pub identities_per_address: AddressLimiter,
     /// Connect tokens per source address.
     pub connect_tokens_per_address: AddressLimiter,
+    /// HTTP calls and reads per identity, admitted here so that one identity cannot fill
+    /// the tick thread's shared queue for everyone else.
+    pub http_per_identity: KeyedLimiter<Identity>,
 }
 
 impl ControlPlaneState {
@@ -166,6 +169,13 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_public))
         .with_state(metrics)
+}
+
+fn rate_limited(state: &ControlPlaneState) -> Response {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        rate_limited_message(state.http_per_identity.limit()),
+    )
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -297,6 +307,11 @@ async fn call(
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
+    if !state.http_per_identity.admit(identity, unix_now()) {
+        state.metrics.calls.fetch_add(1, Relaxed);
+        state.metrics.reject(RejectKind::RateLimit);
+        return rate_limited(&state);
+    }
     let bad = |message: String| {
         state.metrics.calls.fetch_add(1, Relaxed);
         state.metrics.reject(RejectKind::Invalid);
@@ -345,7 +360,6 @@ async fn call(
         )
             .into_response(),
         Ok(CallOutcome::Invalid { message }) => error(StatusCode::BAD_REQUEST, message),
-        Ok(CallOutcome::RateLimited { message }) => error(StatusCode::TOO_MANY_REQUESTS, message),
         Ok(CallOutcome::Storage { message }) => error(StatusCode::SERVICE_UNAVAILABLE, message),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
     }
@@ -407,6 +421,10 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         state.metrics.sql_reads.fetch_add(1, Relaxed);
         state.metrics.sql_refused.fetch_add(1, Relaxed);
     };
+    if !state.http_per_identity.admit(identity, unix_now()) {
+        count_refused();
+        return rate_limited(&state);
+    }
     let (sql, focus) = match parse_sql_body(&body) {
         Ok(parsed) => parsed,
         Err(message) => {
@@ -448,7 +466,6 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
                 .into_response()
         }
         Ok(SqlOutcome::Invalid { message }) => error(StatusCode::BAD_REQUEST, message),
-        Ok(SqlOutcome::RateLimited { message }) => error(StatusCode::TOO_MANY_REQUESTS, message),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
     }
 }

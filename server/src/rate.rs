@@ -44,21 +44,24 @@ impl TokenBucket {
     }
 }
 
-/// Token buckets by source address, for the endpoints anyone may call (minting identities
-/// and connect tokens). At most `max_tracked` addresses are remembered; when full, idle
-/// (full) buckets are forgotten, and if none is idle a new address is refused: a flood of
-/// source addresses cannot grow memory, and addresses already tracked keep their share.
+/// Token buckets by key (a source address, an identity), shared by the tasks that admit
+/// requests before they cost anything. At most `max_tracked` keys are remembered; when full,
+/// idle (full) buckets are forgotten, and if none is idle a new key is refused: a flood of
+/// keys cannot grow memory, and keys already tracked keep their share.
 #[derive(Debug)]
-pub struct AddressLimiter {
+pub struct KeyedLimiter<K> {
     limit: RateLimit,
     max_tracked: usize,
-    buckets: std::sync::Mutex<rustc_hash::FxHashMap<std::net::IpAddr, TokenBucket>>,
+    buckets: std::sync::Mutex<rustc_hash::FxHashMap<K, TokenBucket>>,
 }
 
-impl AddressLimiter {
-    /// A limiter allowing `limit` per address, remembering at most `max_tracked` addresses.
+/// Per source address: minting identities and connect tokens.
+pub type AddressLimiter = KeyedLimiter<std::net::IpAddr>;
+
+impl<K: std::hash::Hash + Eq> KeyedLimiter<K> {
+    /// A limiter allowing `limit` per key, remembering at most `max_tracked` keys.
     pub fn new(limit: RateLimit, max_tracked: usize) -> Self {
-        AddressLimiter {
+        KeyedLimiter {
             limit,
             max_tracked: max_tracked.max(1),
             buckets: std::sync::Mutex::new(rustc_hash::FxHashMap::default()),
@@ -70,13 +73,13 @@ impl AddressLimiter {
         &self.limit
     }
 
-    /// Takes one request from `address`'s bucket at `now`; false if it is over its limit.
-    pub fn admit(&self, address: std::net::IpAddr, now: Duration) -> bool {
+    /// Takes one request from `key`'s bucket at `now`; false if it is over its limit.
+    pub fn admit(&self, key: K, now: Duration) -> bool {
         let mut buckets = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= self.max_tracked && !buckets.contains_key(&address) {
+        if buckets.len() >= self.max_tracked && !buckets.contains_key(&key) {
             let limit = &self.limit;
             buckets.retain(|_, bucket| !bucket.is_full(limit, now));
             if buckets.len() >= self.max_tracked {
@@ -84,7 +87,7 @@ impl AddressLimiter {
             }
         }
         buckets
-            .entry(address)
+            .entry(key)
             .or_insert_with(|| TokenBucket::new(&self.limit, now))
             .try_take(&self.limit, now)
     }

@@ -38,7 +38,7 @@ use crate::error::ServerError;
 use crate::http::{self, AdminRequest, AppState, ControlPlaneState};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
-use crate::rate::AddressLimiter;
+use crate::rate::{AddressLimiter, KeyedLimiter};
 use crate::tick::{HttpRequest, TickCore};
 
 /// Capacity of the network → tick event channel, in batches.
@@ -315,6 +315,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         max_body: config.max_http_body,
         identities_per_address: AddressLimiter::new(config.identities_per_address, 65_536),
         connect_tokens_per_address: AddressLimiter::new(config.connect_tokens_per_address, 65_536),
+        http_per_identity: KeyedLimiter::new(config.rate_limit, 65_536),
     });
 
     let tick_thread = {

@@ -90,11 +90,6 @@ pub enum SqlOutcome {
         /// What was wrong.
         message: String,
     },
-    /// Over the identity's rate limit.
-    RateLimited {
-        /// The limit.
-        message: String,
-    },
 }
 
 /// A request from the HTTP control plane to the tick thread.
@@ -124,11 +119,6 @@ pub enum CallOutcome {
     /// Unknown reducer, not callable, or bad arguments.
     Invalid {
         /// What was wrong.
-        message: String,
-    },
-    /// Over the identity's rate limit.
-    RateLimited {
-        /// The limit.
         message: String,
     },
     /// The commit log failed; nothing is accepted.
@@ -185,7 +175,6 @@ pub struct TickCore {
     max_sql_rows: usize,
     http_held: VecDeque<(u64, oneshot::Sender<CallOutcome>, CallOutcome)>,
     http_next: u64,
-    http_buckets: FxHashMap<Identity, TokenBucket>,
     rate: RateLimit,
     tick_duration: Duration,
     metrics: Arc<Metrics>,
@@ -248,7 +237,6 @@ impl TickCore {
             max_sql_rows: config.max_sql_rows,
             http_held: VecDeque::new(),
             http_next: 0,
-            http_buckets: FxHashMap::default(),
             rate: config.rate_limit,
             tick_duration: config.tick_duration(),
             metrics,
@@ -335,8 +323,8 @@ impl TickCore {
         }
         for request in requests {
             match request {
-                HttpRequest::Call(call) => self.on_http_call(call, now),
-                HttpRequest::Sql(read) => self.on_sql_read(read, now),
+                HttpRequest::Call(call) => self.on_http_call(call),
+                HttpRequest::Sql(read) => self.on_sql_read(read),
             }
         }
         timer.lap(Phase::Input);
@@ -405,8 +393,6 @@ impl TickCore {
                 stats.sent.upserts + stats.sent.deltas + stats.sent.deletes,
                 Relaxed,
             );
-            let rate = self.rate;
-            self.http_buckets.retain(|_, b| !b.is_full(&rate, now));
         }
         timing
     }
@@ -549,15 +535,8 @@ impl TickCore {
         }
     }
 
-    fn on_http_call(&mut self, call: HttpCall, now: Duration) {
+    fn on_http_call(&mut self, call: HttpCall) {
         self.metrics.calls.fetch_add(1, Relaxed);
-        if !self.http_allowed(call.identity, now) {
-            self.metrics.reject(RejectKind::RateLimit);
-            let _ = call.reply.send(CallOutcome::RateLimited {
-                message: rate_limited_message(&self.rate),
-            });
-            return;
-        }
         self.http_next += 1;
         let id = self.http_next;
         self.http_pending.insert(id, call.reply);
@@ -569,25 +548,8 @@ impl TickCore {
         });
     }
 
-    /// Takes a token from the identity's HTTP bucket (shared by calls and reads).
-    fn http_allowed(&mut self, identity: Identity, now: Duration) -> bool {
-        let rate = self.rate;
-        let bucket = self
-            .http_buckets
-            .entry(identity)
-            .or_insert_with(|| TokenBucket::new(&rate, now));
-        bucket.try_take(&rate, now)
-    }
-
-    fn on_sql_read(&mut self, read: SqlRead, now: Duration) {
+    fn on_sql_read(&mut self, read: SqlRead) {
         self.metrics.sql_reads.fetch_add(1, Relaxed);
-        if !self.http_allowed(read.identity, now) {
-            self.metrics.sql_refused.fetch_add(1, Relaxed);
-            let _ = read.reply.send(SqlOutcome::RateLimited {
-                message: rate_limited_message(&self.rate),
-            });
-            return;
-        }
         self.sql_reads.push(read);
     }
 
