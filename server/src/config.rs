@@ -106,6 +106,11 @@ pub struct ServerConfig {
     pub max_sql_rows: usize,
     /// Largest HTTP request body; larger ones get 413 before they are read (default 64 KiB).
     pub max_http_body: usize,
+    /// Live connections one identity may hold (default 4); a further one is disconnected
+    /// with a reason before `client_connected` runs. Identities are free, so this bounds
+    /// what one identity costs, not what one attacker can; the per-address limits on
+    /// identities and connect tokens do that.
+    pub max_connections_per_identity: usize,
     /// New identities (`POST /v1/identity`) one source address may mint (default 1 per
     /// second, bursts of 10); beyond it 429.
     pub identities_per_address: RateLimit,
@@ -142,6 +147,7 @@ impl Default for ServerConfig {
             executor: SystemsExecutor::MultiThreaded,
             seed: orrery_engine::EngineConfig::default().seed,
             max_http_body: 64 * 1024,
+            max_connections_per_identity: 4,
             identities_per_address: RateLimit {
                 calls_per_second: 1.0,
                 burst: 10,

@@ -19,6 +19,7 @@
 //! Everything leaves as [`NetCommand`]s; the caller hands them to the netcode session (and
 //! times that as the flush phase).
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -176,6 +177,9 @@ pub struct TickCore {
     http_held: VecDeque<(u64, oneshot::Sender<CallOutcome>, CallOutcome)>,
     http_next: u64,
     rate: RateLimit,
+    /// Live connections by identity, for `max_connections_per_identity`.
+    connections_per_identity: FxHashMap<Identity, usize>,
+    max_connections_per_identity: usize,
     tick_duration: Duration,
     metrics: Arc<Metrics>,
     subscriptions: u64,
@@ -238,6 +242,8 @@ impl TickCore {
             http_held: VecDeque::new(),
             http_next: 0,
             rate: config.rate_limit,
+            connections_per_identity: FxHashMap::default(),
+            max_connections_per_identity: config.max_connections_per_identity,
             tick_duration: config.tick_duration(),
             metrics,
             subscriptions: 0,
@@ -413,6 +419,19 @@ impl TickCore {
             NetEvent::Connected {
                 client, identity, ..
             } => {
+                let held = self.connections_per_identity.entry(identity).or_insert(0);
+                if *held >= self.max_connections_per_identity {
+                    self.metrics.connections_refused.fetch_add(1, Relaxed);
+                    out.push(NetCommand::Disconnect {
+                        client,
+                        reason: format!(
+                            "this identity already holds {held} connections (the limit is {})",
+                            self.max_connections_per_identity
+                        ),
+                    });
+                    return;
+                }
+                *held += 1;
                 self.clients.insert(
                     client,
                     ClientEntry {
@@ -466,6 +485,14 @@ impl TickCore {
     fn drop_client(&mut self, client: ConnectionId) {
         if let Some(entry) = self.clients.remove(&client) {
             self.subscriptions -= entry.subscriptions;
+            if let MapEntry::Occupied(mut held) =
+                self.connections_per_identity.entry(entry.identity)
+            {
+                *held.get_mut() -= 1;
+                if *held.get() == 0 {
+                    held.remove();
+                }
+            }
         }
         self.holding.remove(&client);
         self.publisher.disconnect(client);

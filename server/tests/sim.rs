@@ -563,3 +563,46 @@ fn oversized_message_disconnects_only_its_sender() {
     assert_eq!(sim.core.metrics().clients.load(Relaxed), 1);
     assert_eq!(sim.core.metrics().calls.load(Relaxed), 1);
 }
+
+/// One identity may hold `max_connections_per_identity` connections; a further one is
+/// refused with a reason before `client_connected` runs, and a slot frees when one leaves.
+#[test]
+fn one_identity_holds_a_bounded_number_of_connections() {
+    let mut sim = Sim::new(7, LinkConditions::PERFECT, |c| {
+        c.max_connections_per_identity = 2;
+    });
+    let me = identity(5);
+    for client_id in 1..=3 {
+        let token = sim.token(me, client_id);
+        sim.add_client_with_token(token);
+    }
+    let refused = |s: &Sim, i: usize| {
+        s.clients[i].events.iter().find_map(|e| match e {
+            ClientEvent::Disconnected { reason } => Some(reason.to_string()),
+            _ => None,
+        })
+    };
+    assert!(sim.run_until(Duration::from_secs(5), |s| {
+        (0..3).filter(|&i| s.connected(i)).count() == 2 && (0..3).any(|i| refused(s, i).is_some())
+    }));
+    let loser = (0..3).find(|&i| refused(&sim, i).is_some()).unwrap();
+    let reason = refused(&sim, loser).unwrap();
+    assert!(
+        reason.contains("already holds 2 connections (the limit is 2)"),
+        "{reason}"
+    );
+    assert_eq!(sim.core.metrics().connections_refused.load(Relaxed), 1);
+    // Another identity is not affected.
+    sim.add_client();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(3)));
+    // When one of the two leaves, the identity may connect again.
+    let winner = (0..3).find(|&i| sim.connected(i)).unwrap();
+    assert!(
+        sim.core
+            .disconnect(orrery_engine::ConnectionId(winner as u64 + 1), "bye")
+    );
+    sim.step(Duration::from_millis(200));
+    let token = sim.token(me, 10);
+    let again = sim.add_client_with_token(token);
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.connected(again)));
+}
