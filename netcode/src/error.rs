@@ -103,6 +103,12 @@ pub enum RejectReason {
         /// The configured limit.
         max_clients: usize,
     },
+    /// Too many handshakes from this IP address are in progress.
+    #[error("too many pending connections from this address ({max_per_address})")]
+    TooManyPendingFromAddress {
+        /// The configured limit.
+        max_per_address: usize,
+    },
     /// Too many handshakes are in progress.
     #[error("too many pending connections ({max_pending})")]
     TooManyPending {

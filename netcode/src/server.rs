@@ -22,7 +22,7 @@
 //! replay window.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use renet::Bytes;
@@ -53,8 +53,13 @@ pub struct ServerSessionConfig {
     pub public_addresses: Vec<SocketAddr>,
     /// Live connections at most (default 16,384).
     pub max_clients: usize,
-    /// Handshakes in progress at most (default 4,096).
+    /// Handshakes in progress at most (default 4,096). When the table is full, a new
+    /// handshake evicts the oldest one, so a flood of requests cannot lock legitimate
+    /// players out: a handshake completes within one round trip.
     pub max_pending: usize,
+    /// Handshakes in progress from one IP address at most (default 16); one per address and
+    /// port in any case.
+    pub max_pending_per_ip: usize,
     /// Largest client → server message (default 64 KiB). Larger ones disconnect the client.
     pub max_client_message: usize,
     /// Largest server → client message (default 4 MiB; the client's limit).
@@ -92,6 +97,7 @@ impl ServerSessionConfig {
             public_addresses,
             max_clients: 16_384,
             max_pending: 4_096,
+            max_pending_per_ip: 16,
             max_client_message: DEFAULT_MAX_CLIENT_MESSAGE,
             max_server_message: DEFAULT_MAX_SERVER_MESSAGE,
             max_backlog: 1024 * 1024,
@@ -196,10 +202,14 @@ pub struct ServerStats {
     pub connects: u64,
     /// Clients that left, ever.
     pub disconnects: u64,
+    /// Handshakes evicted, oldest first, to make room in a full table.
+    pub pending_evicted: u64,
 }
 
 #[derive(Debug)]
 struct Pending {
+    /// Position in arrival order (matches its entry in `pending_order`).
+    order: u64,
     client_id: u64,
     send_key: [u8; KEY_BYTES],
     recv_key: [u8; KEY_BYTES],
@@ -253,6 +263,12 @@ pub struct ServerSession {
     by_addr: HashMap<SocketAddr, usize>,
     by_id: FxHashMap<u64, usize>,
     pending: HashMap<SocketAddr, Pending>,
+    /// Handshakes in progress per IP address.
+    pending_per_ip: HashMap<IpAddr, usize>,
+    /// Pending handshakes in arrival order, oldest first; entries of handshakes already gone
+    /// are skipped when met and compacted away when they outnumber the live ones.
+    pending_order: VecDeque<(SocketAddr, u64)>,
+    next_pending_order: u64,
     tokens: HashMap<[u8; MAC_BYTES], TokenUse>,
     challenge_key: [u8; KEY_BYTES],
     challenge_sequence: u64,
@@ -285,6 +301,9 @@ impl ServerSession {
             by_addr: HashMap::new(),
             by_id: FxHashMap::default(),
             pending: HashMap::new(),
+            pending_per_ip: HashMap::new(),
+            pending_order: VecDeque::new(),
+            next_pending_order: 0,
             tokens: HashMap::new(),
             challenge_key,
             challenge_sequence: 0,
@@ -594,13 +613,24 @@ impl ServerSession {
                 },
             );
         }
-        if !self.pending.contains_key(&from) && self.pending.len() >= self.config.max_pending {
-            return self.reject(
-                from,
-                RejectReason::TooManyPending {
-                    max_pending: self.config.max_pending,
-                },
-            );
+        if !self.pending.contains_key(&from) {
+            let from_ip = self.pending_per_ip.get(&from.ip()).copied().unwrap_or(0);
+            if from_ip >= self.config.max_pending_per_ip {
+                return self.reject(
+                    from,
+                    RejectReason::TooManyPendingFromAddress {
+                        max_per_address: self.config.max_pending_per_ip,
+                    },
+                );
+            }
+            if self.pending.len() >= self.config.max_pending && !self.evict_oldest_pending() {
+                return self.reject(
+                    from,
+                    RejectReason::TooManyPending {
+                        max_pending: self.config.max_pending,
+                    },
+                );
+            }
         }
         self.challenge_sequence += 1;
         let Ok(token) = packet::seal_challenge(
@@ -612,7 +642,15 @@ impl ServerSession {
             return;
         };
         let now = self.now;
+        if !self.pending.contains_key(&from) {
+            *self.pending_per_ip.entry(from.ip()).or_insert(0) += 1;
+            self.next_pending_order += 1;
+            self.pending_order
+                .push_back((from, self.next_pending_order));
+        }
+        let order = self.next_pending_order;
         let pending = self.pending.entry(from).or_insert_with(|| Pending {
+            order,
             client_id: private.client_id,
             send_key: private.server_to_client_key,
             recv_key: private.client_to_server_key,
@@ -685,7 +723,7 @@ impl ServerSession {
             self.stats.dropped_unauthenticated += 1;
             return;
         }
-        let Some(pending) = self.pending.remove(&from) else {
+        let Some(pending) = self.remove_pending(from) else {
             return;
         };
         if self.by_id.contains_key(&client_id) {
@@ -765,6 +803,36 @@ impl ServerSession {
     }
 
     /// Reports a refused connection attempt (rate-limited events, exact counters).
+    /// Removes the handshake from `addr`, keeping the per-IP counts.
+    fn remove_pending(&mut self, addr: SocketAddr) -> Option<Pending> {
+        let pending = self.pending.remove(&addr)?;
+        forget_pending_ip(&mut self.pending_per_ip, addr.ip());
+        Some(pending)
+    }
+
+    /// Evicts the oldest handshake in progress; false if there is none.
+    fn evict_oldest_pending(&mut self) -> bool {
+        while let Some((addr, order)) = self.pending_order.pop_front() {
+            if self.pending.get(&addr).is_some_and(|p| p.order == order) {
+                self.remove_pending(addr);
+                self.stats.pending_evicted += 1;
+                tracing::debug!(%addr, "oldest pending handshake evicted for a new one");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops arrival-order entries of handshakes that are gone once they are the majority,
+    /// so the queue stays within twice the table (amortised O(1) per handshake).
+    fn compact_pending_order(&mut self) {
+        if self.pending_order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.pending_order
+                .retain(|(addr, order)| pending.get(addr).is_some_and(|p| p.order == *order));
+        }
+    }
+
     fn reject(&mut self, addr: SocketAddr, reason: RejectReason) {
         self.stats.rejections += 1;
         tracing::debug!(%addr, %reason, "connection attempt rejected");
@@ -868,11 +936,17 @@ impl ServerSession {
         let now = self.now;
         let now_secs = now.as_secs();
 
-        self.pending.retain(|_, p| {
-            now_secs < p.expire_timestamp
+        let per_ip = &mut self.pending_per_ip;
+        self.pending.retain(|addr, p| {
+            let keep = now_secs < p.expire_timestamp
                 && p.timeout
-                    .is_none_or(|t| now.saturating_sub(p.last_recv) <= t)
+                    .is_none_or(|t| now.saturating_sub(p.last_recv) <= t);
+            if !keep {
+                forget_pending_ip(per_ip, addr.ip());
+            }
+            keep
         });
+        self.compact_pending_order();
         if dt > Duration::ZERO && now_secs != (now - dt).as_secs() {
             self.prune_tokens();
         }
@@ -1090,4 +1164,13 @@ impl ServerSession {
 
 fn timeout_of(seconds: i32) -> Option<Duration> {
     u64::try_from(seconds).ok().map(Duration::from_secs)
+}
+
+fn forget_pending_ip(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(count) = per_ip.get_mut(&ip) {
+        *count -= 1;
+        if *count == 0 {
+            per_ip.remove(&ip);
+        }
+    }
 }

@@ -597,3 +597,79 @@ fn server_disconnect_carries_the_reason_and_timeouts_fire() {
         None | Some(ClientEvent::Message { .. })
     ));
 }
+
+/// One IP address holds a bounded share of the handshake table, whatever ports it uses.
+#[test]
+fn one_address_holds_a_bounded_number_of_pending_handshakes() {
+    let mut h = Harness::with_config(21, LinkConditions::PERFECT, |c| c.max_pending_per_ip = 2);
+    let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
+    for port in 0..5u16 {
+        let token = h
+            .issuer
+            .issue(
+                &Identity([3; 32]),
+                ConnectionId(100 + u64::from(port)),
+                h.now,
+            )
+            .unwrap();
+        deliver_request(
+            &mut h,
+            token,
+            SocketAddr::from(([127, 9, 0, 1], 6000 + port)),
+        );
+    }
+    h.step(TICK);
+    serve(&mut h, &mut slog);
+    collect(&mut h, &mut clogs);
+    assert_eq!(h.server.pending_clients(), 2);
+    let from_address = slog
+        .rejected
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ServerEvent::Rejected {
+                    reason: RejectReason::TooManyPendingFromAddress { max_per_address: 2 },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(from_address, 3, "{:?}", slog.rejected);
+    // Another address still gets a handshake.
+    let token = h
+        .issuer
+        .issue(&Identity([4; 32]), ConnectionId(200), h.now)
+        .unwrap();
+    deliver_request(&mut h, token, SocketAddr::from(([127, 9, 0, 2], 6000)));
+    h.step(TICK);
+    assert_eq!(h.server.pending_clients(), 3);
+}
+
+/// A handshake table filled by requests that never answer their challenge does not lock a
+/// legitimate player out: the oldest pending handshake makes room, and the player, who answers
+/// within a round trip, connects.
+#[test]
+fn a_full_handshake_table_evicts_its_oldest_entry_instead_of_refusing() {
+    let mut h = Harness::with_config(22, LinkConditions::PERFECT, |c| c.max_pending = 8);
+    let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
+    for i in 0..20u8 {
+        let token = h
+            .issuer
+            .issue(
+                &Identity([5; 32]),
+                ConnectionId(1_000 + u64::from(i)),
+                h.now,
+            )
+            .unwrap();
+        deliver_request(&mut h, token, SocketAddr::from(([127, 50, 0, i], 7000)));
+        h.step(TICK);
+    }
+    serve(&mut h, &mut slog);
+    assert_eq!(h.server.pending_clients(), 8);
+    assert_eq!(h.server.stats().pending_evicted, 12);
+    assert!(slog.rejected.is_empty(), "{:?}", slog.rejected);
+    h.add_client();
+    connect_all(&mut h, &mut slog, &mut clogs);
+    assert!(h.server.stats().pending_evicted >= 13);
+}

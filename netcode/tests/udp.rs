@@ -177,6 +177,8 @@ fn run_load(n: usize, calls: u32, steady_for: Duration) -> Report {
     let key = PrivateKey::generate().unwrap();
     let mut config = ServerSessionConfig::new(key.clone(), DEFAULT_PROTOCOL_ID, vec![server_addr]);
     config.max_pending = n.max(1024);
+    // Every client of this test shares one loopback address.
+    config.max_pending_per_ip = n;
     let session = ServerSession::new(config, unix_now()).unwrap();
     let mut issuer = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, vec![server_addr]);
     issuer.expire_after = Duration::from_secs(120);

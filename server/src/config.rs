@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Connection handshakes in progress at most.
     pub max_pending: usize,
+    /// Connection handshakes in progress from one IP address at most (default 16; raise it
+    /// for load tests whose bots share an address, or behind a NAT gateway).
+    pub max_pending_per_ip: usize,
     /// Subscription publishing: per-client byte budget, message size, queries per client.
     pub publish: PublishConfig,
     /// Where tables live.
@@ -139,6 +142,7 @@ impl Default for ServerConfig {
             max_backlog: 1024 * 1024,
             max_clients: 16_384,
             max_pending: 4_096,
+            max_pending_per_ip: 16,
             publish: PublishConfig::default(),
             storage: Storage::Disk {
                 fsync: FsyncPolicy::EveryTick,

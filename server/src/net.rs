@@ -101,6 +101,7 @@ pub fn session_config(
     );
     c.max_clients = config.max_clients;
     c.max_pending = config.max_pending;
+    c.max_pending_per_ip = config.max_pending_per_ip;
     c.max_client_message = config.max_client_message;
     c.max_server_message = config.max_server_message;
     c.max_backlog = config.max_backlog;

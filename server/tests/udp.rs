@@ -224,6 +224,8 @@ async fn run_load(n: usize, steady: Duration) -> Report {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::for_tests(dir.path());
     config.max_pending = n.max(4096);
+    // Every client of this test shares one loopback address.
+    config.max_pending_per_ip = n;
     config.connect_token_lifetime = Duration::from_secs(120);
     config.connection_timeout = Duration::from_secs(30);
     let server = orrery_server::start(common::module(), config)
