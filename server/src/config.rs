@@ -109,6 +109,11 @@ pub struct ServerConfig {
     pub max_sql_rows: usize,
     /// Largest HTTP request body; larger ones get 413 before they are read (default 64 KiB).
     pub max_http_body: usize,
+    /// Open HTTP connections at most (default 1,024); a further one is closed at once.
+    pub max_http_connections: usize,
+    /// An HTTP connection that neither reads nor writes for this long is closed (default
+    /// 30 s): idle and byte-at-a-time clients do not keep their place under the cap.
+    pub http_idle_timeout: Duration,
     /// Live connections one identity may hold (default 4); a further one is disconnected
     /// with a reason before `client_connected` runs. Identities are free, so this bounds
     /// what one identity costs, not what one attacker can; the per-address limits on
@@ -151,6 +156,8 @@ impl Default for ServerConfig {
             executor: SystemsExecutor::MultiThreaded,
             seed: orrery_engine::EngineConfig::default().seed,
             max_http_body: 64 * 1024,
+            max_http_connections: 1024,
+            http_idle_timeout: Duration::from_secs(30),
             max_connections_per_identity: 4,
             identities_per_address: RateLimit {
                 calls_per_second: 1.0,

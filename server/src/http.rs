@@ -37,6 +37,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{AuthError, Secrets, random_bytes};
+use crate::listener::PeerAddr;
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::ClientInfo;
 use crate::rate::{AddressLimiter, KeyedLimiter, rate_limited_message};
@@ -145,7 +146,7 @@ async fn admit_address(
         "/v1/connect-token" => &state.connect_tokens_per_address,
         _ => return next.run(request).await,
     };
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+    if let Some(ConnectInfo(PeerAddr(peer))) = request.extensions().get::<ConnectInfo<PeerAddr>>()
         && !limiter.admit(peer.ip(), unix_now())
     {
         state.metrics.http_address_limited.fetch_add(1, Relaxed);

@@ -30,6 +30,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod rate;

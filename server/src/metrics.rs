@@ -75,6 +75,8 @@ pub struct Metrics {
     pub sql_refused: AtomicU64,
     /// Identity and connect-token requests refused by the per-address limit.
     pub http_address_limited: AtomicU64,
+    /// HTTP connections closed at once because `max_http_connections` were open.
+    pub http_connections_refused: AtomicU64,
     /// Connections that completed `client_connected`.
     pub connects: AtomicU64,
     /// Connections that ended.
@@ -129,6 +131,7 @@ impl Metrics {
             sql_reads: z(),
             sql_refused: z(),
             http_address_limited: z(),
+            http_connections_refused: z(),
             rejected: [z(), z(), z(), z()],
             connects: z(),
             disconnects: z(),
@@ -328,6 +331,12 @@ impl Metrics {
             "counter",
             "Identity and connect-token requests refused by the per-address limit.",
             &[("", g(&self.http_address_limited))],
+        );
+        metric(
+            "orrery_http_connections_refused_total",
+            "counter",
+            "HTTP connections closed at once because the connection cap was reached.",
+            &[("", g(&self.http_connections_refused))],
         );
         let rejected: Vec<(String, f64)> = RejectKind::ALL
             .iter()

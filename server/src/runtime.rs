@@ -36,6 +36,7 @@ use crate::auth::Secrets;
 use crate::config::{ServerConfig, Storage};
 use crate::error::ServerError;
 use crate::http::{self, AdminRequest, AppState, ControlPlaneState};
+use crate::listener::{CappedListener, PeerAddr};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
 use crate::rate::{AddressLimiter, KeyedLimiter};
@@ -344,13 +345,16 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         metrics.clone(),
         config.tick_duration(),
     )));
+    let (max_connections, idle_timeout) = (config.max_http_connections, config.http_idle_timeout);
     let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
+        let listener =
+            CappedListener::new(listener, max_connections, idle_timeout, metrics.clone());
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let service = router.into_make_service_with_connect_info::<PeerAddr>();
             if let Err(e) = axum::serve(listener, service)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -453,3 +453,63 @@ async fn hostile_queries_cannot_crash_stall_or_lock_out_the_server() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Idle connections hold their place under the HTTP connection cap only until the idle
+/// timeout: a client that opens the cap's worth and leaves them idle delays others by that
+/// long, never locks them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_hold_the_http_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests(dir.path());
+    config.max_http_connections = 16;
+    config.http_idle_timeout = Duration::from_millis(500);
+    let server = orrery_server::start(common::module(), config)
+        .await
+        .unwrap();
+    let cp = ControlPlane::new(&format!("http://{}", server.http_addr)).unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(TcpStream::connect(server.http_addr).await.unwrap());
+    }
+    // Over the cap: closed at once, so the request fails fast instead of hanging.
+    let started = Instant::now();
+    let refused = loop {
+        match cp.create_identity().await {
+            Err(e) => break e,
+            Ok(_) if started.elapsed() > Duration::from_secs(5) => {
+                panic!("the cap never refused a connection")
+            }
+            // Raced the listener before all 16 were accepted: try again.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert!(
+        server
+            .metrics()
+            .http_connections_refused
+            .load(Ordering::Relaxed)
+            > 0,
+        "{refused}"
+    );
+    // The idle ones are closed by the server after the idle timeout; then requests pass.
+    let started = Instant::now();
+    loop {
+        if cp.create_identity().await.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "idle connections kept the cap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut closed = 0;
+    for mut stream in idle {
+        let mut byte = [0u8; 1];
+        if matches!(stream.read(&mut byte).await, Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 16, "every idle connection was closed by the server");
+    server.shutdown().await.unwrap();
+}
