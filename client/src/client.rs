@@ -43,6 +43,9 @@ pub struct ClientOptions {
     pub bind: Option<SocketAddr>,
     /// Netcode session settings.
     pub session: ClientSessionConfig,
+    /// For an `https://` control plane: PEM certificates to trust instead of the public
+    /// roots (a private CA, or a self-signed development certificate).
+    pub root_certificates_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +58,7 @@ impl Default for ClientOptions {
             event_capacity: 1024,
             bind: None,
             session: ClientSessionConfig::default(),
+            root_certificates_pem: None,
         }
     }
 }
@@ -142,11 +146,15 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects through the control plane at `http_base` (`http://host:port`): reuses
+    /// Connects through the control plane at `http_base` (`https://host:port`, or
+    /// `http://host:port` on loopback): reuses
     /// `options.token` or creates an identity, fetches the schema and a connect token, opens
     /// the UDP connection and waits until the server accepts it.
     pub async fn connect(http_base: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let http = ControlPlane::new(http_base)?.with_timeout(options.connect_timeout);
+        let mut http = ControlPlane::new(http_base)?.with_timeout(options.connect_timeout);
+        if let Some(pem) = &options.root_certificates_pem {
+            http = http.with_root_certificates_pem(pem)?;
+        }
         let token = match &options.token {
             Some(token) => token.clone(),
             None => {

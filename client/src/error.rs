@@ -19,6 +19,12 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Root certificates given for `https://` could not be used.
+    #[error("TLS root certificates: {reason}")]
+    InvalidCertificate {
+        /// What is wrong with them.
+        reason: String,
+    },
     /// An HTTP request could not be made or its answer not read.
     #[error("HTTP {method} {url} failed: {error}")]
     Http {

@@ -1,5 +1,7 @@
-//! The control plane over HTTP/1.1 (plain `http://`; put a TLS-terminating proxy in front for
-//! remote servers until the client grows a TLS feature).
+//! The control plane over HTTP/1.1, as `http://` or, for anything but loopback, `https://`
+//! (rustls; server certificates are checked against the Mozilla roots bundled by
+//! `webpki-roots`, or against roots you give with [`ControlPlane::with_root_certificates_pem`]
+//! for a private CA or a self-signed development certificate).
 //!
 //! | call | request | answer |
 //! |---|---|---|
@@ -12,6 +14,7 @@
 //! Any non-2xx answer is [`ClientError::Status`] with the `error` field of a JSON body (or
 //! the body text).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,6 +23,8 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use orrery_row::ModuleSchema;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +99,7 @@ pub struct CallResponse {
 }
 
 /// A control-plane endpoint (see the module docs).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ControlPlane {
     base: String,
     authority: String,
@@ -102,6 +107,44 @@ pub struct ControlPlane {
     port: u16,
     prefix: String,
     timeout: Duration,
+    /// `Some` for `https://`: the TLS settings and the name the certificate must carry.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    // ring rather than aws-lc-rs: it builds without cmake in seconds. rustls deprecates it
+    // for lacking post-quantum key exchange, which the control plane can do without.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS settings with the bundled public roots, built once per process.
+fn public_roots_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            tls_config(roots).map_err(|e| e.to_string())
+        })
+        .clone()
 }
 
 impl ControlPlane {
@@ -115,28 +158,60 @@ impl ControlPlane {
         let uri: Uri = base
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "https is not supported yet (no TLS in this client); use http:// or a local TLS proxy",
-                ));
-            }
-            _ => return Err(invalid("expected an http:// URL")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(invalid("expected an http:// or https:// URL")),
+        };
         let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        let tls = if https {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| invalid(&format!("not a TLS server name: {e}")))?;
+            Some((public_roots_config().map_err(|e| invalid(&e))?, name))
+        } else {
+            None
+        };
         Ok(ControlPlane {
             base: base.trim_end_matches('/').to_owned(),
             authority: authority.as_str().to_owned(),
             host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
             prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(10),
+            tls,
         })
+    }
+
+    /// For `https://`: trust only the certificates in `pem` (one or more PEM `CERTIFICATE`
+    /// blocks: a private CA, or a self-signed development certificate) instead of the public
+    /// roots. Ignored for `http://`.
+    pub fn with_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidCertificate { reason };
+        let Some((_, name)) = self.tls.take() else {
+            return Ok(self);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate.map_err(|e| invalid(format!("bad PEM: {e}")))?;
+            roots
+                .add(certificate)
+                .map_err(|e| invalid(format!("unusable certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid("no CERTIFICATE block in the PEM text".to_owned()));
+        }
+        let config = tls_config(roots).map_err(|e| invalid(e.to_string()))?;
+        self.tls = Some((config, name));
+        Ok(self)
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The same endpoint with another per-request timeout.
@@ -265,6 +340,44 @@ impl ControlPlane {
                 .await
                 .map_err(|e| http_error(format!("connect: {e}")))?;
             let _ = stream.set_nodelay(true);
+            match &self.tls {
+                Some((config, name)) => {
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| http_error(format!("TLS: {e}")))?;
+                    self.exchange(stream, method, path, bearer, json_body, &http_error)
+                        .await
+                }
+                None => {
+                    self.exchange(stream, method, path, bearer, json_body, &http_error)
+                        .await
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("{method_name} {url}"),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// One request and its answer over an open connection.
+    async fn exchange<Io>(
+        &self,
+        stream: Io,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        json_body: Option<Bytes>,
+        http_error: &impl Fn(String) -> ClientError,
+    ) -> Result<(u16, Bytes), ClientError>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        {
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
@@ -304,13 +417,6 @@ impl ControlPlane {
                 .to_bytes();
             driver.abort();
             Ok((status, body))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                what: format!("{method_name} {url}"),
-                after: self.timeout,
-            }),
         }
     }
 }
@@ -340,9 +446,19 @@ mod tests {
             ("::1", 8080, "/game")
         );
         assert_eq!(ControlPlane::new("http://localhost").unwrap().port, 80);
+        let secure = ControlPlane::new("https://example.org").unwrap();
+        assert!(secure.is_https());
+        assert_eq!(secure.port, 443);
+        assert!(!cp.is_https());
         assert!(matches!(
-            ControlPlane::new("https://example.org"),
+            ControlPlane::new("ftp://example.org"),
             Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            ControlPlane::new("https://example.org")
+                .unwrap()
+                .with_root_certificates_pem(b"not pem"),
+            Err(ClientError::InvalidCertificate { .. })
         ));
         assert!(matches!(
             ControlPlane::new("not a url"),

@@ -62,15 +62,15 @@ async fn run(
 ) -> anyhow::Result<()> {
     let server = orrery_server::start(sample_mmo::module(), config).await?;
     tracing::info!(
-        http = %server.http_addr,
+        http = %server.http_url,
         udp = %server.udp_addr,
         admin_token = %server.admin_token_path.display(),
         fresh_world = server.fresh,
         "sample-mmo ready"
     );
     tracing::info!(
-        "try: curl -s -X POST http://{}/v1/identity   (then /v1/connect-token with the token, see docs/server.md)",
-        server.http_addr
+        "try: curl -s -X POST {}/v1/identity   (then /v1/connect-token with the token, see docs/server.md)",
+        server.http_url
     );
 
     let stop = async {

@@ -11,6 +11,7 @@ use orrery_subscription::PublishConfig;
 use orrery_tick::OverrunPolicy;
 
 use crate::error::ServerError;
+use crate::tls::TlsFiles;
 
 /// Per-client limit on reducer calls: a token bucket refilled at `calls_per_second`, holding at
 /// most `burst` calls. A call that finds the bucket empty is answered at once with an error
@@ -68,6 +69,10 @@ pub struct ServerConfig {
     pub udp_public: Vec<SocketAddr>,
     /// HTTP control plane address.
     pub http_bind: SocketAddr,
+    /// Serve the control plane over TLS (`https://`) with this certificate and key. Without
+    /// it bearer and connect tokens cross the network in clear text: leave it unset only on
+    /// loopback or behind a TLS-terminating proxy. `/metrics` on `metrics_bind` stays plain.
+    pub tls: Option<TlsFiles>,
     /// If set, `/metrics` is also served on this address without authentication (for a
     /// Prometheus scraper on an internal interface). On `http_bind` it needs the admin token.
     pub metrics_bind: Option<SocketAddr>,
@@ -139,6 +144,7 @@ impl Default for ServerConfig {
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 7777)),
             udp_public: Vec::new(),
             http_bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            tls: None,
             metrics_bind: None,
             fallback_ports: true,
             rate_limit: RateLimit::default(),
@@ -257,6 +263,12 @@ pub struct ServerArgs {
     /// HTTP control plane address (falls back to a free port when taken).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub http: SocketAddr,
+    /// Serve the control plane over HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
     /// Also serve /metrics without authentication on this address.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
@@ -313,6 +325,13 @@ impl ServerArgs {
             udp_bind: self.udp,
             udp_public: self.public_addr,
             http_bind: self.http,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(certificate_chain), Some(private_key)) => Some(TlsFiles {
+                    certificate_chain,
+                    private_key,
+                }),
+                _ => None,
+            },
             metrics_bind: self.metrics,
             fallback_ports: !self.strict_ports,
             rate_limit: RateLimit {

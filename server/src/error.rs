@@ -44,6 +44,14 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// The control plane's TLS certificate or key could not be used.
+    #[error("TLS: {path}: {reason}")]
+    Tls {
+        /// The certificate or key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The operating system's random source failed.
     #[error("operating system randomness failed: {0}")]
     Random(String),

@@ -4,7 +4,7 @@
 //! thread at a fixed tick; client messages received by the UDP sessions become reducer calls,
 //! lifecycle reducers and subscriptions; replies and subscription deltas go back through the
 //! sessions. It also owns the tokio runtime pieces (the UDP edge task and the HTTP control
-//! plane, axum) and the server's secrets (bearer tokens, the admin token).
+//! plane, axum, optionally over TLS with rustls) and the server's secrets (bearer tokens, the admin token).
 //!
 //! Layers, from the inside out:
 //!
@@ -36,6 +36,7 @@ pub mod net;
 pub mod rate;
 pub mod runtime;
 pub mod tick;
+pub mod tls;
 
 pub use crate::core::ServerCore;
 pub use auth::{AuthError, BearerClaims, Secrets};
@@ -44,3 +45,4 @@ pub use error::ServerError;
 pub use metrics::Metrics;
 pub use runtime::{ServerHandle, shutdown_signal, start};
 pub use tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead, TickCore};
+pub use tls::TlsFiles;

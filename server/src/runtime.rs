@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
 use crate::rate::{AddressLimiter, KeyedLimiter};
 use crate::tick::{HttpRequest, TickCore};
+use crate::tls::TlsFiles;
 
 /// Capacity of the network → tick event channel, in batches.
 pub const EVENT_BATCHES: usize = 1024;
@@ -58,6 +59,8 @@ pub const HTTP_CALL_QUEUE: usize = 4096;
 pub struct ServerHandle {
     /// Where the HTTP control plane listens.
     pub http_addr: SocketAddr,
+    /// The control plane's base URL: `https://` with TLS configured, else `http://`.
+    pub http_url: String,
     /// Where unauthenticated `/metrics` is served, if configured.
     pub metrics_addr: Option<SocketAddr>,
     /// The bound UDP address.
@@ -253,6 +256,8 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     } else {
         config.udp_public.clone()
     };
+    // Certificate problems stop the start before anything is bound.
+    let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let http_listener = bind_tcp("http", config.http_bind, config.fallback_ports).await?;
     let http_addr = http_listener
         .local_addr()
@@ -266,6 +271,10 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let http_url = format!(
+        "{}://{http_addr}",
+        if tls.is_some() { "https" } else { "http" }
+    );
 
     let key = PrivateKey::generate()?;
     let now = unix_now();
@@ -346,9 +355,16 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         config.tick_duration(),
     )));
     let (max_connections, idle_timeout) = (config.max_http_connections, config.http_idle_timeout);
-    let serve = |listener: tokio::net::TcpListener, router: axum::Router| {
-        let listener =
-            CappedListener::new(listener, max_connections, idle_timeout, metrics.clone());
+    let serve = |listener: tokio::net::TcpListener,
+                 router: axum::Router,
+                 tls: Option<tokio_rustls::TlsAcceptor>| {
+        let listener = CappedListener::new(
+            listener,
+            max_connections,
+            idle_timeout,
+            metrics.clone(),
+            tls,
+        );
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let shutdown = async move {
@@ -363,12 +379,12 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             }
         })
     };
-    tasks.push(serve(http_listener, http::router(state.clone())));
+    tasks.push(serve(http_listener, http::router(state.clone()), tls));
     if let Some(listener) = metrics_listener {
-        tasks.push(serve(listener, http::metrics_router(metrics.clone())));
+        tasks.push(serve(listener, http::metrics_router(metrics.clone()), None));
     }
     tracing::info!(
-        %http_addr,
+        %http_url,
         %udp_addr,
         ?public_addresses,
         ?metrics_addr,
@@ -378,6 +394,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     );
     Ok(ServerHandle {
         http_addr,
+        http_url,
         metrics_addr,
         udp_addr,
         public_addresses,

@@ -6,20 +6,20 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, Range, RangeFrom, RangeFull, RangeInclusive, RangeTo, RangeToInclusive};
 
 use bevy_ecs::entity::Entity;
-use rustc_hash::FxHashMap;
 
 use super::IndexKey;
+use super::key_map::KeyMap;
 
 /// A hashed unique index: key → row entity.
 #[derive(Debug)]
 pub struct UniqueIndex<K: IndexKey> {
-    map: FxHashMap<K, Entity>,
+    map: KeyMap<K, Entity>,
 }
 
 impl<K: IndexKey> Default for UniqueIndex<K> {
     fn default() -> Self {
         UniqueIndex {
-            map: FxHashMap::default(),
+            map: KeyMap::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod handle;
 mod index;
+mod key_map;
 mod spatial;
 mod store;
 

@@ -19,8 +19,7 @@ use bevy_ecs::query::{Changed, QueryState, With, Without};
 use bevy_ecs::resource::Resource;
 use bevy_ecs::world::World;
 
-use rustc_hash::FxHashMap;
-
+use super::key_map::KeyMap;
 use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
 use crate::changes::{ChangeKind, ChangeLog, TableChanges};
 use crate::schema::TableSchema;
@@ -38,14 +37,14 @@ enum Undo<T: Table> {
 /// Due times of a schedule table's rows, ordered by (due, primary key).
 struct ScheduleQueue<P: super::IndexKey> {
     due: BTreeSet<(Timestamp, P)>,
-    by_pk: FxHashMap<P, Timestamp>,
+    by_pk: KeyMap<P, Timestamp>,
 }
 
 impl<P: super::IndexKey> ScheduleQueue<P> {
     fn new() -> Self {
         ScheduleQueue {
             due: BTreeSet::new(),
-            by_pk: FxHashMap::default(),
+            by_pk: KeyMap::default(),
         }
     }
 
@@ -154,7 +153,7 @@ impl<T: Table> Changes<'_, T> {
 pub struct TableStore<T: Table> {
     id: TableId,
     schema: TableSchema,
-    pub(crate) pk: FxHashMap<T::Pk, Entity>,
+    pub(crate) pk: KeyMap<T::Pk, Entity>,
     pub(crate) indexes: T::Indexes,
     sequences: Vec<u64>,
     saved_sequences: Vec<u64>,
@@ -175,7 +174,7 @@ impl<T: Table> TableStore<T> {
         TableStore {
             id,
             schema,
-            pk: FxHashMap::default(),
+            pk: KeyMap::default(),
             indexes: T::Indexes::default(),
             sequences: vec![1; T::AUTO_INC_COLUMNS],
             saved_sequences: Vec::with_capacity(T::AUTO_INC_COLUMNS),
@@ -533,7 +532,11 @@ impl<T: Table> TableStore<T> {
     }
 
     fn clear_event_rows(&mut self, world: &mut World) {
-        for (_, entity) in self.pk.drain() {
+        // Despawn in entity order, not the map's (seeded) order, so that entity reuse, and so
+        // every later iteration, is the same on every run.
+        let mut entities: Vec<Entity> = self.pk.drain().map(|(_, entity)| entity).collect();
+        entities.sort_unstable();
+        for entity in entities {
             if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
                 self.indexes.remove(&keys, entity);
             }
