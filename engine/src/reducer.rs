@@ -102,6 +102,14 @@ impl ReducerContext<'_> {
             .resource_mut::<FocusUpdates>()
             .set(connection, point);
     }
+
+    /// A module setting: a resource the module was built with (`ModuleBuilder::resource`),
+    /// read-only. Reducers write state only through tables, whose writes roll back; settings
+    /// are fixed inputs like the module's code (world size, admin identities), so a replay
+    /// with the same module sees the same values. `None` if the module has no such resource.
+    pub fn setting<R: bevy_ecs::resource::Resource>(&self) -> Option<&R> {
+        self.db.world.get_resource::<R>()
+    }
 }
 
 /// A point usable as a subscription focus: `Vec2` (as `z = 0`) or `Vec3`.

@@ -10,7 +10,7 @@ use bevy_ecs::entity::Entity;
 use glam::Vec3;
 use orrery_row::wire::WireLayout;
 use orrery_row::{IndexKind, TableSchema, TypeDesc, Value, Visibility};
-use rustc_hash::FxHashMap;
+use std::collections::HashMap;
 
 use crate::grid::MirrorGrid;
 use crate::shared::SharedKey;
@@ -103,7 +103,9 @@ pub(crate) struct SlotData {
 pub(crate) struct MirrorTable {
     pub(crate) schema: TableSchema,
     pub(crate) layout: WireLayout,
-    pub(crate) by_pk: FxHashMap<PkKey, u32>,
+    /// Probed only, never iterated; keyed (seeded foldhash) because primary keys may be
+    /// client-chosen strings, which an unkeyed hash would let an attacker make collide.
+    pub(crate) by_pk: HashMap<PkKey, u32, foldhash::fast::RandomState>,
     /// Slot by the row's entity index, checked against the full entity: changes arrive
     /// roughly in entity order, so this is a near-sequential load where the key map is a
     /// random probe. A row on a new entity (a rolled-back delete) falls back to the key map.
@@ -119,6 +121,9 @@ pub(crate) struct MirrorTable {
     pub(crate) owner_column: Option<usize>,
     /// Slots whose last view may have gone; freed after the loop that released them.
     pub(crate) release: Vec<u32>,
+    /// Event rows of the tick being published: live (in the grids, so spatial views find
+    /// them) until the publish that delivers them ends.
+    pub(crate) events: Vec<u32>,
 }
 
 /// Buffers reused by every [`MirrorTable::upsert`].
@@ -181,7 +186,7 @@ impl MirrorTable {
         MirrorTable {
             layout: WireLayout::new(schema),
             schema: schema.clone(),
-            by_pk: FxHashMap::default(),
+            by_pk: HashMap::default(),
             by_entity: Vec::new(),
             meta: Vec::new(),
             inline: Vec::new(),
@@ -192,6 +197,7 @@ impl MirrorTable {
             shared: Vec::new(),
             owner_column,
             release: Vec::new(),
+            events: Vec::new(),
         }
     }
 

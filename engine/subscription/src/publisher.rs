@@ -155,6 +155,8 @@ impl Publisher {
     /// Folds a tick's changes into the mirror and re-evaluates the changed rows against the
     /// shared queries. Call once per tick, before [`Publisher::publish`].
     pub fn apply(&mut self, changes: &ChangeSet) {
+        // Events of a tick applied but never published end here.
+        self.retire_events();
         self.tick = self.tick.max(1) + 1;
         let (tick, encode) = (self.tick, &mut self.scratch.encode);
         for table_changes in &changes.tables {
@@ -488,5 +490,6 @@ impl Publisher {
         for t in self.tables.iter_mut().flatten() {
             t.release_pending();
         }
+        self.retire_events();
     }
 }

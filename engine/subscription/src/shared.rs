@@ -75,24 +75,38 @@ impl Publisher {
                 }
             }
         }
-        // Event rows live for the tick that produced them only.
+        // Event rows live for the tick that produced them only: until the end of the next
+        // publish, whose spatial refresh must still find them in the grids.
         if event {
-            for &slot in &changed {
-                if t.meta[slot as usize].live {
-                    t.meta[slot as usize].live = false;
-                    for (_, grid) in &mut t.grids {
-                        grid.remove(slot);
-                    }
-                    for key in &t.shared {
-                        if let Some(query) = self.shared.get_mut(key) {
-                            query.members.remove(&slot);
-                        }
-                    }
-                }
-            }
+            t.events
+                .extend(changed.iter().filter(|&&s| t.meta[s as usize].live));
         }
         t.release.extend_from_slice(&changed);
         t.release_pending();
+    }
+
+    /// Ends the event rows of the tick just published: no longer live, out of the grids and the
+    /// shared queries, released once no view holds them.
+    pub(crate) fn retire_events(&mut self) {
+        for t in self.tables.iter_mut().flatten() {
+            let events = std::mem::take(&mut t.events);
+            for &slot in &events {
+                if !t.meta[slot as usize].live {
+                    continue;
+                }
+                t.meta[slot as usize].live = false;
+                for (_, grid) in &mut t.grids {
+                    grid.remove(slot);
+                }
+                for key in &t.shared {
+                    if let Some(query) = self.shared.get_mut(key) {
+                        query.members.remove(&slot);
+                    }
+                }
+            }
+            t.release.extend_from_slice(&events);
+            t.release_pending();
+        }
     }
 
     /// Drops one subscription (`client`, `bit`) from a shared query; the same client may hold

@@ -55,8 +55,21 @@ pub struct Mob {
     pub hp: i32,
 }
 
+/// Local chat: an event table with a position.
+#[table(name = shout, public, event)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shout {
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    #[spatial(cell = 25.0)]
+    pub pos: Vec2,
+    pub text: String,
+}
+
 #[derive(OrreryType, Clone, Debug)]
 pub enum Op {
+    Shout { x: f32, y: f32, text: String },
     PutItem { id: u32, level: u32, name: String },
     DropItem { id: u32 },
     PutBag { id: u32, owner: u64, gold: i64 },
@@ -117,6 +130,13 @@ pub fn run(ctx: &mut ReducerContext, ops: Vec<Op>) -> Result<(), String> {
             Op::DropMob { id } => {
                 ctx.db.mob().id().delete(&id);
             }
+            Op::Shout { x, y, text } => {
+                ctx.db.shout().insert(Shout {
+                    id: 0,
+                    pos: Vec2::new(x, y),
+                    text,
+                })?;
+            }
         }
     }
     Ok(())
@@ -128,6 +148,7 @@ fn engine() -> Engine {
         .table::<Bag>()
         .table::<Secret>()
         .table::<Mob>()
+        .table::<Shout>()
         .reducers(reducers![run, drop_mob_then_fail])
         .build()
         .unwrap();
@@ -529,6 +550,66 @@ fn spatial_views_follow_focus_with_hysteresis() {
     w.settle();
     assert_eq!(ids(&w), (0..=5).collect::<Vec<_>>());
     assert!(w.mirrors[&a].records > records_before);
+}
+
+/// Event rows reach spatial subscriptions (proximity chat): each row once, the tick it
+/// happens, to the clients near it and to no one else, and never again after.
+#[test]
+fn spatial_subscriptions_receive_event_rows_in_range_once() {
+    let mut w = World::new(generous());
+    let shout = w.engine.schema().table("shout").unwrap().id;
+    let near = w.connect(1, 1);
+    let far = w.connect(2, 2);
+    let everyone = w.connect(3, 3);
+    for (client, focus) in [(near, Vec3::ZERO), (far, Vec3::new(500.0, 0.0, 0.0))] {
+        w.subscribe(
+            client,
+            1,
+            "SELECT * FROM shout WHERE within(pos, :focus, 40)",
+        )
+        .unwrap();
+        w.publisher.set_focus(client, focus);
+    }
+    w.subscribe(everyone, 1, "SELECT * FROM shout").unwrap();
+    w.tick();
+    let texts = |w: &World, c: ConnectionId| -> Vec<String> {
+        w.mirrors[&c]
+            .tables
+            .get(&shout)
+            .map(|t| {
+                t.values()
+                    .map(|r| match &r.columns[2] {
+                        Value::String(s) => s.clone(),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    w.run(vec![
+        Op::Shout {
+            x: 10.0,
+            y: 5.0,
+            text: "hello".into(),
+        },
+        Op::Shout {
+            x: 90.0,
+            y: 0.0,
+            text: "too far".into(),
+        },
+    ]);
+    let records = |w: &World, c: ConnectionId| w.mirrors[&c].records;
+    w.tick();
+    assert_eq!(texts(&w, near), ["hello"]);
+    assert!(texts(&w, far).is_empty());
+    assert_eq!(texts(&w, everyone), ["hello", "too far"]);
+    // Nothing more arrives later: the rows lived for their tick only.
+    let before = (records(&w, near), records(&w, everyone));
+    for _ in 0..5 {
+        w.tick();
+    }
+    assert_eq!((records(&w, near), records(&w, everyone)), before);
+    assert_eq!(w.publisher.stats().dirty, 0);
 }
 
 #[test]
