@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use clap::Parser;
+use orrery_engine::Identity;
 use orrery_server::ServerArgs;
+use sample_mmo::WorldSettings;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,6 +28,47 @@ struct Args {
     /// Seconds between statistics log lines.
     #[arg(long, default_value_t = 10.0)]
     stats_every: f64,
+    /// NPCs a new world starts with.
+    #[arg(long, default_value_t = 10_000)]
+    npcs: u32,
+    /// Edge of the square world in metres (a new world only).
+    #[arg(long, default_value_t = 4_000.0)]
+    world_size: f32,
+    /// Seconds between supply drops.
+    #[arg(long, default_value_t = 60.0)]
+    supply_drop_every: f64,
+    /// An identity (64 hex characters) allowed to call `set_config`; repeatable.
+    #[arg(long = "admin", value_name = "IDENTITY")]
+    admins: Vec<String>,
+}
+
+impl Args {
+    fn world(&self) -> anyhow::Result<WorldSettings> {
+        anyhow::ensure!(
+            self.world_size.is_finite() && (100.0..=100_000.0).contains(&self.world_size),
+            "--world-size must be 100-100000 metres, got {}",
+            self.world_size
+        );
+        anyhow::ensure!(
+            self.supply_drop_every.is_finite() && self.supply_drop_every >= 1.0,
+            "--supply-drop-every must be at least 1 second, got {}",
+            self.supply_drop_every
+        );
+        let admins = self
+            .admins
+            .iter()
+            .map(|hex| {
+                Identity::from_hex(hex)
+                    .map_err(|e| anyhow::anyhow!("--admin {hex:?} is not an identity: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(WorldSettings {
+            npc_count: self.npcs,
+            world_size: self.world_size,
+            supply_drop_every: Duration::from_secs_f64(self.supply_drop_every),
+            admins,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,21 +89,23 @@ fn main() -> anyhow::Result<()> {
             "--duration must be a non-negative number of seconds"
         );
     }
+    let world = args.world()?;
     let config = args.server.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("orrery-net")
         .enable_all()
         .build()?;
-    runtime.block_on(run(config, args.duration, args.stats_every))
+    runtime.block_on(run(world, config, args.duration, args.stats_every))
 }
 
 async fn run(
+    world: WorldSettings,
     config: orrery_server::ServerConfig,
     duration: Option<f64>,
     stats_every: f64,
 ) -> anyhow::Result<()> {
-    let server = orrery_server::start(sample_mmo::module(), config).await?;
+    let server = orrery_server::start(sample_mmo::module_with(world), config).await?;
     tracing::info!(
         http = %server.http_url,
         udp = %server.udp_addr,
@@ -69,7 +114,7 @@ async fn run(
         "sample-mmo ready"
     );
     tracing::info!(
-        "try: curl -s -X POST {}/v1/identity   (then /v1/connect-token with the token, see docs/server.md)",
+        "play: cargo run --release -p sample-mmo --example walk -- {}   (README: Play with it)",
         server.http_url
     );
 

@@ -1,47 +1,260 @@
-//! The sample module runs: NPCs spawn to target, wander, players connect and move.
+//! The sample module in-process on a virtual clock (no server, no sockets): the world is
+//! generated as configured, movement keeps to the speed limit however a client asks, wolves
+//! hunt, fights end in loot and a scheduled respawn, and knocked-out players wake up in town.
 
 use orrery_engine::glam::Vec2;
 use orrery_engine::{Caller, ConnectionId, Engine, EngineConfig, Identity, Timestamp};
-use sample_mmo::{Npc, Player, WORLD_HALF_EXTENT};
+use sample_mmo::{Avatar, Config, Item, Npc, NpcKind, NpcRespawn, Player, WorldSettings};
+
+const TICK_MICROS: i64 = 50_000;
 
 fn ts(n: i64) -> Timestamp {
-    Timestamp::from_micros(1_700_000_000_000_000 + n * 50_000)
+    Timestamp::from_micros(1_700_000_000_000_000 + n * TICK_MICROS)
+}
+
+struct World {
+    engine: Engine,
+    tick: i64,
+}
+
+impl World {
+    fn new(settings: WorldSettings) -> World {
+        let mut engine =
+            Engine::new(sample_mmo::module_with(settings), EngineConfig::default()).unwrap();
+        engine.init(ts(0)).unwrap();
+        World { engine, tick: 0 }
+    }
+
+    fn step(&mut self, ticks: i64) {
+        for _ in 0..ticks {
+            self.tick += 1;
+            self.engine.step(ts(self.tick));
+        }
+    }
+
+    fn avatar(&self, name: &str) -> Avatar {
+        self.engine
+            .rows::<Avatar>()
+            .into_iter()
+            .find(|a| a.name == name)
+            .unwrap()
+    }
+
+    fn join(&mut self, n: u64, name: &str) -> Caller {
+        let who = Caller::client(Identity::from_u64(n), ConnectionId(n));
+        self.engine.client_connected(who).unwrap();
+        self.engine
+            .call_reducer("enter_world", who, (name.to_owned(),))
+            .unwrap();
+        who
+    }
+}
+
+fn small() -> WorldSettings {
+    WorldSettings {
+        npc_count: 300,
+        world_size: 600.0,
+        ..WorldSettings::default()
+    }
 }
 
 #[test]
-fn world_populates_and_players_move() {
-    let mut engine = Engine::new(sample_mmo::module(), EngineConfig::default()).unwrap();
-    engine.init(ts(0)).unwrap();
-    for n in 1..=60 {
-        engine.step(ts(n));
-    }
-    // The spawner fires every 500 ms, 500 at a time, up to 2,000.
-    assert_eq!(engine.count::<Npc>(), 2_000);
+fn the_default_world_has_ten_thousand_npcs_on_four_kilometres() {
+    let mut world = World::new(WorldSettings::default());
+    let npcs = world.engine.rows::<Npc>();
+    assert_eq!(npcs.len(), 10_000);
     assert!(
-        engine
-            .rows::<Npc>()
-            .iter()
-            .all(|n| n.position.abs().max_element() <= WORLD_HALF_EXTENT)
+        npcs.iter()
+            .all(|n| n.position.abs().max_element() <= 2_000.0 + 30.0)
     );
-    engine.check_integrity().unwrap();
+    let wolves = npcs.iter().filter(|n| n.kind == NpcKind::Wolf).count();
+    assert!((1_000..4_000).contains(&wolves), "{wolves} wolves");
+    world.engine.check_integrity().unwrap();
+}
 
-    let who = Caller::client(Identity::from_u64(9), ConnectionId(1));
-    engine.client_connected(who).unwrap();
-    engine
-        .call_reducer("move_to", who, (Vec2::new(10.0, -20.0),))
+#[test]
+fn movement_keeps_to_the_speed_limit_however_it_is_asked() {
+    let mut world = World::new(small());
+    let who = world.join(1, "runner");
+    let start = world.avatar("runner").position;
+    let run_speed = Config::default().run_speed;
+
+    // A far target is walked to, not teleported to.
+    world
+        .engine
+        .call_reducer("move_to", who, (Vec2::new(250.0, 0.0), true))
         .unwrap();
-    let err = engine
-        .call_reducer("move_to", who, (Vec2::new(f32::NAN, 0.0),))
-        .unwrap_err();
-    assert!(err.client_message().contains("finite"), "{err}");
-    let player = engine.rows::<Player>().pop().unwrap();
-    assert_eq!(
-        (player.position, player.online),
-        (Vec2::new(10.0, -20.0), true)
+    world.step(20);
+    let after = world.avatar("runner").position;
+    let moved = after.distance(start);
+    assert!(
+        moved > 0.9 * run_speed && moved <= run_speed + 0.05,
+        "{moved} m in 1 s"
     );
-    engine.client_disconnected(who).unwrap();
-    assert!(!engine.rows::<Player>()[0].online);
-    // Reconnecting reuses the character.
-    engine.client_connected(who).unwrap();
-    assert_eq!(engine.count::<Player>(), 1);
+
+    // An oversized input direction is normalized: still at most run speed.
+    world
+        .engine
+        .call_reducer("set_input", who, (Vec2::new(1e6, 0.0), true))
+        .unwrap();
+    world.step(20);
+    let moved = world.avatar("runner").position.distance(after);
+    assert!(moved <= run_speed + 0.05, "{moved} m in 1 s");
+
+    // Bad input is refused with a reason and changes nothing.
+    let before = world.avatar("runner");
+    for args in [Vec2::new(f32::NAN, 0.0), Vec2::new(0.0, f32::INFINITY)] {
+        let err = world
+            .engine
+            .call_reducer("set_input", who, (args, false))
+            .unwrap_err();
+        assert!(err.client_message().contains("finite"), "{err}");
+    }
+    assert_eq!(world.avatar("runner"), before);
+
+    // A short walk stops at its destination.
+    let here = world.avatar("runner").position;
+    world
+        .engine
+        .call_reducer("move_to", who, (here + Vec2::new(0.0, 3.0), false))
+        .unwrap();
+    world.step(40);
+    let stopped = world.avatar("runner");
+    assert!(stopped.position.distance(here + Vec2::new(0.0, 3.0)) < 0.02);
+    assert_eq!((stopped.velocity, stopped.seeking), (Vec2::ZERO, false));
+}
+
+#[test]
+fn names_are_checked_and_unique() {
+    let mut world = World::new(small());
+    world.join(1, "alice");
+    let bob = Caller::client(Identity::from_u64(2), ConnectionId(2));
+    world.engine.client_connected(bob).unwrap();
+    for (name, expected) in [
+        ("alice", "taken"),
+        ("al", "3-16 characters"),
+        ("a name with spaces", "3-16"),
+        ("bob\u{0}", "not '\\0'"),
+    ] {
+        let err = world
+            .engine
+            .call_reducer("enter_world", bob, (name.to_owned(),))
+            .unwrap_err();
+        assert!(err.client_message().contains(expected), "{name:?}: {err}");
+    }
+    let err = world
+        .engine
+        .call_reducer("set_input", bob, (Vec2::X, false))
+        .unwrap_err();
+    assert!(err.client_message().contains("enter_world"), "{err}");
+}
+
+#[test]
+fn a_wolf_hunts_and_a_fight_ends_in_loot_and_a_scheduled_respawn() {
+    let mut world = World::new(small());
+    let who = world.join(1, "hunter");
+    // Walk next to the nearest wolf's den; the wolf comes the rest of the way.
+    let wolf = world
+        .engine
+        .rows::<Npc>()
+        .into_iter()
+        .filter(|n| n.kind == NpcKind::Wolf)
+        .min_by(|a, b| a.position.length().total_cmp(&b.position.length()))
+        .unwrap();
+    let npcs_before = world.engine.count::<Npc>();
+    world
+        .engine
+        .call_reducer("move_to", who, (wolf.position, true))
+        .unwrap();
+    let mut dead = false;
+    let mut bitten = false;
+    for _ in 0..2_000 {
+        world.step(1);
+        let me = world.avatar("hunter");
+        bitten |= me.hp < me.max_hp;
+        let Some(target) = world
+            .engine
+            .rows::<Npc>()
+            .into_iter()
+            .filter(|n| n.kind == NpcKind::Wolf && n.position.distance(me.position) <= 3.0)
+            .min_by_key(|n| n.id)
+        else {
+            continue;
+        };
+        let _ = world.engine.call_reducer("attack", who, (target.id,));
+        if world.engine.find::<Npc>(&target.id).is_none() {
+            dead = true;
+            break;
+        }
+    }
+    assert!(dead, "the wolf never died");
+    assert!(bitten, "the wolf never bit");
+    let player = world.engine.rows::<Player>().pop().unwrap();
+    assert_eq!((player.kills, player.xp), (1, 25));
+    assert!(
+        world
+            .engine
+            .rows::<Item>()
+            .iter()
+            .any(|i| i.kind == sample_mmo::ItemKind::Pelt)
+    );
+    assert_eq!(world.engine.count::<NpcRespawn>(), 1);
+    assert_eq!(world.engine.count::<Npc>(), npcs_before - 1);
+    // Back after the respawn time (30 s), at its spawn point.
+    world.step(31 * 20);
+    assert_eq!(world.engine.count::<Npc>(), npcs_before);
+    assert_eq!(world.engine.count::<NpcRespawn>(), 0);
+
+    // A second attack right away is refused by the cooldown; one from afar by the reach.
+    let far = world
+        .engine
+        .rows::<Npc>()
+        .into_iter()
+        .max_by(|a, b| a.position.length().total_cmp(&b.position.length()))
+        .unwrap();
+    let err = world
+        .engine
+        .call_reducer("attack", who, (far.id,))
+        .unwrap_err();
+    assert!(err.client_message().contains("away"), "{err}");
+}
+
+#[test]
+fn knocked_out_players_wake_up_in_town() {
+    let admin = Identity::from_u64(77);
+    let mut settings = small();
+    settings.admins = vec![admin];
+    let mut world = World::new(settings);
+    // Make wolves deadly and everyone aggressive, then stand in a den.
+    let root = Caller::client(admin, ConnectionId(77));
+    for (key, value) in [("wolf_damage", 1_000.0), ("wolf_aggro_radius", 200.0)] {
+        world
+            .engine
+            .call_reducer("set_config", root, (key.to_owned(), value))
+            .unwrap();
+    }
+    let who = world.join(1, "victim");
+    let den = world
+        .engine
+        .rows::<Npc>()
+        .into_iter()
+        .find(|n| n.kind == NpcKind::Wolf)
+        .unwrap()
+        .position;
+    world
+        .engine
+        .call_reducer("move_to", who, (den, true))
+        .unwrap();
+    let mut revived = false;
+    for _ in 0..4_000 {
+        world.step(1);
+        let me = world.avatar("victim");
+        if me.position.length() <= 10.0 && me.hp == me.max_hp && world.tick > 40 {
+            revived = me.velocity == Vec2::ZERO;
+            if revived {
+                break;
+            }
+        }
+    }
+    assert!(revived, "never knocked out and revived in town");
 }

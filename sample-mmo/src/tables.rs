@@ -1,0 +1,255 @@
+//! The sample world's tables: what every player sees (`avatar`, `npc`, `item`, `spawn_point`,
+//! `chat`), what only its owner sees (`player`, `inventory`), what nobody sees (`config`) and
+//! the two schedule tables (`npc_respawn`, `world_event`).
+
+use orrery_engine::glam::Vec2;
+use orrery_engine::prelude::*;
+
+/// A character as everyone sees it.
+#[table(name = avatar, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Avatar {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// The owning identity.
+    #[unique]
+    pub owner: Identity,
+    /// Display name, unique in the world.
+    #[unique]
+    pub name: String,
+    /// Position in metres.
+    #[spatial(cell = 50.0)]
+    #[quantize(0.01)]
+    pub position: Vec2,
+    /// Velocity in metres per second, set by the owner's input and integrated by a system.
+    pub velocity: Vec2,
+    /// Where `move_to` is walking (meaningful while `seeking`).
+    pub destination: Vec2,
+    /// Whether the avatar walks to `destination` and stops there.
+    pub seeking: bool,
+    /// Hit points; at zero the avatar is knocked out and respawns in town.
+    pub hp: i32,
+    /// Hit points when healed fully.
+    pub max_hp: i32,
+    /// Experience level.
+    pub level: u32,
+    /// Whether a connection is driving the avatar.
+    pub online: bool,
+}
+
+/// The owner's private side of a character.
+#[table(name = player, owner = identity)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Player {
+    /// The owning identity.
+    #[primary_key]
+    pub identity: Identity,
+    /// The avatar's row id.
+    pub avatar_id: u64,
+    /// The connection driving the character (0: offline).
+    pub connection: u64,
+    /// Experience points.
+    pub xp: u32,
+    /// NPCs killed.
+    pub kills: u32,
+    /// The next attack is allowed from this time.
+    pub attack_ready_at: Timestamp,
+    /// Chat lines the player may say now (refilled at one per second, up to five).
+    pub chat_allowance: f32,
+    /// When `chat_allowance` was last refilled.
+    pub chat_refilled_at: Timestamp,
+}
+
+/// What kind of creature an NPC is.
+#[derive(OrreryType, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NpcKind {
+    /// Flees from players.
+    Deer,
+    /// Chases and bites players.
+    Wolf,
+}
+
+/// A creature.
+#[table(name = npc, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Npc {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// Creature kind.
+    #[index(btree)]
+    pub kind: NpcKind,
+    /// Position in metres.
+    #[spatial(cell = 50.0)]
+    #[quantize(0.01)]
+    pub position: Vec2,
+    /// Velocity in metres per second.
+    pub velocity: Vec2,
+    /// Hit points.
+    pub hp: i32,
+    /// Hit points at spawn.
+    pub max_hp: i32,
+    /// The spawn point that respawns it.
+    pub spawn_point: u64,
+    /// The next bite is allowed from this time (wolves).
+    pub attack_ready_at: Timestamp,
+}
+
+/// What an item is.
+#[derive(OrreryType, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemKind {
+    /// Heals when used.
+    Potion,
+    /// Dropped by wolves.
+    Pelt,
+    /// Dropped by deer.
+    Antler,
+}
+
+/// An item lying on the ground, visible to everyone near it.
+#[table(name = item, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// What it is.
+    pub kind: ItemKind,
+    /// Where it lies.
+    #[spatial(cell = 50.0)]
+    #[quantize(0.01)]
+    pub position: Vec2,
+}
+
+/// An item carried by a player, visible only to its owner.
+#[table(name = inventory, owner = owner)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct InventoryItem {
+    /// Row id (the item's id while it lay on the ground).
+    #[primary_key]
+    pub id: u64,
+    /// Who carries it.
+    #[index(btree)]
+    pub owner: Identity,
+    /// What it is.
+    pub kind: ItemKind,
+}
+
+/// A chat line, published the tick it is said and never stored.
+#[table(name = chat, public, event)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chat {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// Who said it ([`Identity::ZERO`]: the world itself).
+    pub from: Identity,
+    /// The speaker's name.
+    pub name: String,
+    /// Heard everywhere (`true`) or only near `position`.
+    pub global: bool,
+    /// Where it was said: local chat is `within(position, :focus, r)`.
+    #[spatial(cell = 50.0)]
+    pub position: Vec2,
+    /// What was said.
+    pub text: String,
+}
+
+/// Where NPCs live and come back after dying.
+#[table(name = spawn_point, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpawnPoint {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// The creature it spawns.
+    pub kind: NpcKind,
+    /// Its centre.
+    pub position: Vec2,
+    /// NPCs spawn up to this far from the centre.
+    pub radius: f32,
+}
+
+/// A dead NPC coming back: fires once at its due time.
+#[table(name = npc_respawn, scheduled(respawn_npc))]
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpcRespawn {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub scheduled_id: u64,
+    /// When.
+    pub scheduled_at: ScheduleAt,
+    /// Where.
+    pub spawn_point: u64,
+}
+
+/// The periodic world event (a supply drop of potions, announced in global chat).
+#[table(name = world_event, scheduled(supply_drop))]
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorldEvent {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub scheduled_id: u64,
+    /// How often.
+    pub scheduled_at: ScheduleAt,
+    /// Potions dropped each time.
+    pub potions: u32,
+}
+
+/// Game rules an admin may tune while the world runs (`set_config`); one row, id 0.
+#[table(name = config)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Always 0.
+    #[primary_key]
+    pub id: u32,
+    /// Walking speed, m/s.
+    pub walk_speed: f32,
+    /// Running speed, m/s: the fastest any avatar moves.
+    pub run_speed: f32,
+    /// Damage of a player's attack.
+    pub attack_damage: i32,
+    /// Farthest a player can hit, m.
+    pub attack_range: f32,
+    /// Time between a player's attacks, ms.
+    pub attack_cooldown_ms: u32,
+    /// Farthest a player can pick an item up from, m.
+    pub pickup_range: f32,
+    /// Damage of a wolf bite.
+    pub wolf_damage: i32,
+    /// How far wolves notice players, m.
+    pub wolf_aggro_radius: f32,
+    /// How far deer notice players, m.
+    pub deer_flee_radius: f32,
+    /// Time from an NPC's death to its respawn, s.
+    pub npc_respawn_seconds: u32,
+    /// How far local chat carries, m (clients use it as their chat subscription radius).
+    pub chat_radius: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 0,
+            walk_speed: 4.0,
+            run_speed: 8.0,
+            attack_damage: 10,
+            attack_range: 3.0,
+            attack_cooldown_ms: 800,
+            pickup_range: 3.0,
+            wolf_damage: 4,
+            wolf_aggro_radius: 20.0,
+            deer_flee_radius: 15.0,
+            npc_respawn_seconds: 30,
+            chat_radius: 40.0,
+        }
+    }
+}
