@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub stats_window: usize,
     /// A tick whose total time exceeds this counts as an overrun in the statistics.
     pub tick_budget: Duration,
+    /// The fixed simulation step `dt` that systems integrate with ([`TickInfo::dt`]), and the
+    /// spacing of the tick grid ([`Engine::grid_timestamp`]).
+    pub tick_interval: Duration,
     /// How systems run.
     pub executor: SystemsExecutor,
 }
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             seed: 0x0_4e_e4_7e_11,
             stats_window: 1024,
             tick_budget: Duration::from_millis(50),
+            tick_interval: Duration::from_millis(50),
             executor: SystemsExecutor::MultiThreaded,
         }
     }
@@ -161,6 +165,9 @@ pub struct EngineCounters {
     pub rejected: u64,
     /// Ticks in which a system panicked.
     pub system_panics: u64,
+    /// Steps whose timestamp was not after the previous tick's: the engine refused it and ran
+    /// the tick one `tick_interval` after the previous one instead.
+    pub clock_corrections: u64,
 }
 
 /// The tick as systems see it, as a resource.
@@ -168,9 +175,14 @@ pub struct EngineCounters {
 pub struct TickInfo {
     /// The tick being simulated.
     pub tick: Tick,
-    /// Its timestamp.
+    /// Its timestamp: on the tick grid when the caller steps on it (the server does).
     pub timestamp: Timestamp,
-    /// Time since the previous tick's timestamp (zero on the first tick).
+    /// The fixed simulation step ([`EngineConfig::tick_interval`]): integrate motion, timers
+    /// and cooldowns with this, so the simulation does not depend on when ticks ran.
+    pub dt: Duration,
+    /// Timestamp distance to the previous tick: `dt`, or a multiple of it after ticks the
+    /// overrun policy skipped. `dt` on the first tick of an engine, fresh or recovered (never
+    /// the downtime).
     pub delta: Duration,
 }
 
@@ -238,6 +250,8 @@ pub struct Engine {
     pub(crate) seq: u64,
     pub(crate) timestamp: Timestamp,
     pub(crate) previous_timestamp: Option<Timestamp>,
+    /// No tick has run in this engine instance yet (after a recovery too).
+    pub(crate) first_step: bool,
     calls_this_tick: u64,
     touched: Vec<usize>,
     pub(crate) queue: VecDeque<Input>,
@@ -349,6 +363,7 @@ impl Engine {
             seq: 0,
             timestamp: Timestamp::UNIX_EPOCH,
             previous_timestamp: None,
+            first_step: true,
             calls_this_tick: 0,
             touched: Vec::new(),
             queue: VecDeque::new(),
@@ -367,6 +382,11 @@ impl Engine {
     /// The last completed tick (`Tick::ZERO` before the first step).
     pub fn tick(&self) -> Tick {
         self.tick
+    }
+
+    /// The fixed simulation step ([`EngineConfig::tick_interval`]).
+    pub fn tick_interval(&self) -> Duration {
+        self.config.tick_interval
     }
 
     /// The timestamp of the last step (or of `init`).
@@ -591,6 +611,7 @@ impl Engine {
         }
         let tick = self.tick.next();
         let _span = tracing::debug_span!("tick", tick = tick.get()).entered();
+        let now = self.monotonic(now);
         self.timestamp = now;
         let mut timer = PhaseTimer::start();
         timer.lap(Phase::Input);
@@ -729,13 +750,58 @@ impl Engine {
         self.due = due;
     }
 
+    /// `now`, or, if it is not after the previous tick's timestamp (a clock that stepped
+    /// back, a caller's mistake), one `tick_interval` after that: tick timestamps are strictly
+    /// increasing, which schedules and replay rely on.
+    fn monotonic(&mut self, now: Timestamp) -> Timestamp {
+        match self.previous_timestamp {
+            Some(previous) if now <= previous => {
+                let corrected = previous + self.config.tick_interval.max(Duration::from_micros(1));
+                self.counters.clock_corrections += 1;
+                tracing::warn!(
+                    %now,
+                    %previous,
+                    %corrected,
+                    "step timestamp not after the previous tick's; refused and corrected"
+                );
+                corrected
+            }
+            _ => now,
+        }
+    }
+
+    /// The timestamp for the next tick on the grid of `tick_interval` multiples (since the
+    /// Unix epoch): the first grid point at or after `wall` that is after the last tick's
+    /// timestamp. A server steps tick `k` at `grid_timestamp(start) + k · dt`, so every tick,
+    /// catch-up ticks included, has its own exact grid time, and a restarted server stays on
+    /// the same grid (interval schedules keep their phase).
+    pub fn grid_timestamp(&self, wall: Timestamp) -> Timestamp {
+        let dt = i64::try_from(self.config.tick_interval.as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let ceil = |t: i64| {
+            t.div_euclid(dt)
+                .saturating_add(i64::from(t.rem_euclid(dt) != 0))
+        };
+        let at_or_after_wall = ceil(wall.as_micros());
+        let after_last = match self.previous_timestamp {
+            Some(last) => last.as_micros().div_euclid(dt).saturating_add(1),
+            None => i64::MIN,
+        };
+        Timestamp::from_micros(at_or_after_wall.max(after_last).saturating_mul(dt))
+    }
+
     fn run_systems(&mut self, tick: Tick, now: Timestamp) -> EcsTick {
-        let delta = self.previous_timestamp.map_or(Duration::ZERO, |previous| {
-            now.saturating_duration_since(previous)
-        });
+        let dt = self.config.tick_interval;
+        let delta = match self.previous_timestamp {
+            Some(previous) if !self.first_step => now.saturating_duration_since(previous),
+            _ => dt,
+        };
+        self.first_step = false;
         self.world.insert_resource(TickInfo {
             tick,
             timestamp: now,
+            dt,
             delta,
         });
         self.tables.move_into_world(&mut self.world);

@@ -49,7 +49,8 @@ fn one_shot_schedule_fires_at_the_right_tick_and_is_deleted() {
 fn interval_schedule_repeats_and_cancel_stops_it() {
     let mut engine = engine();
     engine.step(at_tick(1));
-    // Every 100 ms = every second tick, first due 100 ms after insertion (tick 1 timestamp).
+    // Every 100 ms = every second tick, aligned to multiples of 100 ms (the even ticks here):
+    // first due at the first multiple after the insertion at tick 1's timestamp.
     engine
         .call_reducer(
             "schedule_respawn",
@@ -68,7 +69,7 @@ fn interval_schedule_repeats_and_cancel_stops_it() {
             fired_at.push(n);
         }
     }
-    assert_eq!(fired_at, vec![3, 5, 7, 9]);
+    assert_eq!(fired_at, vec![2, 4, 6, 8]);
     assert_eq!(engine.count::<Respawn>(), 1, "interval rows stay");
     engine
         .call_reducer("cancel_respawn", alice(), (1u64,))
@@ -100,11 +101,13 @@ fn interval_falling_behind_fires_once_per_tick_and_keeps_phase() {
     // A long stall: the next tick is 1 s later. One firing, not ten.
     engine.step(at_tick(21));
     assert_eq!(engine.count::<Npc>(), 1);
-    // Phase kept on the 100 ms grid anchored at tick 1 (due at 1+2k ticks): next is tick 23.
+    // Phase kept on the 100 ms grid (multiples of 100 ms: the even ticks): next is tick 22.
     engine.step(at_tick(22));
-    assert_eq!(engine.count::<Npc>(), 1);
+    assert_eq!(engine.count::<Npc>(), 2);
     engine.step(at_tick(23));
     assert_eq!(engine.count::<Npc>(), 2);
+    engine.step(at_tick(24));
+    assert_eq!(engine.count::<Npc>(), 3);
 }
 
 #[test]
@@ -406,4 +409,50 @@ fn hash_seeds_change_no_outcome() {
     for _ in 0..3 {
         assert_eq!(run(), first);
     }
+}
+
+/// Tick timestamps only go up: a step at or before the previous tick's time is refused and
+/// run one `tick_interval` later instead, and counted. Systems see the fixed `dt`.
+#[test]
+fn timestamps_never_step_back_and_systems_see_the_fixed_dt() {
+    let mut engine = engine();
+    let first = engine.step(at_tick(10));
+    assert_eq!(first.timestamp, at_tick(10));
+    let again = engine.step(at_tick(10));
+    assert_eq!(
+        again.timestamp,
+        at_tick(11),
+        "a repeated timestamp moves on by dt"
+    );
+    let back = engine.step(at_tick(3));
+    assert_eq!(back.timestamp, at_tick(12), "a step back is refused");
+    assert_eq!(engine.counters().clock_corrections, 2);
+    let info = *engine.world().resource::<TickInfo>();
+    assert_eq!(
+        (info.dt, info.delta),
+        (Duration::from_millis(50), Duration::from_millis(50))
+    );
+    // After a stall of five grid points, delta says so; dt does not change.
+    engine.step(at_tick(17));
+    let info = *engine.world().resource::<TickInfo>();
+    assert_eq!(
+        (info.dt, info.delta),
+        (Duration::from_millis(50), Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn grid_timestamps_are_multiples_of_dt_after_the_last_tick() {
+    let mut engine = engine();
+    let dt = 50_000;
+    // Before any tick: the first multiple of dt at or after the wall clock.
+    let wall = Timestamp::from_micros(1_000_000_012_345);
+    let grid = engine.grid_timestamp(wall);
+    assert_eq!(grid.as_micros() % dt, 0);
+    assert!(grid >= wall && grid.as_micros() - wall.as_micros() < dt);
+    assert_eq!(engine.grid_timestamp(grid), grid);
+    engine.step(grid);
+    // A wall clock behind the last tick still gives the next grid point after it.
+    let next = engine.grid_timestamp(wall);
+    assert_eq!(next.as_micros(), grid.as_micros() + dt);
 }

@@ -99,8 +99,12 @@ impl OrreryType for Timestamp {
 /// When a schedule-table row fires.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum ScheduleAt {
-    /// Repeatedly, every `Duration`, first one interval after the row is inserted. Fires at most
-    /// once per tick: periods missed while the server was behind are skipped, keeping phase.
+    /// Repeatedly, at every multiple of the `Duration` since the Unix epoch, starting with the
+    /// first one after the row is written: a wall-clock-aligned timer, so its phase is the same
+    /// before and after a restart without being stored anywhere. On a tick grid whose step
+    /// divides the interval (the usual case: 50 ms ticks, 1 s interval) it fires on exact grid
+    /// ticks; otherwise in the first tick at or after each multiple. Fires at most once per
+    /// tick: periods missed while the server was behind or down are skipped, keeping phase.
     Interval(Duration),
     /// Once, in the first tick whose timestamp is at or after this time; the row is deleted after
     /// it fires.
@@ -111,8 +115,15 @@ impl ScheduleAt {
     /// When a row with this schedule, inserted or changed at `now`, is first due.
     pub fn first_due(self, now: Timestamp) -> Timestamp {
         match self {
-            // A zero interval would fire every tick; that is allowed and simply means "each tick".
-            ScheduleAt::Interval(every) => now + every,
+            ScheduleAt::Interval(every) => {
+                let step = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
+                if step <= 0 {
+                    // A zero interval is allowed and means "each tick".
+                    return now;
+                }
+                let next = now.as_micros().div_euclid(step).saturating_add(1);
+                Timestamp::from_micros(next.saturating_mul(step))
+            }
             ScheduleAt::At(at) => at,
         }
     }

@@ -47,7 +47,7 @@ pub fn move_avatars(
     config: Query<&Config>,
     mut avatars: Query<&mut Avatar>,
 ) {
-    let dt = info.delta.as_secs_f32();
+    let dt = info.dt.as_secs_f32();
     let limit = config_of(&config).run_speed;
     let half = settings.world_size / 2.0;
     for mut avatar in &mut avatars {
@@ -90,7 +90,7 @@ pub fn npc_behaviour(
     mut avatars: Query<&mut Avatar>,
     mut npcs: Query<&mut Npc>,
 ) {
-    let dt = info.delta.as_secs_f32();
+    let dt = info.dt.as_secs_f32();
     let now = info.timestamp;
     let config = config_of(&config);
     let half = settings.world_size / 2.0;

@@ -19,7 +19,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::net::{self, ClientInfo, NetCommand, NetEvent};
-use crate::tick::{HttpCall, HttpRequest, SqlRead, TickCore};
+use crate::tick::{HttpCall, HttpRequest, SqlRead, TickCore, timestamp};
 
 /// A server on explicit time (see the module docs).
 #[derive(Debug)]
@@ -52,7 +52,12 @@ impl ServerCore {
         let session = ServerSession::new(net::session_config(config, key, public_addresses), now)?;
         let tick = TickCore::new(engine, fresh, config, metrics.clone(), now)?;
         let anchor = Instant::now();
-        let clock = FixedClock::new(config.tick_duration(), anchor, config.overrun)
+        // The first tick is due when `now` reaches its grid timestamp.
+        let until_first = Duration::from_micros(
+            u64::try_from(tick.next_tick_timestamp().as_micros() - timestamp(now).as_micros())
+                .unwrap_or(0),
+        );
+        let clock = FixedClock::new(config.tick_duration(), anchor + until_first, config.overrun)
             .map_err(ServerError::Clock)?;
         Ok(ServerCore {
             session,
@@ -92,6 +97,7 @@ impl ServerCore {
     pub fn poll(&mut self, now: Duration) -> u32 {
         net::drain_events(&mut self.session, &mut self.events, &self.metrics);
         let due = self.clock.poll(self.instant(now));
+        self.tick.skip_ticks(due.skipped);
         self.metrics.ticks_skipped.fetch_add(due.skipped, Relaxed);
         for _ in 0..due.run {
             let events = std::mem::take(&mut self.events);

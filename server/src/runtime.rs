@@ -40,7 +40,7 @@ use crate::listener::{CappedListener, PeerAddr};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
 use crate::rate::{AddressLimiter, KeyedLimiter};
-use crate::tick::{HttpRequest, TickCore};
+use crate::tick::{HttpRequest, TickCore, timestamp};
 use crate::tls::TlsFiles;
 
 /// Capacity of the network → tick event channel, in batches.
@@ -209,6 +209,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     let engine_config = EngineConfig {
         seed: config.seed,
         tick_budget: config.tick_duration(),
+        tick_interval: config.tick_duration(),
         executor: config.executor,
         ..EngineConfig::default()
     };
@@ -298,8 +299,17 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     let metrics = Arc::new(Metrics::new(1024, config.tick_duration()));
     let schema = engine.schema().clone();
     let core = TickCore::new(engine, fresh, &config, metrics.clone(), now)?;
-    let clock = FixedClock::new(config.tick_duration(), Instant::now(), config.overrun)
-        .map_err(ServerError::Clock)?;
+    // The clock makes the first tick due when the wall clock reaches its grid timestamp.
+    let first_tick = core.next_tick_timestamp();
+    let until_first = Duration::from_micros(
+        u64::try_from(first_tick.as_micros() - timestamp(now).as_micros()).unwrap_or(0),
+    );
+    let clock = FixedClock::new(
+        config.tick_duration(),
+        Instant::now() + until_first,
+        config.overrun,
+    )
+    .map_err(ServerError::Clock)?;
 
     let (event_tx, event_rx) = mpsc::channel::<Vec<NetEvent>>(EVENT_BATCHES);
     let (command_tx, command_rx) = mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES);
@@ -423,6 +433,7 @@ fn tick_loop(
     'run: while !stop.load(Relaxed) {
         let due = clock.poll(Instant::now());
         if due.skipped > 0 {
+            core.skip_ticks(due.skipped);
             metrics.ticks_skipped.fetch_add(due.skipped, Relaxed);
             tracing::warn!(
                 skipped = due.skipped,

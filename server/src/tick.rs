@@ -181,6 +181,9 @@ pub struct TickCore {
     connections_per_identity: FxHashMap<Identity, usize>,
     max_connections_per_identity: usize,
     tick_duration: Duration,
+    /// The timestamp the next tick gets: tick `k` runs at `first + k · dt` on the engine's
+    /// grid, catch-up ticks included; skipped ticks advance it too ([`TickCore::skip_ticks`]).
+    grid_next: Timestamp,
     metrics: Arc<Metrics>,
     subscriptions: u64,
     ticks: u64,
@@ -220,10 +223,17 @@ impl TickCore {
                 rows.iter().map(|(pk, row)| (pk.as_slice(), row.as_slice())),
             );
         }
+        if engine.tick_interval() != config.tick_duration() {
+            tracing::warn!(
+                engine = ?engine.tick_interval(),
+                server = ?config.tick_duration(),
+                "the engine's tick_interval differs from the server's tick; systems integrate with the engine's"
+            );
+        }
+        let mut grid_next = engine.grid_timestamp(timestamp(now));
         if fresh {
-            engine
-                .init(timestamp(now))
-                .map_err(crate::ServerError::Init)?;
+            engine.init(grid_next).map_err(crate::ServerError::Init)?;
+            grid_next = grid_next + config.tick_duration();
         }
         let durability = engine.durability();
         metrics.tick_seq.store(engine.tick_seq(), Relaxed);
@@ -245,6 +255,7 @@ impl TickCore {
             connections_per_identity: FxHashMap::default(),
             max_connections_per_identity: config.max_connections_per_identity,
             tick_duration: config.tick_duration(),
+            grid_next,
             metrics,
             subscriptions: 0,
             ticks: 0,
@@ -302,6 +313,20 @@ impl TickCore {
             .map_or(u64::MAX, DurabilityHandle::durable_up_to)
     }
 
+    /// The timestamp the next tick will run at (on the tick grid; see
+    /// [`Engine::grid_timestamp`]). A clock driving the core should make that tick due when
+    /// the wall clock reaches it.
+    pub fn next_tick_timestamp(&self) -> Timestamp {
+        self.grid_next
+    }
+
+    /// Advances the tick grid past `ticks` ticks the clock's overrun policy dropped, so later
+    /// ticks keep the timestamps of their own grid points.
+    pub fn skip_ticks(&mut self, ticks: u64) {
+        let skipped = u32::try_from(ticks).unwrap_or(u32::MAX);
+        self.grid_next = self.grid_next + self.tick_duration.saturating_mul(skipped);
+    }
+
     /// Runs one tick at `now` (time since the Unix epoch) with the network events and HTTP
     /// calls received since the last one; appends what to send to `out`. Returns the tick's
     /// phase timings (input to publish; the caller adds flush and passes it to
@@ -336,7 +361,9 @@ impl TickCore {
         timer.lap(Phase::Input);
         let input_time = timer.finish().get(Phase::Input);
 
-        let step = self.engine.step(timestamp(now));
+        let at = self.grid_next;
+        self.grid_next = at + self.tick_duration;
+        let step = self.engine.step(at);
         let seq = step.seq;
         let mut timing = step.timing;
         timing.add(Phase::Input, input_time);

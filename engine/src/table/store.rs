@@ -599,22 +599,18 @@ impl<T: Table> TableStore<T> {
     }
 }
 
+/// The due time after an interval row fired (due `fired_due`, fired in the tick at `now`): the
+/// next multiple of the interval after both, so missed periods are skipped and the phase is
+/// the interval's wall-clock phase ([`ScheduleAt::Interval`]).
 fn next_interval_due(
     fired_due: Timestamp,
     every: std::time::Duration,
     now: Timestamp,
 ) -> Timestamp {
-    let step = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
-    if step <= 0 {
+    if every.is_zero() {
         return Timestamp::from_micros(now.as_micros().saturating_add(1));
     }
-    let behind = now.as_micros().saturating_sub(fired_due.as_micros()).max(0);
-    let periods = behind / step + 1;
-    Timestamp::from_micros(
-        fired_due
-            .as_micros()
-            .saturating_add(periods.saturating_mul(step)),
-    )
+    ScheduleAt::Interval(every).first_due(now.max(fired_due))
 }
 
 /// Type-erased access to a [`TableStore`] for the engine's per-table loops.

@@ -87,7 +87,7 @@ fn unit(state: &mut u64) -> f32 {
 }
 
 fn wander(info: Res<TickInfo>, mut npcs: Query<&mut Npc>) {
-    let dt = info.delta.as_secs_f32();
+    let dt = info.dt.as_secs_f32();
     for mut npc in &mut npcs {
         let mut next = npc.pos + npc.vel * dt;
         let mut vel = npc.vel;

@@ -241,7 +241,7 @@ pub fn hit(ctx: &mut ReducerContext, target: u32) -> Result<(), String> {
 
 /// Moves NPCs by their velocity (a system mutating rows in place).
 pub fn movement(info: Res<TickInfo>, mut npcs: Query<&mut Npc>) {
-    let dt = info.delta.as_secs_f32();
+    let dt = info.dt.as_secs_f32();
     for mut npc in &mut npcs {
         if npc.vx != 0.0 {
             npc.x += npc.vx * dt;
