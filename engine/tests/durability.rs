@@ -776,6 +776,79 @@ fn a_flipped_bit_in_the_last_record_is_treated_as_a_torn_tail() {
     }
 }
 
+/// Power loss in the middle of a group that was written but not yet fsynced: the disk may
+/// keep the group's later pages and lose earlier ones, leaving a damaged record followed by
+/// valid ones. None of them was synced (their synced watermarks say so), so recovery treats
+/// the damage as a torn tail and recovers without an operator.
+#[test]
+fn power_loss_with_unsynced_pages_persisted_out_of_order_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, _) = open_with(DurabilityConfig {
+        fsync: FsyncPolicy::Never,
+        ..config(dir.path())
+    });
+    call(
+        &mut engine,
+        "open_account",
+        ("ann".to_string(), 1u32, 100i64),
+    );
+    call(
+        &mut engine,
+        "open_account",
+        ("bob".to_string(), 2u32, 100i64),
+    );
+    let segment = {
+        step_durably(&mut engine, 1);
+        segments(dir.path()).pop().unwrap()
+    };
+    let mut states = vec![String::new(), state(&engine)];
+    let mut ends = vec![0, file_len(&segment)];
+    for n in 2..=6 {
+        call(&mut engine, "transfer", (1u64, 2u64, n as i64));
+        step_durably(&mut engine, n);
+        states.push(state(&engine));
+        ends.push(file_len(&segment));
+    }
+    // The machine loses power now: what the disk holds is the files as they are (nothing
+    // after the segment's creation was fsynced), except that tick 3's page never made it.
+    let crashed = copy_dir(dir.path());
+    let copy = crashed.path().join(segment.file_name().unwrap());
+    let mut bytes = fs::read(&copy).unwrap();
+    bytes[ends[2] as usize..ends[3] as usize].fill(0);
+    fs::write(&copy, bytes).unwrap();
+    let (recovered, report) = open(crashed.path());
+    assert_eq!(
+        state(&recovered),
+        states[2],
+        "recovered to the last intact tick"
+    );
+    assert_eq!(report.last_tick, 2);
+    assert!(report.truncated_ticks >= 1, "{report:?}");
+    assert_eq!(file_len(&copy), ends[2], "the unsynced tail is cut off");
+    drop(recovered);
+    engine.close().unwrap();
+}
+
+/// The same damage to records that had been synced (every tick fsynced) is refused: a later
+/// record's synced watermark vouches that the damaged one had reached the disk.
+#[test]
+fn the_same_damage_to_synced_records_is_refused() {
+    let log = small_log(5);
+    let copy = copy_dir(log.dir.path());
+    let segment = copy.path().join(log.segment.file_name().unwrap());
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[log.ends[1] as usize..log.ends[2] as usize].fill(0);
+    fs::write(&segment, bytes).unwrap();
+    match Engine::open(module(), engine_config(), config(copy.path())) {
+        Err(EngineError::Durability(DurabilityError::Corrupt { offset, detail, .. })) => {
+            assert_eq!(offset, log.ends[1]);
+            assert!(detail.contains("synced"), "{detail}");
+        }
+        Err(other) => panic!("unexpected {other}"),
+        Ok(_) => panic!("damage to synced records was accepted"),
+    }
+}
+
 #[test]
 fn a_missing_segment_is_a_gap_error_not_silent_loss() {
     let dir = tempfile::tempdir().unwrap();

@@ -206,6 +206,7 @@ impl LogWriter {
             if rotate {
                 self.rotate(record.seq)?;
             }
+            record::set_synced_before(&mut record.frame, self.synced);
             record::seal_record(&mut record.frame);
             let Some(segment) = self.segment.as_mut() else {
                 return Err("no open segment".to_owned());
@@ -300,8 +301,8 @@ pub(crate) struct LogScan {
     pub(crate) truncated_bytes: u64,
     /// Records (at least partly) present in the torn tail.
     pub(crate) truncated_ticks: u64,
-    /// Where the writer continues: the last segment and its valid length.
-    pub(crate) append: Option<(PathBuf, u64)>,
+    /// Where the writer continues: the last segment, its valid length and format version.
+    pub(crate) append: Option<(PathBuf, u64, u32)>,
 }
 
 /// Reads every segment, applies each valid record with a sequence above `after` in order, and
@@ -330,9 +331,9 @@ pub(crate) fn replay(
         };
         let data =
             fs::read(&segment.path).map_err(|e| DurabilityError::io("read", &segment.path, e))?;
-        match record::parse_segment_header(&data) {
-            Ok(first) if first == segment.first_seq => {}
-            Ok(first) => {
+        let version = match record::parse_segment_header(&data) {
+            Ok((first, version)) if first == segment.first_seq => version,
+            Ok((first, _)) => {
                 return Err(corrupt(
                     0,
                     format!(
@@ -361,7 +362,7 @@ pub(crate) fn replay(
                 warn_truncated(&segment.path, 0, &scan);
                 break;
             }
-        }
+        };
         let mut offset = SEGMENT_HEADER_LEN;
         let mut torn = false;
         while offset < data.len() {
@@ -394,7 +395,7 @@ pub(crate) fn replay(
                     }
                     expected = Some(seq + 1);
                     if seq > after {
-                        let decoded = record::decode_payload(seq, payload)
+                        let decoded = record::decode_payload(seq, payload, version)
                             .map_err(|e| corrupt(offset, format!("tick {seq}: {e}")))?;
                         apply(&decoded).map_err(|detail| DurabilityError::Mismatch {
                             path: segment.path.clone(),
@@ -415,12 +416,32 @@ pub(crate) fn replay(
                             "record fails its length/CRC check in a closed segment".to_owned(),
                         ));
                     }
-                    if let Some(valid) = find_valid_record(&data, offset + 1, next) {
+                    // Valid records after the bad one: if any says that tick `next` had been
+                    // synced before it was written, the bad record is damage to synced data.
+                    // If none does, the bad bytes belong to a group that was never synced, whose
+                    // pages reached the disk out of order in a crash: a torn tail (format 1
+                    // records carry no watermark, so any valid record after is corruption).
+                    let mut vouched = None;
+                    let mut from = offset + 1;
+                    while let Some(valid) = find_valid_record(&data, from, next) {
+                        let Frame::Valid { payload, len, .. } = record::read_frame(&data[valid..])
+                        else {
+                            break;
+                        };
+                        let synced = record::synced_before(payload, version);
+                        if version < 2 || synced >= next {
+                            vouched = Some((valid, synced));
+                            break;
+                        }
+                        from = valid + len;
+                    }
+                    if let Some((valid, synced)) = vouched {
                         return Err(corrupt(
                             offset,
                             format!(
-                                "record fails its length/CRC check but a valid record follows \
-                                 at byte {valid}"
+                                "record of tick {next} fails its length/CRC check, and the valid \
+                                 record at byte {valid} was written after ticks up to {synced} \
+                                 were synced: damage to synced data"
                             ),
                         ));
                     }
@@ -441,7 +462,7 @@ pub(crate) fn replay(
         }
         if is_last {
             let len = if torn { offset } else { data.len() };
-            scan.append = Some((segment.path.clone(), len as u64));
+            scan.append = Some((segment.path.clone(), len as u64, version));
         }
     }
     Ok(scan)

@@ -10,8 +10,11 @@ use crate::codec::{RowDecodeError, read_len, read_varint, take_bytes, write_vari
 
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ORRYLOG\0";
-/// Version of the segment and record format.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the segment and record format written. Version 2 added the synced watermark
+/// to every record payload; version 1 segments are still read.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 /// Segment header: magic (8) + version (4) + reserved (4) + first sequence (8) + CRC32C (4).
 pub(crate) const SEGMENT_HEADER_LEN: usize = 28;
 /// Record frame header: payload length (4) + CRC32C (4) + tick sequence (8).
@@ -40,8 +43,8 @@ pub(crate) enum HeaderProblem {
     Version(u32),
 }
 
-/// Parses a segment header, returning the segment's first sequence.
-pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderProblem> {
+/// Parses a segment header, returning the segment's first sequence and format version.
+pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<(u64, u32), HeaderProblem> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderProblem::Short);
     }
@@ -50,10 +53,10 @@ pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderProblem> {
         return Err(HeaderProblem::Corrupt);
     }
     let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderProblem::Version(version));
     }
-    Ok(u64_at(bytes, 16))
+    Ok((u64_at(bytes, 16), version))
 }
 
 pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -108,6 +111,8 @@ impl RecordBuilder {
         buf.extend_from_slice(&[0u8; 8]);
         buf.extend_from_slice(&seq.to_le_bytes());
         buf.extend_from_slice(&micros.to_le_bytes());
+        // The synced watermark is filled in by the writer thread ([`set_synced_before`]).
+        buf.extend_from_slice(&[0u8; 8]);
         let tables_at = buf.len();
         // The table count is patched in `finish`; reserve a fixed 4 bytes for it.
         buf.extend_from_slice(&[0u8; 4]);
@@ -159,6 +164,27 @@ impl RecordBuilder {
     }
 }
 
+/// Where the synced watermark sits in a framed record (version 2).
+const SYNCED_AT: usize = RECORD_HEADER_LEN + 8;
+
+/// Stores in a framed record (before it is sealed) the **synced watermark**: the newest tick
+/// whose record was fsynced before this record was written. Recovery uses it to tell a
+/// record lost because it was never synced (a torn or out-of-order tail after power loss)
+/// from damage to a record that had been synced.
+pub(crate) fn set_synced_before(frame: &mut [u8], synced: u64) {
+    if let Some(field) = frame.get_mut(SYNCED_AT..SYNCED_AT + 8) {
+        field.copy_from_slice(&synced.to_le_bytes());
+    }
+}
+
+/// The synced watermark of a valid record's payload (0 for format version 1, which has none).
+pub(crate) fn synced_before(payload: &[u8], version: u32) -> u64 {
+    if version < 2 || payload.len() < 16 {
+        return 0;
+    }
+    u64_at(payload, 8)
+}
+
 /// One entry of a decoded record, borrowing the record's bytes.
 pub(crate) type EntryRef<'a> = RowChange<'a>;
 
@@ -178,12 +204,18 @@ pub(crate) struct TickRecord<'a> {
     pub(crate) tables: Vec<TableRef<'a>>,
 }
 
-/// Decodes a record payload (the bytes after the frame header) of sequence `seq`.
-pub(crate) fn decode_payload(seq: u64, payload: &[u8]) -> Result<TickRecord<'_>, RowDecodeError> {
+/// Decodes a record payload (the bytes after the frame header) of sequence `seq`, written in
+/// format `version`.
+pub(crate) fn decode_payload(
+    seq: u64,
+    payload: &[u8],
+    version: u32,
+) -> Result<TickRecord<'_>, RowDecodeError> {
     let mut input = payload;
-    let head = take_bytes(&mut input, 12, "record header")?;
+    let head_len = if version >= 2 { 20 } else { 12 };
+    let head = take_bytes(&mut input, head_len, "record header")?;
     let micros = u64_at(head, 0) as i64;
-    let count = u32_at(head, 8);
+    let count = u32_at(head, head_len - 4);
     // Every table section takes at least three bytes, so this bounds the allocation.
     if u64::from(count) * 3 > input.len() as u64 {
         return Err(RowDecodeError::LengthTooLarge {
@@ -318,7 +350,7 @@ mod tests {
             panic!("valid frame expected");
         };
         assert_eq!((seq, len), (42, frame.len()));
-        let decoded = decode_payload(seq, payload).unwrap();
+        let decoded = decode_payload(seq, payload, FORMAT_VERSION).unwrap();
         assert_eq!(decoded.micros, -7);
         assert_eq!(decoded.tables.len(), 2);
         assert_eq!(decoded.tables[0].table, 3);
@@ -365,7 +397,7 @@ mod tests {
     #[test]
     fn segment_headers_round_trip_and_detect_damage() {
         let header = segment_header(77);
-        assert_eq!(parse_segment_header(&header), Ok(77));
+        assert_eq!(parse_segment_header(&header), Ok((77, FORMAT_VERSION)));
         assert_eq!(
             parse_segment_header(&header[..10]),
             Err(HeaderProblem::Short)
@@ -382,10 +414,29 @@ mod tests {
         let frame = record(1);
         let payload = &frame[RECORD_HEADER_LEN..];
         for cut in 0..payload.len() {
-            assert!(decode_payload(1, &payload[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode_payload(1, &payload[..cut], FORMAT_VERSION).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut huge = payload.to_vec();
-        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_payload(1, &huge).is_err());
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_payload(1, &huge, FORMAT_VERSION).is_err());
+    }
+
+    #[test]
+    fn version_one_payloads_without_a_watermark_still_decode() {
+        let mut frame = record(5);
+        set_synced_before(&mut frame, 4);
+        let payload = &frame[RECORD_HEADER_LEN..];
+        assert_eq!(synced_before(payload, 2), 4);
+        let mut old = payload[..8].to_vec();
+        old.extend_from_slice(&payload[16..]);
+        assert_eq!(synced_before(&old, 1), 0);
+        let (new, old) = (
+            decode_payload(5, payload, 2).unwrap(),
+            decode_payload(5, &old, 1).unwrap(),
+        );
+        assert_eq!(new, old);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use orrery_tick::Tick;
 
 use super::log::{self, AppendAt, LogWriter, WriterConfig};
-use super::record::{SEGMENT_HEADER_LEN, TickRecord};
+use super::record::{self, SEGMENT_HEADER_LEN, TickRecord};
 use super::snapshot::{self, Snapshot, Snapshotter};
 use super::{DurabilityConfig, DurabilityError, DurabilityRuntime, Shared, is_durable};
 use crate::engine::{Engine, EngineConfig, EngineError};
@@ -156,11 +156,19 @@ fn recover(
 
     // The writer continues the last segment if it holds the newest record; otherwise (no log,
     // an empty segment, or a log that ends before the snapshot) it starts a new one.
+    // A segment of an older format is closed: new records go to a new segment.
     let append = match scan.append {
-        Some((path, len)) if len > SEGMENT_HEADER_LEN as u64 && scan.last_seen >= after => {
+        Some((path, len, version))
+            if len > SEGMENT_HEADER_LEN as u64
+                && scan.last_seen >= after
+                && version == record::FORMAT_VERSION =>
+        {
             AppendAt::Existing { path, len }
         }
-        Some((path, _)) => {
+        Some((_, len, _)) if len > SEGMENT_HEADER_LEN as u64 && scan.last_seen >= after => {
+            AppendAt::New
+        }
+        Some((path, _, _)) => {
             remove_unused_segment(&dir, &path, last_seq)?;
             AppendAt::New
         }
