@@ -20,6 +20,7 @@ use orrery_tick::{Phase, PhaseTimer, Tick, TickStats, TickStatsSummary, TickTimi
 use rustc_hash::FxHashMap;
 
 use crate::changes::ChangeSet;
+use crate::durability::ConnectionEvent;
 use crate::identity::{ConnectionId, Identity};
 use crate::module::Module;
 use crate::reducer::{
@@ -252,6 +253,10 @@ pub struct Engine {
     pub(crate) previous_timestamp: Option<Timestamp>,
     /// No tick has run in this engine instance yet (after a recovery too).
     pub(crate) first_step: bool,
+    /// Connections admitted and not yet gone (durable: logged and snapshotted).
+    pub(crate) connections: std::collections::BTreeMap<ConnectionId, Identity>,
+    /// This tick's connection events, for the commit log.
+    pub(crate) connection_events: Vec<ConnectionEvent>,
     calls_this_tick: u64,
     touched: Vec<usize>,
     pub(crate) queue: VecDeque<Input>,
@@ -364,6 +369,8 @@ impl Engine {
             timestamp: Timestamp::UNIX_EPOCH,
             previous_timestamp: None,
             first_step: true,
+            connections: std::collections::BTreeMap::new(),
+            connection_events: Vec::new(),
             calls_this_tick: 0,
             touched: Vec::new(),
             queue: VecDeque::new(),
@@ -439,18 +446,65 @@ impl Engine {
 
     /// Runs `client_connected` for `caller` now. An error means the connection should be refused.
     pub fn client_connected(&mut self, caller: Caller) -> Result<(), ReducerError> {
-        match self.connected_reducer {
+        let result = match self.connected_reducer {
             Some(index) => self.run_reducer(index, caller, &[]),
             None => Ok(()),
+        };
+        // An admitted connection is remembered durably, so that if the process dies with it
+        // still open, the next open runs its `client_disconnected`.
+        if let (Ok(()), Some(connection)) = (&result, caller.connection_id) {
+            self.connections.insert(connection, caller.identity);
+            self.connection_events.push(ConnectionEvent {
+                connected: true,
+                connection,
+                identity: caller.identity,
+            });
         }
+        result
     }
 
-    /// Runs `client_disconnected` for `caller` now.
+    /// Runs `client_disconnected` for `caller` now. The connection is forgotten whatever the
+    /// reducer does: it is gone.
     pub fn client_disconnected(&mut self, caller: Caller) -> Result<(), ReducerError> {
-        match self.disconnected_reducer {
+        let result = match self.disconnected_reducer {
             Some(index) => self.run_reducer(index, caller, &[]),
             None => Ok(()),
+        };
+        if let Some(connection) = caller.connection_id
+            && self.connections.remove(&connection).is_some()
+        {
+            self.connection_events.push(ConnectionEvent {
+                connected: false,
+                connection,
+                identity: caller.identity,
+            });
         }
+        result
+    }
+
+    /// Connections admitted by `client_connected` that have not disconnected, as recorded in
+    /// the commit log: after [`Engine::open`], those that were open when the previous process
+    /// stopped, until [`Engine::disconnect_stale_connections`] ends them.
+    pub fn open_connections(&self) -> Vec<Caller> {
+        self.connections
+            .iter()
+            .map(|(&connection, &identity)| Caller::client(identity, connection))
+            .collect()
+    }
+
+    /// Runs `client_disconnected` for every connection the commit log says is open: after a
+    /// crash or a shutdown that did not disconnect everyone, none of them is connected to
+    /// this process, and presence rows (`online`) must say so. Call it after
+    /// [`Engine::open`] and before admitting any client; the calls belong to the next tick.
+    /// Returns how many connections it ended.
+    pub fn disconnect_stale_connections(&mut self) -> usize {
+        let stale = self.open_connections();
+        for caller in &stale {
+            if let Err(error) = self.client_disconnected(*caller) {
+                tracing::warn!(%error, identity = %caller.identity, "client_disconnected failed for a connection left open by the previous run");
+            }
+        }
+        stale.len()
     }
 
     /// Calls a reducer now with typed arguments, checked against its parameter types. Its
@@ -661,8 +715,17 @@ impl Engine {
         timer.lap(Phase::Capture);
 
         let seq = self.seq + 1;
+        let connection_events = std::mem::take(&mut self.connection_events);
         if let Some(durability) = self.durability.as_mut() {
-            durability.commit(seq, now, &changes, &mut self.tables, &self.world);
+            durability.commit(
+                seq,
+                now,
+                &changes,
+                &connection_events,
+                &self.connections,
+                &mut self.tables,
+                &self.world,
+            );
             timer.lap(Phase::Commit);
         }
 

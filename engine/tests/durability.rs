@@ -849,6 +849,57 @@ fn the_same_damage_to_synced_records_is_refused() {
     }
 }
 
+/// Connections open when the process stopped (crash or a shutdown that did not disconnect
+/// them) get their `client_disconnected` at the next open, from the log or from a snapshot,
+/// once; connections that disconnected, or whose `client_connected` failed, do not.
+#[test]
+fn connections_left_open_are_disconnected_after_a_restart() {
+    for snapshot_every_ticks in [0, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let durability = || DurabilityConfig {
+            snapshot_every_ticks,
+            ..config(dir.path())
+        };
+        let (mut engine, _) = open_with(durability());
+        let (ann, bob, banned) = (
+            Caller::client(Identity::from_u64(1), ConnectionId(11)),
+            Caller::client(Identity::from_u64(2), ConnectionId(12)),
+            Caller::client(Identity::from_u64(666), ConnectionId(13)),
+        );
+        engine.client_connected(ann).unwrap();
+        engine.client_connected(bob).unwrap();
+        assert!(engine.client_connected(banned).is_err());
+        step_durably(&mut engine, 1);
+        engine.client_disconnected(bob).unwrap();
+        step_durably(&mut engine, 2);
+        step_durably(&mut engine, 3);
+        assert_eq!(engine.open_connections(), [ann]);
+        // The process stops without disconnecting ann.
+        engine.close().unwrap();
+
+        let (mut engine, report) = open_with(durability());
+        assert_eq!(
+            report.open_connections, 1,
+            "snapshots every {snapshot_every_ticks}"
+        );
+        assert_eq!(engine.disconnect_stale_connections(), 1);
+        step_durably(&mut engine, 4);
+        let ended: Vec<Identity> = engine
+            .rows::<LifecycleLog>()
+            .into_iter()
+            .filter(|l| l.event == "disconnected")
+            .map(|l| l.who)
+            .collect();
+        assert_eq!(ended, [bob.identity, ann.identity]);
+        assert!(engine.open_connections().is_empty());
+        engine.close().unwrap();
+        // Done once: the next open finds nothing left open.
+        let (mut engine, report) = open_with(durability());
+        assert_eq!(report.open_connections, 0);
+        assert_eq!(engine.disconnect_stale_connections(), 0);
+    }
+}
+
 #[test]
 fn a_missing_segment_is_a_gap_error_not_silent_loss() {
     let dir = tempfile::tempdir().unwrap();

@@ -539,6 +539,17 @@ async fn a_fight_drops_loot_its_finder_keeps_and_a_restart_keeps_the_world() {
     let after = me(&hunter, "hunter");
     assert!(v(after.position).distance(v(hunter_before.position)) < 0.5);
     assert!(after.online);
+    // The watcher, who did not come back, is shown offline (whether or not its disconnect
+    // was processed before the shutdown: the restart ends connections left open).
+    until("the watcher's avatar", Duration::from_secs(5), || {
+        avatars(&hunter).iter().any(|a| a.name == "watcher")
+    })
+    .await;
+    assert!(
+        avatars(&hunter)
+            .iter()
+            .all(|a| a.name == "hunter" || !a.online)
+    );
     let read = hunter
         .control_plane()
         .sql(&admin_token, "SELECT * FROM npc", None)

@@ -231,6 +231,16 @@ impl TickCore {
             );
         }
         let mut grid_next = engine.grid_timestamp(timestamp(now));
+        // Connections the previous process left open are not connected to this one: end them
+        // (presence rows) before any new client is admitted. Their changes go out with the
+        // first tick.
+        let stale = engine.disconnect_stale_connections();
+        if stale > 0 {
+            tracing::info!(
+                connections = stale,
+                "ran client_disconnected for connections left open by the previous run"
+            );
+        }
         if fresh {
             engine.init(grid_next).map_err(crate::ServerError::Init)?;
             grid_next = grid_next + config.tick_duration();

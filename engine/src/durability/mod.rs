@@ -29,11 +29,15 @@ use std::time::{Duration, Instant};
 
 use bevy_ecs::world::World;
 
+use std::collections::BTreeMap;
+
 use crate::changes::ChangeSet;
+use crate::identity::{ConnectionId, Identity};
 use crate::schema::{Durability, TableSchema};
 use crate::tables::TableSet;
 use crate::time::Timestamp;
 
+pub(crate) use record::ConnectionEvent;
 pub use recovery::RecoveryReport;
 
 /// When the log writer calls `fsync` (`fdatasync`) on the active segment.
@@ -323,11 +327,14 @@ impl DurabilityRuntime {
 
     /// The commit phase of tick `seq`: hands the durable tables' changes (and changed
     /// sequences) to the writer as one record, and takes a snapshot when one is due.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit(
         &mut self,
         seq: u64,
         now: Timestamp,
         changes: &ChangeSet,
+        connection_events: &[ConnectionEvent],
+        connections: &BTreeMap<ConnectionId, Identity>,
         tables: &mut TableSet,
         world: &World,
     ) {
@@ -363,6 +370,7 @@ impl DurabilityRuntime {
                 self.logged_sequences[index] = sequences.to_vec();
             }
         }
+        record.connections(connection_events);
         match record.finish() {
             Ok(frame) => self.send(log::Record { seq, frame }),
             Err(len) => self.shared.fail(format!(
@@ -375,7 +383,8 @@ impl DurabilityRuntime {
             && !self.snapshots.busy()
             && self.shared.failure().is_none()
         {
-            let bytes = snapshot::encode(seq, now, tables, world, &self.durable_tables);
+            let bytes =
+                snapshot::encode(seq, now, tables, world, &self.durable_tables, connections);
             self.snapshots.submit(seq, bytes);
             self.last_snapshot = seq;
         }

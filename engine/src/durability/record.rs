@@ -7,6 +7,7 @@
 
 use crate::changes::{ChangeKind, RowChange};
 use crate::codec::{RowDecodeError, read_len, read_varint, take_bytes, write_varint};
+use crate::identity::{ConnectionId, Identity};
 
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ORRYLOG\0";
@@ -152,6 +153,18 @@ impl RecordBuilder {
         }
     }
 
+    /// Ends the table sections with the tick's connection events (format 2): which
+    /// connections `client_connected` admitted and which went away, in order.
+    pub(crate) fn connections(&mut self, events: &[ConnectionEvent]) {
+        write_varint(&mut self.buf, events.len() as u64);
+        for event in events {
+            self.buf.push(u8::from(!event.connected));
+            self.buf
+                .extend_from_slice(&event.connection.0.to_le_bytes());
+            self.buf.extend_from_slice(event.identity.as_bytes());
+        }
+    }
+
     /// Writes the frame's length field; returns the framed record (CRC still zero: the writer
     /// thread seals it), or the payload length if it does not fit a `u32`.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, usize> {
@@ -196,12 +209,21 @@ pub(crate) struct TableRef<'a> {
     pub(crate) entries: Vec<EntryRef<'a>>,
 }
 
+/// A connection admitted (`client_connected` committed) or gone (`client_disconnected` ran).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionEvent {
+    pub(crate) connected: bool,
+    pub(crate) connection: ConnectionId,
+    pub(crate) identity: Identity,
+}
+
 /// A decoded record payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TickRecord<'a> {
     pub(crate) seq: u64,
     pub(crate) micros: i64,
     pub(crate) tables: Vec<TableRef<'a>>,
+    pub(crate) connections: Vec<ConnectionEvent>,
 }
 
 /// Decodes a record payload (the bytes after the frame header) of sequence `seq`, written in
@@ -278,6 +300,30 @@ pub(crate) fn decode_payload(
             entries,
         });
     }
+    let mut connections = Vec::new();
+    if version >= 2 {
+        let n = read_len(&mut input, 41, "connection events")?;
+        for _ in 0..n {
+            let event = take_bytes(&mut input, 41, "connection event")?;
+            let connected = match event[0] {
+                0 => true,
+                1 => false,
+                tag => {
+                    return Err(RowDecodeError::InvalidTag {
+                        what: "connection event",
+                        tag: u64::from(tag),
+                    });
+                }
+            };
+            let mut identity = [0u8; 32];
+            identity.copy_from_slice(&event[9..41]);
+            connections.push(ConnectionEvent {
+                connected,
+                connection: ConnectionId(u64_at(event, 1)),
+                identity: Identity::from_bytes(identity),
+            });
+        }
+    }
     if !input.is_empty() {
         return Err(RowDecodeError::TrailingBytes(input.len()));
     }
@@ -285,6 +331,7 @@ pub(crate) fn decode_payload(
         seq,
         micros,
         tables,
+        connections,
     })
 }
 
@@ -338,6 +385,11 @@ mod tests {
         builder.entry(ChangeKind::Update, &[2], Some(&[]));
         builder.entry(ChangeKind::Delete, &[3, 3], None);
         builder.table(0, None, 0);
+        builder.connections(&[ConnectionEvent {
+            connected: true,
+            connection: ConnectionId(9),
+            identity: Identity::from_u64(4),
+        }]);
         let mut frame = builder.finish().unwrap();
         seal_record(&mut frame);
         frame
@@ -353,6 +405,14 @@ mod tests {
         let decoded = decode_payload(seq, payload, FORMAT_VERSION).unwrap();
         assert_eq!(decoded.micros, -7);
         assert_eq!(decoded.tables.len(), 2);
+        assert_eq!(
+            decoded.connections,
+            [ConnectionEvent {
+                connected: true,
+                connection: ConnectionId(9),
+                identity: Identity::from_u64(4),
+            }]
+        );
         assert_eq!(decoded.tables[0].table, 3);
         assert_eq!(decoded.tables[0].sequences, Some(vec![5, 1 << 40]));
         assert_eq!(
@@ -430,13 +490,16 @@ mod tests {
         set_synced_before(&mut frame, 4);
         let payload = &frame[RECORD_HEADER_LEN..];
         assert_eq!(synced_before(payload, 2), 4);
+        // Format 1: no watermark, no connection events.
         let mut old = payload[..8].to_vec();
-        old.extend_from_slice(&payload[16..]);
+        old.extend_from_slice(&payload[16..payload.len() - 42]);
         assert_eq!(synced_before(&old, 1), 0);
         let (new, old) = (
             decode_payload(5, payload, 2).unwrap(),
             decode_payload(5, &old, 1).unwrap(),
         );
-        assert_eq!(new, old);
+        assert_eq!(new.tables, old.tables);
+        assert_eq!(new.connections.len(), 1);
+        assert!(old.connections.is_empty());
     }
 }

@@ -42,6 +42,9 @@ pub struct RecoveryReport {
     pub replay: Duration,
     /// Total time spent in [`Engine::open`].
     pub elapsed: Duration,
+    /// Connections the log says were open when the previous process stopped: their
+    /// `client_disconnected` has not run ([`Engine::disconnect_stale_connections`]).
+    pub open_connections: usize,
 }
 
 impl Engine {
@@ -113,6 +116,13 @@ fn recover(
     }
     if let Some(snapshot) = &base {
         load_snapshot(engine, snapshot, &durable)?;
+        let connections = snapshot
+            .connections()
+            .map_err(|detail| DurabilityError::Snapshot {
+                path: snapshot.path.clone(),
+                detail,
+            })?;
+        engine.connections = connections.into_iter().collect();
     }
     report.snapshot_load = load_started.elapsed();
     let after = base.as_ref().map_or(0, |s| s.seq);
@@ -121,7 +131,15 @@ fn recover(
     let scan = {
         let tables = &mut engine.tables;
         let world = &mut engine.world;
+        let connections = &mut engine.connections;
         log::replay(&dir, after, &mut |record| {
+            for event in &record.connections {
+                if event.connected {
+                    connections.insert(event.connection, event.identity);
+                } else {
+                    connections.remove(&event.connection);
+                }
+            }
             apply_record(tables, world, &durable, record)
         })?
     };
@@ -149,6 +167,7 @@ fn recover(
     }
     engine.world.clear_trackers();
     report.last_tick = last_seq;
+    report.open_connections = engine.connections.len();
     report.rows = (0..engine.tables.len())
         .filter(|&i| durable[i])
         .map(|i| engine.tables.erased(i).row_count() as u64)

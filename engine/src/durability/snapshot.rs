@@ -18,11 +18,13 @@ use super::log::{prune_segments, sync_dir};
 use super::record::{u32_at, u64_at};
 use super::{DurabilityError, Shared};
 use crate::codec::{read_len, read_varint, take_bytes, write_varint};
+use crate::identity::{ConnectionId, Identity};
 use crate::tables::TableSet;
 use crate::time::Timestamp;
 
 const MAGIC: [u8; 8] = *b"ORRYSNAP";
-const VERSION: u32 = 1;
+/// Version 2 added the open connections after the tables; version 1 files are still read.
+const VERSION: u32 = 2;
 /// Magic (8) + version (4) + reserved (4) + sequence (8) + timestamp (8) + table count (4).
 const HEADER_LEN: usize = 36;
 const EXT: &str = "snapshot";
@@ -84,6 +86,7 @@ pub(crate) fn encode(
     tables: &mut TableSet,
     world: &World,
     durable: &[bool],
+    connections: &std::collections::BTreeMap<ConnectionId, Identity>,
 ) -> Vec<u8> {
     let _span = tracing::debug_span!("snapshot_encode", seq).entered();
     let mut out = Vec::with_capacity(1 << 16);
@@ -113,6 +116,11 @@ pub(crate) fn encode(
         out[counts_at..counts_at + 8].copy_from_slice(&rows.to_le_bytes());
         out[counts_at + 8..counts_at + 16].copy_from_slice(&rows_len.to_le_bytes());
     }
+    write_varint(&mut out, connections.len() as u64);
+    for (connection, identity) in connections {
+        out.extend_from_slice(&connection.0.to_le_bytes());
+        out.extend_from_slice(identity.as_bytes());
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -132,6 +140,7 @@ pub(crate) struct Snapshot {
     pub(crate) path: PathBuf,
     pub(crate) seq: u64,
     pub(crate) micros: i64,
+    version: u32,
     bytes: Vec<u8>,
 }
 
@@ -153,7 +162,7 @@ impl Snapshot {
             return Err(invalid("CRC mismatch".into()));
         }
         let version = u32_at(&bytes, 8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(DurabilityError::Version {
                 path: path.to_owned(),
                 version,
@@ -163,14 +172,25 @@ impl Snapshot {
             path: path.to_owned(),
             seq: u64_at(&bytes, 16),
             micros: u64_at(&bytes, 24) as i64,
+            version,
             bytes,
         };
-        snapshot.tables().map_err(invalid)?;
+        snapshot.contents().map_err(invalid)?;
         Ok(snapshot)
     }
 
     /// The tables, in file order.
     pub(crate) fn tables(&self) -> Result<Vec<SnapshotTable<'_>>, String> {
+        self.contents().map(|(tables, _)| tables)
+    }
+
+    /// The connections open at the snapshot's tick (none in a version 1 file).
+    pub(crate) fn connections(&self) -> Result<Vec<(ConnectionId, Identity)>, String> {
+        self.contents().map(|(_, connections)| connections)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn contents(&self) -> Result<(Vec<SnapshotTable<'_>>, Vec<(ConnectionId, Identity)>), String> {
         let body = &self.bytes[..self.bytes.len() - 4];
         let count = u32_at(body, 32);
         let mut input = &body[HEADER_LEN..];
@@ -200,10 +220,23 @@ impl Snapshot {
                 row_bytes,
             });
         }
-        if !input.is_empty() {
-            return Err(format!("{} bytes after the last table", input.len()));
+        let mut connections = Vec::new();
+        if self.version >= 2 {
+            let n = read_len(&mut input, 40, "connections").map_err(|e| e.to_string())?;
+            for _ in 0..n {
+                let entry = take_bytes(&mut input, 40, "connection").map_err(|e| e.to_string())?;
+                let mut identity = [0u8; 32];
+                identity.copy_from_slice(&entry[8..40]);
+                connections.push((
+                    ConnectionId(u64_at(entry, 0)),
+                    Identity::from_bytes(identity),
+                ));
+            }
         }
-        Ok(tables)
+        if !input.is_empty() {
+            return Err(format!("{} bytes after the last section", input.len()));
+        }
+        Ok((tables, connections))
     }
 }
 
