@@ -602,14 +602,20 @@ fn fsync_policies_all_make_ticks_durable_and_recoverable() {
 
 /// Copies the data files (not the lock) to a fresh directory.
 fn copy_dir(from: &Path) -> tempfile::TempDir {
-    let to = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
-        if name != "LOCK" {
-            fs::copy(&path, to.path().join(name)).unwrap();
+    fn copy_into(from: &Path, to: &Path) {
+        for entry in fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap();
+            if path.is_dir() {
+                fs::create_dir(to.join(name)).unwrap();
+                copy_into(&path, &to.join(name));
+            } else if name != "LOCK" {
+                fs::copy(&path, to.join(name)).unwrap();
+            }
         }
     }
+    let to = tempfile::tempdir().unwrap();
+    copy_into(from, to.path());
     to
 }
 
@@ -897,6 +903,97 @@ fn connections_left_open_are_disconnected_after_a_restart() {
         let (mut engine, report) = open_with(durability());
         assert_eq!(report.open_connections, 0);
         assert_eq!(engine.disconnect_stale_connections(), 0);
+    }
+}
+
+mod changed {
+    use orrery_engine::prelude::*;
+
+    /// `account` with a column removed and one retyped.
+    #[table(name = account, public)]
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Account {
+        #[primary_key]
+        #[auto_inc]
+        pub id: u64,
+        pub name: String,
+        pub balance: i32,
+    }
+
+    /// A table a later version of the module adds at the end.
+    #[table(name = guild, public)]
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Guild {
+        #[primary_key]
+        pub id: u64,
+    }
+}
+
+/// Logs and snapshots name the schema that wrote them: a module that only adds tables at the
+/// end opens the data; one that changed a table is refused with the table named, and so is
+/// going back to a module without the added table once data was written with it.
+#[test]
+fn opening_with_a_different_schema_names_the_tables_that_differ() {
+    for snapshot_every_ticks in [0, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let durability = || DurabilityConfig {
+            snapshot_every_ticks,
+            ..config(dir.path())
+        };
+        let (mut engine, _) = open_with(durability());
+        call(&mut engine, "open_account", ("ann".to_string(), 1u32, 5i64));
+        step_durably(&mut engine, 1);
+        let before = state(&engine);
+        engine.close().unwrap();
+
+        let changed = Module::builder("bank")
+            .table::<changed::Account>()
+            .build()
+            .unwrap();
+        match Engine::open(changed, engine_config(), durability()) {
+            Err(EngineError::Durability(DurabilityError::SchemaMismatch {
+                tables,
+                detail,
+                ..
+            })) => {
+                assert!(tables[0].starts_with("account (columns"), "{tables:?}");
+                assert!(tables.iter().any(|t| t == "npc (removed)"), "{tables:?}");
+                assert!(detail.contains("written by schema"), "{detail}");
+            }
+            Err(other) => panic!("unexpected {other}"),
+            Ok(_) => panic!("a changed table was accepted"),
+        }
+
+        // Adding a table at the end is fine, and the data is all there.
+        let grown = || {
+            let mut builder = Module::builder("bank");
+            builder = builder
+                .table::<Account>()
+                .table::<Npc>()
+                .table::<Respawn>()
+                .table::<Hit>()
+                .table::<LifecycleLog>()
+                .table::<AllTypes>()
+                .table::<Scratch>()
+                .table::<changed::Guild>();
+            builder
+                .reducers(reducers![open_account, respawn_npc])
+                .build()
+                .unwrap()
+        };
+        let (mut engine, _) = Engine::open(grown(), engine_config(), durability()).unwrap();
+        assert_eq!(engine.rows::<Account>().len(), 1, "{before}");
+        call(&mut engine, "open_account", ("bob".to_string(), 1u32, 5i64));
+        step_durably(&mut engine, 2);
+        engine.close().unwrap();
+        // Data written with `guild` cannot be read by a module without it.
+        match Engine::open(module(), engine_config(), durability()) {
+            Err(EngineError::Durability(DurabilityError::SchemaMismatch { tables, .. })) => {
+                assert_eq!(tables, ["guild (removed)"]);
+            }
+            Err(other) => panic!("unexpected {other}"),
+            Ok(_) => panic!("data of a removed table was accepted"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
 use super::record::{
-    self, Frame, HeaderProblem, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, TickRecord,
+    self, Frame, HeaderProblem, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, TickRecord,
 };
 use super::{DurabilityError, FsyncPolicy, Shared};
 
@@ -76,6 +76,8 @@ pub(crate) struct WriterConfig {
     pub(crate) fsync: FsyncPolicy,
     pub(crate) segment_max_bytes: u64,
     pub(crate) fail_after_bytes: Option<u64>,
+    /// The module schema's fingerprint, written into each new segment's header.
+    pub(crate) schema: u32,
 }
 
 struct Segment {
@@ -239,8 +241,12 @@ impl LogWriter {
             .append(true)
             .open(&path)
             .map_err(|e| fail("create segment", e))?;
-        write_limited(&mut file, &record::segment_header(seq), &mut self.budget)
-            .map_err(|e| fail("write segment header", e))?;
+        write_limited(
+            &mut file,
+            &record::segment_header(seq, self.config.schema),
+            &mut self.budget,
+        )
+        .map_err(|e| fail("write segment header", e))?;
         file.sync_all().map_err(|e| fail("fsync segment", e))?;
         sync_dir(&self.config.dir).map_err(|e| fail("fsync directory of", e))?;
         self.segment = Some(Segment {
@@ -301,8 +307,9 @@ pub(crate) struct LogScan {
     pub(crate) truncated_bytes: u64,
     /// Records (at least partly) present in the torn tail.
     pub(crate) truncated_ticks: u64,
-    /// Where the writer continues: the last segment, its valid length and format version.
-    pub(crate) append: Option<(PathBuf, u64, u32)>,
+    /// Where the writer continues: the last segment, its valid length, format version and
+    /// schema fingerprint.
+    pub(crate) append: Option<(PathBuf, u64, u32, u32)>,
 }
 
 /// Reads every segment, applies each valid record with a sequence above `after` in order, and
@@ -310,6 +317,7 @@ pub(crate) struct LogScan {
 pub(crate) fn replay(
     dir: &Path,
     after: u64,
+    check_schema: &dyn Fn(u32, &Path) -> Result<(), DurabilityError>,
     apply: &mut dyn FnMut(&TickRecord<'_>) -> Result<(), String>,
 ) -> Result<LogScan, DurabilityError> {
     let segments = list_segments(dir)?;
@@ -331,9 +339,14 @@ pub(crate) fn replay(
         };
         let data =
             fs::read(&segment.path).map_err(|e| DurabilityError::io("read", &segment.path, e))?;
-        let version = match record::parse_segment_header(&data) {
-            Ok((first, version)) if first == segment.first_seq => version,
-            Ok((first, _)) => {
+        let (version, segment_schema) = match record::parse_segment_header(&data) {
+            Ok(header) if header.first_seq == segment.first_seq => {
+                check_schema(header.schema, &segment.path)?;
+                (header.version, header.schema)
+            }
+            Ok(SegmentHeader {
+                first_seq: first, ..
+            }) => {
                 return Err(corrupt(
                     0,
                     format!(
@@ -462,7 +475,7 @@ pub(crate) fn replay(
         }
         if is_last {
             let len = if torn { offset } else { data.len() };
-            scan.append = Some((segment.path.clone(), len as u64, version));
+            scan.append = Some((segment.path.clone(), len as u64, version, segment_schema));
         }
     }
     Ok(scan)

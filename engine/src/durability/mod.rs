@@ -15,6 +15,7 @@
 //! renamed by a snapshot thread.
 
 mod engine_ext;
+mod fingerprint;
 mod log;
 mod record;
 mod recovery;
@@ -98,6 +99,17 @@ impl DurabilityConfig {
 /// corruption, the byte offset and tick sequence.
 #[derive(Debug, thiserror::Error)]
 pub enum DurabilityError {
+    /// A log segment or snapshot was written by a module schema whose tables differ from the
+    /// module's (other than tables added at the end).
+    #[error("{path} was written by a different module schema: tables {tables:?} differ: {detail}")]
+    SchemaMismatch {
+        /// The segment or snapshot file.
+        path: PathBuf,
+        /// The tables that differ, each with what changed.
+        tables: Vec<String>,
+        /// Which schemas, and what to do.
+        detail: String,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -299,6 +311,8 @@ pub(crate) struct DurabilityRuntime {
     snapshot_every: u64,
     last_snapshot: u64,
     durable_tables: Vec<bool>,
+    /// The module schema's fingerprint, written into snapshot headers.
+    schema: u32,
     logged_sequences: Vec<Vec<u64>>,
     _lock: std::fs::File,
 }
@@ -383,8 +397,15 @@ impl DurabilityRuntime {
             && !self.snapshots.busy()
             && self.shared.failure().is_none()
         {
-            let bytes =
-                snapshot::encode(seq, now, tables, world, &self.durable_tables, connections);
+            let bytes = snapshot::encode(
+                seq,
+                now,
+                tables,
+                world,
+                &self.durable_tables,
+                connections,
+                self.schema,
+            );
             self.snapshots.submit(seq, bytes);
             self.last_snapshot = seq;
         }

@@ -22,11 +22,11 @@ pub(crate) const SEGMENT_HEADER_LEN: usize = 28;
 pub(crate) const RECORD_HEADER_LEN: usize = 16;
 
 /// Encodes a segment header for a segment whose first record has sequence `first_seq`.
-pub(crate) fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+pub(crate) fn segment_header(first_seq: u64, schema: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // 12..16 reserved (zero).
+    header[12..16].copy_from_slice(&schema.to_le_bytes());
     header[16..24].copy_from_slice(&first_seq.to_le_bytes());
     let crc = crc32c::crc32c(&header[..24]);
     header[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -44,8 +44,17 @@ pub(crate) enum HeaderProblem {
     Version(u32),
 }
 
-/// Parses a segment header, returning the segment's first sequence and format version.
-pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<(u64, u32), HeaderProblem> {
+/// A valid segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub(crate) first_seq: u64,
+    pub(crate) version: u32,
+    /// Fingerprint of the schema that wrote the segment (0: unknown, an older file).
+    pub(crate) schema: u32,
+}
+
+/// Parses a segment header.
+pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderProblem> {
     if bytes.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderProblem::Short);
     }
@@ -57,7 +66,11 @@ pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<(u64, u32), HeaderPro
     if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderProblem::Version(version));
     }
-    Ok((u64_at(bytes, 16), version))
+    Ok(SegmentHeader {
+        first_seq: u64_at(bytes, 16),
+        version,
+        schema: u32_at(bytes, 12),
+    })
 }
 
 pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -456,8 +469,15 @@ mod tests {
 
     #[test]
     fn segment_headers_round_trip_and_detect_damage() {
-        let header = segment_header(77);
-        assert_eq!(parse_segment_header(&header), Ok((77, FORMAT_VERSION)));
+        let header = segment_header(77, 0xabcd);
+        assert_eq!(
+            parse_segment_header(&header),
+            Ok(SegmentHeader {
+                first_seq: 77,
+                version: FORMAT_VERSION,
+                schema: 0xabcd
+            })
+        );
         assert_eq!(
             parse_segment_header(&header[..10]),
             Err(HeaderProblem::Short)

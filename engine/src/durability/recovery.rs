@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use orrery_tick::Tick;
 
+use super::fingerprint;
 use super::log::{self, AppendAt, LogWriter, WriterConfig};
 use super::record::{self, SEGMENT_HEADER_LEN, TickRecord};
 use super::snapshot::{self, Snapshot, Snapshotter};
@@ -102,11 +103,15 @@ fn recover(
         .collect();
     let mut report = RecoveryReport::default();
 
+    let module_schema = engine.schema().clone();
+    let check_schema =
+        |written: u32, file: &Path| fingerprint::check(&dir, written, &module_schema, file);
     let load_started = Instant::now();
     let mut base = None;
     for (_, path) in snapshot::list_snapshots(&dir)? {
         match Snapshot::read(&path) {
             Ok(snapshot) => {
+                check_schema(snapshot.schema, &snapshot.path)?;
                 base = Some(snapshot);
                 break;
             }
@@ -132,7 +137,7 @@ fn recover(
         let tables = &mut engine.tables;
         let world = &mut engine.world;
         let connections = &mut engine.connections;
-        log::replay(&dir, after, &mut |record| {
+        log::replay(&dir, after, &check_schema, &mut |record| {
             for event in &record.connections {
                 if event.connected {
                     connections.insert(event.connection, event.identity);
@@ -175,19 +180,21 @@ fn recover(
 
     // The writer continues the last segment if it holds the newest record; otherwise (no log,
     // an empty segment, or a log that ends before the snapshot) it starts a new one.
-    // A segment of an older format is closed: new records go to a new segment.
+    // A segment of an older format, or written by another (compatible) schema, is closed:
+    // new records go to a new segment whose header names this module's schema.
     let append = match scan.append {
-        Some((path, len, version))
+        Some((path, len, version, schema))
             if len > SEGMENT_HEADER_LEN as u64
                 && scan.last_seen >= after
-                && version == record::FORMAT_VERSION =>
+                && version == record::FORMAT_VERSION
+                && schema == fingerprint::fingerprint(engine.schema()) =>
         {
             AppendAt::Existing { path, len }
         }
-        Some((_, len, _)) if len > SEGMENT_HEADER_LEN as u64 && scan.last_seen >= after => {
+        Some((_, len, _, _)) if len > SEGMENT_HEADER_LEN as u64 && scan.last_seen >= after => {
             AppendAt::New
         }
-        Some((path, _, _)) => {
+        Some((path, _, _, _)) => {
             remove_unused_segment(&dir, &path, last_seq)?;
             AppendAt::New
         }
@@ -223,6 +230,8 @@ fn start(
     durable: Vec<bool>,
     lock: fs::File,
 ) -> Result<(), DurabilityError> {
+    let schema = fingerprint::fingerprint(engine.schema());
+    fingerprint::save(&config.dir, engine.schema())?;
     let shared = Arc::new(Shared::default());
     shared.set_durable(last_seq);
     shared.set_snapshot(snapshot_seq);
@@ -234,6 +243,7 @@ fn start(
             fsync: config.fsync,
             segment_max_bytes: config.segment_max_bytes,
             fail_after_bytes: config.fail_after_bytes,
+            schema,
         },
         append,
         last_seq,
@@ -257,6 +267,7 @@ fn start(
         snapshot_every: config.snapshot_every_ticks,
         last_snapshot: snapshot_seq,
         durable_tables: durable,
+        schema,
         logged_sequences,
         _lock: lock,
     });

@@ -87,12 +87,13 @@ pub(crate) fn encode(
     world: &World,
     durable: &[bool],
     connections: &std::collections::BTreeMap<ConnectionId, Identity>,
+    schema: u32,
 ) -> Vec<u8> {
     let _span = tracing::debug_span!("snapshot_encode", seq).entered();
     let mut out = Vec::with_capacity(1 << 16);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&schema.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&now.as_micros().to_le_bytes());
     let count = durable.iter().filter(|&&d| d).count() as u32;
@@ -141,6 +142,8 @@ pub(crate) struct Snapshot {
     pub(crate) seq: u64,
     pub(crate) micros: i64,
     version: u32,
+    /// Fingerprint of the schema that wrote it (0: an older file without one).
+    pub(crate) schema: u32,
     bytes: Vec<u8>,
 }
 
@@ -173,6 +176,7 @@ impl Snapshot {
             seq: u64_at(&bytes, 16),
             micros: u64_at(&bytes, 24) as i64,
             version,
+            schema: u32_at(&bytes, 12),
             bytes,
         };
         snapshot.contents().map_err(invalid)?;
