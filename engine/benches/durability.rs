@@ -5,8 +5,12 @@
 //!   durability (`in_memory`). A tick's time includes waiting for the writer when it falls
 //!   behind (the queue is bounded), so ticks/s is the sustained rate; criterion's throughput is
 //!   in log bytes, so its MB/s is the log's write rate.
-//! - `recovery/*`: `Engine::open` of a database of 1,000,000 rows, from a snapshot alone and
-//!   from the log alone (100 records of 10,000 inserts).
+//! - `recovery/*`: `Engine::open` of a database of 1,000,000 rows, from a snapshot alone,
+//!   from the log alone (100 records of 10,000 inserts), and from a snapshot plus 64 MiB of
+//!   update records (the worst moment of the default policy: the next snapshot is due).
+//! - `snapshot_cost/*`: ticks of 10,000 updates over 1,000,000 rows with a snapshot every 20
+//!   ticks against none: what snapshots add to the tick thread (max and p99 step time), and
+//!   the materializer's memory against the snapshot's size.
 
 #![allow(missing_docs)]
 // A benchmark binary reports what it measured on stderr, next to criterion's output.
@@ -31,6 +35,18 @@ pub struct Player {
     pub hp: i32,
     pub gold: i64,
     pub name: String,
+}
+
+/// Pays `count` players from `first` one gold each (10,000 updates a tick in the benches).
+#[reducer]
+pub fn pay(ctx: &mut ReducerContext, first: u64, count: u64) -> Result<(), String> {
+    for id in first..first + count {
+        if let Some(mut player) = ctx.db.player().id().find(&id) {
+            player.gold += 1;
+            ctx.db.player().id().update(player)?;
+        }
+    }
+    Ok(())
 }
 
 #[reducer]
@@ -65,7 +81,7 @@ const UPDATES_PER_TICK: u64 = 10_000;
 fn module(with_system: bool) -> Module {
     let builder = Module::builder("bench")
         .table::<Player>()
-        .reducers(reducers![seed_players]);
+        .reducers(reducers![seed_players, pay]);
     let builder = if with_system {
         builder.add_systems(walk)
     } else {
@@ -82,10 +98,17 @@ fn config() -> EngineConfig {
 }
 
 fn durability(dir: &Path, fsync: FsyncPolicy, snapshot_every_ticks: u64) -> DurabilityConfig {
+    let defaults = DurabilityConfig::new(dir);
     DurabilityConfig {
         fsync,
         snapshot_every_ticks,
-        ..DurabilityConfig::new(dir)
+        // No snapshot at all when none is asked for by ticks.
+        snapshot_every_log_bytes: if snapshot_every_ticks == 0 {
+            0
+        } else {
+            defaults.snapshot_every_log_bytes
+        },
+        ..defaults
     }
 }
 
@@ -195,16 +218,103 @@ fn database(dir: &Path, snapshot: bool) {
             .seq;
     }
     let handle = engine.durability().unwrap();
-    let commit = engine.stats().phase(Phase::Commit);
     engine.close().unwrap();
     if snapshot {
         assert_eq!(handle.last_snapshot(), last);
-        // The tick that took the snapshot encoded all 1,000,000 rows on the tick thread.
+    }
+}
+
+fn snapshot_file_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Appends update ticks (10,000 updates each, no snapshot) until the log holds `bytes` more.
+fn grow_log(dir: &Path, bytes: u64) -> u64 {
+    let (mut engine, report) = Engine::open(
+        module(false),
+        config(),
+        durability(dir, FsyncPolicy::Never, 0),
+    )
+    .unwrap();
+    let start = log_bytes(dir);
+    let mut tick = report.last_tick as i64 + 1;
+    let mut ticks = 0;
+    while log_bytes(dir) - start < bytes {
+        let first = (ticks * UPDATES_PER_TICK) % ROWS;
+        engine
+            .call_reducer("pay", Identity::ZERO, (first, UPDATES_PER_TICK))
+            .unwrap();
+        let seq = engine.step(Timestamp::from_micros(tick * 50_000)).seq;
+        engine
+            .durability()
+            .unwrap()
+            .wait_durable(seq, Duration::from_secs(10));
+        tick += 1;
+        ticks += 1;
+    }
+    engine.close().unwrap();
+    ticks
+}
+
+fn bench_snapshot_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_cost");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(15));
+    for (name, every) in [("no_snapshots", 0u64), ("snapshot_every_20_ticks", 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        database(dir.path(), false);
+        let (mut engine, report) = Engine::open(
+            module(false),
+            config(),
+            durability(dir.path(), FsyncPolicy::Never, every),
+        )
+        .unwrap();
+        let mut tick = report.last_tick as i64 + 1;
+        let mut steps: Vec<Duration> = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let first = (tick as u64 * UPDATES_PER_TICK) % ROWS;
+                    let start = Instant::now();
+                    engine
+                        .call_reducer("pay", Identity::ZERO, (first, UPDATES_PER_TICK))
+                        .unwrap();
+                    engine.step(Timestamp::from_micros(tick * 50_000));
+                    let elapsed = start.elapsed();
+                    steps.push(elapsed);
+                    total += elapsed;
+                    tick += 1;
+                }
+                total
+            })
+        });
+        let handle = engine.durability().unwrap();
+        let commit = engine.stats().phase(Phase::Commit);
+        let copy = handle.snapshot_copy_bytes();
+        let snapshots = handle.last_snapshot();
+        engine.close().unwrap();
+        steps.sort();
+        let p99 = steps[steps.len() * 99 / 100];
+        let max = steps[steps.len() - 1];
+        let snapshot = snapshot_file_bytes(dir.path());
         eprintln!(
-            "snapshot of {ROWS} rows: commit phase of the snapshot tick {:?} (other ticks: mean {:?})",
-            commit.max, commit.mean
+            "snapshot_cost/{name}: {} ticks (10k updates of 1M rows each): step p99 {p99:?},              max {max:?}; commit phase mean {:?}, max {:?}; newest snapshot at tick {snapshots},              {:.1} MB; materializer copy {:.1} MB ({:.2}x the snapshot)",
+            steps.len(),
+            commit.mean,
+            commit.max,
+            snapshot as f64 / 1e6,
+            copy as f64 / 1e6,
+            copy as f64 / snapshot.max(1) as f64,
         );
     }
+    group.finish();
 }
 
 fn bench_recovery(c: &mut Criterion) {
@@ -212,9 +322,17 @@ fn bench_recovery(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(ROWS));
-    for (name, snapshot) in [("1m_rows_snapshot", true), ("1m_rows_log_replay", false)] {
+    for (name, snapshot, extra_log) in [
+        ("1m_rows_snapshot", true, 0),
+        ("1m_rows_log_replay", false, 0),
+        ("1m_rows_snapshot_plus_64mib_log", true, 64 << 20),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         database(dir.path(), snapshot);
+        if extra_log > 0 {
+            let ticks = grow_log(dir.path(), extra_log);
+            eprintln!("recovery/{name}: {ticks} ticks of 10k updates after the snapshot");
+        }
         let mut load = Duration::ZERO;
         let mut replay = Duration::ZERO;
         let mut opens = 0u32;
@@ -248,5 +366,10 @@ fn bench_recovery(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_commit_log, bench_recovery);
+criterion_group!(
+    benches,
+    bench_commit_log,
+    bench_recovery,
+    bench_snapshot_cost
+);
 criterion_main!(benches);

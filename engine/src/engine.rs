@@ -717,15 +717,7 @@ impl Engine {
         let seq = self.seq + 1;
         let connection_events = std::mem::take(&mut self.connection_events);
         if let Some(durability) = self.durability.as_mut() {
-            durability.commit(
-                seq,
-                now,
-                &changes,
-                &connection_events,
-                &self.connections,
-                &mut self.tables,
-                &self.world,
-            );
+            durability.commit(seq, now, &changes, &connection_events, &mut self.tables);
             timer.lap(Phase::Commit);
         }
 

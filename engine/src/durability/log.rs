@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
+use super::materializer::Written;
 use super::record::{
     self, Frame, HeaderProblem, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, TickRecord,
 };
@@ -91,6 +92,8 @@ pub(crate) struct LogWriter {
     config: WriterConfig,
     shared: Arc<Shared>,
     recycle: Sender<Vec<u8>>,
+    /// Where written records go next (the snapshot materializer), if anywhere.
+    materializer: Option<Sender<Written>>,
     segment: Option<Segment>,
     /// Bytes left before the injected fault, if any.
     budget: Option<u64>,
@@ -111,6 +114,7 @@ impl LogWriter {
         last_seq: u64,
         shared: Arc<Shared>,
         recycle: Sender<Vec<u8>>,
+        materializer: Option<Sender<Written>>,
     ) -> Result<LogWriter, DurabilityError> {
         let segment = match at {
             AppendAt::Existing { path, len } => {
@@ -127,6 +131,7 @@ impl LogWriter {
             config,
             shared,
             recycle,
+            materializer,
             segment,
             written: last_seq,
             synced: last_seq,
@@ -222,8 +227,19 @@ impl LogWriter {
             })?;
             segment.len += record.frame.len() as u64;
             self.written = record.seq;
-            if record.frame.capacity() <= RECYCLE_MAX {
-                let _ = self.recycle.send(record.frame);
+            // The materializer applies the record to its copy and recycles the buffer.
+            let frame = match &self.materializer {
+                Some(materializer) => match materializer.send(Written {
+                    seq: record.seq,
+                    frame: record.frame,
+                }) {
+                    Ok(()) => continue,
+                    Err(returned) => returned.0.frame,
+                },
+                None => record.frame,
+            };
+            if frame.capacity() <= RECYCLE_MAX {
+                let _ = self.recycle.send(frame);
             }
         }
         Ok(())

@@ -17,6 +17,7 @@
 mod engine_ext;
 mod fingerprint;
 mod log;
+mod materializer;
 mod record;
 mod recovery;
 mod snapshot;
@@ -28,12 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bevy_ecs::world::World;
-
-use std::collections::BTreeMap;
-
 use crate::changes::ChangeSet;
-use crate::identity::{ConnectionId, Identity};
 use crate::schema::{Durability, TableSchema};
 use crate::tables::TableSet;
 use crate::time::Timestamp;
@@ -66,8 +62,12 @@ pub struct DurabilityConfig {
     pub fsync: FsyncPolicy,
     /// A segment that has reached this size is closed (fsynced) and a new one started.
     pub segment_max_bytes: u64,
-    /// Take a snapshot every this many ticks (0: never).
+    /// Take a snapshot every this many ticks (0: never by ticks).
     pub snapshot_every_ticks: u64,
+    /// Take a snapshot once this many bytes of log records were written since the last one
+    /// (0: never by bytes), so that replay after a crash stays bounded however busy the
+    /// world is.
+    pub snapshot_every_log_bytes: u64,
     /// Delete log segments and snapshots that the two newest snapshots make unnecessary.
     pub prune: bool,
     /// How many ticks may wait for the log writer before `Engine::step` blocks (backpressure
@@ -81,13 +81,15 @@ pub struct DurabilityConfig {
 
 impl DurabilityConfig {
     /// The defaults for `dir`: fsync every tick, 64 MiB segments, a snapshot every 6,000 ticks
-    /// (5 minutes at 20 Hz), pruning on, 256 ticks of queue.
+    /// (5 minutes at 20 Hz) or every 64 MiB of log, whichever comes first, pruning on, 256
+    /// ticks of queue.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DurabilityConfig {
             dir: dir.into(),
             fsync: FsyncPolicy::EveryTick,
             segment_max_bytes: 64 << 20,
             snapshot_every_ticks: 6_000,
+            snapshot_every_log_bytes: 64 << 20,
             prune: true,
             queue_ticks: 256,
             fail_after_bytes: None,
@@ -204,6 +206,7 @@ pub(crate) struct Shared {
     changed: Condvar,
     durable: AtomicU64,
     snapshot: AtomicU64,
+    materialized_bytes: AtomicU64,
     failed: AtomicBool,
 }
 
@@ -236,6 +239,10 @@ impl Shared {
 
     pub(crate) fn failure(&self) -> Option<String> {
         self.lock().failure.clone()
+    }
+
+    pub(crate) fn set_materialized_bytes(&self, bytes: u64) {
+        self.materialized_bytes.store(bytes, Ordering::Release);
     }
 
     pub(crate) fn set_snapshot(&self, seq: u64) {
@@ -297,22 +304,25 @@ impl DurabilityHandle {
     pub fn last_snapshot(&self) -> u64 {
         self.shared.snapshot.load(Ordering::Acquire)
     }
+
+    /// Memory held by the snapshot materializer's copy of the durable tables (arenas, slot
+    /// arrays and indexes), as of the last record it applied: what snapshots cost in memory
+    /// over the live state.
+    pub fn snapshot_copy_bytes(&self) -> u64 {
+        self.shared.materialized_bytes.load(Ordering::Acquire)
+    }
 }
 
-/// The engine-side part of durability: encodes records and snapshots on the tick thread and
-/// owns the writer and snapshot threads.
+/// The engine-side part of durability: encodes records on the tick thread and owns the log
+/// writer and the snapshot materializer threads.
 pub(crate) struct DurabilityRuntime {
     shared: Arc<Shared>,
     records: Option<SyncSender<log::Record>>,
     /// Buffers the writer is done with (a `Mutex` only to keep the engine `Sync`; uncontended).
     recycled: Mutex<Receiver<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
-    snapshots: snapshot::Snapshotter,
-    snapshot_every: u64,
-    last_snapshot: u64,
+    materializer: materializer::Materializer,
     durable_tables: Vec<bool>,
-    /// The module schema's fingerprint, written into snapshot headers.
-    schema: u32,
     logged_sequences: Vec<Vec<u64>>,
     _lock: std::fs::File,
 }
@@ -341,16 +351,13 @@ impl DurabilityRuntime {
 
     /// The commit phase of tick `seq`: hands the durable tables' changes (and changed
     /// sequences) to the writer as one record, and takes a snapshot when one is due.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit(
         &mut self,
         seq: u64,
         now: Timestamp,
         changes: &ChangeSet,
         connection_events: &[ConnectionEvent],
-        connections: &BTreeMap<ConnectionId, Identity>,
         tables: &mut TableSet,
-        world: &World,
     ) {
         let buf = self
             .recycled
@@ -391,24 +398,6 @@ impl DurabilityRuntime {
                 "tick {seq}: record of {len} bytes exceeds the 4 GiB record limit"
             )),
         }
-
-        if self.snapshot_every > 0
-            && seq.saturating_sub(self.last_snapshot) >= self.snapshot_every
-            && !self.snapshots.busy()
-            && self.shared.failure().is_none()
-        {
-            let bytes = snapshot::encode(
-                seq,
-                now,
-                tables,
-                world,
-                &self.durable_tables,
-                connections,
-                self.schema,
-            );
-            self.snapshots.submit(seq, bytes);
-            self.last_snapshot = seq;
-        }
     }
 
     fn send(&mut self, record: log::Record) {
@@ -438,7 +427,8 @@ impl DurabilityRuntime {
             self.shared
                 .fail("the commit log writer panicked".to_owned());
         }
-        self.snapshots.close();
+        // The writer was the materializer's only sender: it stops after the last record.
+        self.materializer.close();
         match self.shared.failure() {
             Some(failure) => Err(failure),
             None => Ok(()),

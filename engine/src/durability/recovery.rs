@@ -12,11 +12,13 @@ use orrery_tick::Tick;
 
 use super::fingerprint;
 use super::log::{self, AppendAt, LogWriter, WriterConfig};
+use super::materializer::{Materialized, Materializer, SnapshotPolicy, TableCopy};
 use super::record::{self, SEGMENT_HEADER_LEN, TickRecord};
-use super::snapshot::{self, Snapshot, Snapshotter};
+use super::snapshot::{self, Snapshot};
 use super::{DurabilityConfig, DurabilityError, DurabilityRuntime, Shared, is_durable};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::module::Module;
+use crate::table::TableId;
 use crate::tables::TableSet;
 use crate::time::Timestamp;
 
@@ -237,6 +239,36 @@ fn start(
     shared.set_snapshot(snapshot_seq);
     let (records, receiver) = mpsc::sync_channel(config.queue_ticks.max(1));
     let (recycle, recycled) = mpsc::channel();
+    // The materializer starts from the recovered state (a copy of every durable table's rows
+    // in stored form) and follows the log from there.
+    let (written, materializer_input) = mpsc::channel();
+    let mut copies = Vec::new();
+    for (index, _) in durable.iter().enumerate().filter(|(_, d)| **d) {
+        let store = engine.tables.erased(index);
+        let mut copy = TableCopy::new(index as u32, store.schema().name.clone());
+        engine.for_each_row_bytes(TableId(index as u32), |pk, row| copy.upsert(pk, row));
+        copy.set_sequences(engine.tables.erased(index).sequences());
+        copies.push(copy);
+    }
+    let state = Materialized::new(
+        last_seq,
+        engine.timestamp.as_micros(),
+        copies,
+        engine.connections.clone(),
+    );
+    let materializer = Materializer::spawn(
+        config.dir.clone(),
+        state,
+        materializer_input,
+        recycle.clone(),
+        Arc::clone(&shared),
+        SnapshotPolicy {
+            every_ticks: config.snapshot_every_ticks,
+            every_log_bytes: config.snapshot_every_log_bytes,
+            prune: config.prune,
+        },
+        schema,
+    )?;
     let writer = LogWriter::open(
         WriterConfig {
             dir: config.dir.clone(),
@@ -249,12 +281,12 @@ fn start(
         last_seq,
         Arc::clone(&shared),
         recycle,
+        Some(written),
     )?;
     let writer = std::thread::Builder::new()
         .name("orrery-commit-log".into())
         .spawn(move || writer.run(receiver))
         .map_err(|e| DurabilityError::io("spawn the log writer for", &config.dir, e))?;
-    let snapshots = Snapshotter::spawn(config.dir.clone(), config.prune, Arc::clone(&shared))?;
     let logged_sequences = (0..engine.tables.len())
         .map(|i| engine.tables.erased(i).sequences().to_vec())
         .collect();
@@ -263,11 +295,8 @@ fn start(
         records: Some(records),
         recycled: std::sync::Mutex::new(recycled),
         writer: Some(writer),
-        snapshots,
-        snapshot_every: config.snapshot_every_ticks,
-        last_snapshot: snapshot_seq,
+        materializer,
         durable_tables: durable,
-        schema,
         logged_sequences,
         _lock: lock,
     });

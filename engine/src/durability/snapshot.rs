@@ -1,30 +1,20 @@
-//! Snapshots: the file format, encoding a consistent dump of every durable table on the tick
-//! thread, reading and validating a snapshot file, and the snapshot thread that writes one
-//! atomically (temp file, fsync, rename, fsync directory) and then prunes what it makes
-//! unnecessary.
+//! Snapshots: the file format, reading and validating a snapshot file, listing and pruning.
+//! Snapshots are written by the materializer thread (`materializer.rs`) from its own copy
+//! of the durable tables, never by the tick thread.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use bevy_ecs::world::World;
-
-use super::log::{prune_segments, sync_dir};
+use super::DurabilityError;
+use super::log::prune_segments;
 use super::record::{u32_at, u64_at};
-use super::{DurabilityError, Shared};
-use crate::codec::{read_len, read_varint, take_bytes, write_varint};
+use crate::codec::{read_len, read_varint, take_bytes};
 use crate::identity::{ConnectionId, Identity};
-use crate::tables::TableSet;
-use crate::time::Timestamp;
 
-const MAGIC: [u8; 8] = *b"ORRYSNAP";
+/// First bytes of every snapshot file.
+pub(crate) const MAGIC: [u8; 8] = *b"ORRYSNAP";
 /// Version 2 added the open connections after the tables; version 1 files are still read.
-const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 2;
 /// Magic (8) + version (4) + reserved (4) + sequence (8) + timestamp (8) + table count (4).
 const HEADER_LEN: usize = 36;
 const EXT: &str = "snapshot";
@@ -35,7 +25,7 @@ pub(crate) fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{EXT}"))
 }
 
-fn temp_path(dir: &Path, seq: u64) -> PathBuf {
+pub(crate) fn temp_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{EXT}.tmp"))
 }
 
@@ -77,54 +67,6 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), DurabilityError> {
         }
     }
     Ok(())
-}
-
-/// Encodes a snapshot of every durable table as of the end of tick `seq`.
-pub(crate) fn encode(
-    seq: u64,
-    now: Timestamp,
-    tables: &mut TableSet,
-    world: &World,
-    durable: &[bool],
-    connections: &std::collections::BTreeMap<ConnectionId, Identity>,
-    schema: u32,
-) -> Vec<u8> {
-    let _span = tracing::debug_span!("snapshot_encode", seq).entered();
-    let mut out = Vec::with_capacity(1 << 16);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&schema.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&now.as_micros().to_le_bytes());
-    let count = durable.iter().filter(|&&d| d).count() as u32;
-    out.extend_from_slice(&count.to_le_bytes());
-    for (index, _) in durable.iter().enumerate().filter(|(_, d)| **d) {
-        let store = tables.erased_mut(index);
-        write_varint(&mut out, index as u64);
-        let name = store.schema().name.as_bytes();
-        write_varint(&mut out, name.len() as u64);
-        out.extend_from_slice(name);
-        let sequences = store.sequences();
-        write_varint(&mut out, sequences.len() as u64);
-        for &value in sequences {
-            write_varint(&mut out, value);
-        }
-        let counts_at = out.len();
-        out.extend_from_slice(&[0u8; 16]);
-        let rows_at = out.len();
-        let rows = store.dump_rows(world, &mut out);
-        let rows_len = (out.len() - rows_at) as u64;
-        out[counts_at..counts_at + 8].copy_from_slice(&rows.to_le_bytes());
-        out[counts_at + 8..counts_at + 16].copy_from_slice(&rows_len.to_le_bytes());
-    }
-    write_varint(&mut out, connections.len() as u64);
-    for (connection, identity) in connections {
-        out.extend_from_slice(&connection.0.to_le_bytes());
-        out.extend_from_slice(identity.as_bytes());
-    }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 /// One table of a snapshot.
@@ -244,25 +186,6 @@ impl Snapshot {
     }
 }
 
-/// Writes `bytes` as snapshot `seq`: temp file, fsync, rename, fsync directory.
-pub(crate) fn write_atomically(dir: &Path, seq: u64, bytes: &[u8]) -> Result<PathBuf, String> {
-    let temp = temp_path(dir, seq);
-    let path = snapshot_path(dir, seq);
-    let fail = |op: &str, p: &Path, e: std::io::Error| format!("{op} {}: {e}", p.display());
-    let result = (|| {
-        let mut file = File::create(&temp).map_err(|e| fail("create", &temp, e))?;
-        file.write_all(bytes).map_err(|e| fail("write", &temp, e))?;
-        file.sync_all().map_err(|e| fail("fsync", &temp, e))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(|e| fail("rename", &temp, e))?;
-        sync_dir(dir).map_err(|e| fail("fsync", dir, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map(|()| path)
-}
-
 /// Deletes all but the newest [`KEEP`] snapshots and the segments the oldest kept one covers.
 pub(crate) fn prune(dir: &Path) -> Result<(), DurabilityError> {
     let snapshots = list_snapshots(dir)?;
@@ -274,82 +197,4 @@ pub(crate) fn prune(dir: &Path) -> Result<(), DurabilityError> {
     }
     prune_segments(dir, covered)?;
     Ok(())
-}
-
-/// The snapshot thread: writes one snapshot at a time.
-pub(crate) struct Snapshotter {
-    jobs: Option<Sender<(u64, Vec<u8>)>>,
-    busy: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Snapshotter {
-    pub(crate) fn spawn(
-        dir: PathBuf,
-        prune_files: bool,
-        shared: Arc<Shared>,
-    ) -> Result<Snapshotter, DurabilityError> {
-        let (jobs, receiver) = mpsc::channel::<(u64, Vec<u8>)>();
-        let busy = Arc::new(AtomicBool::new(false));
-        let busy_flag = Arc::clone(&busy);
-        let thread = std::thread::Builder::new()
-            .name("orrery-snapshot".into())
-            .spawn(move || {
-                for (seq, bytes) in receiver {
-                    write_job(&dir, prune_files, &shared, seq, &bytes);
-                    busy_flag.store(false, Ordering::Release);
-                }
-            })
-            .map_err(|e| DurabilityError::io("spawn snapshot thread for", Path::new("."), e))?;
-        Ok(Snapshotter {
-            jobs: Some(jobs),
-            busy,
-            thread: Some(thread),
-        })
-    }
-
-    /// Whether a snapshot is being written.
-    pub(crate) fn busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
-    }
-
-    /// Hands a snapshot to the thread.
-    pub(crate) fn submit(&mut self, seq: u64, bytes: Vec<u8>) {
-        if let Some(jobs) = &self.jobs {
-            self.busy.store(true, Ordering::Release);
-            if jobs.send((seq, bytes)).is_err() {
-                self.busy.store(false, Ordering::Release);
-            }
-        }
-    }
-
-    /// Finishes the snapshot in progress and stops the thread.
-    pub(crate) fn close(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn write_job(dir: &Path, prune_files: bool, shared: &Shared, seq: u64, bytes: &[u8]) {
-    let _span = tracing::debug_span!("snapshot_write", seq, bytes = bytes.len()).entered();
-    // A snapshot never gets ahead of the log: recovery relies on every record up to a
-    // snapshot's tick being in the log (or pruned because a snapshot covers it).
-    while !shared.wait(seq, Duration::from_secs(1)) {
-        if shared.failure().is_some() {
-            return;
-        }
-    }
-    match write_atomically(dir, seq, bytes) {
-        Ok(path) => {
-            tracing::debug!(path = %path.display(), "snapshot written");
-            shared.set_snapshot(seq);
-            if prune_files && let Err(error) = prune(dir) {
-                tracing::warn!(%error, "pruning after snapshot failed");
-            }
-        }
-        // The log stays authoritative: a failed snapshot costs replay time, not data.
-        Err(error) => tracing::error!(seq, %error, "snapshot failed"),
-    }
 }

@@ -641,7 +641,6 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     fn row_count(&self) -> usize;
     fn sequences(&self) -> &[u64];
     fn restore_sequences(&mut self, values: &[u64]);
-    fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64;
     fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8]));
     fn load_rows(&mut self, world: &mut World, count: u64, rows: &[u8]) -> Result<(), String>;
     fn apply_changes(
@@ -752,9 +751,6 @@ impl<T: Table> ErasedStore for TableStore<T> {
     }
     fn restore_sequences(&mut self, values: &[u64]) {
         TableStore::restore_sequences(self, values);
-    }
-    fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64 {
-        TableStore::dump_rows(self, world, out)
     }
     fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8])) {
         TableStore::for_each_row_bytes(self, world, f)

@@ -27,21 +27,6 @@ impl<T: Table> TableStore<T> {
         }
     }
 
-    /// Appends every row as a `u32` little-endian length and its row-format bytes, in storage
-    /// order; returns the number of rows.
-    pub(crate) fn dump_rows(&mut self, world: &World, out: &mut Vec<u8>) -> u64 {
-        let mut count = 0;
-        for row in self.rows_query.iter(world) {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            row.encode(out);
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            count += 1;
-        }
-        count
-    }
-
     /// Calls `f` with every row's encoded primary key and encoded row, in storage order.
     pub(crate) fn for_each_row_bytes(&mut self, world: &World, f: &mut dyn FnMut(&[u8], &[u8])) {
         let (mut pk, mut row) = (Vec::new(), Vec::new());
@@ -54,7 +39,8 @@ impl<T: Table> TableStore<T> {
         }
     }
 
-    /// Loads `count` rows in the [`TableStore::dump_rows`] layout.
+    /// Loads `count` rows in the snapshot layout (each a `u32` little-endian length and the
+    /// row-format bytes).
     pub(crate) fn load_rows(
         &mut self,
         world: &mut World,
