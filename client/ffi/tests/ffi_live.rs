@@ -8,50 +8,9 @@ use std::time::{Duration, Instant};
 
 use orrery_client::row::{ModuleSchema, Value, decode_row};
 use orrery_client_ffi::*;
+use support::Server;
 
-/// A live server on its own runtime; FFI calls run on the test thread, outside any runtime
-/// (the library blocks on a private one while connecting).
-struct Server {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<orrery_server::ServerHandle>,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let world = sample_mmo::WorldSettings {
-            npc_count: 200,
-            world_size: 600.0,
-            ..Default::default()
-        };
-        let config = orrery_server::ServerConfig::for_tests(dir.path());
-        let handle = runtime
-            .block_on(orrery_server::start(sample_mmo::module_with(world), config))
-            .unwrap();
-        let url = handle.http_url.clone();
-        Server {
-            runtime,
-            handle: Some(handle),
-            url,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self.runtime.block_on(handle.shutdown());
-        }
-    }
-}
+mod support;
 
 fn last_error() -> String {
     // SAFETY: orrery_last_error returns this thread's NUL-terminated text.

@@ -1,0 +1,171 @@
+//! Shared by the live tests: a sample-mmo server on its own runtime, the native library's build
+//! directory, and external tools (mono, g++) that must be installed: a missing tool fails the
+//! test with the install command, it never passes silently.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A live sample-mmo server (200 NPCs in 600 m) on its own runtime. FFI calls and child
+/// processes run outside that runtime.
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    handle: Option<orrery_server::ServerHandle>,
+    /// The control plane's base URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let world = sample_mmo::WorldSettings {
+            npc_count: 200,
+            world_size: 600.0,
+            ..Default::default()
+        };
+        let config = orrery_server::ServerConfig::for_tests(dir.path());
+        let handle = runtime
+            .block_on(orrery_server::start(sample_mmo::module_with(world), config))
+            .unwrap();
+        let url = handle.http_url.clone();
+        Server {
+            runtime,
+            handle: Some(handle),
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Server {
+    /// The module schema, fetched over HTTP like a client does.
+    pub fn schema(&self) -> orrery_client::row::ModuleSchema {
+        let http = orrery_client::http::ControlPlane::new(&self.url).unwrap();
+        self.runtime.block_on(http.schema()).unwrap()
+    }
+}
+
+/// Writes the code `orrery generate` emits for `schema` in `lang` into `dir`; returns its path.
+pub fn generate(
+    schema: &orrery_client::row::ModuleSchema,
+    lang: orrery_cli::codegen::Lang,
+    dir: &Path,
+) -> PathBuf {
+    let files = orrery_cli::codegen::generate(schema, lang, &Default::default()).unwrap();
+    let path = dir.join(&files[0].name);
+    std::fs::write(&path, &files[0].contents).unwrap();
+    path
+}
+
+/// The schema with every type of the row format (shared with the CLI's tests).
+pub fn kitchen_sink_schema() -> orrery_client::row::ModuleSchema {
+    let path = crate_dir().join("../../cli/tests/generated/kitchen_sink.schema.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    orrery_client::row::ModuleSchema::from_json_str(&text).unwrap()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = self.runtime.block_on(handle.shutdown());
+        }
+    }
+}
+
+/// This crate's directory.
+pub fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared row-format vectors.
+pub fn vectors_path() -> PathBuf {
+    crate_dir().join("tests/vectors/row_vectors.json")
+}
+
+/// The directory cargo put this crate's cdylib and staticlib in (`target/<profile>`): the test
+/// binary runs from `target/<profile>/deps`.
+pub fn native_lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    for lib in ["liborrery_client_ffi.so", "liborrery_client_ffi.a"] {
+        assert!(
+            dir.join(lib).exists(),
+            "{lib} not found in {}: build the crate (cargo builds its cdylib and staticlib \
+             with its tests)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The path of `tool` on PATH, or a failure saying how to install it.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{tool}` is not installed, so this test cannot build and run its program. \
+                 Install it ({install}); .ci/run does this on a fresh machine."
+            )
+        })
+}
+
+/// Runs `cmd` to completion with a deadline (the child is killed if it passes), returning its
+/// output; panics with the output if it failed.
+pub fn run(mut cmd: Command, what: &str, deadline: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let until = Instant::now() + deadline;
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).ok();
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).ok();
+        buf
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    };
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
