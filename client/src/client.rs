@@ -12,8 +12,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use orrery_netcode::udp::TokioUdpEndpoint;
-use orrery_netcode::{ClientSession, ClientSessionConfig, DisconnectReason, unix_now};
+use orrery_netcode::sim::LinkConditions;
+use orrery_netcode::udp::{Session, TokioUdpEndpoint};
+use orrery_netcode::{ClientSession, ClientSessionConfig, DisconnectReason, Transmit, unix_now};
 use orrery_row::{ConnectionId, Identity, ModuleSchema};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
@@ -21,7 +22,8 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use crate::core::{ClientCore, Event};
 use crate::error::{CallError, ClientError};
 use crate::http::ControlPlane;
-use crate::mirror::{CallbackId, Callbacks, Mirror, Row};
+use crate::link::{Direction, LinkSim, LinkStats};
+use crate::mirror::{CallbackId, Callbacks, Mirror, MirrorStats, Row};
 
 /// How [`Client::connect`] connects and how the client behaves.
 #[derive(Clone, Debug)]
@@ -46,6 +48,14 @@ pub struct ClientOptions {
     /// For an `https://` control plane: PEM certificates to trust instead of the public
     /// roots (a private CA, or a self-signed development certificate).
     pub root_certificates_pem: Option<Vec<u8>>,
+    /// Simulate a bad network on this client's UDP traffic, both ways: the driver drops,
+    /// delays and jitters datagrams by these conditions ([`crate::link`]). `None` (the
+    /// default): datagrams go straight to and from the socket. The control-plane (HTTP)
+    /// requests are not affected.
+    pub link: Option<LinkConditions>,
+    /// Seed of the link simulation's decisions: the same seed and traffic give the same drops
+    /// and delays.
+    pub link_seed: u64,
 }
 
 impl Default for ClientOptions {
@@ -59,8 +69,33 @@ impl Default for ClientOptions {
             bind: None,
             session: ClientSessionConfig::default(),
             root_certificates_pem: None,
+            link: None,
+            link_seed: 0,
         }
     }
+}
+
+/// A client's traffic counters ([`Client::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Authenticated datagrams received from the server.
+    pub datagrams_in: u64,
+    /// Datagrams sent (before any simulated loss).
+    pub datagrams_out: u64,
+    /// Bytes of authenticated datagrams received.
+    pub bytes_in: u64,
+    /// Bytes sent (before any simulated loss).
+    pub bytes_out: u64,
+    /// Datagrams dropped as not from the server, malformed, unauthenticated or replayed.
+    pub dropped: u64,
+    /// The connection's smoothed round-trip time.
+    pub rtt: Duration,
+    /// Reliable bytes sent and not acknowledged yet.
+    pub backlog_bytes: usize,
+    /// The mirror's counters.
+    pub mirror: MirrorStats,
+    /// The simulated link's counters, with [`ClientOptions::link`].
+    pub link: Option<LinkStats>,
 }
 
 /// A reducer call's successful answer.
@@ -70,6 +105,10 @@ pub struct Reply {
     pub request_id: u32,
     /// The tick the reducer ran in (its writes reach subscribers in that tick's updates).
     pub tick: u64,
+    /// Whether that tick was on disk when the server answered: always for
+    /// [`Client::call_durable`]; for [`Client::call`], which is answered the tick the reducer
+    /// ran, only if the disk had already caught up.
+    pub durable: bool,
 }
 
 /// An active subscription.
@@ -112,6 +151,7 @@ struct Shared {
     state: watch::Sender<ConnState>,
     wake: Notify,
     request_timeout: Duration,
+    link_stats: Mutex<Option<LinkStats>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -212,9 +252,13 @@ impl Client {
             state,
             wake: Notify::new(),
             request_timeout: options.request_timeout,
+            link_stats: Mutex::new(options.link.map(|_| LinkStats::default())),
         });
         let (stop_tx, stop_rx) = watch::channel(());
-        tokio::spawn(drive(shared.clone(), udp, stop_rx, options.tick));
+        let link = options
+            .link
+            .map(|conditions| LinkSim::new(conditions, options.link_seed));
+        tokio::spawn(drive(shared.clone(), udp, stop_rx, options.tick, link));
         Client {
             shared,
             schema,
@@ -475,6 +519,29 @@ impl Client {
         Ok(lock(&self.shared.core).mirror().count(table)?)
     }
 
+    /// Traffic counters: datagrams and bytes both ways, round-trip time, backlog, the
+    /// mirror's and (with [`ClientOptions::link`]) the simulated link's counters.
+    pub fn stats(&self) -> ClientStats {
+        let mut stats = {
+            let core = lock(&self.shared.core);
+            let session = core.session();
+            let s = session.stats();
+            ClientStats {
+                datagrams_in: s.datagrams_in,
+                datagrams_out: s.datagrams_out,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                dropped: s.dropped,
+                rtt: session.rtt(),
+                backlog_bytes: session.backlog_bytes(),
+                mirror: core.mirror().stats(),
+                link: None,
+            }
+        };
+        stats.link = *lock(&self.shared.link_stats);
+        stats
+    }
+
     /// Runs `f` with the mirror (raw rows, values, row bytes). Keep it short: the network
     /// driver waits while `f` runs.
     pub fn with_mirror<R>(&self, f: impl FnOnce(&Mirror) -> R) -> R {
@@ -489,16 +556,62 @@ impl Client {
     }
 }
 
+/// Feeds received datagrams into the simulated link instead of the core.
+struct LinkInbound<'a>(&'a mut LinkSim);
+
+impl Session for LinkInbound<'_> {
+    fn handle_datagram(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
+        self.0.push(now, Direction::Inbound, from, bytes.to_vec());
+    }
+    fn drain_transmits(&mut self, _out: &mut Vec<Transmit>) {}
+}
+
+/// Hands the datagrams the simulated link let through to the socket.
+struct LinkOutbound<'a>(&'a mut Vec<Transmit>);
+
+impl Session for LinkOutbound<'_> {
+    fn handle_datagram(&mut self, _now: Duration, _from: SocketAddr, _bytes: &[u8]) {}
+    fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        out.append(self.0);
+    }
+}
+
+/// Moves the link's due datagrams: inbound ones into the core, outbound ones to `ready`.
+fn deliver_due(
+    link: &mut LinkSim,
+    core: &mut ClientCore,
+    now: Duration,
+    ready: &mut Vec<Transmit>,
+) {
+    while let Some(d) = link.pop_due(now) {
+        match d.direction {
+            Direction::Inbound => core.handle_datagram(now, d.peer, &d.bytes),
+            Direction::Outbound => ready.push(Transmit {
+                to: d.peer,
+                bytes: d.bytes,
+            }),
+        }
+    }
+}
+
 async fn drive(
     shared: Arc<Shared>,
     mut udp: TokioUdpEndpoint,
     mut stop: watch::Receiver<()>,
     tick: Duration,
+    mut link: Option<LinkSim>,
 ) {
     let mut ticker = tokio::time::interval(tick.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    let mut ready = Vec::new();
+    let mut outgoing = Vec::new();
     loop {
+        // With a simulated link, also wake when its next held datagram is due.
+        let link_wait = link
+            .as_ref()
+            .and_then(LinkSim::next_due)
+            .map(|due| due.saturating_sub(unix_now()));
         tokio::select! {
             readable = udp.readable() => {
                 if let Err(error) = readable {
@@ -507,6 +620,7 @@ async fn drive(
             }
             _ = ticker.tick() => {}
             _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(link_wait.unwrap_or_default()), if link_wait.is_some() => {}
             changed = stop.changed(), if !stopping => {
                 // The last `Client` was dropped.
                 debug_assert!(changed.is_err());
@@ -520,12 +634,32 @@ async fn drive(
             if stopping && !matches!(core.state(), orrery_netcode::ClientState::Disconnected(_)) {
                 core.disconnect();
             }
-            if let Err(error) = udp.recv(&mut *core, now) {
-                tracing::warn!(%error, "UDP receive failed");
-            }
-            core.update(now);
-            if let Err(error) = udp.flush(&mut *core) {
-                tracing::warn!(%error, "UDP send failed");
+            match &mut link {
+                None => {
+                    if let Err(error) = udp.recv(&mut *core, now) {
+                        tracing::warn!(%error, "UDP receive failed");
+                    }
+                    core.update(now);
+                    if let Err(error) = udp.flush(&mut *core) {
+                        tracing::warn!(%error, "UDP send failed");
+                    }
+                }
+                Some(link) => {
+                    if let Err(error) = udp.recv(&mut LinkInbound(link), now) {
+                        tracing::warn!(%error, "UDP receive failed");
+                    }
+                    deliver_due(link, &mut core, now, &mut ready);
+                    core.update(now);
+                    core.drain_transmits(&mut outgoing);
+                    for t in outgoing.drain(..) {
+                        link.push(now, Direction::Outbound, t.to, t.bytes);
+                    }
+                    deliver_due(link, &mut core, now, &mut ready);
+                    if let Err(error) = udp.flush(&mut LinkOutbound(&mut ready)) {
+                        tracing::warn!(%error, "UDP send failed");
+                    }
+                    *lock(&shared.link_stats) = Some(link.stats());
+                }
             }
             while let Some(event) = core.poll_event() {
                 events.push(event);
@@ -538,6 +672,21 @@ async fn drive(
             let _ = shared.events.send(event);
         }
         if closed {
+            if let Some(link) = &mut link {
+                // The driver ends here: send what the link still holds (the disconnect
+                // packets) now rather than never.
+                while let Some(d) = link.pop_due(Duration::MAX) {
+                    if d.direction == Direction::Outbound {
+                        ready.push(Transmit {
+                            to: d.peer,
+                            bytes: d.bytes,
+                        });
+                    }
+                }
+                if let Err(error) = udp.flush(&mut LinkOutbound(&mut ready)) {
+                    tracing::debug!(%error, "UDP send failed");
+                }
+            }
             tracing::debug!("client driver finished");
             return;
         }
@@ -560,6 +709,7 @@ impl Shared {
                 request_id,
                 tick,
                 result,
+                durable,
             } => {
                 let waiter = lock(&self.waiters).calls.remove(request_id);
                 if let Some(CallWaiter { reducer, tx }) = waiter {
@@ -567,6 +717,7 @@ impl Shared {
                         Ok(()) => Ok(Reply {
                             request_id: *request_id,
                             tick: *tick,
+                            durable: *durable,
                         }),
                         Err(message) => Err(CallError::Reducer {
                             reducer,

@@ -4,7 +4,8 @@
 //! schema, connect token: [`http`]), the UDP connection driven on a tokio task ([`Client`]),
 //! reducer calls with request ids and awaited replies, SQL subscriptions, and the mirror cache
 //! of subscribed rows with insert/update/delete callbacks and typed (serde) access
-//! ([`mirror`]). [`ClientCore`] is the same client without I/O, for deterministic tests on a
+//! ([`mirror`]), and an optional simulated bad network on the client's own datagrams
+//! ([`link`]: loss, latency, jitter, for load and soak tests). [`ClientCore`] is the same client without I/O, for deterministic tests on a
 //! virtual clock and for embedding (the FFI layer).
 //!
 //! Dependency rule: this crate depends on `orrery-netcode` (sessions, envelopes, the
@@ -38,9 +39,10 @@ mod client;
 mod core;
 mod error;
 pub mod http;
+pub mod link;
 pub mod mirror;
 
-pub use client::{Client, ClientOptions, QueryHandle, Reply};
+pub use client::{Client, ClientOptions, ClientStats, QueryHandle, Reply};
 pub use core::{ClientCore, Event};
 pub use error::{CallError, ClientError, MirrorError};
 pub use mirror::{CallbackId, Callbacks, Mirror, MirrorChange, MirrorStats, Row};

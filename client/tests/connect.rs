@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use orrery_client::netcode::sim::LinkConditions;
 use orrery_client::row::Value;
 use orrery_client::{CallError, Client, ClientError, ClientOptions, Event};
 use orrery_netcode::udp::TokioUdpEndpoint;
@@ -386,4 +387,48 @@ async fn dropping_the_last_handle_disconnects() {
     .map(|n| *n)
     .unwrap();
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_simulated_lossy_link_delays_and_drops_datagrams_yet_every_call_is_answered() {
+    let mut server = start_server().await;
+    let link = LinkConditions::lossy(0.2, Duration::from_millis(15), Duration::from_millis(10));
+    let client = Client::connect(
+        &server.http_base,
+        ClientOptions {
+            link: Some(link),
+            link_seed: 11,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    client.subscribe("SELECT * FROM npc").await.unwrap();
+    for id in 1..=40u64 {
+        client
+            .call("spawn_npc", json!([id, "wolf", [id as f32, 0.0], 10]))
+            .await
+            .unwrap();
+    }
+    // Every reply came back in spite of the losses, and the mirror holds every row.
+    assert_eq!(client.count("npc").unwrap(), 40);
+    let stats = client.stats();
+    let sim = stats.link.expect("link counters with a simulated link");
+    assert!(sim.lost_out > 0 && sim.lost_in > 0, "{sim:?}");
+    assert!(sim.sent_in >= stats.datagrams_in);
+    assert!(stats.bytes_in > 0 && stats.bytes_out > 0);
+    // Held datagrams went out when the client closed: the server sees the disconnect.
+    client.disconnect();
+    client.closed().await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        server.disconnects.wait_for(|n| *n == 1),
+    )
+    .await
+    .expect("the server saw the disconnect")
+    .unwrap();
+
+    // Without a simulated link there are no link counters.
+    let plain = Client::connect(&server.http_base, options()).await.unwrap();
+    assert_eq!(plain.stats().link, None);
 }

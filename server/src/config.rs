@@ -212,16 +212,43 @@ impl ServerConfig {
         if !(1..=1000).contains(&self.tick_rate) {
             return bad("tick_rate", self.tick_rate.to_string(), "must be 1..=1000");
         }
-        let r = self.rate_limit;
-        if !(r.calls_per_second.is_finite() && r.calls_per_second > 0.0) {
-            return bad(
+        for (rate, burst, r) in [
+            (
                 "rate_limit.calls_per_second",
-                r.calls_per_second.to_string(),
-                "must be a positive number",
-            );
+                "rate_limit.burst",
+                self.rate_limit,
+            ),
+            (
+                "identities_per_address.calls_per_second",
+                "identities_per_address.burst",
+                self.identities_per_address,
+            ),
+            (
+                "connect_tokens_per_address.calls_per_second",
+                "connect_tokens_per_address.burst",
+                self.connect_tokens_per_address,
+            ),
+        ] {
+            if !(r.calls_per_second.is_finite() && r.calls_per_second > 0.0) {
+                return bad(
+                    rate,
+                    r.calls_per_second.to_string(),
+                    "must be a positive number",
+                );
+            }
+            if r.burst == 0 {
+                return bad(burst, "0".into(), "must be at least 1");
+            }
         }
-        if r.burst == 0 {
-            return bad("rate_limit.burst", "0".into(), "must be at least 1");
+        if self.max_pending_per_ip == 0 {
+            return bad("max_pending_per_ip", "0".into(), "must be at least 1");
+        }
+        if self.max_connections_per_identity == 0 {
+            return bad(
+                "max_connections_per_identity",
+                "0".into(),
+                "must be at least 1",
+            );
         }
         if self.max_clients == 0 {
             return bad("max_clients", "0".into(), "must be at least 1");
@@ -299,6 +326,25 @@ pub struct ServerArgs {
     /// Run the module's systems on one thread.
     #[arg(long)]
     pub single_threaded: bool,
+    /// Connection handshakes in progress from one IP address at most (raise it for load
+    /// tests whose bots share an address, or behind a NAT gateway).
+    #[arg(long, default_value_t = 16)]
+    pub max_pending_per_ip: usize,
+    /// Live connections one identity may hold.
+    #[arg(long, default_value_t = 4)]
+    pub max_connections_per_identity: usize,
+    /// New identities (`POST /v1/identity`) one source address may mint per second.
+    #[arg(long, default_value_t = 1.0)]
+    pub identities_per_second: f64,
+    /// New identities one source address may mint at once after a quiet period.
+    #[arg(long, default_value_t = 10)]
+    pub identity_burst: u32,
+    /// Connect tokens (`POST /v1/connect-token`) one source address may fetch per second.
+    #[arg(long, default_value_t = 5.0)]
+    pub connect_tokens_per_second: f64,
+    /// Connect tokens one source address may fetch at once after a quiet period.
+    #[arg(long, default_value_t = 20)]
+    pub connect_token_burst: u32,
 }
 
 impl ServerArgs {
@@ -357,9 +403,98 @@ impl ServerArgs {
             } else {
                 SystemsExecutor::MultiThreaded
             },
+            max_pending_per_ip: self.max_pending_per_ip,
+            max_connections_per_identity: self.max_connections_per_identity,
+            identities_per_address: RateLimit {
+                calls_per_second: self.identities_per_second,
+                burst: self.identity_burst,
+            },
+            connect_tokens_per_address: RateLimit {
+                calls_per_second: self.connect_tokens_per_second,
+                burst: self.connect_token_burst,
+            },
             ..defaults
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, ServerError> {
+        let cli = Cli::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+            .map_err(|e| ServerError::Config {
+                field: "args",
+                value: e.to_string(),
+                reason: "unparsable",
+            })?;
+        cli.server.into_config()
+    }
+
+    #[test]
+    fn per_address_limits_default_and_flags() {
+        let d = parse(&[]).unwrap();
+        let defaults = ServerConfig::default();
+        assert_eq!(d.max_pending_per_ip, defaults.max_pending_per_ip);
+        assert_eq!(
+            d.max_connections_per_identity,
+            defaults.max_connections_per_identity
+        );
+        assert_eq!(d.identities_per_address, defaults.identities_per_address);
+        assert_eq!(
+            d.connect_tokens_per_address,
+            defaults.connect_tokens_per_address
+        );
+        let c = parse(&[
+            "--max-pending-per-ip",
+            "4096",
+            "--max-connections-per-identity",
+            "2",
+            "--identities-per-second",
+            "500",
+            "--identity-burst",
+            "1000",
+            "--connect-tokens-per-second",
+            "600",
+            "--connect-token-burst",
+            "1200",
+        ])
+        .unwrap();
+        assert_eq!(c.max_pending_per_ip, 4096);
+        assert_eq!(c.max_connections_per_identity, 2);
+        assert_eq!(
+            c.identities_per_address,
+            RateLimit {
+                calls_per_second: 500.0,
+                burst: 1000
+            }
+        );
+        assert_eq!(
+            c.connect_tokens_per_address,
+            RateLimit {
+                calls_per_second: 600.0,
+                burst: 1200
+            }
+        );
+        for bad in [
+            ["--identities-per-second", "0"],
+            ["--connect-token-burst", "0"],
+            ["--max-pending-per-ip", "0"],
+        ] {
+            assert!(
+                matches!(parse(&bad), Err(ServerError::Config { .. })),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Server counters shared by the tick thread, the network task and the HTTP handlers, and
-//! their Prometheus text exposition ([`Metrics::render`]). Names are listed in
+//! their Prometheus text exposition ([`Metrics::render`]), which also reports the process's
+//! CPU time and resident memory (read from `/proc/self` on Linux). Names are listed in
 //! `docs/server.md`.
 
 use std::fmt::Write as _;
@@ -420,6 +421,97 @@ impl Metrics {
             "Subscription records (upserts, deltas, deletes) handed to clients.",
             &[("", g(&self.publisher_records))],
         );
+        if let Some(process) = ProcessUsage::read_self() {
+            metric(
+                "orrery_process_cpu_seconds_total",
+                "counter",
+                "CPU time (user and system) of the server process, every thread.",
+                &[("", process.cpu_seconds)],
+            );
+            metric(
+                "orrery_process_resident_bytes",
+                "gauge",
+                "Resident memory of the server process.",
+                &[("", process.resident_bytes as f64)],
+            );
+        }
         out
+    }
+}
+
+/// CPU time and resident memory of a process, from `/proc/<pid>/stat` and `/proc/<pid>/status`
+/// (Linux; `None` elsewhere or when the files cannot be read).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessUsage {
+    /// User plus system CPU time of every thread, seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, bytes.
+    pub resident_bytes: u64,
+}
+
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat` (`USER_HZ`, 100 on every
+/// Linux architecture's ABI).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessUsage {
+    /// This process's usage.
+    pub fn read_self() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        Self::parse(&stat, &status)
+    }
+
+    /// Parses the text of `/proc/<pid>/stat` and `/proc/<pid>/status`.
+    pub fn parse(stat: &str, status: &str) -> Option<Self> {
+        // The command name (field 2) is in parentheses and may hold spaces: count fields
+        // after the last ')'. utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        let resident_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(ProcessUsage {
+            cpu_seconds: (utime + stime) / USER_HZ,
+            resident_bytes: resident_kib * 1024,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_and_status() {
+        let stat = "4242 (orrery tick) S 1 4242 4242 0 -1 4194560 5 0 0 0 250 75 0 0 20 0 9 0 \
+                    100 2000 300 18446744073709551615";
+        let status = "Name:\tsample-mmo\nVmPeak:\t  9000 kB\nVmRSS:\t  51200 kB\nThreads:\t9\n";
+        assert_eq!(
+            ProcessUsage::parse(stat, status),
+            Some(ProcessUsage {
+                cpu_seconds: 3.25,
+                resident_bytes: 51200 * 1024
+            })
+        );
+        assert_eq!(ProcessUsage::parse("garbage", status), None);
+        assert_eq!(ProcessUsage::parse(stat, "Name: x\n"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn renders_process_gauges_on_linux() {
+        let text = Metrics::new(16, std::time::Duration::from_millis(50)).render();
+        assert!(
+            text.contains("\norrery_process_cpu_seconds_total "),
+            "{text}"
+        );
+        assert!(text.contains("\norrery_process_resident_bytes "), "{text}");
     }
 }
