@@ -1,0 +1,466 @@
+//! What the load test reads from the server side: the Prometheus text of `/metrics` (parsed
+//! into a [`ServerSample`]: tick times per phase, overruns, skipped ticks, traffic, calls,
+//! process CPU and memory), a minimal HTTP/1.1 GET for it and for `/health`, and
+//! `/proc/<pid>` CPU and memory of a local process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Why a scrape failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// The URL is not `http://host:port/path`.
+    #[error("not an http:// URL: {0:?}")]
+    Url(String),
+    /// The request failed on the network.
+    #[error("GET {url}: {error}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("GET {url}: no answer within {after:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The answer was not a well-formed 2xx HTTP response.
+    #[error("GET {url}: {reason}")]
+    Response {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// `GET url` over plain HTTP/1.1 (optionally with a bearer token); the body of a 2xx answer.
+pub async fn http_get(
+    url: &str,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<String, ScrapeError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ScrapeError::Url(url.to_owned()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(ScrapeError::Url(url.to_owned()));
+    }
+    let io = |error| ScrapeError::Io {
+        url: url.to_owned(),
+        error,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(io)?;
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Accept: */*\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.map_err(io)?;
+        Ok::<_, ScrapeError>(raw)
+    };
+    let raw = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ScrapeError::Timeout {
+            url: url.to_owned(),
+            after: timeout,
+        })??;
+    parse_response(url, &raw)
+}
+
+/// The body of a raw HTTP/1.1 response if its status is 2xx (`Content-Length`, chunked or
+/// read-to-close bodies).
+fn parse_response(url: &str, raw: &[u8]) -> Result<String, ScrapeError> {
+    let bad = |reason: String| ScrapeError::Response {
+        url: url.to_owned(),
+        reason,
+    };
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers".into()))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line".into()))?;
+    let chunked = lines.clone().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| bad("bad chunked body".into()))?
+    } else {
+        body.to_vec()
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !(200..300).contains(&status) {
+        return Err(bad(format!(
+            "status {status}: {}",
+            text.chars().take(200).collect::<String>()
+        )));
+    }
+    Ok(text)
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+/// Parsed Prometheus text: `name{sorted labels}` → value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exposition {
+    samples: BTreeMap<String, f64>,
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut labels: Vec<(&str, &str)> = labels.to_vec();
+    labels.sort_unstable();
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}{{{}}}", inner.join(","))
+}
+
+impl Exposition {
+    /// Parses the text format (comments and malformed lines are skipped).
+    pub fn parse(text: &str) -> Self {
+        let mut samples = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(split) => split,
+                None => continue,
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels: Vec<(&str, &str)> = labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.trim(), v.trim().trim_matches('"')))
+                })
+                .collect();
+            samples.insert(key(name, &labels), value);
+        }
+        Exposition { samples }
+    }
+
+    /// The sample `name` with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples.get(&key(name, labels)).copied()
+    }
+
+    /// Samples parsed.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether nothing was parsed.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// The tick phases the server reports, in order.
+pub const PHASES: [&str; 9] = [
+    "input",
+    "reducers",
+    "scheduled",
+    "systems",
+    "capture",
+    "commit",
+    "publish",
+    "flush",
+    "total",
+];
+
+/// p50, p99 and max of one tick phase over the server's window of recent ticks (1,024),
+/// milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimes {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+/// One scrape of the server's `/metrics` (plus process usage when known).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerSample {
+    /// Clients connected.
+    pub clients: f64,
+    /// Ticks run so far.
+    pub ticks: f64,
+    /// Ticks the clock dropped so far (the loop fell behind by more than it catches up).
+    pub ticks_skipped: f64,
+    /// Ticks over budget among the last 1,024.
+    pub window_overruns: f64,
+    /// Tick time per phase (`PHASES`, `total` last).
+    pub phases: BTreeMap<String, PhaseTimes>,
+    /// UDP bytes received so far.
+    pub udp_bytes_in: f64,
+    /// UDP bytes sent so far.
+    pub udp_bytes_out: f64,
+    /// UDP datagrams received so far.
+    pub udp_datagrams_in: f64,
+    /// UDP datagrams sent so far.
+    pub udp_datagrams_out: f64,
+    /// Reducer calls received so far.
+    pub calls: f64,
+    /// Reducer calls that failed (returned an error) so far.
+    pub calls_failed: f64,
+    /// Reducer calls refused by the rate limit so far.
+    pub calls_rate_limited: f64,
+    /// Subscription payload bytes handed out so far.
+    pub publisher_bytes: f64,
+    /// Clients disconnected for a full backlog so far.
+    pub backlog_disconnects: f64,
+    /// Process CPU seconds so far (user + system), if known.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory, bytes, if known.
+    pub resident_bytes: Option<f64>,
+}
+
+impl ServerSample {
+    /// The sample in an exposition.
+    pub fn from_exposition(e: &Exposition) -> Self {
+        let g = |name: &str| e.get(name, &[]).unwrap_or(0.0);
+        let d = |name: &str, dir: &str| e.get(name, &[("direction", dir)]).unwrap_or(0.0);
+        let phases = PHASES
+            .iter()
+            .map(|phase| {
+                let q = |q: &str| {
+                    e.get(
+                        "orrery_tick_duration_seconds",
+                        &[("phase", phase), ("quantile", q)],
+                    )
+                    .unwrap_or(0.0)
+                        * 1_000.0
+                };
+                (
+                    (*phase).to_owned(),
+                    PhaseTimes {
+                        p50_ms: q("0.5"),
+                        p99_ms: q("0.99"),
+                        max_ms: q("1"),
+                    },
+                )
+            })
+            .collect();
+        ServerSample {
+            clients: g("orrery_clients_connected"),
+            ticks: g("orrery_ticks_total"),
+            ticks_skipped: g("orrery_ticks_skipped_total"),
+            window_overruns: g("orrery_tick_window_overruns"),
+            phases,
+            udp_bytes_in: d("orrery_udp_bytes_total", "in"),
+            udp_bytes_out: d("orrery_udp_bytes_total", "out"),
+            udp_datagrams_in: d("orrery_udp_datagrams_total", "in"),
+            udp_datagrams_out: d("orrery_udp_datagrams_total", "out"),
+            calls: g("orrery_reducer_calls_total"),
+            calls_failed: g("orrery_reducer_calls_failed_total"),
+            calls_rate_limited: e
+                .get(
+                    "orrery_reducer_calls_rejected_total",
+                    &[("reason", "rate_limit")],
+                )
+                .unwrap_or(0.0),
+            publisher_bytes: g("orrery_publisher_bytes_total"),
+            backlog_disconnects: g("orrery_backlog_disconnects_total"),
+            cpu_seconds: e.get("orrery_process_cpu_seconds_total", &[]),
+            resident_bytes: e.get("orrery_process_resident_bytes", &[]),
+        }
+    }
+
+    /// The `total` phase.
+    pub fn total(&self) -> PhaseTimes {
+        self.phases.get("total").copied().unwrap_or_default()
+    }
+}
+
+/// Where the server's metrics come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSource {
+    /// The `/metrics` URL (plain HTTP).
+    pub url: String,
+    /// The admin token, for the control plane's `/metrics`.
+    pub admin_token: Option<String>,
+}
+
+impl MetricsSource {
+    /// One scrape.
+    pub async fn scrape(&self) -> Result<ServerSample, ScrapeError> {
+        let text = http_get(
+            &self.url,
+            self.admin_token.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok(ServerSample::from_exposition(&Exposition::parse(&text)))
+    }
+}
+
+/// CPU time and resident memory of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// User plus system CPU seconds of every thread.
+    pub cpu_seconds: f64,
+    /// Resident set size, bytes.
+    pub resident_bytes: u64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` CPU times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessUsage {
+    /// Usage of process `pid` (`None` when `/proc/<pid>` cannot be read: not Linux, or gone).
+    pub fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Self::parse(&stat, &status)
+    }
+
+    /// Usage of this process.
+    pub fn current() -> Option<Self> {
+        Self::of(std::process::id())
+    }
+
+    /// Parses `/proc/<pid>/stat` (utime and stime, fields 14 and 15) and `/proc/<pid>/status`
+    /// (`VmRSS`).
+    pub fn parse(stat: &str, status: &str) -> Option<Self> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(ProcessUsage {
+            cpu_seconds: (utime + stime) / USER_HZ,
+            resident_bytes: kib * 1024,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# HELP orrery_clients_connected Clients connected.
+# TYPE orrery_clients_connected gauge
+orrery_clients_connected 12
+orrery_ticks_total 400
+orrery_ticks_skipped_total 2
+orrery_tick_duration_seconds{phase=\"total\",quantile=\"0.5\"} 0.004
+orrery_tick_duration_seconds{phase=\"total\",quantile=\"0.99\"} 0.02
+orrery_tick_duration_seconds{phase=\"total\",quantile=\"1\"} 0.031
+orrery_tick_duration_seconds{phase=\"publish\",quantile=\"0.99\"} 0.01
+orrery_tick_window_overruns 0
+orrery_udp_bytes_total{direction=\"in\"} 1000
+orrery_udp_bytes_total{direction=\"out\"} 5000
+orrery_reducer_calls_rejected_total{reason=\"rate_limit\"} 3
+orrery_process_cpu_seconds_total 1.5
+not a sample line
+";
+
+    #[test]
+    fn parses_the_server_exposition() {
+        let e = Exposition::parse(TEXT);
+        assert_eq!(e.get("orrery_clients_connected", &[]), Some(12.0));
+        assert_eq!(
+            e.get(
+                "orrery_tick_duration_seconds",
+                &[("quantile", "0.99"), ("phase", "total")]
+            ),
+            Some(0.02)
+        );
+        let s = ServerSample::from_exposition(&e);
+        assert_eq!(s.clients, 12.0);
+        assert_eq!(s.ticks_skipped, 2.0);
+        assert_eq!(s.total().p99_ms, 20.0);
+        assert_eq!(s.total().max_ms, 31.0);
+        assert_eq!(s.phases["publish"].p99_ms, 10.0);
+        assert_eq!((s.udp_bytes_in, s.udp_bytes_out), (1000.0, 5000.0));
+        assert_eq!(s.calls_rate_limited, 3.0);
+        assert_eq!(s.cpu_seconds, Some(1.5));
+        assert_eq!(s.resident_bytes, None);
+    }
+
+    #[test]
+    fn parses_responses() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(parse_response("u", ok).unwrap(), "hello");
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(parse_response("u", chunked).unwrap(), "hello");
+        let denied = b"HTTP/1.1 403 Forbidden\r\n\r\n{\"error\":\"no\"}";
+        assert!(matches!(
+            parse_response("u", denied),
+            Err(ScrapeError::Response { .. })
+        ));
+        assert!(matches!(
+            parse_response("u", b"garbage"),
+            Err(ScrapeError::Response { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_proc_files() {
+        let stat = "99 (a b) R 1 2 3 4 5 6 7 8 9 10 300 100 0 0";
+        let status = "Name: x\nVmRSS:\t  2048 kB\n";
+        assert_eq!(
+            ProcessUsage::parse(stat, status),
+            Some(ProcessUsage {
+                cpu_seconds: 4.0,
+                resident_bytes: 2048 * 1024
+            })
+        );
+        #[cfg(target_os = "linux")]
+        assert!(ProcessUsage::current().is_some_and(|u| u.resident_bytes > 0));
+    }
+}
