@@ -103,25 +103,19 @@ fn param(name: &str) -> String {
     }
 }
 
-/// A member name: PascalCase, suffixed when it would clash with the generated members.
-fn member(name: &str, owner: &str) -> String {
+/// A member name: PascalCase, suffixed when it would clash with the generated members
+/// (`reserved`: a variant's `Tag`, a table's `TableId`, `TableName` and `Decode`).
+fn member(name: &str, owner: &str, reserved: &[&str]) -> String {
     let m = pascal(name);
-    if [
-        "Read",
-        "Write",
-        "Decode",
-        "Tag",
-        "TableId",
-        "TableName",
-        owner,
-    ]
-    .contains(&m.as_str())
-    {
+    if ["Read", "Write", owner].contains(&m.as_str()) || reserved.contains(&m.as_str()) {
         format!("{m}_")
     } else {
         m
     }
 }
+
+/// The members a table class adds to its columns.
+const TABLE_MEMBERS: &[&str] = &["TableId", "TableName", "Decode"];
 
 fn unit_enum(variants: &[VariantDesc]) -> bool {
     variants.iter().all(|v| v.fields.is_empty())
@@ -276,9 +270,21 @@ fn write(t: &TypeDesc, w: &str, v: &str, depth: usize) -> String {
 
 /// Fields, `Read` and `Write` of a class holding `fields`, indented by `ind`.
 /// `hides`: a variant class, whose `Read` hides its base class's.
-fn class_body(out: &mut String, class: &str, fields: &[FieldDesc], ind: &str, hides: bool) {
+fn class_body(
+    out: &mut String,
+    class: &str,
+    fields: &[FieldDesc],
+    ind: &str,
+    hides: bool,
+    reserved: &[&str],
+) {
     for f in fields {
-        let _ = writeln!(out, "{ind}public {} {};", ty(&f.ty), member(&f.name, class));
+        let _ = writeln!(
+            out,
+            "{ind}public {} {};",
+            ty(&f.ty),
+            member(&f.name, class, reserved)
+        );
     }
     let new = if hides { "new " } else { "" };
     let _ = writeln!(
@@ -287,15 +293,15 @@ fn class_body(out: &mut String, class: &str, fields: &[FieldDesc], ind: &str, hi
     );
     let _ = writeln!(out, "{ind}    var v = new {class}();");
     for f in fields {
-        let m = member(&f.name, class);
+        let m = member(&f.name, class, reserved);
         let _ = writeln!(out, "{ind}    v.{m} = {};", read(&f.ty, "r", 0));
     }
     let _ = writeln!(out, "{ind}    return v;\n{ind}}}");
 }
 
-fn write_body(out: &mut String, class: &str, fields: &[FieldDesc], ind: &str) {
+fn write_body(out: &mut String, class: &str, fields: &[FieldDesc], ind: &str, reserved: &[&str]) {
     for f in fields {
-        let m = member(&f.name, class);
+        let m = member(&f.name, class, reserved);
         let _ = writeln!(out, "{ind}    {}", write(&f.ty, "w", &m, 0));
     }
 }
@@ -319,9 +325,9 @@ pub(super) fn generate(model: &Model<'_>, options: &Options) -> String {
             Named::Struct { name, fields } => {
                 let class = pascal(name);
                 let _ = writeln!(out, "    public sealed partial class {class}\n    {{");
-                class_body(&mut out, &class, fields, "        ", false);
+                class_body(&mut out, &class, fields, "        ", false, &[]);
                 let _ = writeln!(out, "\n        public void Write(RowWriter w)\n        {{");
-                write_body(&mut out, &class, fields, "        ");
+                write_body(&mut out, &class, fields, "        ", &[]);
                 let _ = writeln!(out, "        }}\n    }}\n");
             }
             Named::Enum { name, variants } if unit_enum(variants) => {
@@ -356,12 +362,12 @@ pub(super) fn generate(model: &Model<'_>, options: &Options) -> String {
                         out,
                         "            public override int Tag {{ get {{ return {i}; }} }}"
                     );
-                    class_body(&mut out, &class, &v.fields, "            ", true);
+                    class_body(&mut out, &class, &v.fields, "            ", true, &["Tag"]);
                     let _ = writeln!(
                         out,
                         "\n            public override void Write(RowWriter w)\n            {{\n                w.WriteEnumTag({i});"
                     );
-                    write_body(&mut out, &class, &v.fields, "            ");
+                    write_body(&mut out, &class, &v.fields, "            ", &["Tag"]);
                     let _ = writeln!(out, "            }}\n        }}\n");
                 }
                 let _ = writeln!(
@@ -402,7 +408,7 @@ pub(super) fn generate(model: &Model<'_>, options: &Options) -> String {
             t.id,
             quoted(&t.name)
         );
-        class_body(&mut out, &class, &fields, "        ", false);
+        class_body(&mut out, &class, &fields, "        ", false, TABLE_MEMBERS);
         let _ = writeln!(
             out,
             "\n        /// <summary>Decodes a whole row (an event's Row bytes).</summary>\n        \
@@ -410,7 +416,7 @@ pub(super) fn generate(model: &Model<'_>, options: &Options) -> String {
              var r = new RowReader(row);\n            var v = Read(r);\n            r.EnsureEnd();\n            return v;\n        }}"
         );
         let _ = writeln!(out, "\n        public void Write(RowWriter w)\n        {{");
-        write_body(&mut out, &class, &fields, "        ");
+        write_body(&mut out, &class, &fields, "        ", TABLE_MEMBERS);
         let _ = writeln!(out, "        }}\n    }}\n");
     }
     let _ = writeln!(

@@ -66,10 +66,62 @@ fn csharp_reader_and_writer_pass_the_shared_vectors() {
 }
 
 #[test]
-fn csharp_generated_code_for_every_type_compiles() {
+fn csharp_generated_code_for_every_type_compiles_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let generated = generate(&kitchen_sink_schema(), Lang::Csharp, dir.path());
-    mcs(&[&generated], &dir.path().join("KitchenSink.dll"), true);
+    let main = dir.path().join("RoundTrip.cs");
+    std::fs::write(
+        &main,
+        r#"using System;
+using System.Collections.Generic;
+using Orrery;
+using Orrery.Generated;
+public static class RoundTrip
+{
+    public static int Main()
+    {
+        var t = new Thing
+        {
+            Id = ulong.MaxValue, Label = "h\u00e9", Maybe = 5, Nick = null, Target = new Vec2(3, 4),
+            Nested = -7, Bytes = new byte[] { 0xde, 0xad }, Tags = new List<string> { "a", "" },
+            Grid = new List<List<ushort>> { new List<ushort> { 1, 300 }, new List<ushort>() },
+            Points = new List<Vec2> { new Vec2(1, 2) },
+            Inner = new Inner { Tag = 7, Labels = new List<string> { "x" } },
+            Inners = new List<Inner>(),
+            Shape = new Shape.Nested { Inner = new Inner { Labels = new List<string>() }, Mood = Mood.Angry },
+            Shapes = new List<Shape> { new Shape.Dot(), new Shape.Circle { Item0 = 2.5f }, new Shape.Rect { W = 3, H = 300 } },
+            MaybeMood = null, Pair = new Pair { Item0 = 1, Item1 = "one" }, Empty = new Empty(),
+            Type = "keyword", Read_ = 1, When = ScheduleAt.Interval(1000000),
+        };
+        var w = new RowWriter();
+        t.Write(w);
+        var bytes = w.ToArray();
+        var back = Thing.Decode(bytes);
+        var again = new RowWriter();
+        back.Write(again);
+        if (BitConverter.ToString(again.ToArray()) != BitConverter.ToString(bytes)) { Console.WriteLine("re-encoded differently"); return 1; }
+        if (back.Label != t.Label || back.Nested != -7 || ((Shape.Rect)back.Shapes[2]).H != 300 || back.Grid[0][1] != 300) return 1;
+        try { Thing.Decode(new byte[] { 1 }); Console.WriteLine("a cut row decoded"); return 1; }
+        catch (RowFormatException) { }
+        var args = Reducers.EncodePoke(back.Shape, back.Who, new List<string> { "a" }, null, "cls", new Vec3(1, 2, 3), back.Pair);
+        if (args.Length == 0 || Reducers.EncodeNoop().Length != 0) return 1;
+        Console.WriteLine("ROUND TRIP OK " + bytes.Length + " bytes");
+        return 0;
+    }
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("roundtrip.exe");
+    mcs(&[&generated, &main], &exe, false);
+    let out = mono(&exe, &[], None);
+    assert!(out.starts_with("ROUND TRIP OK"), "{out}");
+}
+
+#[test]
+#[should_panic(expected = "`orrery-no-such-tool` is not installed")]
+fn a_missing_tool_fails_the_test_and_says_how_to_install_it() {
+    require_tool("orrery-no-such-tool", INSTALL);
 }
 
 #[test]

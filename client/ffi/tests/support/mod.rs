@@ -90,20 +90,17 @@ pub fn vectors_path() -> PathBuf {
     crate_dir().join("tests/vectors/row_vectors.json")
 }
 
-/// The directory cargo put this crate's cdylib and staticlib in (`target/<profile>`): the test
-/// binary runs from `target/<profile>/deps`.
+/// The directory holding this crate's cdylib and staticlib as built for these tests:
+/// `target/<profile>/deps`, beside the test binary (cargo builds the library with all its crate
+/// types as a dependency of the tests; only a build naming the library itself copies them up to
+/// `target/<profile>`, so that copy may be stale).
 pub fn native_lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     for lib in ["liborrery_client_ffi.so", "liborrery_client_ffi.a"] {
         assert!(
             dir.join(lib).exists(),
-            "{lib} not found in {}: build the crate (cargo builds its cdylib and staticlib \
-             with its tests)",
+            "{lib} not found in {}: cargo builds the crate's cdylib and staticlib with its tests",
             dir.display()
         );
     }
