@@ -105,10 +105,6 @@ pub struct Reply {
     pub request_id: u32,
     /// The tick the reducer ran in (its writes reach subscribers in that tick's updates).
     pub tick: u64,
-    /// Whether that tick was on disk when the server answered: always for
-    /// [`Client::call_durable`]; for [`Client::call`], which is answered the tick the reducer
-    /// ran, only if the disk had already caught up.
-    pub durable: bool,
 }
 
 /// An active subscription.
@@ -709,7 +705,6 @@ impl Shared {
                 request_id,
                 tick,
                 result,
-                durable,
             } => {
                 let waiter = lock(&self.waiters).calls.remove(request_id);
                 if let Some(CallWaiter { reducer, tx }) = waiter {
@@ -717,7 +712,6 @@ impl Shared {
                         Ok(()) => Ok(Reply {
                             request_id: *request_id,
                             tick: *tick,
-                            durable: *durable,
                         }),
                         Err(message) => Err(CallError::Reducer {
                             reducer,
