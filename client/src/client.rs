@@ -105,6 +105,10 @@ pub struct Reply {
     pub request_id: u32,
     /// The tick the reducer ran in (its writes reach subscribers in that tick's updates).
     pub tick: u64,
+    /// Whether that tick was on disk when the server answered: always for
+    /// [`Client::call_durable`]; for [`Client::call`], which is answered the tick the reducer
+    /// ran, only if the disk had already caught up.
+    pub durable: bool,
 }
 
 /// An active subscription.
@@ -351,12 +355,27 @@ impl Client {
         self.shared.events.subscribe()
     }
 
+    /// Confirmed reads on or off (see [`ClientCore::set_confirmed_reads`]): on, this client's
+    /// subscriptions only ever show ticks that are durable, arriving one fsync later.
+    pub fn set_confirmed_reads(&self, enabled: bool) -> Result<(), ClientError> {
+        lock(&self.shared.core).set_confirmed_reads(enabled)?;
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
     /// Calls a reducer with JSON arguments (array by position, object by parameter name, or
     /// `null` for none; the engine's JSON mapping) and waits for its answer.
     ///
     /// `Err(CallError::Reducer { .. })` when the reducer returned `Err` (its writes rolled
     /// back) or the server refused the call; `Err(CallError::Client(..))` when the call could
     /// not be made or answered (bad arguments, disconnect, timeout).
+    ///
+    /// It waits for the tick the reducer ran in, **not** for the disk: the answer comes about
+    /// one tick after the call, and `Reply::durable` is usually `false`. A crash of the
+    /// server before its next fsync can lose such a tick (the answer said it committed, the
+    /// restarted world does not have it). That is the right trade for gameplay (movement,
+    /// combat, chat); for what must survive a crash once confirmed (a purchase, a trade) use
+    /// [`Client::call_durable`], answered only once the tick is on disk.
     pub async fn call(&self, reducer: &str, args: serde_json::Value) -> Result<Reply, CallError> {
         let bytes = lock(&self.shared.core).encode_args(reducer, &args)?;
         self.call_raw(reducer, bytes, false).await
@@ -705,6 +724,7 @@ impl Shared {
                 request_id,
                 tick,
                 result,
+                durable,
             } => {
                 let waiter = lock(&self.waiters).calls.remove(request_id);
                 if let Some(CallWaiter { reducer, tx }) = waiter {
@@ -712,6 +732,7 @@ impl Shared {
                         Ok(()) => Ok(Reply {
                             request_id: *request_id,
                             tick: *tick,
+                            durable: *durable,
                         }),
                         Err(message) => Err(CallError::Reducer {
                             reducer,

@@ -41,6 +41,8 @@ pub enum Event {
         tick: u64,
         /// `Err` carries the reducer's (or the server's) error text.
         result: Result<(), String>,
+        /// Whether the tick was durable when the server answered (always for a durable call).
+        durable: bool,
     },
     /// A subscription was accepted; its initial rows (if the server sent any with it) are in
     /// the mirror, announced by [`Event::TableUpdate`]s just before this event. Servers may also
@@ -286,6 +288,16 @@ impl ClientCore {
         Ok(())
     }
 
+    /// Turns confirmed reads on or off: with them on, the server sends this connection's
+    /// subscription updates only once their tick is durable (never state a crash could take
+    /// back, at the cost of the fsync delay); off, the default, it sends them the tick they
+    /// happen.
+    pub fn set_confirmed_reads(&mut self, enabled: bool) -> Result<(), ClientError> {
+        self.session
+            .send(&ClientMessage::ConfirmedReads { enabled })?;
+        Ok(())
+    }
+
     /// Disconnects (tells the server); an [`Event::Disconnected`] follows.
     pub fn disconnect(&mut self) {
         self.session.disconnect();
@@ -336,6 +348,7 @@ impl ClientCore {
                 request_id,
                 tick,
                 result,
+                durable,
             } => {
                 if self.pending_calls.remove(&request_id).is_none() {
                     tracing::warn!(request_id, "reply to a request this client did not make");
@@ -344,6 +357,7 @@ impl ClientCore {
                     request_id,
                     tick,
                     result,
+                    durable,
                 });
             }
             ServerMessage::SubscriptionApplied {

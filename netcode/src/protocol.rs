@@ -18,7 +18,7 @@ use crate::error::EnvelopeDecodeError;
 
 /// Version of the envelopes below. Bump on any change to [`ClientMessage`] or
 /// [`ServerMessage`]; a client of another version is refused at connect.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// First four bytes of every hello, "ORRY" little-endian: tells an Orrery peer from noise.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ORRY");
@@ -80,6 +80,14 @@ pub enum ClientMessage {
         /// The subscription's id.
         query_id: u32,
     },
+    /// Confirmed reads on (`true`) or off: with them on, the server sends this connection
+    /// subscription updates (and subscription answers) only once their tick is durable, so
+    /// the client never shows state a crash could take back; off (the default) it sends them
+    /// the tick they happen.
+    ConfirmedReads {
+        /// On or off.
+        enabled: bool,
+    },
 }
 
 /// Rows of one table inside a subscription answer.
@@ -102,6 +110,10 @@ pub enum ServerMessage {
         tick: u64,
         /// `Err` carries the reducer's (or the server's) error text.
         result: Result<(), String>,
+        /// Whether `tick` was durable (on disk, per the server's fsync policy) when the reply
+        /// left: always for a `durable` call, usually not for a plain one, whose reply is sent
+        /// the tick the reducer ran.
+        durable: bool,
     },
     /// Who the client is; sent once right after the handshake.
     IdentityInfo {
@@ -244,6 +256,7 @@ mod tests {
                 sql: "SELECT * FROM player".into(),
             },
             ClientMessage::Unsubscribe { query_id: 1 },
+            ClientMessage::ConfirmedReads { enabled: true },
         ];
         for m in msgs {
             let e = Encoded::client(&m);
@@ -256,6 +269,7 @@ mod tests {
             request_id: 3,
             tick: 9,
             result: Err("no".into()),
+            durable: false,
         };
         let e = Encoded::server(&s);
         assert_eq!(

@@ -18,7 +18,7 @@
 //!     h.step(Duration::from_millis(20));
 //!     while let Some(ev) = h.server.poll_event() {
 //!         if let ServerEvent::Message { client, msg: ClientMessage::CallReducer { request_id, .. }, .. } = ev {
-//!             let reply = ServerMessage::ReducerReply { request_id, tick: 0, result: Ok(()) };
+//!             let reply = ServerMessage::ReducerReply { request_id, tick: 0, result: Ok(()), durable: false };
 //!             h.server.send(client, &reply).unwrap();
 //!         }
 //!     }

@@ -39,7 +39,7 @@ async fn tokio_server_task_answers_a_call() {
                 _ = tick.tick() => {
                     while let Some(ev) = server.poll_event() {
                         if let ServerEvent::Message { client, msg: ClientMessage::CallReducer { request_id, .. }, .. } = ev {
-                            let reply = ServerMessage::ReducerReply { request_id, tick: 1, result: Ok(()) };
+                            let reply = ServerMessage::ReducerReply { request_id, tick: 1, result: Ok(()), durable: false };
                             server.send(client, &reply).unwrap();
                         }
                     }

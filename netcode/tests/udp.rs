@@ -119,6 +119,7 @@ fn server_thread(
                         request_id,
                         tick,
                         result: Ok(()),
+                        durable: false,
                     };
                     let _ = session.send(client, &reply);
                 }

@@ -156,6 +156,8 @@ struct ClientEntry {
     /// Replies waiting for a durable tick (`(needed seq, reply)`), in order.
     held: VecDeque<(u64, ServerMessage)>,
     subscriptions: u64,
+    /// Subscription updates and answers wait until their tick is durable.
+    confirmed_reads: bool,
 }
 
 /// The tick side of a server (see the module docs).
@@ -404,14 +406,18 @@ impl TickCore {
         let mut bytes = 0u64;
         for o in outgoing {
             bytes += o.payload.len() as u64;
-            out.push(NetCommand::Send {
-                client: ConnectionId(o.client.0),
-                msg: ServerMessage::TableUpdate {
-                    table_id: o.table,
-                    tick: seq,
-                    rows: o.payload,
-                },
-            });
+            let client = ConnectionId(o.client.0);
+            let msg = ServerMessage::TableUpdate {
+                table_id: o.table,
+                tick: seq,
+                rows: o.payload,
+            };
+            match self.clients.get_mut(&client) {
+                Some(entry) if entry.confirmed_reads => {
+                    reply_to(entry, client, seq, durable, msg, out, &mut self.holding);
+                }
+                _ => out.push(NetCommand::Send { client, msg }),
+            }
         }
         self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
         self.answer_sql_reads(seq);
@@ -479,6 +485,7 @@ impl TickCore {
                         inflight: VecDeque::new(),
                         held: VecDeque::new(),
                         subscriptions: 0,
+                        confirmed_reads: false,
                     },
                 );
                 self.engine.enqueue(Input::Connect {
@@ -561,6 +568,7 @@ impl TickCore {
                         request_id,
                         tick: self.engine.tick_seq() + 1,
                         result: Err(rate_limited_message(&rate)),
+                        durable: false,
                     };
                     if entry.inflight.is_empty() {
                         reply_to(entry, client, 0, durable, reply, out, &mut self.holding);
@@ -596,6 +604,7 @@ impl TickCore {
                 }
                 self.subscription_messages.push((client, msg));
             }
+            ClientMessage::ConfirmedReads { enabled } => entry.confirmed_reads = enabled,
         }
     }
 
@@ -742,6 +751,7 @@ impl TickCore {
                     request_id: request_id as u32,
                     tick: seq,
                     result: outcome.result.map_err(|e| e.client_message()),
+                    durable: false,
                 };
                 let needed = if needs_durable { seq } else { 0 };
                 reply_to(
@@ -789,6 +799,7 @@ impl TickCore {
                         "storage failure, tick {needed} was not made durable: {failure}"
                     ));
                 }
+                mark_durability(&mut msg, durable);
                 out.push(NetCommand::Send { client, msg });
             }
             if entry.held.is_empty() {
@@ -867,9 +878,14 @@ impl TickCore {
                     },
                 }
             }
-            ClientMessage::CallReducer { .. } => return,
+            ClientMessage::CallReducer { .. } | ClientMessage::ConfirmedReads { .. } => return,
         };
-        out.push(NetCommand::Send { client, msg: reply });
+        if entry.confirmed_reads {
+            let durable = self.durability.as_ref().map_or(seq, |d| d.durable_up_to());
+            reply_to(entry, client, seq, durable, reply, out, &mut self.holding);
+        } else {
+            out.push(NetCommand::Send { client, msg: reply });
+        }
     }
 }
 
@@ -885,10 +901,19 @@ fn reply_to(
     holding: &mut BTreeSet<ConnectionId>,
 ) {
     if entry.held.is_empty() && needed <= durable {
+        let mut reply = reply;
+        mark_durability(&mut reply, durable);
         out.push(NetCommand::Send { client, msg: reply });
     } else {
         entry.held.push_back((needed, reply));
         holding.insert(client);
+    }
+}
+
+/// Says in a reducer reply whether its tick is durable as it leaves.
+fn mark_durability(msg: &mut ServerMessage, durable_up_to: u64) {
+    if let ServerMessage::ReducerReply { tick, durable, .. } = msg {
+        *durable = *tick <= durable_up_to;
     }
 }
 

@@ -39,6 +39,7 @@ fn replies(sim: &Sim, i: usize) -> Vec<(u32, u64, Result<(), String>)> {
                         request_id,
                         tick,
                         result,
+                        ..
                     },
                 ..
             } => Some((*request_id, *tick, result.clone())),

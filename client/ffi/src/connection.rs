@@ -218,6 +218,7 @@ fn flatten(event: Event, out: &mut VecDeque<OwnedEvent>) {
             request_id,
             tick,
             result,
+            ..
         } => out.push_back(OwnedEvent {
             id: request_id,
             tick,

@@ -294,6 +294,7 @@ impl FakeGame {
                             request_id,
                             tick: self.tick,
                             result,
+                            durable: false,
                         };
                         let _ = server.send(client, &reply);
                     }
@@ -327,6 +328,8 @@ impl FakeGame {
                         };
                         let _ = server.send(client, &msg);
                     }
+                    // This fake publishes no durability: confirmed reads change nothing.
+                    ClientMessage::ConfirmedReads { .. } => {}
                     ClientMessage::Unsubscribe { .. } => {
                         // Everything this fake serves is one subscription per table: drop
                         // npc and tell the client its rows are gone.

@@ -51,6 +51,7 @@ pub fn serve(h: &mut Harness, log: &mut ServerLog) {
                     request_id,
                     tick: log.tick,
                     result,
+                    durable: false,
                 };
                 let _ = h.server.send(client, &reply);
             }
