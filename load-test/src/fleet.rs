@@ -721,7 +721,12 @@ fn look(client: &Client, cols: &Columns, avatar: u64, role: Role) -> Option<Sigh
 }
 
 /// Connects, enters the world and subscribes; returns the client and its avatar id.
-async fn join(shared: &Shared, index: usize, seed: u64) -> Result<(Client, u64), String> {
+async fn join(
+    shared: &Shared,
+    index: usize,
+    attempt: usize,
+    seed: u64,
+) -> Result<(Client, u64), String> {
     let config = &shared.config;
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(20),
@@ -735,7 +740,12 @@ async fn join(shared: &Shared, index: usize, seed: u64) -> Result<(Client, u64),
     let client = Client::connect(&config.server, options)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let name = format!("{}{index}", config.run_tag);
+    // A retry is a new identity: it needs a new name (the failed attempt may have entered
+    // the world before its reply was lost).
+    let name = match attempt {
+        0 => format!("{}{index}", config.run_tag),
+        n => format!("{}{index}r{n}", config.run_tag),
+    };
     client
         .call("enter_world", json!([name]))
         .await
@@ -773,8 +783,8 @@ async fn bot(shared: Arc<Shared>, index: usize) {
     let role = config.behavior.role(rng.unit());
     let started = Instant::now();
     let mut joined = None;
-    for _attempt in 0..3 {
-        match join(&shared, index, seed).await {
+    for attempt in 0..3 {
+        match join(&shared, index, attempt, seed).await {
             Ok(j) => {
                 joined = Some(j);
                 break;

@@ -394,6 +394,13 @@ fn main() -> anyhow::Result<()> {
             v.phases.get("publish").map_or(0.0, |p| p.p99_ms)
         );
     }
+    println!(
+        "CPU (% of one core): bots {}%, whole machine {} (load average up to {})",
+        s.bots_cpu_pct,
+        s.machine_cpu_pct
+            .map_or("n/a".into(), |c| format!("{c:.0}%")),
+        s.load1_max.map_or("n/a".into(), |l| l.to_string())
+    );
     if let Some(v) = &report.verify {
         println!(
             "verify: {} bots, {} rows compared, {} divergent, {} errors",

@@ -121,6 +121,10 @@ pub struct Point {
     pub bots_cpu_pct: f64,
     /// Resident memory of the bot processes, MiB.
     pub bots_rss_mib: f64,
+    /// CPU of the whole machine (every process), % of one core.
+    pub machine_cpu_pct: Option<f64>,
+    /// One-minute load average.
+    pub load1: Option<f64>,
     /// The server, when its metrics could be read.
     pub server: Option<ServerPoint>,
 }
@@ -241,6 +245,11 @@ pub struct Summary {
     pub bots_cpu_pct: f64,
     /// Largest resident memory of the bot processes, MiB.
     pub bots_rss_max_mib: f64,
+    /// CPU of the whole machine while every bot played, % of one core (the machine has
+    /// `cpus` × 100%): what the server and the bots use, plus anything else running.
+    pub machine_cpu_pct: Option<f64>,
+    /// Highest one-minute load average seen.
+    pub load1_max: Option<f64>,
     /// The server, when its metrics could be read.
     pub server: Option<ServerSummary>,
 }
@@ -337,6 +346,21 @@ pub struct RawSample {
     pub server: Option<ServerSample>,
     /// The server process's CPU seconds and resident bytes from `/proc`, when local.
     pub server_proc: Option<(f64, u64)>,
+    /// The machine's busy and total CPU clock ticks (`/proc/stat`).
+    pub machine: Option<(u64, u64)>,
+    /// The one-minute load average.
+    pub load1: Option<f64>,
+}
+
+/// The machine's busy CPU between two samples, % of one core.
+fn machine_pct(a: &RawSample, b: &RawSample, cpus: f64) -> Option<f64> {
+    let ((busy0, total0), (busy1, total1)) = (a.machine?, b.machine?);
+    let total = total1.checked_sub(total0)?;
+    (total > 0).then(|| (busy1.saturating_sub(busy0)) as f64 / total as f64 * cpus * 100.0)
+}
+
+fn cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 fn server_cpu(s: &RawSample) -> Option<f64> {
@@ -439,6 +463,8 @@ pub fn points(samples: &[RawSample]) -> Vec<Point> {
                 0.0
             },
             bots_rss_mib: round3(f.resident_bytes as f64 / 1_048_576.0),
+            machine_cpu_pct: prev.and_then(|p| machine_pct(p, s, cpus())).map(round3),
+            load1: s.load1,
             server,
         });
     }
@@ -562,6 +588,16 @@ pub fn build(
                 .unwrap_or(0) as f64
                 / 1_048_576.0,
         ),
+        machine_cpu_pct: match (start, stop) {
+            (Some(a), Some(b)) if a < b => {
+                machine_pct(&samples[a], &samples[b], cpus()).map(round3)
+            }
+            _ => None,
+        },
+        load1_max: samples
+            .iter()
+            .filter_map(|s| s.load1)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
         server,
     };
     let checks = checks(&settings, &budgets, &summary, last.verify.as_ref());
@@ -713,6 +749,8 @@ mod tests {
             fleet,
             server: Some(server),
             server_proc: Some((t * 0.5, 10 << 20)),
+            machine: Some(((t * 150.0) as u64, (t * 200.0) as u64)),
+            load1: Some(1.5),
         }
     }
 
@@ -751,6 +789,9 @@ mod tests {
         assert_eq!(server.cpu_pct, Some(50.0));
         assert_eq!(report.summary.connected_at_stop, 2);
         assert_eq!(report.summary.calls_per_s, 40.0);
+        let machine = report.summary.machine_cpu_pct.unwrap();
+        assert!((machine - 75.0 * cpus()).abs() < 1e-6, "{machine}");
+        assert_eq!(report.summary.load1_max, Some(1.5));
         assert!(report.pass, "{:#?}", report.checks);
         let dir = tempfile::tempdir().unwrap();
         let (json, html) = write(&report, dir.path()).unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{Fleet, FleetConfig, FleetSnapshot, Phase};
 use crate::report::{self, Budgets, Point, RawSample, Report, RunSettings};
-use crate::scrape::{MetricsSource, ProcessUsage};
+use crate::scrape::{MetricsSource, ProcessUsage, load_average, machine_cpu};
 use crate::server::{ServerOptions, ServerProcess};
 
 /// Why a run failed.
@@ -267,6 +267,8 @@ pub async fn run(
             fleet,
             server,
             server_proc,
+            machine: machine_cpu(),
+            load1: load_average(),
         });
         let points = report::points(&samples[samples.len().saturating_sub(2)..]);
         if let (Some(point), Some(last)) = (points.last(), samples.last()) {

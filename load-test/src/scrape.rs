@@ -387,9 +387,43 @@ impl ProcessUsage {
     }
 }
 
+/// The whole machine's CPU time so far: `(busy, total)` clock ticks over every CPU, from the
+/// first line of `/proc/stat` (busy excludes idle and iowait). `None` off Linux.
+pub fn machine_cpu() -> Option<(u64, u64)> {
+    parse_machine_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// The one-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_machine_cpu() {
+        let stat = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_machine_cpu(stat), Some((161, 981)));
+        assert_eq!(parse_machine_cpu("garbage"), None);
+    }
 
     const TEXT: &str = "# HELP orrery_clients_connected Clients connected.
 # TYPE orrery_clients_connected gauge
