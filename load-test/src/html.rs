@@ -10,7 +10,7 @@ use crate::report::{Point, Report};
 const W: f64 = 760.0;
 const H: f64 = 220.0;
 const LEFT: f64 = 60.0;
-const RIGHT: f64 = 150.0;
+const RIGHT: f64 = 175.0;
 const TOP: f64 = 26.0;
 const BOTTOM: f64 = 30.0;
 const COLORS: [&str; 6] = [
@@ -79,8 +79,9 @@ pub fn line_chart(title: &str, unit: &str, lines: &[Line<'_>]) -> String {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" class="chart"><text x="{LEFT}" y="16" class="title">{}</text>"#,
-        esc(title)
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" class="chart"><text x="{LEFT}" y="16" class="title">{} ({})</text>"#,
+        esc(title),
+        esc(unit)
     );
     for i in 0..=4 {
         let y = ymax * f64::from(i) / 4.0;
@@ -109,11 +110,9 @@ pub fn line_chart(title: &str, unit: &str, lines: &[Line<'_>]) -> String {
     }
     let _ = write!(
         svg,
-        r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">s</text><text x="4" y="{:.1}" class="tick">{}</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">s</text>"#,
         LEFT + pw,
         H - 2.0,
-        TOP - 4.0,
-        esc(unit)
     );
     for (i, line) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
