@@ -181,6 +181,9 @@ struct Args {
     /// Downstream bytes per second per bot budget.
     #[arg(long, default_value_t = 8_192.0)]
     bytes_budget: f64,
+    /// Ticks the server may skip while bots play.
+    #[arg(long, default_value_t = 0)]
+    skipped_ticks_budget: u64,
 
     /// Internal: run as a bot worker with this fleet configuration (JSON).
     #[arg(long, hide = true)]
@@ -322,6 +325,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or(1_000.0 / f64::from(args.tick_rate)),
             observe_p99_ms: args.observe_budget_ms,
             bytes_in_per_bot_s: args.bytes_budget,
+            ticks_skipped: args.skipped_ticks_budget as f64,
         },
         tick_rate: args.tick_rate,
         worker_exe: None,

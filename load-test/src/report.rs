@@ -55,6 +55,9 @@ pub struct Budgets {
     pub observe_p99_ms: f64,
     /// Downstream bytes per second per bot.
     pub bytes_in_per_bot_s: f64,
+    /// Ticks the server may skip while bots play (catching up after an overrun).
+    #[serde(default)]
+    pub ticks_skipped: f64,
 }
 
 /// The server side of one sample.
@@ -653,7 +656,7 @@ pub fn checks(
         out.push(CheckResult::at_most(
             "ticks skipped while bots played",
             server.ticks_skipped,
-            0.0,
+            budgets.ticks_skipped,
         ));
     }
     if s.observe_own.count > 0 {
@@ -778,6 +781,7 @@ mod tests {
             tick_p99_ms: 50.0,
             observe_p99_ms: 150.0,
             bytes_in_per_bot_s: 8_192.0,
+            ticks_skipped: 0.0,
         };
         let report = build(settings(), budgets, &samples, &last, 4.0);
         assert_eq!(report.series.len(), 4);
@@ -812,6 +816,7 @@ mod tests {
             tick_p99_ms: 50.0,
             observe_p99_ms: 150.0,
             bytes_in_per_bot_s: 8_192.0,
+            ticks_skipped: 0.0,
         };
         let mut settings = settings();
         settings.bots = 10;
