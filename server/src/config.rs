@@ -317,6 +317,9 @@ pub struct ServerArgs {
     /// Subscription bytes per client per second.
     #[arg(long, default_value_t = 8 * 1024)]
     pub publish_budget: u32,
+    /// Threads that publish subscriptions to clients in parallel (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub publish_workers: usize,
     /// Fsync policy: `every-tick`, `never`, or an interval in milliseconds.
     #[arg(long, default_value = "every-tick")]
     pub fsync: String,
@@ -388,6 +391,7 @@ impl ServerArgs {
             max_backlog: self.max_backlog,
             publish: PublishConfig {
                 budget_bytes_per_second: self.publish_budget,
+                workers: self.publish_workers,
                 ..defaults.publish.clone()
             },
             storage: if self.in_memory {

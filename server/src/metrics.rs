@@ -100,6 +100,8 @@ pub struct Metrics {
     pub publisher_bytes: AtomicU64,
     /// Subscription records handed out (upserts, deltas, deletes).
     pub publisher_records: AtomicU64,
+    /// Time each publish worker has spent publishing clients, microseconds, by worker (sampled).
+    pub publish_worker_busy_us: Mutex<Vec<u64>>,
     /// Every tick up to this sequence is durable.
     pub durable_seq: AtomicU64,
     /// Replies waiting for their tick to be durable.
@@ -145,6 +147,7 @@ impl Metrics {
             publisher_rows: z(),
             publisher_bytes: z(),
             publisher_records: z(),
+            publish_worker_busy_us: Mutex::new(Vec::new()),
             durable_seq: z(),
             replies_held: z(),
             storage_failed: AtomicBool::new(false),
@@ -420,6 +423,23 @@ impl Metrics {
             "counter",
             "Subscription records (upserts, deltas, deletes) handed to clients.",
             &[("", g(&self.publisher_records))],
+        );
+        let busy = self
+            .publish_worker_busy_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let labels: Vec<String> = (0..busy.len()).map(|w| format!("worker=\"{w}\"")).collect();
+        let samples: Vec<(&str, f64)> = labels
+            .iter()
+            .zip(&busy)
+            .map(|(l, &us)| (l.as_str(), us as f64 / 1e6))
+            .collect();
+        metric(
+            "orrery_publish_worker_busy_seconds_total",
+            "counter",
+            "Time each publish worker thread spent publishing clients (sampled about once a second).",
+            &samples,
         );
         if let Some(process) = ProcessUsage::read_self() {
             metric(

@@ -435,13 +435,18 @@ impl TickCore {
             self.clients.values().map(|c| c.held.len()).sum::<usize>() + self.http_held.len();
         m.replies_held.store(held as u64, Relaxed);
         let per_second = u64::from(1_000_000 / self.tick_duration.as_micros().max(1) as u32).max(1);
-        if self.ticks.is_multiple_of(per_second) {
+        if self.ticks == 1 || self.ticks.is_multiple_of(per_second) {
             let stats = self.publisher.stats();
             m.publisher_rows.store(stats.mirrored_rows as u64, Relaxed);
             m.publisher_records.store(
                 stats.sent.upserts + stats.sent.deltas + stats.sent.deletes,
                 Relaxed,
             );
+            let busy = self.publisher.worker_busy();
+            *m.publish_worker_busy_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
+                busy.iter().map(|d| d.as_micros() as u64).collect();
         }
         timing
     }

@@ -290,6 +290,7 @@ async fn admin_token_metrics_and_health() {
     assert!(after["orrery_tick_duration_seconds{phase=\"total\",quantile=\"0.99\"}"] > 0.0);
     assert!(after.contains_key("orrery_tick_duration_seconds{phase=\"publish\",quantile=\"0.5\"}"));
     assert!(after.contains_key("orrery_udp_bytes_total{direction=\"out\"}"));
+    assert!(after.contains_key("orrery_publish_worker_busy_seconds_total{worker=\"0\"}"));
     // The separate metrics listener needs no token.
     let (status, text) = send(&server.metrics_router(), "GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);

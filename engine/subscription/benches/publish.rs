@@ -5,6 +5,12 @@
 //! payloads. The simulation tick that produces the change set runs outside the timing.
 //! Reports bytes per client per second and bytes per moving-entity update.
 //!
+//! Measured in the same run, tick by tick interleaved so that the machine's drift hits all
+//! alike: the phase with 1 publish worker and with `WORKERS` (default 2) workers, and the floor
+//! of its work: appending each client's visible, already-encoded deltas to its buffer with no
+//! spatial refresh, ranking or budget (`Publisher::publish_floor`). The ratios are the numbers
+//! to compare across days; this machine's speed varies 2-3x from one day to the next.
+//!
 //! Environment overrides for other shapes of the same workload: `BUDGET` (bytes per client
 //! per second), `ENTITIES`, `WORLD` (side in metres), `RADIUS` (metres). E.g. the server's
 //! 4,096-client UDP load test is `ENTITIES=4096 WORLD=580 RADIUS=50` (~95 rows in view).
@@ -172,8 +178,9 @@ impl Scenario {
             .changes
     }
 
-    /// The publish phase (timed).
-    fn publish(&mut self, changes: &orrery_engine::ChangeSet) -> Duration {
+    /// The publish phase (timed) on `workers` workers.
+    fn publish(&mut self, changes: &orrery_engine::ChangeSet, workers: usize) -> Duration {
+        self.publisher.set_workers(workers);
         let start = Instant::now();
         self.publisher.apply(changes);
         self.out.clear();
@@ -183,28 +190,86 @@ impl Scenario {
         black_box(&self.out);
         elapsed
     }
+
+    /// One tick's phases timed apart: (apply, the floor, the clients' publish on `workers`).
+    fn phases(
+        &mut self,
+        changes: &orrery_engine::ChangeSet,
+        workers: usize,
+        buffers: &mut Vec<Vec<u8>>,
+    ) -> [Duration; 3] {
+        self.publisher.set_workers(workers);
+        let start = Instant::now();
+        self.publisher.apply(changes);
+        let applied = Instant::now();
+        black_box(self.publisher.publish_floor(buffers));
+        let floored = Instant::now();
+        self.out.clear();
+        self.publisher
+            .publish(Duration::from_millis(50), &mut self.out);
+        let published = Instant::now();
+        black_box(&self.out);
+        [applied - start, floored - applied, published - floored]
+    }
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn bench(c: &mut Criterion) {
+    let workers: usize = env_or("WORKERS", 2);
     let mut scenario = Scenario::new();
     // Let every client's initial view drain through its budget.
     for _ in 0..60 {
         let changes = scenario.simulate();
-        scenario.publish(&changes);
+        scenario.publish(&changes, workers);
     }
-    // Per-tick samples outside criterion: the minimum and median shrug off preemption on a
-    // shared machine better than a mean.
-    let mut samples: Vec<Duration> = (0..20)
-        .map(|_| {
-            let changes = scenario.simulate();
-            scenario.publish(&changes)
-        })
-        .collect();
-    samples.sort();
+    // Per-tick samples outside criterion, worker counts alternating tick by tick: medians shrug
+    // off preemption on a shared machine better than a mean.
+    let mut buffers = Vec::new();
+    let (mut apply, mut floor, mut one, mut many) = (vec![], vec![], vec![], vec![]);
+    for round in 0..40 {
+        let count = if round % 2 == 0 { 1 } else { workers };
+        let changes = scenario.simulate();
+        let [a, f, p] = scenario.phases(&changes, count, &mut buffers);
+        apply.push(a);
+        floor.push(f);
+        if count == 1 {
+            one.push(p)
+        } else {
+            many.push(p)
+        }
+    }
+    let (apply, floor, one, many) = (
+        median(&mut apply),
+        median(&mut floor),
+        median(&mut one),
+        median(&mut many),
+    );
+    let (full_one, full_many) = (apply + one, apply + many);
     eprintln!(
-        "publish samples: min {:?}, median {:?}",
-        samples[0],
-        samples[samples.len() / 2]
+        "publish phase (medians of 20 ticks each): apply {:.2} ms; clients on 1 worker {:.2} ms, \
+         on {workers} workers {:.2} ms; whole phase {:.2} ms vs {:.2} ms",
+        ms(apply),
+        ms(one),
+        ms(many),
+        ms(full_one),
+        ms(full_many),
+    );
+    eprintln!(
+        "publish scaling: clients {:.2}x, whole phase {:.2}x on {workers} workers; \
+         per client {:.2} us on 1 worker; floor {:.2} ms = {:.2} of the 1-worker phase",
+        one.as_secs_f64() / many.as_secs_f64(),
+        full_one.as_secs_f64() / full_many.as_secs_f64(),
+        one.as_secs_f64() * 1e6 / CLIENTS as f64,
+        ms(floor),
+        floor.as_secs_f64() / full_one.as_secs_f64(),
     );
     let before = scenario.publisher.stats().sent;
     let mut ticks = 0u64;
@@ -212,12 +277,25 @@ fn bench(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(20));
-    group.bench_function("4000_clients_20000_moving", |b| {
+    for count in [1, workers] {
+        group.bench_function(format!("4000_clients_20000_moving/workers_{count}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let changes = scenario.simulate();
+                    total += scenario.publish(&changes, count);
+                    ticks += 1;
+                }
+                total
+            })
+        });
+    }
+    group.bench_function("4000_clients_20000_moving/floor", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let changes = scenario.simulate();
-                total += scenario.publish(&changes);
+                total += scenario.phases(&changes, workers, &mut buffers)[1];
                 ticks += 1;
             }
             total

@@ -25,6 +25,8 @@ pub struct PublishConfig {
     pub max_predicates_per_client: usize,
     /// Size limits on each query (text, predicates, nesting, `within` radius).
     pub query_limits: QueryLimits,
+    /// Threads that publish clients in parallel (0: one per core; 1: the calling thread only).
+    pub workers: usize,
 }
 
 impl Default for PublishConfig {
@@ -37,6 +39,7 @@ impl Default for PublishConfig {
             max_queries_per_client: 32,
             max_predicates_per_client: 256,
             query_limits: QueryLimits::default(),
+            workers: 0,
         }
     }
 }

@@ -22,10 +22,11 @@ pub(crate) fn rank(score: f32) -> u32 {
     !ordered
 }
 
-/// One publish's flush of every client: the tables to send from and what the sends feed.
+/// One publish worker's flush of its clients: the tables to send from (shared by all workers)
+/// and what the sends feed (the worker's own).
 pub(crate) struct Flush<'a> {
     /// The mirror, by table id.
-    pub(crate) tables: &'a mut [Option<MirrorTable>],
+    pub(crate) tables: &'a [Option<MirrorTable>],
     /// The publisher's tick sequence.
     pub(crate) tick: u64,
     /// Largest payload before it is split into another message.
@@ -34,6 +35,9 @@ pub(crate) struct Flush<'a> {
     pub(crate) counters: &'a mut SentCounters,
     /// Buffers reused across clients.
     pub(crate) scratch: &'a mut FlushScratch,
+    /// Slots of dead rows whose last entry may have gone, by table id: freed after the workers
+    /// are joined.
+    pub(crate) release: &'a mut [Vec<u32>],
     /// Where payloads go, in client order.
     pub(crate) out: &'a mut Vec<Outgoing>,
 }
@@ -56,6 +60,7 @@ impl Flush<'_> {
             max_message,
             counters,
             scratch,
+            release,
             out,
         } = self;
         let (tick, max_message) = (*tick, *max_message);
@@ -136,7 +141,7 @@ impl Flush<'_> {
                 break;
             }
             sent_count += 1;
-            let Some(Some(t)) = tables.get_mut(table as usize) else {
+            let Some(Some(t)) = tables.get(table as usize) else {
                 continue;
             };
             // Entries are only marked dead during a flush, never moved: positions stay valid.
@@ -158,13 +163,13 @@ impl Flush<'_> {
             }
             let payload = &mut payloads[index].1;
             let before = payload.len();
-            let meta = &mut t.meta[slot as usize];
+            let meta = &t.meta[slot as usize];
             match e.dirty {
                 Dirty::Clean => continue,
                 Dirty::Delete => {
                     counters.deletes += 1;
                     WireLayout::delete_record(&t.data[slot as usize].pk, payload);
-                    kill(e, meta, slot, &mut t.release);
+                    kill(e, meta, slot, &mut release[table as usize]);
                     killed |= 1 << table.min(63);
                 }
                 Dirty::Upsert => {
@@ -175,14 +180,10 @@ impl Flush<'_> {
                             payload.extend_from_slice(&stored.bytes[..stored.len as usize]);
                         }
                     } else {
-                        let d = &mut t.data[slot as usize];
-                        match d.delta_from(&t.layout, e.sent) {
-                            Some(delta) => {
-                                if !delta.is_empty() {
-                                    counters.deltas += 1;
-                                    payload.extend_from_slice(delta);
-                                }
-                            }
+                        let d = &t.data[slot as usize];
+                        match d.append_delta_from(&t.layout, e.sent, payload) {
+                            Some(true) => counters.deltas += 1,
+                            Some(false) => {}
                             None => {
                                 counters.upserts += 1;
                                 t.layout.upsert_record(&d.pk, &d.wire, payload);
@@ -190,7 +191,7 @@ impl Flush<'_> {
                         }
                     }
                     if t.schema.event {
-                        kill(e, meta, slot, &mut t.release);
+                        kill(e, meta, slot, &mut release[table as usize]);
                         killed |= 1 << table.min(63);
                     } else {
                         e.sent = meta.version;

@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use bevy_ecs::entity::Entity;
 use glam::Vec3;
@@ -33,13 +35,31 @@ pub(crate) const NO_INLINE_DELTA: u8 = u8::MAX;
 
 /// The part of a mirrored row every view update reads, kept dense (16 bytes) so that the
 /// per-client loops touch one small array instead of the rows' bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 pub(crate) struct SlotMeta {
     /// Tick sequence of the newest change (0: unused slot).
     pub(crate) version: u64,
-    /// Client view entries that reference this slot.
-    pub(crate) views: u32,
+    /// Client view entries that reference this slot: counted atomically because clients are
+    /// published in parallel, and a row enters and leaves views of clients on several workers.
+    views: AtomicU32,
     pub(crate) live: bool,
+}
+
+impl SlotMeta {
+    /// One more view entry holds this slot.
+    pub(crate) fn add_view(&self) {
+        self.views.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One view entry let go of this slot.
+    pub(crate) fn drop_view(&self) {
+        self.views.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How many view entries hold this slot (exact once the workers are joined).
+    pub(crate) fn views(&self) -> u32 {
+        self.views.load(Ordering::Relaxed)
+    }
 }
 
 /// The delta from a row's previous version to its current one (what an up-to-date client
@@ -95,9 +115,11 @@ pub(crate) struct SlotData {
     /// Earlier versions, newest first.
     pub(crate) history: VecDeque<Version>,
     /// Delta records from an earlier version to the current one, encoded when first needed and
-    /// shared by every client holding that version. Empty bytes: nothing visible changed.
-    pub(crate) deltas: Vec<(u64, Vec<u8>)>,
-    pub(crate) values: Option<Vec<Value>>,
+    /// shared by every client holding that version (behind a lock: the first client to need one
+    /// may be on any publish worker). Empty bytes: nothing visible changed.
+    pub(crate) deltas: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// The row decoded, for query conditions; decoded once by whichever worker needs it first.
+    pub(crate) values: OnceLock<Vec<Value>>,
 }
 
 pub(crate) struct MirrorTable {
@@ -201,22 +223,16 @@ impl MirrorTable {
         }
     }
 
-    pub(crate) fn values<'d>(
-        data: &'d mut [SlotData],
-        schema: &TableSchema,
-        slot: u32,
-    ) -> &'d [Value] {
-        let d = &mut data[slot as usize];
-        if d.values.is_none() {
-            d.values = Some(orrery_row::decode_row(schema, &d.exact).unwrap_or_default());
-        }
-        d.values.as_deref().unwrap_or(&[])
+    pub(crate) fn values<'d>(data: &'d [SlotData], schema: &TableSchema, slot: u32) -> &'d [Value] {
+        let d = &data[slot as usize];
+        d.values
+            .get_or_init(|| orrery_row::decode_row(schema, &d.exact).unwrap_or_default())
     }
 
     pub(crate) fn free_if_unused(&mut self, slot: u32) {
         let meta = &mut self.meta[slot as usize];
         let data = &mut self.data[slot as usize];
-        if !meta.live && meta.views == 0 && data.allocated {
+        if !meta.live && meta.views() == 0 && data.allocated {
             let pk = std::mem::take(&mut data.pk);
             self.by_pk.remove(&PkKey::new(&pk));
             if let Some(entity) = data.entity
@@ -296,7 +312,7 @@ impl MirrorTable {
         let meta = &mut t.meta[slot as usize];
         let inline = &mut t.inline[slot as usize];
         let d = &mut t.data[slot as usize];
-        d.deltas.clear();
+        d.deltas_mut().clear();
         let was_live = meta.live;
         inline.len = NO_INLINE_DELTA;
         if was_live {
@@ -334,7 +350,7 @@ impl MirrorTable {
         d.exact.extend_from_slice(exact);
         std::mem::swap(&mut d.wire, &mut scratch.wire);
         std::mem::swap(&mut d.bounds, &mut scratch.bounds);
-        d.values = None;
+        d.values = OnceLock::new();
         meta.version = tick.max(1);
         meta.live = true;
         for (column, grid) in &mut t.grids {
@@ -372,7 +388,7 @@ impl MirrorTable {
         meta.live = false;
         meta.version = tick;
         let d = &mut t.data[slot as usize];
-        d.deltas.clear();
+        d.deltas_mut().clear();
         d.history.clear();
         for (_, grid) in &mut t.grids {
             grid.remove(slot);
@@ -382,32 +398,47 @@ impl MirrorTable {
 }
 
 impl SlotData {
-    /// The delta record taking a client holding `version` to the row's current version, if that
-    /// version is still in the row's history (empty bytes: nothing visible changed).
-    pub(crate) fn delta_from(&mut self, layout: &WireLayout, version: u64) -> Option<&[u8]> {
-        let d = self;
+    fn deltas_mut(&mut self) -> &mut Vec<(u64, Vec<u8>)> {
+        self.deltas
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends the delta record taking a client holding `version` to the row's current version,
+    /// if that version is still in the row's history. Returns whether a record was appended
+    /// (nothing is appended when nothing visible changed), or `None` when only the full row
+    /// describes the change.
+    pub(crate) fn append_delta_from(
+        &self,
+        layout: &WireLayout,
+        version: u64,
+        payload: &mut Vec<u8>,
+    ) -> Option<bool> {
         if version == 0 {
             return None;
         }
-        let index = match d.deltas.iter().position(|(from, _)| *from == version) {
+        let mut deltas = self.deltas.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = match deltas.iter().position(|(from, _)| *from == version) {
             Some(index) => index,
             None => {
-                let old = d.history.iter().find(|v| v.version == version)?;
+                let old = self.history.iter().find(|v| v.version == version)?;
                 let mut bytes = Vec::new();
                 layout.delta_record(
-                    &d.pk,
+                    &self.pk,
                     (&old.wire, &old.bounds),
-                    (&d.wire, &d.bounds),
+                    (&self.wire, &self.bounds),
                     &mut bytes,
                 );
-                if bytes.is_empty() && old.wire != d.wire {
+                if bytes.is_empty() && old.wire != self.wire {
                     // Too wide a table for a mask: only a full row describes the change.
                     return None;
                 }
-                d.deltas.push((version, bytes));
-                d.deltas.len() - 1
+                deltas.push((version, bytes));
+                deltas.len() - 1
             }
         };
-        Some(&d.deltas[index].1)
+        let bytes = &deltas[index].1;
+        payload.extend_from_slice(bytes);
+        Some(!bytes.is_empty())
     }
 }

@@ -2,7 +2,8 @@
 //! tick's changes, publish — and the values it hands back.
 
 use std::collections::{BTreeMap, hash_map::Entry as MapEntry};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use glam::Vec3;
 use orrery_engine::{ChangeKind, ChangeSet};
@@ -12,7 +13,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::client_state::{ClientState, SpatialSub, Sub, SubKind};
 use crate::config::{PublishConfig, SubscribeError};
 use crate::flush::{Flush, FlushScratch};
-use crate::mirror::{EncodeScratch, MirrorTable};
+use crate::mirror::{EncodeScratch, MirrorTable, NO_INLINE_DELTA};
 use crate::refresh::{RefreshScratch, refresh_spatial};
 use crate::shared::{SharedKey, SharedQuery};
 use crate::sql::{CmpOp, Condition, Operand, QueryError, SubscriptionQuery};
@@ -68,12 +69,91 @@ pub struct SentCounters {
     pub bytes: u64,
 }
 
-/// Scratch buffers reused across clients and ticks.
+/// Clients per unit of parallel publish work: small enough to balance a crowded corner of the
+/// world against an empty one, large enough that taking a unit costs nothing next to it.
+const CLIENTS_PER_CHUNK: usize = 16;
+
+/// One publish worker's buffers and what its share of a publish produced besides payloads.
 #[derive(Default)]
-struct Scratch {
-    encode: EncodeScratch,
+struct Worker {
     flush: FlushScratch,
     refresh: RefreshScratch,
+    /// Slots to free once every worker is done, by table id.
+    release: Vec<Vec<u32>>,
+    counters: SentCounters,
+    /// Time spent publishing clients, since start.
+    busy: Duration,
+}
+
+/// The publish workers: a rayon pool with one [`Worker`] per thread, or the calling thread
+/// alone.
+struct Workers {
+    /// `None`: publish on the calling thread.
+    pool: Option<rayon::ThreadPool>,
+    /// Whether publishes use the pool (false after `set_workers(1)`, which keeps the pool).
+    parallel: bool,
+    /// By pool thread index; index 0 also serves the calling thread.
+    state: Vec<Mutex<Worker>>,
+}
+
+impl Workers {
+    fn new(requested: usize) -> Self {
+        let mut workers = Workers {
+            pool: None,
+            parallel: false,
+            state: vec![Mutex::new(Worker::default())],
+        };
+        workers.resize(requested);
+        workers
+    }
+
+    fn resize(&mut self, requested: usize) {
+        let count = if requested == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            requested
+        };
+        if count <= 1 {
+            self.parallel = false;
+            return;
+        }
+        if self
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.current_num_threads() == count)
+        {
+            self.parallel = true;
+            return;
+        }
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(count)
+            .thread_name(|i| format!("orrery-publish-{i}"))
+            .build()
+        {
+            Ok(pool) => {
+                self.pool = Some(pool);
+                self.parallel = true;
+                while self.state.len() < count {
+                    self.state.push(Mutex::new(Worker::default()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, count, "no publish worker threads; publishing on the tick thread");
+                self.parallel = false;
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        match &self.pool {
+            Some(pool) if self.parallel => pool.current_num_threads(),
+            _ => 1,
+        }
+    }
+}
+
+fn lock(worker: &Mutex<Worker>) -> std::sync::MutexGuard<'_, Worker> {
+    worker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The subscription state machine: see the crate docs.
@@ -84,7 +164,8 @@ pub struct Publisher {
     pub(crate) clients: BTreeMap<ConnectionId, ClientState>,
     pub(crate) tick: u64,
     sent: SentCounters,
-    scratch: Scratch,
+    encode: EncodeScratch,
+    workers: Workers,
 }
 
 impl Publisher {
@@ -96,14 +177,32 @@ impl Publisher {
             .map(|t| (t.visibility != Visibility::Private).then(|| MirrorTable::new(t)))
             .collect();
         Publisher {
-            config,
             tables,
             shared: FxHashMap::default(),
             clients: BTreeMap::new(),
             tick: 0,
             sent: SentCounters::default(),
-            scratch: Scratch::default(),
+            encode: EncodeScratch::default(),
+            workers: Workers::new(config.workers),
+            config,
         }
+    }
+
+    /// Publishes on `count` worker threads from now on (0: one per core; 1: on the calling
+    /// thread). Output does not depend on the count.
+    pub fn set_workers(&mut self, count: usize) {
+        self.workers.resize(count);
+    }
+
+    /// Worker threads publishes use (1: the calling thread).
+    pub fn workers(&self) -> usize {
+        self.workers.count()
+    }
+
+    /// Time each worker has spent publishing clients since start, by worker (index 0 also
+    /// counts publishes on the calling thread).
+    pub fn worker_busy(&self) -> Vec<Duration> {
+        self.workers.state.iter().map(|w| lock(w).busy).collect()
     }
 
     /// Counters.
@@ -148,7 +247,7 @@ impl Publisher {
             return;
         };
         for (pk, row) in rows {
-            t.upsert(pk, row, false, None, self.tick, &mut self.scratch.encode);
+            t.upsert(pk, row, false, None, self.tick, &mut self.encode);
         }
     }
 
@@ -158,7 +257,7 @@ impl Publisher {
         // Events of a tick applied but never published end here.
         self.retire_events();
         self.tick = self.tick.max(1) + 1;
-        let (tick, encode) = (self.tick, &mut self.scratch.encode);
+        let (tick, encode) = (self.tick, &mut self.encode);
         for table_changes in &changes.tables {
             let Some(Some(t)) = self.tables.get_mut(table_changes.table().0 as usize) else {
                 continue;
@@ -220,7 +319,7 @@ impl Publisher {
                     continue;
                 }
             }
-            let values = MirrorTable::values(&mut t.data, &t.schema, slot);
+            let values = MirrorTable::values(&t.data, &t.schema, slot);
             let visible = owner.as_ref().is_none_or(|c| c.matches(values, sender))
                 && query
                     .condition
@@ -261,7 +360,7 @@ impl Publisher {
         for (table, view) in state.views.into_iter().enumerate() {
             if let Some(Some(t)) = self.tables.get_mut(table) {
                 for (slot, _) in view.entries {
-                    t.meta[slot as usize].views -= 1;
+                    t.meta[slot as usize].drop_view();
                     t.free_if_unused(slot);
                 }
             }
@@ -357,7 +456,7 @@ impl Publisher {
                 for slot in 0..t.data.len() as u32 {
                     if t.meta[slot as usize].live
                         && condition.as_ref().is_none_or(|c| {
-                            c.matches(MirrorTable::values(&mut t.data, &t.schema, slot), identity)
+                            c.matches(MirrorTable::values(&t.data, &t.schema, slot), identity)
                         })
                     {
                         members.insert(slot);
@@ -391,7 +490,7 @@ impl Publisher {
             while let Some(entry) = old.next_if(|(s, _)| *s < slot) {
                 merged.push(entry);
             }
-            let meta = &mut t.meta[slot as usize];
+            let meta = &t.meta[slot as usize];
             match old.next_if(|(s, _)| *s == slot) {
                 Some((_, mut e)) => {
                     e.mask |= 1 << bit;
@@ -450,7 +549,7 @@ impl Publisher {
                     return true;
                 }
                 e.mask &= !(1 << bit);
-                update.keep(e, &mut meta[*slot as usize], *slot, release)
+                update.keep(e, &meta[*slot as usize], *slot, release)
             });
             t.release_pending();
         }
@@ -462,34 +561,122 @@ impl Publisher {
 
     /// Refreshes spatial views and spends each client's budget, returning table update payloads
     /// in client order. `elapsed` is the time since the previous publish (budget accrual).
+    ///
+    /// Clients are published in parallel on the workers (see [`Publisher::set_workers`]); they
+    /// share the mirror read-only (each row's wire form and deltas are encoded once), and what
+    /// they change in it (view counts, slots to free) is order-independent or applied in a
+    /// fixed order afterwards, so the output is the same for any worker count.
     pub fn publish(&mut self, elapsed: Duration, out: &mut Vec<Outgoing>) {
         let tick = self.tick;
         let rate = f64::from(self.config.budget_bytes_per_second);
         let accrued = rate * elapsed.as_secs_f64();
         let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
         let margin = self.config.hysteresis;
-        let mut flush = Flush {
-            tables: &mut self.tables,
-            tick,
-            max_message: self.config.max_message_bytes.max(64),
-            counters: &mut self.sent,
-            scratch: &mut self.scratch.flush,
-            out,
-        };
-        for (&client_id, client) in &mut self.clients {
-            refresh_spatial(
-                client,
-                flush.tables,
-                margin,
+        let max_message = self.config.max_message_bytes.max(64);
+        let tables: &[Option<MirrorTable>] = &self.tables;
+        let publish_clients = |worker: &mut Worker,
+                               clients: &mut [(ConnectionId, &mut ClientState)],
+                               out: &mut Vec<Outgoing>| {
+            let start = Instant::now();
+            let Worker {
+                flush: flush_scratch,
+                refresh,
+                release,
+                counters,
+                busy,
+            } = worker;
+            release.resize_with(tables.len(), Vec::new);
+            let mut flush = Flush {
+                tables,
                 tick,
-                &mut self.scratch.refresh,
-            );
-            client.budget = (client.budget + accrued).min(cap);
-            flush.client(client_id, client);
+                max_message,
+                counters,
+                scratch: flush_scratch,
+                release,
+                out,
+            };
+            for (client_id, client) in clients.iter_mut() {
+                refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                client.budget = (client.budget + accrued).min(cap);
+                flush.client(*client_id, client);
+            }
+            *busy += start.elapsed();
+        };
+        let mut clients: Vec<(ConnectionId, &mut ClientState)> =
+            self.clients.iter_mut().map(|(id, c)| (*id, c)).collect();
+        match &self.workers.pool {
+            Some(pool) if self.workers.parallel => {
+                let state = &self.workers.state;
+                let outputs: Vec<Vec<Outgoing>> = pool.install(|| {
+                    use rayon::prelude::*;
+                    clients
+                        .par_chunks_mut(CLIENTS_PER_CHUNK)
+                        .map(|chunk| {
+                            let index = rayon::current_thread_index().unwrap_or(0);
+                            let mut worker = lock(&state[index.min(state.len() - 1)]);
+                            let mut chunk_out = Vec::new();
+                            publish_clients(&mut worker, chunk, &mut chunk_out);
+                            chunk_out
+                        })
+                        .collect()
+                });
+                out.extend(outputs.into_iter().flatten());
+            }
+            _ => publish_clients(&mut lock(&self.workers.state[0]), &mut clients, out),
+        }
+        drop(clients);
+        // Join what the workers changed, in a fixed order: slots freed in slot order make the
+        // next rows' slots (and so every later output) independent of the worker count.
+        for worker in &self.workers.state {
+            let mut worker = lock(worker);
+            let counters = std::mem::take(&mut worker.counters);
+            self.sent.upserts += counters.upserts;
+            self.sent.deltas += counters.deltas;
+            self.sent.deletes += counters.deletes;
+            self.sent.bytes += counters.bytes;
+            for (table, released) in worker.release.iter_mut().enumerate() {
+                if let Some(Some(t)) = self.tables.get_mut(table) {
+                    t.release.append(released);
+                }
+            }
         }
         for t in self.tables.iter_mut().flatten() {
+            t.release.sort_unstable();
+            t.release.dedup();
             t.release_pending();
         }
         self.retire_events();
+    }
+
+    /// The floor under a publish's per-client work, for benchmarks: appends to `buffers[i]`
+    /// (one per client, in client order) the already-encoded record of every row in client
+    /// `i`'s views that changed in the last applied tick (its stored delta from the version
+    /// before, else its full wire form), on the calling thread, with no spatial refresh, ranking,
+    /// budget or view bookkeeping. Returns the bytes appended.
+    #[doc(hidden)]
+    pub fn publish_floor(&self, buffers: &mut Vec<Vec<u8>>) -> usize {
+        buffers.resize_with(self.clients.len(), Vec::new);
+        let mut total = 0;
+        for (client, buffer) in self.clients.values().zip(buffers.iter_mut()) {
+            buffer.clear();
+            for (table, view) in client.views.iter().enumerate() {
+                let Some(Some(t)) = self.tables.get(table) else {
+                    continue;
+                };
+                for &(slot, _) in &view.entries {
+                    if t.meta[slot as usize].version != self.tick {
+                        continue;
+                    }
+                    let inline = &t.inline[slot as usize];
+                    if inline.len == NO_INLINE_DELTA {
+                        buffer.extend_from_slice(&t.data[slot as usize].wire);
+                    } else {
+                        buffer.extend_from_slice(&inline.bytes[..inline.len as usize]);
+                    }
+                }
+            }
+            total += buffer.len();
+        }
+        total
     }
 }

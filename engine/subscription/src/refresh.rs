@@ -8,13 +8,16 @@ use crate::view::EntryUpdate;
 
 /// Brings `client`'s spatial views up to date around its focus: rows within `radius` of the
 /// focus enter, rows beyond `radius + margin` leave (hysteresis), rows in between keep their
-/// state. Entries that change are settled and queued on the client's dirty list.
+/// state. Entries that change are settled and queued on the client's dirty list; slots of dead
+/// rows whose entry went are pushed to `release` (by table id), to be freed once every client
+/// is published.
 pub(crate) fn refresh_spatial(
     client: &mut ClientState,
-    tables: &mut [Option<MirrorTable>],
+    tables: &[Option<MirrorTable>],
     margin: f32,
     tick: u64,
     scratch: &mut RefreshScratch,
+    release: &mut [Vec<u32>],
 ) {
     let identity = client.identity;
     let focus = client.focus;
@@ -22,9 +25,10 @@ pub(crate) fn refresh_spatial(
         let SubKind::Spatial(spatial) = &sub.kind else {
             continue;
         };
-        let Some(Some(t)) = tables.get_mut(sub.table as usize) else {
+        let Some(Some(t)) = tables.get(sub.table as usize) else {
             continue;
         };
+        let release = &mut release[sub.table as usize];
         let (table, bit, within) = (sub.table, sub.bit, spatial.within);
         let event = t.schema.event;
         let MirrorTable {
@@ -32,7 +36,6 @@ pub(crate) fn refresh_spatial(
             meta,
             data,
             schema,
-            release,
             ..
         } = t;
         // Mark the region's rows in dense per-slot arrays (which stay in cache) instead of
@@ -55,7 +58,7 @@ pub(crate) fn refresh_spatial(
                 found.push(slot);
             });
         }
-        let passes = |data: &mut [SlotData], slot: u32| {
+        let passes = |data: &[SlotData], slot: u32| {
             spatial
                 .condition
                 .as_ref()
@@ -89,7 +92,7 @@ pub(crate) fn refresh_spatial(
             } else {
                 return true;
             }
-            update.keep(e, &mut meta[s], *slot, release)
+            update.keep(e, &meta[s], *slot, release)
         });
         // Region rows the view did not have (still marked) may enter.
         scratch.entering.clear();
@@ -105,7 +108,7 @@ pub(crate) fn refresh_spatial(
             let mut old = std::mem::take(&mut view.entries).into_iter().peekable();
             for &slot in &scratch.entering {
                 merged.extend(std::iter::from_fn(|| old.next_if(|(s, _)| *s < slot)));
-                merged.push(update.enter(&mut meta[slot as usize], slot, bit, dist[slot as usize]));
+                merged.push(update.enter(&meta[slot as usize], slot, bit, dist[slot as usize]));
             }
             merged.extend(old);
             view.entries = merged;

@@ -43,10 +43,7 @@ impl Publisher {
                 let was = query.members.contains(&slot);
                 let is = live
                     && query.condition.as_ref().is_none_or(|c| {
-                        c.matches(
-                            MirrorTable::values(&mut t.data, &t.schema, slot),
-                            query.sender,
-                        )
+                        c.matches(MirrorTable::values(&t.data, &t.schema, slot), query.sender)
                     });
                 match (was, is) {
                     (false, true) => {
@@ -60,7 +57,7 @@ impl Publisher {
                 }
                 for &(client_id, bit) in &query.subscribers {
                     if let Some(client) = self.clients.get_mut(&client_id) {
-                        let meta = &mut t.meta[slot as usize];
+                        let meta = &t.meta[slot as usize];
                         let view = &mut client.views[table as usize];
                         let mut update = EntryUpdate {
                             table,

@@ -74,7 +74,7 @@ impl EntryUpdate<'_> {
     pub(crate) fn touch(
         &mut self,
         view: &mut View,
-        meta: &mut SlotMeta,
+        meta: &SlotMeta,
         slot: u32,
         bit: u32,
         member: bool,
@@ -94,7 +94,7 @@ impl EntryUpdate<'_> {
                 }
                 if e.mask == 0 && e.dirty == Dirty::Clean {
                     view.entries.remove(index);
-                    meta.views -= 1;
+                    meta.drop_view();
                     return !meta.live;
                 }
                 false
@@ -103,7 +103,7 @@ impl EntryUpdate<'_> {
                 if member && meta.live {
                     view.entries
                         .insert(index, (slot, new_entry(bit, distance, self.tick)));
-                    meta.views += 1;
+                    meta.add_view();
                     self.dirty.push((self.table, slot));
                 }
                 false
@@ -117,7 +117,7 @@ impl EntryUpdate<'_> {
     pub(crate) fn keep(
         &mut self,
         e: &mut ViewEntry,
-        meta: &mut SlotMeta,
+        meta: &SlotMeta,
         slot: u32,
         release: &mut Vec<u32>,
     ) -> bool {
@@ -125,7 +125,7 @@ impl EntryUpdate<'_> {
             self.dirty.push((self.table, slot));
         }
         if e.mask == 0 && e.dirty == Dirty::Clean {
-            meta.views -= 1;
+            meta.drop_view();
             if !meta.live {
                 release.push(slot);
             }
@@ -138,12 +138,12 @@ impl EntryUpdate<'_> {
     /// in slot order.
     pub(crate) fn enter(
         &mut self,
-        meta: &mut SlotMeta,
+        meta: &SlotMeta,
         slot: u32,
         bit: u32,
         distance: f32,
     ) -> (u32, ViewEntry) {
-        meta.views += 1;
+        meta.add_view();
         self.dirty.push((self.table, slot));
         (slot, new_entry(bit, distance, self.tick))
     }
@@ -151,11 +151,11 @@ impl EntryUpdate<'_> {
 
 /// Marks an entry removed (its delete went out, or its event was delivered) and releases its
 /// hold on the slot.
-pub(crate) fn kill(e: &mut ViewEntry, meta: &mut SlotMeta, slot: u32, release: &mut Vec<u32>) {
+pub(crate) fn kill(e: &mut ViewEntry, meta: &SlotMeta, slot: u32, release: &mut Vec<u32>) {
     e.mask = 0;
     e.dirty = Dirty::Clean;
     e.sent = 0;
-    meta.views -= 1;
+    meta.drop_view();
     if !meta.live {
         release.push(slot);
     }

@@ -254,6 +254,11 @@ impl World {
 
     /// One tick; returns bytes sent per client this tick.
     fn tick(&mut self) -> BTreeMap<ConnectionId, usize> {
+        self.tick_messages().0
+    }
+
+    /// One tick; returns bytes sent per client and the messages, in publish order.
+    fn tick_messages(&mut self) -> (BTreeMap<ConnectionId, usize>, Vec<Outgoing>) {
         self.tick += 1;
         let out = self.engine.step(Timestamp::from_micros(self.tick * 50_000));
         self.publisher.apply(&out.changes);
@@ -267,7 +272,7 @@ impl World {
                 .unwrap()
                 .apply(&self.layouts, message);
         }
-        bytes
+        (bytes, sent)
     }
 
     fn settle(&mut self) {
@@ -971,4 +976,107 @@ fn rows_brought_back_by_a_rollback_keep_publishing() {
     let mob = w.engine.schema().table("mob").unwrap().id;
     assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
     assert_eq!(w.mirrors[&a].rows(mob).len(), 1);
+}
+
+/// Clients are published in parallel chunks: the messages, their order and every counter must
+/// be the same whatever the worker count, through moves, deletes, events, budget-bound ranking
+/// and clients coming and going.
+#[test]
+fn publish_output_does_not_depend_on_worker_count() {
+    let config = |workers| PublishConfig {
+        budget_bytes_per_second: 3_000,
+        hysteresis: 4.0,
+        workers,
+        ..PublishConfig::default()
+    };
+    let mut worlds = [World::new(config(1)), World::new(config(3))];
+    assert_eq!(worlds[0].publisher.workers(), 1);
+    assert_eq!(worlds[1].publisher.workers(), 3);
+    let mut state = 7u64;
+    let mut next = move |n: u32| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % u64::from(n)) as u32
+    };
+    let position = |v: u32| v as f32 - 100.0;
+    for w in &mut worlds {
+        for c in 0..70u64 {
+            let id = w.connect(c, c % 9);
+            w.subscribe(id, 1, "SELECT * FROM mob WHERE within(pos, :focus, 40)")
+                .unwrap();
+            w.subscribe(id, 2, "SELECT * FROM shout WHERE within(pos, :focus, 30)")
+                .unwrap();
+            if c % 4 == 0 {
+                w.subscribe(id, 3, "SELECT * FROM item WHERE level > 1")
+                    .unwrap();
+            }
+        }
+    }
+    let mut next_client = 1000u64;
+    for tick in 0..80 {
+        let mut ops = Vec::new();
+        for _ in 0..40 {
+            ops.push(match next(10) {
+                0 => Op::DropMob { id: next(300) },
+                1 => Op::Shout {
+                    x: position(next(200)),
+                    y: position(next(200)),
+                    text: "hi".into(),
+                },
+                2 => Op::PutItem {
+                    id: next(50),
+                    level: next(4),
+                    name: "gem".into(),
+                },
+                _ => Op::PutMob {
+                    id: next(300),
+                    x: position(next(200)),
+                    y: position(next(200)),
+                    hp: next(5) as i32,
+                },
+            });
+        }
+        let focus: Vec<(u64, Vec3)> = (0..6)
+            .map(|_| {
+                let p = Vec3::new(position(next(200)), position(next(200)), 0.0);
+                (u64::from(next(70)), p)
+            })
+            .collect();
+        let churn = tick % 10 == 5;
+        let gone = u64::from(next(70));
+        let mut outputs = Vec::new();
+        for w in &mut worlds {
+            w.run(ops.clone());
+            for &(c, p) in &focus {
+                w.publisher.set_focus(ConnectionId(c), p);
+            }
+            if churn {
+                w.publisher.disconnect(ConnectionId(gone));
+                w.mirrors.remove(&ConnectionId(gone));
+                let id = w.connect(next_client, 3);
+                w.subscribe(
+                    id,
+                    1,
+                    "SELECT * FROM mob WHERE within(pos, :focus, 40) AND hp > 1",
+                )
+                .unwrap();
+                w.publisher.set_focus(id, Vec3::ZERO);
+            }
+            outputs.push(w.tick_messages().1);
+        }
+        if churn {
+            next_client += 1;
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "tick {tick}: 1 and 3 workers published differently"
+        );
+        assert_eq!(worlds[0].publisher.stats(), worlds[1].publisher.stats());
+    }
+    let sent = worlds[0].publisher.stats().sent;
+    assert!(sent.deltas > 1_000 && sent.deletes > 100, "{sent:?}");
+    let busy = worlds[1].publisher.worker_busy();
+    assert_eq!(busy.len(), 3);
+    assert!(busy.iter().sum::<Duration>() > Duration::ZERO);
 }
