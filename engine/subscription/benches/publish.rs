@@ -234,16 +234,23 @@ fn bench(c: &mut Criterion) {
     // off preemption on a shared machine better than a mean.
     let mut buffers = Vec::new();
     let (mut apply, mut floor, mut one, mut many) = (vec![], vec![], vec![], vec![]);
+    let mut busy = vec![Duration::ZERO; workers];
     for round in 0..40 {
         let count = if round % 2 == 0 { 1 } else { workers };
         let changes = scenario.simulate();
+        let busy_before = scenario.publisher.worker_busy();
         let [a, f, p] = scenario.phases(&changes, count, &mut buffers);
         apply.push(a);
         floor.push(f);
         if count == 1 {
             one.push(p)
         } else {
-            many.push(p)
+            many.push(p);
+            let busy_after = scenario.publisher.worker_busy();
+            for (total, (after, before)) in busy.iter_mut().zip(busy_after.iter().zip(&busy_before))
+            {
+                *total += *after - *before;
+            }
         }
     }
     let (apply, floor, one, many) = (
@@ -270,6 +277,13 @@ fn bench(c: &mut Criterion) {
         one.as_secs_f64() * 1e6 / CLIENTS as f64,
         ms(floor),
         floor.as_secs_f64() / full_one.as_secs_f64(),
+    );
+    eprintln!(
+        "publish workers: busy per tick {:?} ms (of {:.2} ms)",
+        busy.iter()
+            .map(|b| format!("{:.2}", ms(*b) / 20.0))
+            .collect::<Vec<_>>(),
+        ms(many),
     );
     let before = scenario.publisher.stats().sent;
     let mut ticks = 0u64;
