@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use bevy_ecs::entity::Entity;
-use rustc_hash::FxHashMap;
+use hashbrown::{HashTable, hash_table};
 
 use orrery_tick::Tick;
 
@@ -78,34 +78,49 @@ impl NetChange {
     }
 }
 
-/// One committed write, in commit order.
+/// One write, in write order. Entries of the running transaction are dropped again if it
+/// rolls back.
 #[derive(Clone, Debug)]
 struct LogEntry {
     op: ChangeKind,
+    /// The primary key's hash, taken with the table's seeded hasher when the row was written, so
+    /// folding never hashes key bytes.
+    hash: u64,
     pk: Range<u32>,
-    /// The row right after the write; `None` for deletes, and for writes a later write of the
-    /// same transaction deleted (that later write decides the net change).
+    /// The row right after the write; `None` for deletes.
     row: Option<Range<u32>>,
     /// The row's entity (for deletes: the one it had).
     entity: Option<Entity>,
 }
 
-/// One table's committed writes while a tick runs, append-only. A write encodes the row right
-/// away, while the reducer has just touched it, and costs no hashing; the net change per
-/// primary key is folded once, when the tick ends, over a map that stays in cache. Rows that
-/// only systems changed are not folded at all unless reducers also touched them. Buffers are
-/// reused tick after tick.
+/// Where a transaction's entries begin, to drop them again on rollback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LogMark {
+    entries: usize,
+    bytes: usize,
+}
+
+/// One table's writes while a tick runs, append-only. A write encodes the row right away, while
+/// the reducer has just touched it, so commit has nothing left to do and a rollback truncates;
+/// the net change per primary key is folded once, when the tick ends, over a table that stays in
+/// cache, by the hash taken at write time. Rows that only systems changed are not folded at all
+/// unless reducers also touched them. Buffers are reused tick after tick.
 #[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
     /// Entries from this index on were written by capture (systems).
     systems_from: Option<usize>,
+    /// Scratch of `take`, kept for its capacity: folded position per key, by key hash.
+    slots: HashTable<u32>,
+    folded: Vec<Folded>,
 }
 
 /// A primary key's net change while a log is folded.
+#[derive(Clone, Debug)]
 struct Folded {
     net: NetChange,
+    hash: u64,
     pk: Range<u32>,
     row: Option<Range<u32>>,
     entity: Option<Entity>,
@@ -122,10 +137,13 @@ fn slice<'a>(bytes: &'a [u8], range: &Range<u32>) -> &'a [u8] {
 }
 
 impl ChangeLog {
-    /// Appends one committed write.
+    /// Appends one write; `hash` is the primary key's hash under the table's hasher (equal keys
+    /// must give equal hashes; different keys may collide).
+    #[inline]
     pub(crate) fn push<P: OrreryType, R: OrreryType>(
         &mut self,
         op: ChangeKind,
+        hash: u64,
         pk: &P,
         row: Option<&R>,
         entity: Option<Entity>,
@@ -134,10 +152,27 @@ impl ChangeLog {
         let row = row.map(|row| span(&mut self.bytes, |out| row.encode(out)));
         self.entries.push(LogEntry {
             op,
+            hash,
             pk,
             row,
             entity,
         });
+    }
+
+    /// The current end of the log, where a transaction starts.
+    #[inline]
+    pub(crate) fn mark(&self) -> LogMark {
+        LogMark {
+            entries: self.entries.len(),
+            bytes: self.bytes.len(),
+        }
+    }
+
+    /// Drops the entries written since `mark` (a rolled-back transaction's).
+    #[inline]
+    pub(crate) fn truncate(&mut self, mark: LogMark) {
+        self.entries.truncate(mark.entries);
+        self.bytes.truncate(mark.bytes);
     }
 
     /// Marks where capture's entries begin.
@@ -154,27 +189,38 @@ impl ChangeLog {
         }
         let systems_from = self.systems_from.take().unwrap_or(self.entries.len());
         let bytes = &self.bytes;
-        let mut slots: FxHashMap<&[u8], usize> =
-            FxHashMap::with_capacity_and_hasher(systems_from, Default::default());
-        let mut folded: Vec<Folded> = Vec::with_capacity(self.entries.len());
+        let slots = &mut self.slots;
+        let folded = &mut self.folded;
+        // Clearing costs the table's capacity; one huge tick (a bulk load) must not make every
+        // later one pay for its size.
+        if slots.capacity() > 4 * self.entries.len().max(1024) {
+            *slots = HashTable::new();
+        }
+        slots.clear();
+        folded.clear();
+        slots.reserve(self.entries.len(), |&s| folded[s as usize].hash);
+        folded.reserve(self.entries.len());
         for (i, entry) in self.entries.iter().enumerate() {
             let pk = slice(bytes, &entry.pk);
+            let same_key = |&slot: &u32| slice(bytes, &folded[slot as usize].pk) == pk;
             // A system's in-place update of a row no reducer touched is final as it is.
             if i >= systems_from
                 && entry.op == ChangeKind::Update
-                && (slots.is_empty() || !slots.contains_key(pk))
+                && (slots.is_empty() || slots.find(entry.hash, same_key).is_none())
             {
                 folded.push(Folded {
                     net: NetChange::Updated,
+                    hash: entry.hash,
                     pk: entry.pk.clone(),
                     row: entry.row.clone(),
                     entity: entry.entity,
                 });
                 continue;
             }
-            match slots.entry(pk) {
-                std::collections::hash_map::Entry::Occupied(slot) => {
-                    let f = &mut folded[*slot.get()];
+            // One probe per entry: fold into the key's slot, or open one.
+            match slots.entry(entry.hash, same_key, |&s| folded[s as usize].hash) {
+                hash_table::Entry::Occupied(slot) => {
+                    let f = &mut folded[*slot.get() as usize];
                     f.net = f.net.then(entry.op);
                     if entry.row.is_some() {
                         f.row.clone_from(&entry.row);
@@ -183,10 +229,13 @@ impl ChangeLog {
                         f.entity = entry.entity;
                     }
                 }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(folded.len());
+                hash_table::Entry::Vacant(slot) => {
+                    // Growing rehashes by the hashes taken at write time, never by key bytes
+                    // (and the table was sized for every entry, so it does not grow).
+                    slot.insert(folded.len() as u32);
                     folded.push(Folded {
                         net: NetChange::first(entry.op),
+                        hash: entry.hash,
                         pk: entry.pk.clone(),
                         row: entry.row.clone(),
                         entity: entry.entity,
@@ -196,18 +245,33 @@ impl ChangeLog {
         }
         let mut out = TableChanges::new(table, name);
         out.bytes.reserve(bytes.len());
+        out.entries.reserve(folded.len());
         for Folded {
             net,
             pk,
             row,
             entity,
-        } in folded
+            ..
+        } in folded.drain(..)
         {
             let Some(kind) = net.kind() else { continue };
-            let pk = span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk)));
-            let row = match (kind, row) {
-                (ChangeKind::Delete, _) | (_, None) => 0..0,
-                (_, Some(row)) => span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
+            let (pk, row) = match (kind, row) {
+                (ChangeKind::Delete, _) | (_, None) => (
+                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
+                    0..0,
+                ),
+                // A row written once this tick follows its key in the log: one copy for both.
+                (_, Some(row)) if row.start == pk.end => {
+                    let both = span(&mut out.bytes, |o| {
+                        o.extend_from_slice(slice(bytes, &(pk.start..row.end)));
+                    });
+                    let split = both.start + (pk.end - pk.start);
+                    (both.start..split, split..both.end)
+                }
+                (_, Some(row)) => (
+                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
+                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
+                ),
             };
             out.entries.push(Entry {
                 kind,
@@ -373,16 +437,21 @@ mod tests {
     }
 
     #[test]
-    fn the_log_folds_reducer_writes_and_passes_system_updates_through() {
+    fn the_log_folds_reducer_writes_drops_rolled_back_ones_and_passes_system_updates_through() {
         let mut log = ChangeLog::default();
-        log.push(ChangeKind::Insert, &1u32, Some(&10u32), None);
-        log.push(ChangeKind::Update, &1u32, Some(&11u32), None);
-        log.push(ChangeKind::Update, &2u32, Some(&20u32), None);
-        log.push(ChangeKind::Delete, &3u32, None::<&u32>, None);
-        log.push(ChangeKind::Insert, &3u32, Some(&30u32), None);
+        // Every key hashes alike: folding must tell keys apart by their bytes.
+        let h = 7;
+        log.push(ChangeKind::Insert, h, &1u32, Some(&10u32), None);
+        log.push(ChangeKind::Update, h, &1u32, Some(&11u32), None);
+        log.push(ChangeKind::Update, h, &2u32, Some(&20u32), None);
+        let mark = log.mark();
+        log.push(ChangeKind::Delete, h, &2u32, None::<&u32>, None);
+        log.truncate(mark);
+        log.push(ChangeKind::Delete, h, &3u32, None::<&u32>, None);
+        log.push(ChangeKind::Insert, h, &3u32, Some(&30u32), None);
         log.start_systems();
-        log.push(ChangeKind::Update, &1u32, Some(&12u32), None);
-        log.push(ChangeKind::Update, &4u32, Some(&40u32), None);
+        log.push(ChangeKind::Update, h, &1u32, Some(&12u32), None);
+        log.push(ChangeKind::Update, h, &4u32, Some(&40u32), None);
         let out = log.take(TableId(0), "t").unwrap();
         let got: Vec<(ChangeKind, u32, Option<u32>)> = out
             .iter()

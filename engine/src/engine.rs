@@ -23,6 +23,7 @@ use crate::changes::ChangeSet;
 use crate::durability::ConnectionEvent;
 use crate::identity::{ConnectionId, Identity};
 use crate::module::Module;
+use crate::prefetch::{self, Prefetch};
 use crate::reducer::{
     Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
 };
@@ -30,6 +31,10 @@ use crate::schema::{ModuleSchema, ReducerKind};
 use crate::table::{CaptureStats, CellMove, DueFire, Table, TableId};
 use crate::tables::TableSet;
 use crate::time::Timestamp;
+
+/// Queued calls per look-ahead batch: enough rows in flight to overlap their memory waits, few
+/// enough that they are all still in cache when their calls run.
+const LOOK_AHEAD_BATCH: usize = 16;
 
 /// How the systems phase executes the module's schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +239,9 @@ pub struct Engine {
     pub(crate) tables: TableSet,
     reducers: Vec<ReducerDef>,
     reducer_index: FxHashMap<String, usize>,
+    /// The callable reducer called last: calls come in runs of the same name, and comparing
+    /// the name beats hashing it.
+    last_callable: Option<usize>,
     init_reducer: Option<usize>,
     connected_reducer: Option<usize>,
     disconnected_reducer: Option<usize>,
@@ -260,6 +268,8 @@ pub struct Engine {
     calls_this_tick: u64,
     touched: Vec<usize>,
     pub(crate) queue: VecDeque<Input>,
+    /// Scratch of the reducers phase's look-ahead, kept for its capacity.
+    looked_ahead: Vec<prefetch::Found>,
     stats: TickStats,
     counters: EngineCounters,
     due: Vec<DueFire>,
@@ -358,6 +368,7 @@ impl Engine {
             disconnected_reducer: find_kind(ReducerKind::ClientDisconnected),
             reducers: module.reducers,
             reducer_index,
+            last_callable: None,
             scheduled_reducer,
             schedule,
             systems_write,
@@ -374,6 +385,7 @@ impl Engine {
             calls_this_tick: 0,
             touched: Vec::new(),
             queue: VecDeque::new(),
+            looked_ahead: Vec::new(),
             stats,
             counters: EngineCounters::default(),
             due: Vec::new(),
@@ -555,6 +567,11 @@ impl Engine {
     }
 
     fn callable(&mut self, name: &str) -> Result<usize, ReducerError> {
+        if let Some(index) = self.last_callable
+            && self.reducers[index].name() == name
+        {
+            return Ok(index);
+        }
         let Some(&index) = self.reducer_index.get(name) else {
             self.counters.rejected += 1;
             return Err(ReducerError::UnknownReducer(name.to_owned()));
@@ -567,6 +584,7 @@ impl Engine {
                 kind,
             });
         }
+        self.last_callable = Some(index);
         Ok(index)
     }
 
@@ -585,8 +603,7 @@ impl Engine {
         let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
         self.calls_this_tick += 1;
         self.counters.calls += 1;
-        let focus_mark = self.world.resource::<FocusUpdates>().updates.len();
-        let outcome = {
+        let (outcome, focus_mark) = {
             let mut ctx = ReducerContext {
                 db: Db {
                     world: &mut self.world,
@@ -598,16 +615,31 @@ impl Engine {
                 tick,
                 timestamp: self.timestamp,
                 rng: ReducerRng::new(seed),
+                focus_mark: None,
             };
-            catch_unwind(AssertUnwindSafe(|| invoke(&mut ctx, args)))
+            let outcome = catch_unwind(AssertUnwindSafe(|| invoke(&mut ctx, args)));
+            (outcome, ctx.focus_mark)
+        };
+        let deferred = match outcome {
+            Ok(Ok(Ok(()))) => self.deferred_error(),
+            _ => None,
         };
         let reducer = || self.reducers[index].name().to_owned();
         let error = match outcome {
-            Ok(Ok(Ok(()))) => {
-                self.commit();
-                self.counters.committed += 1;
-                return Ok(());
-            }
+            Ok(Ok(Ok(()))) => match deferred {
+                None => {
+                    self.commit();
+                    self.counters.committed += 1;
+                    return Ok(());
+                }
+                Some(error) => {
+                    self.counters.failed += 1;
+                    ReducerError::Failed {
+                        reducer: reducer(),
+                        message: error.to_string(),
+                    }
+                }
+            },
             Ok(Ok(Err(message))) => {
                 self.counters.failed += 1;
                 ReducerError::Failed {
@@ -636,18 +668,32 @@ impl Engine {
             }
         };
         self.rollback();
-        self.world
-            .resource_mut::<FocusUpdates>()
-            .updates
-            .truncate(focus_mark);
+        if let Some(mark) = focus_mark {
+            self.world
+                .resource_mut::<FocusUpdates>()
+                .updates
+                .truncate(mark);
+        }
         Err(error)
+    }
+
+    /// A constraint violation that a dropped row guard left in one of the tables the call
+    /// touched: it fails the call.
+    fn deferred_error(&mut self) -> Option<crate::table::TableError> {
+        let mut found = None;
+        for &index in &self.touched {
+            if let Some(error) = self.tables.erased_mut(index).take_error() {
+                found.get_or_insert(error);
+            }
+        }
+        found
     }
 
     fn commit(&mut self) {
         for index in self.touched.drain(..) {
             self.tables
                 .erased_mut(index)
-                .commit(&self.world, self.timestamp);
+                .commit(&mut self.world, self.timestamp);
         }
     }
 
@@ -743,33 +789,72 @@ impl Engine {
 
     fn run_inputs(&mut self) -> Vec<InputOutcome> {
         let mut outcomes = Vec::with_capacity(self.queue.len());
-        while let Some(input) = self.queue.pop_front() {
-            let _span = tracing::trace_span!("input").entered();
-            let outcome = match input {
-                Input::Call {
-                    request_id,
-                    caller,
-                    reducer,
-                    args,
-                } => InputOutcome {
-                    request_id: Some(request_id),
-                    caller,
-                    result: self.call_reducer_bytes(&reducer, caller, &args),
-                },
-                Input::Connect { caller } => InputOutcome {
-                    request_id: None,
-                    caller,
-                    result: self.client_connected(caller),
-                },
-                Input::Disconnect { caller } => InputOutcome {
-                    request_id: None,
-                    caller,
-                    result: self.client_disconnected(caller),
-                },
-            };
-            outcomes.push(outcome);
+        let mut found = std::mem::take(&mut self.looked_ahead);
+        while !self.queue.is_empty() {
+            // Each call still runs alone, in order, as its own transaction; the batch only
+            // shares the look-ahead that brings the rows its calls name into cache.
+            let batch = self.queue.len().min(LOOK_AHEAD_BATCH);
+            found.clear();
+            self.look_ahead(batch, &mut found);
+            if !found.is_empty() {
+                prefetch::touch(&self.world, &self.tables, &found);
+            }
+            for _ in 0..batch {
+                let Some(input) = self.queue.pop_front() else {
+                    break;
+                };
+                outcomes.push(self.run_input(input));
+            }
         }
+        self.looked_ahead = found;
         outcomes
+    }
+
+    /// Names the rows that the next `batch` queued calls' key arguments key.
+    fn look_ahead(&self, batch: usize, found: &mut Vec<prefetch::Found>) {
+        let mut prefetch = Prefetch::new(&self.tables, found);
+        for input in self.queue.range(..batch) {
+            if let Input::Call { reducer, args, .. } = input
+                && let Some(index) = self.reducer_named(reducer)
+                && let Some(look) = self.reducers[index].prefetch
+            {
+                look(&mut prefetch, args);
+            }
+        }
+    }
+
+    /// The reducer called `name`, without counting anything (the call itself does).
+    fn reducer_named(&self, name: &str) -> Option<usize> {
+        match self.last_callable {
+            Some(index) if self.reducers[index].name() == name => Some(index),
+            _ => self.reducer_index.get(name).copied(),
+        }
+    }
+
+    fn run_input(&mut self, input: Input) -> InputOutcome {
+        let _span = tracing::trace_span!("input").entered();
+        match input {
+            Input::Call {
+                request_id,
+                caller,
+                reducer,
+                args,
+            } => InputOutcome {
+                request_id: Some(request_id),
+                caller,
+                result: self.call_reducer_bytes(&reducer, caller, &args),
+            },
+            Input::Connect { caller } => InputOutcome {
+                request_id: None,
+                caller,
+                result: self.client_connected(caller),
+            },
+            Input::Disconnect { caller } => InputOutcome {
+                request_id: None,
+                caller,
+                result: self.client_disconnected(caller),
+            },
+        }
     }
 
     fn run_scheduled(&mut self, now: Timestamp) {

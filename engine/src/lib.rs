@@ -61,6 +61,7 @@ pub mod changes;
 pub mod durability;
 mod engine;
 mod module;
+mod prefetch;
 mod reducer;
 pub mod table;
 mod tables;
@@ -80,11 +81,14 @@ pub use engine::{
 };
 pub use identity::{ConnectionId, Identity};
 pub use module::{Module, ModuleBuilder, ModuleError, Simulation};
+pub use prefetch::{Prefetch, PrefetchFn};
 pub use reducer::{
     ArgsError, Db, FocusUpdates, IntoFocus, IntoReducerResult, ReducerArgs, ReducerContext,
     ReducerDef, ReducerError, ReducerRng,
 };
-pub use table::{CellMove, SpatialIndex, Table, TableError, TableHandle, TableId, TableStore};
+pub use table::{
+    CellMove, RowMut, SpatialIndex, Table, TableError, TableHandle, TableId, TableStore,
+};
 pub use time::{ScheduleAt, Timestamp};
 
 pub use orrery_macros::{OrreryType, reducer, reducers, table};

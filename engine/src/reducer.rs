@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{OrreryType, RowDecodeError, TypeDesc};
 use crate::identity::{ConnectionId, Identity};
+use crate::prefetch::PrefetchFn;
 use crate::schema::{ParamSchema, ReducerKind, ReducerSchema};
 use crate::table::{Table, TableHandle};
 use crate::tables::TableSet;
@@ -36,6 +37,7 @@ impl<'a> Db<'a> {
         if store.begin() {
             self.touched.push(index);
         }
+        store.refresh_rows_query(self.world);
         TableHandle {
             world: self.world,
             store,
@@ -91,16 +93,19 @@ pub struct ReducerContext<'a> {
     pub timestamp: Timestamp,
     /// Deterministic randomness for this call.
     pub rng: ReducerRng,
+    /// How many focus updates there were before this call's first `set_focus`, to drop this
+    /// call's on rollback; `None` while it has set none (most calls, which then never look the
+    /// resource up).
+    pub(crate) focus_mark: Option<usize>,
 }
 
 impl ReducerContext<'_> {
     /// Sets where `connection` is looking from: the `:focus` of its spatial subscriptions
     /// (usually its player's position). Undone if the reducer fails.
     pub fn set_focus(&mut self, connection: ConnectionId, point: impl IntoFocus) {
-        self.db
-            .world
-            .resource_mut::<FocusUpdates>()
-            .set(connection, point);
+        let mut updates = self.db.world.resource_mut::<FocusUpdates>();
+        self.focus_mark.get_or_insert(updates.updates.len());
+        updates.set(connection, point);
     }
 
     /// A module setting: a resource the module was built with (`ModuleBuilder::resource`),
@@ -199,6 +204,8 @@ pub type InvokeFn = fn(&mut ReducerContext<'_>, &[u8]) -> Result<Result<(), Stri
 pub struct ReducerDef {
     pub(crate) schema: ReducerSchema,
     pub(crate) invoke: InvokeFn,
+    /// Names the rows a call's `#[key(Row)]` arguments key, for batched look-ahead.
+    pub(crate) prefetch: Option<PrefetchFn>,
 }
 
 impl fmt::Debug for ReducerDef {
@@ -219,7 +226,15 @@ impl ReducerDef {
                 params,
             },
             invoke,
+            prefetch: None,
         }
+    }
+
+    /// Adds the look-ahead of the reducer's `#[key(Row)]` arguments; called by
+    /// `#[reducer]`-generated code.
+    pub fn with_prefetch(mut self, prefetch: PrefetchFn) -> Self {
+        self.prefetch = Some(prefetch);
+        self
     }
 
     /// The reducer's name.

@@ -17,10 +17,22 @@ pub(crate) struct TableSlot {
     name: String,
 }
 
-#[derive(Default)]
 pub(crate) struct TableSet {
     slots: Vec<TableSlot>,
     by_type: FxHashMap<TypeId, usize>,
+    /// The table opened last: a reducer opens the same table again and again
+    /// (`ctx.db.account()` per statement), and comparing one type id beats hashing it.
+    last: (TypeId, usize),
+}
+
+impl Default for TableSet {
+    fn default() -> Self {
+        TableSet {
+            slots: Vec::new(),
+            by_type: FxHashMap::default(),
+            last: (TypeId::of::<()>(), usize::MAX),
+        }
+    }
 }
 
 impl TableSet {
@@ -49,13 +61,16 @@ impl TableSet {
 
     /// # Panics
     /// If `T` is not registered (a module definition error, caught as a reducer panic).
+    #[inline]
     pub(crate) fn store_mut<T: Table>(&mut self) -> (usize, &mut TableStore<T>) {
-        let Some(index) = self.index_of::<T>() else {
-            panic!(
-                "table `{}` is not registered in this module (add `.table::<{}>()`)",
-                T::NAME,
-                std::any::type_name::<T>()
-            )
+        let index = if self.last.0 == TypeId::of::<T>() {
+            self.last.1
+        } else {
+            let Some(index) = self.index_of::<T>() else {
+                unregistered::<T>()
+            };
+            self.last = (TypeId::of::<T>(), index);
+            index
         };
         let store = self.slots[index]
             .store
@@ -63,6 +78,22 @@ impl TableSet {
             .and_then(|s| s.as_any_mut().downcast_mut::<TableStore<T>>())
             .unwrap_or_else(|| panic!("table `{}` is not available in this phase", T::NAME));
         (index, store)
+    }
+
+    /// The store of `T` with its position, when it is not moved into the world.
+    #[inline]
+    pub(crate) fn indexed_store<T: Table>(&self) -> Option<(usize, &TableStore<T>)> {
+        let index = if self.last.0 == TypeId::of::<T>() {
+            self.last.1
+        } else {
+            self.index_of::<T>()?
+        };
+        let store = self.slots[index]
+            .store
+            .as_ref()?
+            .as_any()
+            .downcast_ref::<TableStore<T>>()?;
+        Some((index, store))
     }
 
     pub(crate) fn store<T: Table>(&self) -> Option<&TableStore<T>> {
@@ -115,4 +146,13 @@ impl TableSet {
             }
         }
     }
+}
+
+#[cold]
+fn unregistered<T: Table>() -> ! {
+    panic!(
+        "table `{}` is not registered in this module (add `.table::<{}>()`)",
+        T::NAME,
+        std::any::type_name::<T>()
+    )
 }

@@ -232,16 +232,38 @@ pub trait OrreryType: Sized {
 /// Appends `value` as an unsigned LEB128 varint.
 #[inline]
 pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    // Bytes gathered on the stack and appended at once: one capacity check instead of one per
+    // byte (a random u64 takes ten).
+    let mut buf = [0u8; 10];
+    let mut len = 0;
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        buf[len] = (value as u8) | 0x80;
         value >>= 7;
+        len += 1;
     }
-    out.push(value as u8);
+    buf[len] = value as u8;
+    out.extend_from_slice(&buf[..=len]);
 }
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
 #[inline]
 pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, RowDecodeError> {
+    // With ten bytes at hand no byte needs a bounds check (reducer arguments and rows are
+    // decoded on every call).
+    if let Some(bytes) = input.first_chunk::<10>() {
+        let mut result: u64 = 0;
+        for (i, &byte) in bytes.iter().enumerate() {
+            result |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                if i == 9 && byte > 1 {
+                    break;
+                }
+                *input = &input[i + 1..];
+                return Ok(result);
+            }
+        }
+        return Err(RowDecodeError::VarintOverflow { what });
+    }
     let mut result: u64 = 0;
     for (i, &byte) in input.iter().enumerate().take(10) {
         let bits = u64::from(byte & 0x7f);

@@ -30,6 +30,11 @@ pub fn table(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// Declares a reducer: `#[reducer]`, or `#[reducer(init)]`, `#[reducer(client_connected)]`,
 /// `#[reducer(client_disconnected)]` for lifecycle reducers.
+///
+/// A parameter marked `#[key(Row)]` is the primary key of a row of table `Row` that the reducer
+/// will touch (`#[key(Account)] from: u64`): when the tick runs queued calls as a batch, it looks
+/// those rows up ahead of the calls so they are in cache when the calls run. It changes no
+/// outcome; the parameter's type must be `Row`'s primary key type.
 #[proc_macro_attribute]
 pub fn reducer(args: TokenStream, input: TokenStream) -> TokenStream {
     reducer::expand(args.into(), input.into())

@@ -1,6 +1,7 @@
 //! `#[reducer]` and `reducers![..]`: a reducer function gets a hidden sibling that builds its
-//! `ReducerDef` (name, kind, parameter schema, and an entry point that decodes row-format
-//! arguments and calls the function).
+//! `ReducerDef` (name, kind, parameter schema, an entry point that decodes row-format arguments
+//! and calls the function, and for parameters marked `#[key(Row)]` a look-ahead that names the
+//! rows they key so a batch of queued calls can bring them into cache first).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
@@ -30,7 +31,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
             }
         }
     };
-    let item: ItemFn = syn::parse2(input)?;
+    let mut item: ItemFn = syn::parse2(input)?;
+    let keys = take_key_attrs(&mut item)?;
     let sig = &item.sig;
     if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
@@ -70,6 +72,33 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
     let indices = 0..count;
     let bindings: Vec<Ident> = (0..count).map(|i| format_ident!("__arg{}", i)).collect();
     let doc = format!("The definition of reducer `{reducer_name}`, for `reducers![..]`.");
+    // Look-ahead: decode the arguments up to the last key and name the rows they key.
+    let prefetch = match keys.iter().rposition(Option::is_some) {
+        None => quote!(),
+        Some(last) => {
+            let steps = (0..=last).map(|i| {
+                let binding = &bindings[i];
+                let ty = &tys[i];
+                let decode = quote! {
+                    let ::std::result::Result::Ok(#binding) =
+                        <#ty as #p::OrreryType>::decode(&mut input) else { return };
+                };
+                match &keys[i] {
+                    Some(row) => quote! { #decode pf.row::<#row>(&#binding); },
+                    None => decode,
+                }
+            });
+            quote! {
+                .with_prefetch({
+                    fn __prefetch(pf: &mut ::orrery_engine::Prefetch<'_>, args: &[u8]) {
+                        let mut input = args;
+                        #(#steps)*
+                    }
+                    __prefetch
+                })
+            }
+        }
+    };
 
     Ok(quote! {
         #item
@@ -92,8 +121,39 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
                 vec![#(#p::param::<#tys>(#names)),*],
                 __invoke,
             )
+            #prefetch
         }
     })
+}
+
+/// Removes the `#[key(Row)]` attributes from the parameters (after the context), returning per
+/// parameter the row type it keys, if any.
+fn take_key_attrs(item: &mut ItemFn) -> syn::Result<Vec<Option<Type>>> {
+    let mut keys = Vec::new();
+    for arg in item.sig.inputs.iter_mut().skip(1) {
+        let FnArg::Typed(arg) = arg else {
+            keys.push(None);
+            continue;
+        };
+        let mut key = None;
+        let mut kept = Vec::new();
+        for attr in arg.attrs.drain(..) {
+            if attr.path().is_ident("key") {
+                if key.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        attr,
+                        "one #[key(Row)] per parameter",
+                    ));
+                }
+                key = Some(attr.parse_args::<Type>()?);
+            } else {
+                kept.push(attr);
+            }
+        }
+        arg.attrs = kept;
+        keys.push(key);
+    }
+    Ok(keys)
 }
 
 pub(crate) fn expand_list(input: TokenStream) -> syn::Result<TokenStream> {

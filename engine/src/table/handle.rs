@@ -1,5 +1,6 @@
 //! What reducers hold: [`TableHandle`] (insert, iterate, count) and the per-index column
-//! accessors `#[table]` exposes on it (`.id()`, `.name()`, `.level()`).
+//! accessors `#[table]` exposes on it (`.id()`, `.name()`, `.level()`), whose `find_mut` opens a
+//! [`RowMut`] guard.
 
 use std::marker::PhantomData;
 
@@ -8,6 +9,7 @@ use bevy_ecs::world::World;
 
 use orrery_spatial::GridPoint;
 
+use super::guard::RowMut;
 use super::index::{BTreeIndex, IndexRange, UniqueIndex};
 use super::spatial::SpatialIndex;
 use super::{IndexKey, Table, TableError, TableStore};
@@ -45,7 +47,7 @@ impl<'a, T: Table> TableHandle<'a, T> {
     }
 
     fn row(&self, entity: Entity) -> Option<T> {
-        self.world.get::<T>(entity).cloned()
+        self.store.row(self.world, entity).cloned()
     }
 }
 
@@ -63,6 +65,16 @@ impl<'h, 'a, T: Table> PrimaryColumn<'h, 'a, T> {
     /// The row with primary key `pk`.
     pub fn find(&self, pk: &T::Pk) -> Option<T> {
         self.handle.row(self.handle.store.entity(pk)?)
+    }
+
+    /// The row with primary key `pk`, opened for writing in place: one index probe for a
+    /// read-modify-write. The write is recorded when the guard drops; see [`RowMut`]. The
+    /// guard borrows the table handle, so keep the handle in a variable to open several rows
+    /// one after another (`let mut accounts = ctx.db.account();`).
+    pub fn find_mut(self, pk: &T::Pk) -> Option<RowMut<'h, T>> {
+        let handle = self.handle;
+        let entity = handle.store.entity(pk)?;
+        handle.store.row_mut(handle.world, entity)
     }
 
     /// Replaces the row whose primary key equals `row`'s. Fails if there is none or if a changed
@@ -118,6 +130,14 @@ impl<'h, 'a, T: Table, C: UniqueIndexColumn<T>> UniqueColumn<'h, 'a, T, C> {
     /// The row whose column equals `key`.
     pub fn find(&self, key: &C::Key) -> Option<T> {
         self.handle.row(self.entity(key)?)
+    }
+
+    /// The row whose column equals `key`, opened for writing in place (see [`RowMut`]). The
+    /// primary key may not change; this column may, if the new value is free.
+    pub fn find_mut(self, key: &C::Key) -> Option<RowMut<'h, T>> {
+        let entity = self.entity(key)?;
+        let handle = self.handle;
+        handle.store.row_mut(handle.world, entity)
     }
 
     /// Replaces the row whose column equals `row`'s. The primary key may not change.

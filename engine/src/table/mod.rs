@@ -2,8 +2,10 @@
 //!
 //! [`Table`] is implemented by `#[table]`; it ties the row type to its primary key, its
 //! generated secondary [`TableIndexes`] and its schema. [`TableStore`] holds a table's indexes,
-//! undo log and pending changes; [`TableHandle`] and the column types are what reducers use.
+//! undo log and pending changes; [`TableHandle`], the column types and the [`RowMut`] guard are
+//! what reducers use.
 
+mod guard;
 mod handle;
 mod index;
 mod key_map;
@@ -19,6 +21,7 @@ use bevy_ecs::lifecycle::{ComponentHook, HookContext};
 use bevy_ecs::resource::Resource;
 use bevy_ecs::world::DeferredWorld;
 
+pub use guard::RowMut;
 pub use handle::{
     BTreeColumn, BTreeIndexColumn, PrimaryColumn, SpatialColumn, SpatialIndexColumn, TableHandle,
     UniqueColumn, UniqueIndexColumn,

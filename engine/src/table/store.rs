@@ -11,7 +11,9 @@ mod restore;
 
 use std::any::Any;
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 
+use bevy_ecs::archetype::ArchetypeGeneration;
 use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Tick as EcsTick};
 use bevy_ecs::component::ComponentId;
 use bevy_ecs::entity::Entity;
@@ -19,19 +21,21 @@ use bevy_ecs::query::{Changed, QueryState, With, Without};
 use bevy_ecs::resource::Resource;
 use bevy_ecs::world::World;
 
+use super::guard::{GuardTx, RowMut};
 use super::key_map::KeyMap;
 use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
-use crate::changes::{ChangeKind, ChangeLog, TableChanges};
+use crate::changes::{ChangeKind, ChangeLog, LogMark, TableChanges};
 use crate::schema::TableSchema;
 use crate::time::{ScheduleAt, Timestamp};
 
-/// A write that the running transaction made, with what is needed to undo it. The entity is
-/// where the row lived right after the write; rollback looks rows up by key instead, because an
-/// undone delete re-creates a row on a new entity.
-enum Undo<T: Table> {
-    Insert { pk: T::Pk, entity: Entity },
+/// A write that the running transaction made, with what is needed to undo it. An update's
+/// entity is where the row lived right after the write (commit reads a schedule row there);
+/// rollback looks rows up by key instead, because an undone delete re-creates a row on a new
+/// entity.
+pub(crate) enum Undo<T: Table> {
+    Insert { pk: T::Pk },
     Update { entity: Entity, old: T },
-    Delete { entity: Entity, old: T },
+    Delete { old: T },
 }
 
 /// Due times of a schedule table's rows, ordered by (due, primary key).
@@ -98,9 +102,13 @@ type CaptureQuery<T> =
     QueryState<(Entity, &'static mut T, Option<&'static mut RowKeys<T>>), Changed<T>>;
 type NewRowsQuery<T> = QueryState<Entity, (With<T>, Without<RowKeys<T>>)>;
 
+/// The hasher of a table's primary index (seeded per table), also used for the change log.
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
+
 /// The parts of a store that recording a system's in-place change needs, borrowed separately
 /// from the capture query that is iterating the rows.
 struct Changes<'a, T: Table> {
+    hasher: &'a KeyHasher,
     indexes: &'a mut T::Indexes,
     log: &'a mut ChangeLog,
     stats: &'a mut CaptureStats,
@@ -142,8 +150,14 @@ impl<T: Table> Changes<'_, T> {
                 }
             }
         }
-        self.log
-            .push(ChangeKind::Update, row.pk(), Some(&*row), Some(entity));
+        let hash = self.hasher.hash_one(row.pk());
+        self.log.push(
+            ChangeKind::Update,
+            hash,
+            row.pk(),
+            Some(&*row),
+            Some(entity),
+        );
     }
 }
 
@@ -159,10 +173,20 @@ pub struct TableStore<T: Table> {
     saved_sequences: Vec<u64>,
     undo: Vec<Undo<T>>,
     in_tx: bool,
-    log: ChangeLog,
+    /// Where the running transaction's change-log entries begin.
+    tx_mark: LogMark,
+    /// A constraint violation found when a [`RowMut`](super::RowMut) guard was dropped: it
+    /// fails the running transaction.
+    pub(crate) deferred_error: Option<TableError>,
+    /// New keys of rows whose key columns a guard changed, to write into their `RowKeys`
+    /// shadows before anything reads one (see [`RowMut`]).
+    stale_shadows: Vec<(Entity, T::Keys)>,
+    pub(crate) log: ChangeLog,
     schedule: Option<ScheduleQueue<T::Pk>>,
     due_stash: Vec<(Timestamp, T::Pk)>,
     pub(crate) rows_query: QueryState<&'static T>,
+    /// The archetype generation `rows_query` was last brought up to date with.
+    rows_generation: ArchetypeGeneration,
     capture_query: CaptureQuery<T>,
     new_rows_query: NewRowsQuery<T>,
 }
@@ -180,10 +204,14 @@ impl<T: Table> TableStore<T> {
             saved_sequences: Vec::with_capacity(T::AUTO_INC_COLUMNS),
             undo: Vec::new(),
             in_tx: false,
+            tx_mark: LogMark::default(),
+            deferred_error: None,
+            stale_shadows: Vec::new(),
             log: ChangeLog::default(),
             schedule,
             due_stash: Vec::new(),
             rows_query: QueryState::new(world),
+            rows_generation: ArchetypeGeneration::initial(),
             capture_query: QueryState::new(world),
             new_rows_query: QueryState::new(world),
         }
@@ -225,13 +253,55 @@ impl<T: Table> TableStore<T> {
             return false;
         }
         self.in_tx = true;
+        self.tx_mark = self.log.mark();
+        self.deferred_error = None;
         self.saved_sequences.clear();
         self.saved_sequences.extend_from_slice(&self.sequences);
         true
     }
 
+    /// Brings the cached row query up to date with the world's archetypes, if any appeared
+    /// (a generation compare when none did, which is nearly always).
+    #[inline]
+    pub(crate) fn refresh_rows_query(&mut self, world: &World) {
+        let generation = world.archetypes().generation();
+        if generation != self.rows_generation {
+            self.rows_query.update_archetypes(world);
+            self.rows_generation = generation;
+        }
+    }
+
+    /// The row held by `entity`.
+    #[inline]
+    pub(crate) fn row<'w>(&self, world: &'w World, entity: Entity) -> Option<&'w T> {
+        // The cached query skips `World::get`'s component-id lookup; it misses rows in an
+        // archetype that appeared since it was refreshed, which the world lookup then finds.
+        match self.rows_query.get_manual(world, entity) {
+            Ok(row) => Some(row),
+            Err(_) => world.get::<T>(entity),
+        }
+    }
+
+    /// Writes the keys that guards changed into the rows' `RowKeys` shadows.
+    #[inline]
+    fn sync_shadows(&mut self, world: &mut World) {
+        if !self.stale_shadows.is_empty() {
+            self.sync_shadows_slow(world);
+        }
+    }
+
+    #[cold]
+    fn sync_shadows_slow(&mut self, world: &mut World) {
+        for (entity, keys) in self.stale_shadows.drain(..) {
+            if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity) {
+                shadow.0 = keys;
+            }
+        }
+    }
+
     pub(crate) fn insert(&mut self, world: &mut World, mut row: T) -> Result<T, TableError> {
         debug_assert!(self.in_tx);
+        self.sync_shadows(world);
         row.apply_auto_inc(&mut self.sequences)?;
         let keys = row.keys();
         let pk = T::keys_pk(&keys);
@@ -242,9 +312,18 @@ impl<T: Table> TableStore<T> {
         let pk = pk.clone();
         let entity = world.spawn((row.clone(), RowKeys::<T>(keys.clone()))).id();
         self.indexes.insert(&keys, entity);
+        let hash = self.hash(&pk);
+        self.log
+            .push(ChangeKind::Insert, hash, &pk, Some(&row), Some(entity));
         self.pk.insert(pk.clone(), entity);
-        self.undo.push(Undo::Insert { pk, entity });
+        self.undo.push(Undo::Insert { pk });
         Ok(row)
+    }
+
+    /// The primary key's hash under this table's seeded hasher.
+    #[inline]
+    pub(crate) fn hash(&self, pk: &T::Pk) -> u64 {
+        self.pk.hasher().hash_one(pk)
     }
 
     /// Replaces the row held by `entity` (whose primary key equals `row`'s) with `row`.
@@ -255,36 +334,65 @@ impl<T: Table> TableStore<T> {
         row: T,
     ) -> Result<T, TableError> {
         debug_assert!(self.in_tx);
-        let Some(current) = world.get::<T>(entity) else {
+        self.sync_shadows(world);
+        let Some(mut slot) = world.get_mut::<T>(entity) else {
             return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
         };
-        if !row.same_keys_as(current) {
-            let old_keys = current.keys();
+        if !row.same_keys_as(&slot) {
+            let old_keys = slot.keys();
             let new_keys = row.keys();
             self.indexes.check_update(&old_keys, &new_keys, entity)?;
             self.indexes.update(&old_keys, &new_keys, entity);
             if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity) {
                 shadow.0 = new_keys;
             }
+            let Some(again) = world.get_mut::<T>(entity) else {
+                return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+            };
+            slot = again;
         }
-        let Some(mut slot) = world.get_mut::<T>(entity) else {
-            return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
-        };
+        let hash = self.pk.hasher().hash_one(row.pk());
+        self.log
+            .push(ChangeKind::Update, hash, row.pk(), Some(&row), Some(entity));
         let old = std::mem::replace(&mut *slot, row.clone());
         self.undo.push(Undo::Update { entity, old });
         Ok(row)
     }
 
+    /// Opens the row held by `entity` for writing through a guard.
+    pub(crate) fn row_mut<'a>(
+        &'a mut self,
+        world: &'a mut World,
+        entity: Entity,
+    ) -> Option<RowMut<'a, T>> {
+        debug_assert!(self.in_tx);
+        self.sync_shadows(world);
+        let row = world.get_mut::<T>(entity)?;
+        let tx = GuardTx {
+            hasher: self.pk.hasher(),
+            indexes: &mut self.indexes,
+            undo: &mut self.undo,
+            log: &mut self.log,
+            deferred_error: &mut self.deferred_error,
+            stale_shadows: &mut self.stale_shadows,
+        };
+        Some(RowMut::new(row, entity, tx))
+    }
+
     /// Deletes the row held by `entity`; returns whether there was one.
     pub(crate) fn delete_entity(&mut self, world: &mut World, entity: Entity) -> bool {
         debug_assert!(self.in_tx);
+        self.sync_shadows(world);
         let Some(old) = world.get::<T>(entity).cloned() else {
             return false;
         };
         self.pk.remove(old.pk());
         self.indexes.remove(&old.keys(), entity);
         world.despawn(entity);
-        self.undo.push(Undo::Delete { entity, old });
+        let hash = self.hash(old.pk());
+        self.log
+            .push(ChangeKind::Delete, hash, old.pk(), None::<&T>, Some(entity));
+        self.undo.push(Undo::Delete { old });
         true
     }
 
@@ -296,10 +404,11 @@ impl<T: Table> TableStore<T> {
         }
     }
 
-    /// Appends one committed write to the tick's change log; `row` is the row's state now (if
-    /// it exists), encoded while it is hot in cache.
+    /// Appends one change found by capture to the tick's change log; `row` is the row's state
+    /// now (if it exists), encoded while it is hot in cache.
     fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>, entity: Entity) {
-        self.log.push(op, &pk, row, Some(entity));
+        let hash = self.hash(&pk);
+        self.log.push(op, hash, &pk, row, Some(entity));
     }
 
     fn reschedule_from_row(&mut self, world: &World, pk: &T::Pk, now: Timestamp) {
@@ -316,42 +425,36 @@ impl<T: Table> TableStore<T> {
         }
     }
 
-    fn commit_tx(&mut self, world: &World, now: Timestamp) {
-        let mut undo = std::mem::take(&mut self.undo);
-        for op in undo.drain(..) {
-            // The row as it is now; `None` if a later write in the same transaction deleted it
-            // (that later write then decides the net change).
-            let (pk, kind, row, entity) = match op {
-                Undo::Insert { pk, entity } => {
-                    (pk, ChangeKind::Insert, world.get::<T>(entity), entity)
-                }
-                Undo::Update { entity, old } => {
-                    let row = world.get::<T>(entity);
-                    let pk = old.pk().clone();
-                    if self.schedule.is_some() && row.and_then(T::schedule_at) != old.schedule_at()
-                    {
-                        self.reschedule_from_row(world, &pk, now);
+    fn commit_tx(&mut self, world: &mut World, now: Timestamp) {
+        self.sync_shadows(world);
+        // The writes are in the change log already; only schedule tables have more to do.
+        if self.schedule.is_some() {
+            let mut undo = std::mem::take(&mut self.undo);
+            for op in &undo {
+                match op {
+                    Undo::Update { entity, old } => {
+                        let row = world.get::<T>(*entity);
+                        if row.and_then(T::schedule_at) != old.schedule_at() {
+                            self.reschedule_from_row(world, old.pk(), now);
+                        }
                     }
-                    self.record(pk, ChangeKind::Update, row, entity);
-                    continue;
+                    Undo::Insert { pk } => self.reschedule_from_row(world, pk, now),
+                    Undo::Delete { old } => self.reschedule_from_row(world, old.pk(), now),
                 }
-                Undo::Delete { entity, old } => {
-                    (old.pk().clone(), ChangeKind::Delete, None, entity)
-                }
-            };
-            if self.schedule.is_some() {
-                self.reschedule_from_row(world, &pk, now);
             }
-            self.record(pk, kind, row, entity);
+            undo.clear();
+            self.undo = undo;
+        } else {
+            self.undo.clear();
         }
-        self.undo = undo;
         self.in_tx = false;
     }
 
     fn rollback_tx(&mut self, world: &mut World) {
+        self.sync_shadows(world);
         while let Some(op) = self.undo.pop() {
             match op {
-                Undo::Insert { pk, .. } => {
+                Undo::Insert { pk } => {
                     if let Some(entity) = self.pk.remove(&pk) {
                         if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
                             self.indexes.remove(&keys, entity);
@@ -374,7 +477,7 @@ impl<T: Table> TableStore<T> {
                         *slot = old;
                     }
                 }
-                Undo::Delete { old, .. } => {
+                Undo::Delete { old } => {
                     let keys = old.keys();
                     let pk = old.pk().clone();
                     let entity = world.spawn((old, RowKeys::<T>(keys.clone()))).id();
@@ -383,6 +486,8 @@ impl<T: Table> TableStore<T> {
                 }
             }
         }
+        self.log.truncate(self.tx_mark);
+        self.deferred_error = None;
         std::mem::swap(&mut self.sequences, &mut self.saved_sequences);
         self.in_tx = false;
     }
@@ -443,6 +548,7 @@ impl<T: Table> TableStore<T> {
                     continue;
                 };
                 let changes = Changes {
+                    hasher: self.pk.hasher(),
                     indexes: &mut self.indexes,
                     log: &mut self.log,
                     stats: &mut stats,
@@ -460,6 +566,7 @@ impl<T: Table> TableStore<T> {
                     continue;
                 };
                 let changes = Changes {
+                    hasher: self.pk.hasher(),
                     indexes: &mut self.indexes,
                     log: &mut self.log,
                     stats: &mut stats,
@@ -618,7 +725,11 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn as_any(&self) -> &dyn Any;
     fn begin(&mut self) -> bool;
-    fn commit(&mut self, world: &World, now: Timestamp);
+    /// The constraint violation a dropped row guard left for the running transaction.
+    fn take_error(&mut self) -> Option<TableError>;
+    /// Brings a row and its change tick into cache (batched look-ahead).
+    fn touch_row(&self, world: &World, entity: Entity);
+    fn commit(&mut self, world: &mut World, now: Timestamp);
     fn rollback(&mut self, world: &mut World);
     fn capture(
         &mut self,
@@ -661,7 +772,13 @@ impl<T: Table> ErasedStore for TableStore<T> {
     fn begin(&mut self) -> bool {
         TableStore::begin(self)
     }
-    fn commit(&mut self, world: &World, now: Timestamp) {
+    fn take_error(&mut self) -> Option<TableError> {
+        self.deferred_error.take()
+    }
+    fn touch_row(&self, world: &World, entity: Entity) {
+        crate::prefetch::touch_row::<T>(world, entity);
+    }
+    fn commit(&mut self, world: &mut World, now: Timestamp) {
         self.commit_tx(world, now);
     }
     fn rollback(&mut self, world: &mut World) {
