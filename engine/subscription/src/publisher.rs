@@ -69,12 +69,16 @@ pub struct SentCounters {
     pub bytes: u64,
 }
 
-/// Clients per unit of parallel publish work: small enough to balance a crowded corner of the
-/// world against an empty one, large enough that taking a unit costs nothing next to it.
-const CLIENTS_PER_CHUNK: usize = 16;
+/// Units of parallel publish work per worker: each unit is a run of clients neighbouring in
+/// the world (see [`locality`]), so a worker's rows in view stay in its own cache; a few per
+/// worker let a worker that finished early take over part of a crowded region.
+const CHUNKS_PER_WORKER: usize = 4;
 
 /// One publish worker's buffers and what its share of a publish produced besides payloads.
+/// Aligned to two cache lines so that one worker's counters and buffer lengths, written for
+/// every record, never share a line (and the adjacent-line prefetcher's pair) with another's.
 #[derive(Default)]
+#[repr(align(128))]
 struct Worker {
     flush: FlushScratch,
     refresh: RefreshScratch,
@@ -150,6 +154,31 @@ impl Workers {
             _ => 1,
         }
     }
+}
+
+/// Side of the cells that order clients for locality (`within` radii are tens of metres).
+const LOCALITY_CELL: f32 = 32.0;
+
+/// A client's place in the Z-order (Morton) curve of its focus's cell in the plane; clients
+/// without a focus come last.
+fn locality(focus: Option<Vec3>) -> u64 {
+    let Some(focus) = focus else {
+        return u64::MAX;
+    };
+    // Offset into non-negative cell coordinates of 21 bits (±33,000 km at 32 m cells); `as`
+    // saturates far beyond that, which only costs locality.
+    let cell =
+        |v: f32| ((v / LOCALITY_CELL).floor() as i64 + (1 << 20)).clamp(0, (1 << 21) - 1) as u64;
+    let spread = |mut v: u64| {
+        // Interleave: bit i of v goes to bit 2i.
+        v = (v | v << 16) & 0x0000_ffff_0000_ffff;
+        v = (v | v << 8) & 0x00ff_00ff_00ff_00ff;
+        v = (v | v << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+        v = (v | v << 2) & 0x3333_3333_3333_3333;
+        v = (v | v << 1) & 0x5555_5555_5555_5555;
+        v
+    };
+    spread(cell(focus.x)) | spread(cell(focus.y)) << 1
 }
 
 fn lock(worker: &Mutex<Worker>) -> std::sync::MutexGuard<'_, Worker> {
@@ -602,15 +631,24 @@ impl Publisher {
             }
             *busy += start.elapsed();
         };
+        // Clients are worked through in the Z-order of their focus cell: neighbours share most
+        // rows in view and grid cells, so a worker finds them in its cache. Payloads are put
+        // back in client order afterwards.
         let mut clients: Vec<(ConnectionId, &mut ClientState)> =
             self.clients.iter_mut().map(|(id, c)| (*id, c)).collect();
+        clients.sort_by_cached_key(|(id, c)| (locality(c.focus), *id));
+        let first_output = out.len();
         match &self.workers.pool {
             Some(pool) if self.workers.parallel => {
                 let state = &self.workers.state;
+                let clients_per_chunk = clients
+                    .len()
+                    .div_ceil(pool.current_num_threads() * CHUNKS_PER_WORKER)
+                    .max(1);
                 let outputs: Vec<Vec<Outgoing>> = pool.install(|| {
                     use rayon::prelude::*;
                     clients
-                        .par_chunks_mut(CLIENTS_PER_CHUNK)
+                        .par_chunks_mut(clients_per_chunk)
                         .map(|chunk| {
                             let index = rayon::current_thread_index().unwrap_or(0);
                             let mut worker = lock(&state[index.min(state.len() - 1)]);
@@ -625,6 +663,8 @@ impl Publisher {
             _ => publish_clients(&mut lock(&self.workers.state[0]), &mut clients, out),
         }
         drop(clients);
+        // Stable: a client's payloads keep their order.
+        out[first_output..].sort_by_key(|o| o.client);
         // Join what the workers changed, in a fixed order: slots freed in slot order make the
         // next rows' slots (and so every later output) independent of the worker count.
         for worker in &self.workers.state {
@@ -678,5 +718,30 @@ impl Publisher {
             total += buffer.len();
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOCALITY_CELL, locality};
+    use glam::Vec3;
+
+    #[test]
+    fn locality_follows_the_z_order_of_focus_cells() {
+        let at =
+            |x: f32, y: f32| locality(Some(Vec3::new(x * LOCALITY_CELL, y * LOCALITY_CELL, 9.0)));
+        // The four cells of a 2 x 2 block, in Z order, then the next block.
+        let order = [
+            at(0.0, 0.0),
+            at(1.0, 0.0),
+            at(0.0, 1.0),
+            at(1.0, 1.0),
+            at(2.0, 0.0),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(at(0.2, 0.7), at(0.0, 0.0));
+        assert!(at(-1.0, -1.0) < at(0.0, 0.0));
+        assert_eq!(locality(None), u64::MAX);
+        assert!(at(1.0e9, -1.0e9) < u64::MAX);
     }
 }
