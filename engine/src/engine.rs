@@ -23,6 +23,7 @@ use crate::changes::ChangeSet;
 use crate::durability::ConnectionEvent;
 use crate::identity::{ConnectionId, Identity};
 use crate::module::Module;
+use crate::profiling;
 use crate::reducer::{
     Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
 };
@@ -586,6 +587,7 @@ impl Engine {
         self.calls_this_tick += 1;
         self.counters.calls += 1;
         let focus_mark = self.world.resource::<FocusUpdates>().updates.len();
+        let _zone = profiling::reducer(self.reducers[index].name());
         let outcome = {
             let mut ctx = ReducerContext {
                 db: Db {
@@ -640,6 +642,7 @@ impl Engine {
             .resource_mut::<FocusUpdates>()
             .updates
             .truncate(focus_mark);
+        profiling::message(profiling::ERROR_COLOR, || format!("reducer error: {error}"));
         Err(error)
     }
 
@@ -670,15 +673,22 @@ impl Engine {
         let mut timer = PhaseTimer::start();
         timer.lap(Phase::Input);
 
+        let zone = profiling::phase(Phase::Reducers);
         let outcomes = self.run_inputs();
+        drop(zone);
         timer.lap(Phase::Reducers);
 
+        let zone = profiling::phase(Phase::Scheduled);
         self.run_scheduled(now);
+        drop(zone);
         timer.lap(Phase::Scheduled);
 
+        let zone = profiling::phase(Phase::Systems);
         let systems_start = self.run_systems(tick, now);
+        drop(zone);
         timer.lap(Phase::Systems);
 
+        let zone = profiling::phase(Phase::Capture);
         let mut capture = CaptureStats::default();
         let scan_all = std::mem::take(&mut self.scan_all_once);
         for index in 0..self.tables.len() {
@@ -712,14 +722,18 @@ impl Engine {
             store.end_tick(&mut self.world);
         }
         self.world.clear_trackers();
+        drop(zone);
         timer.lap(Phase::Capture);
 
         let seq = self.seq + 1;
         let connection_events = std::mem::take(&mut self.connection_events);
+        // The zone is opened without durability too (then empty), so every tick shows every phase.
+        let zone = profiling::phase(Phase::Commit);
         if let Some(durability) = self.durability.as_mut() {
             durability.commit(seq, now, &changes, &connection_events, &mut self.tables);
             timer.lap(Phase::Commit);
         }
+        drop(zone);
 
         let timing = timer.finish();
         self.stats.record(&timing);
@@ -870,6 +884,9 @@ impl Engine {
         let ran = catch_unwind(AssertUnwindSafe(|| self.schedule.run(&mut self.world)));
         if ran.is_err() {
             self.counters.system_panics += 1;
+            profiling::message(profiling::ERROR_COLOR, || {
+                format!("tick {}: a system panicked", tick.get())
+            });
             tracing::error!(
                 tick = tick.get(),
                 "a system panicked; the rest of the systems phase was skipped"

@@ -61,6 +61,7 @@ pub mod changes;
 pub mod durability;
 mod engine;
 mod module;
+pub mod profiling;
 mod reducer;
 pub mod table;
 mod tables;
