@@ -533,7 +533,7 @@ impl Session {
     }
 
     fn ask_string(&mut self, ptr: u64) -> Result<(), DecodeError> {
-        if ptr != 0 && !self.strings.contains_key(&ptr) && self.asked_strings.len() < usize::MAX {
+        if ptr != 0 && !self.strings.contains_key(&ptr) {
             if self.asked_strings.len() >= self.limits.strings {
                 return Err(DecodeError::Limit {
                     what: "strings",
