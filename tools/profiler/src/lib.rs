@@ -2,7 +2,7 @@
 //! implementation of Tracy's network protocol (the version of the pinned `tracy-client-sys`):
 //! the handshake, the LZ4-framed stream, the queue items and the queries that resolve names
 //! ([`protocol`], [`session`]), a TCP capture of a live Tracy-instrumented process into a
-//! [`Summary`] of frames, zones, plots and messages ([`capture`]), and the server's own per-phase
+//! [`Summary`] of frames, zones, plots and messages ([`mod@capture`]), and the server's own per-phase
 //! tick statistics from `/metrics` ([`ticks`]).
 //!
 //! It is client side: it must not depend on the engine, the publisher, the server, bevy_ecs or

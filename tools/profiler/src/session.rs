@@ -727,8 +727,8 @@ impl Session {
         Ok(ZoneKey::Static(ptr))
     }
 
-    fn series_slot<'m>(
-        map: &'m mut HashMap<u64, impl Default>,
+    fn series_slot(
+        map: &mut HashMap<u64, impl Default>,
         limit: usize,
         ptr: u64,
     ) -> Result<bool, DecodeError> {

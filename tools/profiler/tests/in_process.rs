@@ -55,7 +55,7 @@ fn instrumented_child_process() {
                 busy(Duration::from_micros(100));
             }
             {
-                let name = if frame % 2 == 0 {
+                let name = if frame.is_multiple_of(2) {
                     "named_even"
                 } else {
                     "named_odd"
@@ -67,7 +67,7 @@ fn instrumented_child_process() {
                 busy(Duration::from_micros(20));
             }
             client.plot(tracy_client::plot_name!("test_plot"), (frame % 7) as f64);
-            if frame % 10 == 0 {
+            if frame.is_multiple_of(10) {
                 client.message(&format!("message {frame}"), 0);
             }
         }
