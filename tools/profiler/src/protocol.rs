@@ -211,10 +211,9 @@ impl Query {
     }
 }
 
-/// Queue item types the decoder looks into (`tracy::QueueType`); the others are walked over by
-/// their size ([`ITEM_SIZES`]).
 pub mod queue {
-    //! `tracy::QueueType` values, named as in `TracyQueue.hpp` (upper snake case).
+    //! The queue item types the decoder looks into (`tracy::QueueType` values, named as in
+    //! `TracyQueue.hpp`); the others are walked over by their size ([`super::ITEM_SIZES`]).
     #![allow(missing_docs)]
     pub const ZONE_TEXT: u8 = 0;
     pub const ZONE_NAME: u8 = 1;
