@@ -24,6 +24,7 @@ use crate::durability::ConnectionEvent;
 use crate::identity::{ConnectionId, Identity};
 use crate::module::Module;
 use crate::prefetch::{self, Prefetch};
+use crate::profiling;
 use crate::reducer::{
     Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
 };
@@ -603,6 +604,7 @@ impl Engine {
         let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
         self.calls_this_tick += 1;
         self.counters.calls += 1;
+        let _zone = profiling::reducer(self.reducers[index].name());
         let (outcome, focus_mark) = {
             let mut ctx = ReducerContext {
                 db: Db {
@@ -674,6 +676,7 @@ impl Engine {
                 .updates
                 .truncate(mark);
         }
+        profiling::message(profiling::ERROR_COLOR, || format!("reducer error: {error}"));
         Err(error)
     }
 
@@ -716,15 +719,22 @@ impl Engine {
         let mut timer = PhaseTimer::start();
         timer.lap(Phase::Input);
 
+        let zone = profiling::phase(Phase::Reducers);
         let outcomes = self.run_inputs();
+        drop(zone);
         timer.lap(Phase::Reducers);
 
+        let zone = profiling::phase(Phase::Scheduled);
         self.run_scheduled(now);
+        drop(zone);
         timer.lap(Phase::Scheduled);
 
+        let zone = profiling::phase(Phase::Systems);
         let systems_start = self.run_systems(tick, now);
+        drop(zone);
         timer.lap(Phase::Systems);
 
+        let zone = profiling::phase(Phase::Capture);
         let mut capture = CaptureStats::default();
         let scan_all = std::mem::take(&mut self.scan_all_once);
         for index in 0..self.tables.len() {
@@ -758,14 +768,18 @@ impl Engine {
             store.end_tick(&mut self.world);
         }
         self.world.clear_trackers();
+        drop(zone);
         timer.lap(Phase::Capture);
 
         let seq = self.seq + 1;
         let connection_events = std::mem::take(&mut self.connection_events);
+        // The zone is opened without durability too (then empty), so every tick shows every phase.
+        let zone = profiling::phase(Phase::Commit);
         if let Some(durability) = self.durability.as_mut() {
             durability.commit(seq, now, &changes, &connection_events, &mut self.tables);
             timer.lap(Phase::Commit);
         }
+        drop(zone);
 
         let timing = timer.finish();
         self.stats.record(&timing);
@@ -955,6 +969,9 @@ impl Engine {
         let ran = catch_unwind(AssertUnwindSafe(|| self.schedule.run(&mut self.world)));
         if ran.is_err() {
             self.counters.system_panics += 1;
+            profiling::message(profiling::ERROR_COLOR, || {
+                format!("tick {}: a system panicked", tick.get())
+            });
             tracing::error!(
                 tick = tick.get(),
                 "a system panicked; the rest of the systems phase was skipped"

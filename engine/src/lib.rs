@@ -62,6 +62,7 @@ pub mod durability;
 mod engine;
 mod module;
 mod prefetch;
+pub mod profiling;
 mod reducer;
 pub mod table;
 mod tables;

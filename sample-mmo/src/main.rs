@@ -71,13 +71,41 @@ impl Args {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// The log filter: `RUST_LOG`, else `info`.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+#[cfg(not(feature = "tracy"))]
+fn init_logging() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
+}
+
+/// Logs as without the feature, starts the Tracy client (it then waits for a profiler: on
+/// demand, on localhost, port `TRACY_PORT` or 8086) and adds the server's layer that turns
+/// system spans into zones and warnings and errors into messages.
+#[cfg(feature = "tracy")]
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, fmt};
+    let client = tracy_client::Client::start();
+    client.set_thread_name("main");
+    tracing_subscriber::registry()
+        .with(fmt::layer().with_filter(log_filter()))
+        .with(orrery_server::profiling::layer())
+        .init();
+    tracing::info!(
+        port = std::env::var("TRACY_PORT").unwrap_or_else(|_| "8086".into()),
+        "Tracy client started: connect the Tracy GUI or `orrery-profiler capture` on localhost"
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
     let args = Args::parse();
     anyhow::ensure!(
         args.stats_every > 0.0 && args.stats_every.is_finite(),

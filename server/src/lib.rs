@@ -33,6 +33,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod profiling;
 pub mod rate;
 pub mod runtime;
 pub mod tick;

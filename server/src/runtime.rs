@@ -39,6 +39,7 @@ use crate::http::{self, AdminRequest, AppState, ControlPlaneState};
 use crate::listener::{CappedListener, PeerAddr};
 use crate::metrics::Metrics;
 use crate::net::{self, NetCommand, NetEvent};
+use crate::profiling::{self, Plot, Work};
 use crate::rate::{AddressLimiter, KeyedLimiter};
 use crate::tick::{HttpRequest, TickCore, timestamp};
 use crate::tls::TlsFiles;
@@ -430,11 +431,16 @@ fn tick_loop(
 ) -> Result<(), ServerError> {
     let mut batch_events = Vec::new();
     let mut batch_calls = Vec::new();
+    // UDP bytes sent as of the previous tick, for the bytes-out plot.
+    let mut bytes_out = metrics.bytes_out.load(Relaxed);
     'run: while !stop.load(Relaxed) {
         let due = clock.poll(Instant::now());
         if due.skipped > 0 {
             core.skip_ticks(due.skipped);
             metrics.ticks_skipped.fetch_add(due.skipped, Relaxed);
+            profiling::message(profiling::ERROR_COLOR, || {
+                format!("tick loop fell behind: {} ticks dropped", due.skipped)
+            });
             tracing::warn!(
                 skipped = due.skipped,
                 "tick loop fell behind; ticks dropped"
@@ -447,6 +453,7 @@ fn tick_loop(
             while let Ok(call) = calls.try_recv() {
                 batch_calls.push(call);
             }
+            let tick_zone = profiling::zone(Work::Tick);
             let mut out = Vec::new();
             let mut timing = core.tick(
                 unix_now(),
@@ -455,12 +462,22 @@ fn tick_loop(
                 &mut out,
             );
             let mut timer = PhaseTimer::start();
+            let zone = profiling::phase(Phase::Flush);
             if commands.blocking_send(out).is_err() {
                 break 'run; // the network task is gone
             }
+            drop(zone);
             timer.lap(Phase::Flush);
             timing.add(Phase::Flush, timer.finish().get(Phase::Flush));
             core.record_timing(&timing);
+            drop(tick_zone);
+            profiling::frame_mark();
+            if profiling::connected() {
+                let sent = metrics.bytes_out.load(Relaxed);
+                profiling::plot(Plot::TickTimeMs, timing.total().as_secs_f64() * 1e3);
+                profiling::plot(Plot::BytesOut, sent.saturating_sub(bytes_out) as f64);
+                bytes_out = sent;
+            }
         }
         let wait = clock
             .next_deadline()
@@ -502,9 +519,11 @@ async fn net_loop(
             }
             received = commands.recv() => {
                 let Some(received) = received else { break };
+                let zone = profiling::zone(Work::NetCommands);
                 net::apply_commands(&mut session, received);
                 session.update(unix_now());
                 last_update = Instant::now();
+                drop(zone);
                 flush(&mut udp, &mut session);
             }
             permit = events.reserve(), if has_pending => match permit {
@@ -516,9 +535,11 @@ async fn net_loop(
                     tracing::error!(error = %e, "UDP socket failed");
                     break;
                 }
+                let zone = profiling::zone(Work::NetReceive);
                 if let Err(e) = udp.recv(&mut session, unix_now()) {
                     tracing::warn!(error = %e, "UDP receive failed");
                 }
+                drop(zone);
                 flush(&mut udp, &mut session);
             }
             Some(request) = admin.recv() => match request {
@@ -534,6 +555,7 @@ async fn net_loop(
             _ = interval.tick() => {
                 // Keeps keep-alives, resends and timeouts going if the tick thread stalls.
                 if last_update.elapsed() >= tick {
+                    let _zone = profiling::zone(Work::NetUpdate);
                     session.update(unix_now());
                     last_update = Instant::now();
                     flush(&mut udp, &mut session);
@@ -553,6 +575,7 @@ async fn net_loop(
 }
 
 fn flush(udp: &mut TokioUdpEndpoint, session: &mut ServerSession) {
+    let _zone = profiling::zone(Work::NetSend);
     if let Err(e) = udp.flush(session) {
         tracing::warn!(error = %e, "UDP send failed");
     }

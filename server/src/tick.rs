@@ -41,6 +41,7 @@ use tokio::sync::oneshot;
 use crate::config::{RateLimit, ServerConfig};
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::{NetCommand, NetEvent};
+use crate::profiling;
 use crate::rate::{TokenBucket, rate_limited_message};
 
 /// Messages a client may send before its `client_connected` has run; more disconnect it.
@@ -351,6 +352,7 @@ impl TickCore {
         out: &mut Vec<NetCommand>,
     ) -> TickTiming {
         let mut timer = PhaseTimer::start();
+        let zone = profiling::phase(Phase::Input);
         let durable = self.durable_up_to();
         for client in std::mem::take(&mut self.undeferred) {
             let Some(entry) = self.clients.get_mut(&client) else {
@@ -370,6 +372,7 @@ impl TickCore {
                 HttpRequest::Sql(read) => self.on_sql_read(read),
             }
         }
+        drop(zone);
         timer.lap(Phase::Input);
         let input_time = timer.finish().get(Phase::Input);
 
@@ -384,10 +387,14 @@ impl TickCore {
             .clone()
             .or_else(|| self.engine.storage_failure())
         {
+            profiling::message(profiling::ERROR_COLOR, || {
+                format!("storage failed: {error}")
+            });
             self.metrics.set_storage_failed(&error);
         }
 
         let mut timer = PhaseTimer::start();
+        let zone = profiling::phase(Phase::Publish);
         let durable = self.durable_up_to();
         for outcome in step.outcomes {
             self.on_outcome(outcome, seq, durable, out);
@@ -421,6 +428,7 @@ impl TickCore {
         }
         self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
         self.answer_sql_reads(seq);
+        drop(zone);
         timer.lap(Phase::Publish);
         timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
 
@@ -429,7 +437,10 @@ impl TickCore {
         m.ticks.fetch_add(1, Relaxed);
         m.tick_seq.store(seq, Relaxed);
         m.durable_seq.store(durable.min(seq), Relaxed);
-        m.clients.store(self.connected_clients() as u64, Relaxed);
+        let clients = self.connected_clients();
+        m.clients.store(clients as u64, Relaxed);
+        profiling::plot(profiling::Plot::ClientsConnected, clients as f64);
+        profiling::plot(profiling::Plot::RowsChanged, step.changes.len() as f64);
         m.subscriptions_active.store(self.subscriptions, Relaxed);
         let held =
             self.clients.values().map(|c| c.held.len()).sum::<usize>() + self.http_held.len();
@@ -522,6 +533,9 @@ impl TickCore {
                     return;
                 };
                 tracing::debug!(%client, %reason, "client left");
+                profiling::message(profiling::LIFECYCLE_COLOR, || {
+                    format!("disconnect {client}: {reason}")
+                });
                 let caller = Caller::client(entry.identity, client);
                 self.drop_client(client);
                 self.metrics.disconnects.fetch_add(1, Relaxed);
@@ -732,6 +746,9 @@ impl TickCore {
             None if entry.phase == ClientPhase::Joining => match outcome.result {
                 Ok(()) => {
                     entry.phase = ClientPhase::Ready;
+                    profiling::message(profiling::LIFECYCLE_COLOR, || {
+                        format!("connect {client} {}", entry.identity)
+                    });
                     self.publisher.connect(connection, entry.identity);
                     self.metrics.connects.fetch_add(1, Relaxed);
                     if !entry.deferred.is_empty() {
@@ -741,6 +758,9 @@ impl TickCore {
                 Err(error) => {
                     let reason = error.client_message();
                     tracing::info!(%client, %reason, "client_connected refused a connection");
+                    profiling::message(profiling::ERROR_COLOR, || {
+                        format!("connection refused {client}: {reason}")
+                    });
                     self.metrics.connections_refused.fetch_add(1, Relaxed);
                     self.drop_client(client);
                     out.push(NetCommand::Disconnect { client, reason });

@@ -8,9 +8,10 @@
 //! a violation, so a new crate has to be placed in the layering before it lands. Every message
 //! names the crate, the dependency and the path through which it is reached.
 //!
-//! Rules for crates that do not exist yet (the FFI, the CLI, the load test, the profiler) are
-//! listed so that they apply the day the crate appears. When a rule changes, change
-//! `docs/architecture.md` with it.
+//! Tracy: in the default build no library reaches `tracy-client`; the crates with a `tracy`
+//! feature (off by default) are the only ones that may depend on it, which a second resolution
+//! with `sample-mmo/tracy` on checks. When a rule changes, change `docs/architecture.md` with
+//! it.
 
 #![allow(missing_docs)]
 
@@ -52,7 +53,8 @@ impl Rule {
     }
 }
 
-/// Only binaries pick the allocator, install Tracy and parse flags.
+/// Only binaries pick the allocator, install Tracy and parse flags (libraries may be
+/// instrumented for Tracy only behind an off-by-default `tracy` feature: [`TRACY_FEATURES`]).
 const BIN_ONLY: &str = "mimalloc tracy-client clap";
 /// What no client-side crate may reach (client, FFI, CLI, load test, profiler).
 const NOT_CLIENT: &str = "orrery-engine orrery-subscription orrery-server bevy_ecs sqlparser";
@@ -269,34 +271,46 @@ fn host_triple() -> String {
     host.expect("host line in rustc -vV").to_owned()
 }
 
-/// The real workspace's graph, from one `cargo metadata` call. It is limited to the host's
-/// platform and run `--offline` first, so it needs only what the build already downloaded.
+/// A graph from one `cargo metadata` call, with `features` turned on (`None`: the default
+/// build). It is limited to the host's platform and run `--offline` first, so it needs only
+/// what the build already downloaded.
+fn resolve(features: Option<&str>) -> Graph {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let host = host_triple();
+    let run = |offline: bool| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root)
+            .args(["metadata", "--format-version", "1", "--locked"]);
+        cmd.args(["--filter-platform", &host]);
+        if let Some(features) = features {
+            cmd.args(["--features", features]);
+        }
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output().expect("run cargo metadata")
+    };
+    let mut out = run(true);
+    if !out.status.success() {
+        out = run(false); // a dependency of another platform or crate was never downloaded
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo metadata failed: {stderr}");
+    Graph::from_metadata(&serde_json::from_slice(&out.stdout).expect("metadata JSON"))
+}
+
+/// The real workspace's graph in its default build (no optional features).
 fn workspace() -> &'static Graph {
     static GRAPH: OnceLock<Graph> = OnceLock::new();
-    GRAPH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let host = host_triple();
-        let run = |offline: bool| {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(root)
-                .args(["metadata", "--format-version", "1", "--locked"]);
-            cmd.args(["--filter-platform", &host]);
-            if offline {
-                cmd.arg("--offline");
-            }
-            cmd.output().expect("run cargo metadata")
-        };
-        let mut out = run(true);
-        if !out.status.success() {
-            out = run(false); // a dependency of another platform or crate was never downloaded
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "cargo metadata failed: {stderr}");
-        Graph::from_metadata(&serde_json::from_slice(&out.stdout).expect("metadata JSON"))
-    })
+    GRAPH.get_or_init(|| resolve(None))
 }
+
+/// The workspace crates with a `tracy` feature: the only ones that may depend on tracy-client
+/// directly, and only through that feature (off by default, so the rules above hold for the
+/// default build). A binary's `tracy` feature turns the libraries' on.
+const TRACY_FEATURES: &str = "orrery-engine orrery-server sample-mmo";
 
 #[test]
 fn workspace_follows_the_layering() {
@@ -307,6 +321,49 @@ fn workspace_follows_the_layering() {
         found.len(),
         found.join("\n  ")
     );
+}
+
+#[test]
+fn tracy_enters_only_through_the_tracy_features() {
+    // Default build: nothing reaches Tracy (the BIN_ONLY rules above check the libraries).
+    let tracy = |g: &Graph| g.nodes.iter().position(|n| n.name == "tracy-client");
+    let default = workspace();
+    if let Some(t) = tracy(default) {
+        for (i, n) in default
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.workspace)
+        {
+            assert!(
+                default.reach(i)[t].is_none(),
+                "{} reaches tracy-client in the default build",
+                n.name
+            );
+        }
+    }
+    // With sample-mmo's feature on, Tracy is in, and only the crates with a `tracy` feature
+    // depend on it directly.
+    let on = resolve(Some("sample-mmo/tracy"));
+    let t = tracy(&on).expect("sample-mmo/tracy brings in tracy-client");
+    let direct: Vec<&str> = on
+        .nodes
+        .iter()
+        .filter(|n| n.workspace && n.deps.contains(&t))
+        .map(|n| n.name.as_str())
+        .collect();
+    for name in TRACY_FEATURES.split_whitespace() {
+        assert!(
+            direct.contains(&name),
+            "{name} should use tracy-client: {direct:?}"
+        );
+    }
+    for name in &direct {
+        assert!(
+            listed(TRACY_FEATURES, name),
+            "{name} depends on tracy-client directly; only {TRACY_FEATURES} may, behind a tracy feature"
+        );
+    }
 }
 
 #[test]
