@@ -5,11 +5,14 @@
 //! names, and decoding its raw stream again must give the same summary. Two captures in a row
 //! check that the client is left ready for the next profiler.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orrery_profiler::{CaptureOptions, Limits, Summary, capture, replay};
+use support::{Kill, free_port};
 
 /// Set in the child: how many seconds it runs at most.
 const CHILD: &str = "ORRERY_PROFILER_TEST_CHILD";
@@ -76,23 +79,6 @@ fn instrumented_child_process() {
         std::thread::sleep(Duration::from_millis(4));
     }
     worker.join().expect("the worker");
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn_child(port: u16) -> Kill {

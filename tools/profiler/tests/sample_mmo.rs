@@ -10,14 +10,17 @@
 //! `cargo nextest run -p orrery-profiler --run-ignored all` (CI runs the in-process capture
 //! test instead).
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orrery_profiler::Summary;
 use orrery_tick::Phase;
+use support::{Kill, free_port};
 
 /// Reducers the walk bots call (and the lifecycle ones a connect runs).
 const REDUCERS: [&str; 7] = [
@@ -29,22 +32,6 @@ const REDUCERS: [&str; 7] = [
     "pick_up",
     "use_item",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Builds sample-mmo (and the walk example) with the `tracy` feature into `target`.
 fn build(target: &Path) -> (PathBuf, PathBuf) {
