@@ -19,7 +19,7 @@ mod sample_mmo;
 fn generated_rust_is_current_and_plays_the_sample() {
     let server = Server::start();
     let url = server.url.clone();
-    server.runtime.block_on(async move {
+    server.local.runtime().block_on(async move {
         let http = orrery_client::http::ControlPlane::new(&url).unwrap();
         let schema = http.schema().await.unwrap();
         let files = generate(&schema, Lang::Rust, &Options::default()).unwrap();

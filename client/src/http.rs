@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
@@ -29,6 +29,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClientError;
+
+/// Most bytes of an answer's body read; a longer answer is an error, so a hostile or broken
+/// server cannot make the client allocate without bound. SQL reads are the largest answers.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// `POST /v1/identity`'s answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,10 +302,35 @@ impl ControlPlane {
         json_body: Option<Bytes>,
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let (status, body) = self
-            .request(method.clone(), path, bearer, json_body)
-            .await?;
+        let body = self.request_ok(method, path, bearer, json_body).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse {
+            url,
+            error: e.to_string(),
+        })
+    }
+
+    /// `GET {path}` (with a bearer token if given): the body of a 2xx answer as text. For the
+    /// plain-text endpoints: `/metrics` (parse it with [`crate::metrics::Exposition`]) and
+    /// `/health`.
+    pub async fn get_text(&self, path: &str, bearer: Option<&str>) -> Result<String, ClientError> {
+        let body = self.request_ok(Method::GET, path, bearer, None).await?;
+        String::from_utf8(body.to_vec()).map_err(|e| ClientError::BadResponse {
+            url: format!("{}{path}", self.base),
+            error: e.to_string(),
+        })
+    }
+
+    /// One request whose answer must be 2xx; else [`ClientError::Status`] with the JSON
+    /// `error` field or the start of the body.
+    async fn request_ok(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        json_body: Option<Bytes>,
+    ) -> Result<Bytes, ClientError> {
         let method_name = method_name(&method);
+        let (status, body) = self.request(method, path, bearer, json_body).await?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -309,15 +338,12 @@ impl ControlPlane {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(512).collect());
             return Err(ClientError::Status {
                 method: method_name,
-                url,
+                url: format!("{}{path}", self.base),
                 status,
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse {
-            url,
-            error: e.to_string(),
-        })
+        Ok(body)
     }
 
     /// One request on a fresh connection; returns the status and the body.
@@ -409,8 +435,7 @@ impl ControlPlane {
                 .await
                 .map_err(|e| http_error(format!("request: {e}")))?;
             let status = response.status().as_u16();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map_err(|e| http_error(format!("body: {e}")))?

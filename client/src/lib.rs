@@ -40,6 +40,7 @@ mod core;
 mod error;
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod mirror;
 
 pub use client::{Client, ClientOptions, ClientStats, QueryHandle, Reply};

@@ -1,202 +1,47 @@
 //! What the load test reads from the server side: the Prometheus text of `/metrics` (parsed
 //! into a [`ServerSample`]: tick times per phase, overruns, skipped ticks, traffic, calls,
-//! process CPU and memory), a minimal HTTP/1.1 GET for it and for `/health`, and
+//! process CPU and memory) through the client's control-plane GET, which also polls
+//! `/health`, and
 //! `/proc/<pid>` CPU and memory of a local process.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use orrery_client::ClientError;
+use orrery_client::http::ControlPlane;
+pub use orrery_client::metrics::Exposition;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a scrape failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
-    /// The URL is not `http://host:port/path`.
-    #[error("not an http:// URL: {0:?}")]
-    Url(String),
-    /// The request failed on the network.
-    #[error("GET {url}: {error}")]
-    Io {
+    /// The GET failed: bad URL, network, timeout or a non-2xx answer.
+    #[error("GET {url}: {source}")]
+    Get {
         /// The URL.
         url: String,
         /// What went wrong.
-        error: std::io::Error,
-    },
-    /// No answer in time.
-    #[error("GET {url}: no answer within {after:?}")]
-    Timeout {
-        /// The URL.
-        url: String,
-        /// The limit.
-        after: Duration,
-    },
-    /// The answer was not a well-formed 2xx HTTP response.
-    #[error("GET {url}: {reason}")]
-    Response {
-        /// The URL.
-        url: String,
-        /// What was wrong.
-        reason: String,
+        #[source]
+        source: Box<ClientError>,
     },
 }
 
-/// `GET url` over plain HTTP/1.1 (optionally with a bearer token); the body of a 2xx answer.
+/// `GET url` (optionally with a bearer token): the body of a 2xx answer as text. `url` is a
+/// whole URL with its path (`http://host:port/metrics`); `https://` works too.
 pub async fn http_get(
     url: &str,
     bearer: Option<&str>,
     timeout: Duration,
 ) -> Result<String, ScrapeError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ScrapeError::Url(url.to_owned()))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(ScrapeError::Url(url.to_owned()));
-    }
-    let io = |error| ScrapeError::Io {
+    let failed = |source: ClientError| ScrapeError::Get {
         url: url.to_owned(),
-        error,
+        source: Box::new(source),
     };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(io)?;
-        let auth = bearer
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Accept: */*\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.map_err(io)?;
-        Ok::<_, ScrapeError>(raw)
-    };
-    let raw = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ScrapeError::Timeout {
-            url: url.to_owned(),
-            after: timeout,
-        })??;
-    parse_response(url, &raw)
-}
-
-/// The body of a raw HTTP/1.1 response if its status is 2xx (`Content-Length`, chunked or
-/// read-to-close bodies).
-fn parse_response(url: &str, raw: &[u8]) -> Result<String, ScrapeError> {
-    let bad = |reason: String| ScrapeError::Response {
-        url: url.to_owned(),
-        reason,
-    };
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers".into()))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status line".into()))?;
-    let chunked = lines.clone().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("bad chunked body".into()))?
-    } else {
-        body.to_vec()
-    };
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if !(200..300).contains(&status) {
-        return Err(bad(format!(
-            "status {status}: {}",
-            text.chars().take(200).collect::<String>()
-        )));
-    }
-    Ok(text)
-}
-
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
-}
-
-/// Parsed Prometheus text: `name{sorted labels}` → value.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Exposition {
-    samples: BTreeMap<String, f64>,
-}
-
-fn key(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels: Vec<(&str, &str)> = labels.to_vec();
-    labels.sort_unstable();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{name}{{{}}}", inner.join(","))
-}
-
-impl Exposition {
-    /// Parses the text format (comments and malformed lines are skipped).
-    pub fn parse(text: &str) -> Self {
-        let mut samples = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (series, value) = match line.rsplit_once(' ') {
-                Some(split) => split,
-                None => continue,
-            };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels: Vec<(&str, &str)> = labels
-                .split(',')
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    Some((k.trim(), v.trim().trim_matches('"')))
-                })
-                .collect();
-            samples.insert(key(name, &labels), value);
-        }
-        Exposition { samples }
-    }
-
-    /// The sample `name` with exactly these labels.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.samples.get(&key(name, labels)).copied()
-    }
-
-    /// Samples parsed.
-    pub fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    /// Whether nothing was parsed.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
+    // The URL's path becomes the endpoint's prefix, so the request path is empty.
+    let endpoint = ControlPlane::new(url)
+        .map_err(failed)?
+        .with_timeout(timeout);
+    endpoint.get_text("", bearer).await.map_err(failed)
 }
 
 /// The tick phases the server reports, in order.
@@ -465,22 +310,41 @@ not a sample line
         assert_eq!(s.resident_bytes, None);
     }
 
-    #[test]
-    fn parses_responses() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-        assert_eq!(parse_response("u", ok).unwrap(), "hello");
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
-        assert_eq!(parse_response("u", chunked).unwrap(), "hello");
-        let denied = b"HTTP/1.1 403 Forbidden\r\n\r\n{\"error\":\"no\"}";
-        assert!(matches!(
-            parse_response("u", denied),
-            Err(ScrapeError::Response { .. })
-        ));
-        assert!(matches!(
-            parse_response("u", b"garbage"),
-            Err(ScrapeError::Response { .. })
-        ));
+    /// Serves `answer` to one connection on a local port; returns its URL.
+    async fn one_answer(answer: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            stream.write_all(answer).await.unwrap();
+        });
+        format!("http://{addr}/metrics")
+    }
+
+    #[tokio::test]
+    async fn gets_bodies_and_refuses_errors() {
+        let second = Duration::from_secs(5);
+        let ok = one_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+        assert_eq!(http_get(&ok, None, second).await.unwrap(), "hello");
+        let chunked = one_answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(http_get(&chunked, None, second).await.unwrap(), "hello");
+        let denied =
+            one_answer(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 14\r\n\r\n{\"error\":\"no\"}")
+                .await;
+        let err = http_get(&denied, None, second).await.unwrap_err();
+        assert!(
+            matches!(&err, ScrapeError::Get { source, .. } if matches!(&**source, ClientError::Status { status: 403, message, .. } if message == "no")),
+            "{err:?}"
+        );
+        let garbage = one_answer(b"garbage\r\n\r\n").await;
+        assert!(http_get(&garbage, None, second).await.is_err());
+        assert!(http_get("ftp://x/metrics", None, second).await.is_err());
     }
 
     #[test]

@@ -30,10 +30,12 @@ use std::time::Duration;
 use orrery_engine::bevy_ecs::prelude::*;
 use orrery_engine::prelude::*;
 
+mod local;
 pub mod reducers;
 pub mod systems;
 pub mod tables;
 
+pub use local::{LocalServer, LocalServerError};
 pub use tables::*;
 
 /// What a world is made with: fixed for the life of a process, passed on the command line.

@@ -1,114 +1,54 @@
 //! The server's own per-phase tick statistics, read from its Prometheus `/metrics`
 //! (`orrery_tick_duration_seconds{phase,quantile}` and a few gauges), for
-//! `orrery-profiler ticks`: a minimal blocking HTTP/1.1 GET, the parser, and the table.
+//! `orrery-profiler ticks`: the GET (the client's control-plane request, run on a
+//! current-thread runtime), the table and its display.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use orrery_client::ClientError;
+use orrery_client::http::ControlPlane;
+use orrery_client::metrics::{Exposition, label};
 use orrery_tick::Phase;
 use thiserror::Error;
 
 /// Why `/metrics` could not be read.
 #[derive(Debug, Error)]
 pub enum MetricsError {
-    /// The URL is not `http://host:port[/path]`.
-    #[error("not an http:// URL: {0:?} (the metrics listener or an http control plane)")]
-    Url(String),
-    /// The request failed.
-    #[error("GET {url}: {source}")]
-    Io {
-        /// The URL.
+    /// No runtime for the request.
+    #[error("cannot start a runtime for the request: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The GET failed: bad URL, network, timeout or a non-2xx answer.
+    #[error("GET {url}/metrics: {source}")]
+    Get {
+        /// The server's base URL.
         url: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The answer was not a 200 with a body.
-    #[error("GET {url}: {reason}")]
-    Response {
-        /// The URL.
-        url: String,
-        /// What was wrong.
-        reason: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ClientError>,
     },
 }
 
-/// Most bytes of a `/metrics` answer read.
-const MAX_BODY: u64 = 4 << 20;
-
-/// `GET {server}/metrics` (plain HTTP), with a bearer token for the control plane's endpoint.
+/// `GET {server}/metrics` (`http://` or `https://`), with a bearer token for the control
+/// plane's endpoint; `server` may already end in `/metrics`.
 pub fn fetch(server: &str, token: Option<&str>, timeout: Duration) -> Result<String, MetricsError> {
     let base = server.trim_end_matches('/');
-    let url = if base.ends_with("/metrics") {
-        base.to_owned()
-    } else {
-        format!("{base}/metrics")
+    let base = base.strip_suffix("/metrics").unwrap_or(base);
+    let failed = |source: ClientError| MetricsError::Get {
+        url: base.to_owned(),
+        source: Box::new(source),
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| MetricsError::Url(server.to_owned()))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if authority.is_empty() {
-        return Err(MetricsError::Url(server.to_owned()));
-    }
-    let io = |source| MetricsError::Io {
-        url: url.clone(),
-        source,
-    };
-    let addr = authority
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| MetricsError::Url(server.to_owned()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\nAccept: text/plain\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    let mut answer = Vec::new();
-    stream.take(MAX_BODY).read_to_end(&mut answer).map_err(io)?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| MetricsError::Response {
-            url: url.clone(),
-            reason: "no HTTP header".into(),
-        })?;
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(MetricsError::Response {
-            url: url.clone(),
-            reason: format!("answered {status:?}"),
-        });
-    }
-    if head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    }) {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_owned())
-}
-
-/// The body of a chunked HTTP answer (what is well-formed of it).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+    let endpoint = ControlPlane::new(base)
+        .map_err(failed)?
+        .with_timeout(timeout);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MetricsError::Runtime)?;
+    runtime
+        .block_on(endpoint.get_text("/metrics", token))
+        .map_err(failed)
 }
 
 /// p50, p99 and max of one phase, in seconds.
@@ -137,55 +77,28 @@ pub struct TickTable {
     pub clients: f64,
 }
 
-/// A label's value in `{a="x",b="y"}`.
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    labels.split(',').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
-    })
-}
-
 impl TickTable {
     /// Parses the Prometheus text exposition.
     pub fn parse(text: &str) -> TickTable {
+        let e = Exposition::parse(text);
         let mut table = TickTable::default();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
+        for (labels, value) in e.series("orrery_tick_duration_seconds") {
+            let (Some(phase), Some(q)) = (label(labels, "phase"), label(labels, "quantile")) else {
                 continue;
             };
-            let Ok(value) = value.parse::<f64>() else {
-                continue;
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (n, l.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            match name {
-                "orrery_tick_duration_seconds" => {
-                    let (Some(phase), Some(q)) =
-                        (label(labels, "phase"), label(labels, "quantile"))
-                    else {
-                        continue;
-                    };
-                    let slot = table.phases.entry(phase.to_owned()).or_default();
-                    match q {
-                        "0.5" => slot.p50 = value,
-                        "0.99" => slot.p99 = value,
-                        "1" => slot.max = value,
-                        _ => {}
-                    }
-                }
-                "orrery_ticks_total" => table.ticks = value,
-                "orrery_ticks_skipped_total" => table.skipped = value,
-                "orrery_tick_window_overruns" => table.overruns = value,
-                "orrery_clients_connected" => table.clients = value,
+            let slot = table.phases.entry(phase.to_owned()).or_default();
+            match q {
+                "0.5" => slot.p50 = value,
+                "0.99" => slot.p99 = value,
+                "1" => slot.max = value,
                 _ => {}
             }
         }
+        let gauge = |name| e.get(name, &[]).unwrap_or(0.0);
+        table.ticks = gauge("orrery_ticks_total");
+        table.skipped = gauge("orrery_ticks_skipped_total");
+        table.overruns = gauge("orrery_tick_window_overruns");
+        table.clients = gauge("orrery_clients_connected");
         table
     }
 }
@@ -258,16 +171,11 @@ orrery_tick_window_overruns 2
     }
 
     #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-    }
-
-    #[test]
-    fn only_http_urls_are_fetched() {
-        let err = fetch("https://x:1", None, Duration::from_millis(10)).unwrap_err();
-        assert!(matches!(err, MetricsError::Url(_)), "{err}");
+    fn unusable_urls_are_refused_before_any_request() {
+        let err = fetch("ftp://x:1", None, Duration::from_millis(10)).unwrap_err();
+        let MetricsError::Get { source, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(matches!(**source, ClientError::InvalidUrl { .. }), "{err}");
     }
 }

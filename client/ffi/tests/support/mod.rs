@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A live sample-mmo server (200 NPCs in 600 m) on its own runtime. FFI calls and child
-/// processes run outside that runtime.
+/// A live sample-mmo server (200 NPCs in 600 m) on its own runtime, and its data directory.
+/// FFI calls and child processes run outside that runtime.
 pub struct Server {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<orrery_server::ServerHandle>,
+    local: sample_mmo::LocalServer,
     /// The control plane's base URL.
     pub url: String,
     _dir: tempfile::TempDir,
@@ -21,24 +20,10 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let world = sample_mmo::WorldSettings {
-            npc_count: 200,
-            world_size: 600.0,
-            ..Default::default()
-        };
-        let config = orrery_server::ServerConfig::for_tests(dir.path());
-        let handle = runtime
-            .block_on(orrery_server::start(sample_mmo::module_with(world), config))
-            .unwrap();
-        let url = handle.http_url.clone();
+        let local = sample_mmo::LocalServer::small(dir.path()).unwrap();
+        let url = local.url.clone();
         Server {
-            runtime,
-            handle: Some(handle),
+            local,
             url,
             _dir: dir,
         }
@@ -49,7 +34,7 @@ impl Server {
     /// The module schema, fetched over HTTP like a client does.
     pub fn schema(&self) -> orrery_client::row::ModuleSchema {
         let http = orrery_client::http::ControlPlane::new(&self.url).unwrap();
-        self.runtime.block_on(http.schema()).unwrap()
+        self.local.runtime().block_on(http.schema()).unwrap()
     }
 }
 
@@ -70,14 +55,6 @@ pub fn kitchen_sink_schema() -> orrery_client::row::ModuleSchema {
     let path = crate_dir().join("../../cli/tests/generated/kitchen_sink.schema.json");
     let text = std::fs::read_to_string(&path).unwrap();
     orrery_client::row::ModuleSchema::from_json_str(&text).unwrap()
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self.runtime.block_on(handle.shutdown());
-        }
-    }
 }
 
 /// This crate's directory.
