@@ -32,7 +32,7 @@ fn engine_config() -> EngineConfig {
         executor: SystemsExecutor::MultiThreaded,
         tick_interval: DT,
         tick_budget: DT,
-        seed: 0x5eed_0f_7e57,
+        seed: 0x5eed_0f7e_57ab,
         ..EngineConfig::default()
     }
 }
