@@ -431,9 +431,13 @@ impl Engine {
 
     /// The ECS world, for module setup and tests. Writing row components here bypasses the undo
     /// log; such writes are picked up by the next capture like system writes (calling this
-    /// makes the next capture scan every table).
+    /// makes the next capture scan every table). They are not inputs: while the engine records
+    /// its input log, a replay cannot reproduce them (the first call logs a warning).
     pub fn world_mut(&mut self) -> &mut World {
         self.scan_all_once = true;
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.note_unrecorded_access();
+        }
         &mut self.world
     }
 

@@ -11,73 +11,59 @@ use rustc_hash::FxBuildHasher;
 
 use crate::changes::{ChangeKind, ChangeSet};
 
-/// Multipliers of the byte hash (odd 64-bit constants).
-const K1: u64 = 0x9E37_79B9_7F4A_7C15;
-const K2: u64 = 0xD6E8_FEB8_6659_FD93;
-/// Seeds that separate the primary-key hash (the map key) from the row contribution.
+/// Odd 64-bit constants of the byte hash (wyhash's).
+const P0: u64 = 0xa076_1d64_78bd_642f;
+const P1: u64 = 0xe703_7ed1_a0b4_28db;
+const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+const P3: u64 = 0x5899_65cc_7537_4cc3;
+/// Seeds that separate the primary-key hash from the row hash.
 const KEY_SEED: u64 = 0x243F_6A88_85A3_08D3;
 const ROW_SEED: u64 = 0x1319_8A2E_0370_7344;
 
-/// The splitmix64 finalizer: every input bit affects every output bit.
-fn avalanche(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+/// The 128-bit product of `a` and `b`, its halves xored: one multiply mixes 64 bits into 64.
+fn folded(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
 }
 
-/// A small, fixed (version- and platform-independent) 64-bit hash over byte strings: the state
-/// hash must be the same on the machine that recorded and the one that replays.
-#[derive(Clone, Copy)]
-struct Hasher64(u64);
-
-impl Hasher64 {
-    fn new(seed: u64) -> Self {
-        Hasher64(seed)
-    }
-
-    fn word(&mut self, w: u64) {
-        self.0 = (self.0 ^ w)
-            .wrapping_mul(K1)
-            .rotate_left(29)
-            .wrapping_mul(K2);
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        self.word(bytes.len() as u64);
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(chunk);
-            self.word(u64::from_le_bytes(raw));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut raw = [0u8; 8];
-            raw[..rest.len()].copy_from_slice(rest);
-            self.word(u64::from_le_bytes(raw));
-        }
-    }
-
-    fn finish(self) -> u64 {
-        avalanche(self.0)
-    }
+/// Up to 8 bytes as a little-endian word (zero-padded).
+fn word(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(raw)
 }
 
-/// The map key of a row: a hash of (table, primary key bytes).
+/// A fixed (version- and platform-independent) 64-bit hash of a byte string, one multiply per
+/// 16 bytes: the state hash must be the same on the machine that recorded and the one that
+/// replays, and it runs for every changed row on the tick thread.
+fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(P0);
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        h = folded(word(&chunk[..8]) ^ h ^ P1, word(&chunk[8..]) ^ P2);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let split = rest.len().min(8);
+        h = folded(word(&rest[..split]) ^ h ^ P1, word(&rest[split..]) ^ P2);
+    }
+    folded(h ^ P3, (bytes.len() as u64) ^ P1)
+}
+
+/// The map key of a row, and the first half of its contribution: a hash of (table, primary
+/// key bytes).
 fn key_hash(table: u32, pk: &[u8]) -> u64 {
-    let mut h = Hasher64::new(KEY_SEED);
-    h.word(u64::from(table));
-    h.bytes(pk);
-    h.finish()
+    hash_bytes(KEY_SEED ^ u64::from(table).wrapping_mul(P3), pk)
+}
+
+/// What a row whose key hashes to `key` adds to the state hash.
+fn contribution(key: u64, row: &[u8]) -> u64 {
+    folded(key ^ P2, hash_bytes(ROW_SEED, row) ^ P0)
 }
 
 /// What one row adds to the state hash.
 pub fn row_contribution(table: u32, pk: &[u8], row: &[u8]) -> u64 {
-    let mut h = Hasher64::new(ROW_SEED);
-    h.word(u64::from(table));
-    h.bytes(pk);
-    h.bytes(row);
-    h.finish()
+    contribution(key_hash(table, pk), row)
 }
 
 type Contributions = hashbrown::HashMap<u64, u64, FxBuildHasher>;
@@ -115,14 +101,15 @@ impl StateHasher {
         };
         let key = key_hash(table, pk);
         let old = match row {
-            Some(row) => rows.insert(key, row_contribution(table, pk, row)),
+            Some(row) => {
+                let new = contribution(key, row);
+                self.total = self.total.wrapping_add(new);
+                rows.insert(key, new)
+            }
             None => rows.remove(&key),
         };
         if let Some(old) = old {
             self.total = self.total.wrapping_sub(old);
-        }
-        if let Some(row) = row {
-            self.total = self.total.wrapping_add(row_contribution(table, pk, row));
         }
     }
 
@@ -171,6 +158,8 @@ pub(crate) fn full_state_hash(engine: &mut crate::Engine, hashed: &[bool]) -> u6
 mod tests {
     use super::*;
 
+    const PINNED: u64 = 0x7130_471a_58fa_3d07;
+
     #[test]
     fn the_sum_does_not_depend_on_order_and_updates_take_the_old_row_out() {
         let mut a = StateHasher::new(&[true, false, true]);
@@ -202,7 +191,18 @@ mod tests {
         assert_ne!(base, row_contribution(1, b"pk", b"rox"));
         // Moving a byte across the key/row boundary changes the hash (lengths are hashed).
         assert_ne!(base, row_contribution(1, b"pkr", b"ow"));
-        // Stable across builds and platforms: the replay machine computes the same value.
-        assert_eq!(row_contribution(0, b"", b""), row_contribution(0, b"", b""));
+        // Every length, including the 16-byte boundaries, hashes its bytes.
+        for len in 1..40 {
+            let row = vec![7u8; len];
+            let mut other = row.clone();
+            other[len - 1] = 8;
+            assert_ne!(
+                row_contribution(1, b"pk", &row),
+                row_contribution(1, b"pk", &other)
+            );
+        }
+        // Fixed constants: the value is the same on every machine and build. Pinned so that a
+        // change of the function (old recordings would no longer replay) cannot go unnoticed.
+        assert_eq!(row_contribution(3, b"key", b"row"), PINNED);
     }
 }

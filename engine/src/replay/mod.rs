@@ -35,6 +35,8 @@ pub(crate) struct Recorder {
     pub(crate) session_start: bool,
     /// Inputs now come from the queue, inside `step`.
     pub(crate) in_step: bool,
+    /// `Engine::world_mut` was called while recording (warned once).
+    warned_world_mut: bool,
 }
 
 impl Recorder {
@@ -51,6 +53,18 @@ impl Recorder {
     pub(crate) fn lifecycle(&mut self, connected: bool, caller: Caller) {
         input::encode_lifecycle(&mut self.inputs, self.in_step, connected, caller);
         self.count += 1;
+    }
+
+    /// `Engine::world_mut` hands out the world: whatever is written through it is not an
+    /// input, so a replay will not reproduce it.
+    pub(crate) fn note_unrecorded_access(&mut self) {
+        if !self.warned_world_mut {
+            self.warned_world_mut = true;
+            tracing::warn!(
+                "Engine::world_mut called while recording the input log: writes through it are \
+                 not inputs and a replay will not reproduce them"
+            );
+        }
     }
 
     /// Folds the tick's changes into the state hash and returns it.
@@ -113,6 +127,7 @@ impl Engine {
             count: 0,
             session_start,
             in_step: false,
+            warned_world_mut: false,
         });
     }
 
