@@ -11,6 +11,9 @@
 //! - `snapshot_cost/*`: ticks of 10,000 updates over 1,000,000 rows with a snapshot every 60
 //!   ticks against none: what snapshots add to the tick thread (max and p99 step time), and
 //!   the materializer's memory against the snapshot's size.
+//! - `input_log/*`: ticks of 10,000 system updates plus 200 queued reducer calls, on two
+//!   durable engines in the same run, one recording the input log and maintaining the state
+//!   hash, one not; their steps alternate, so both see the same machine (`docs/replay.md`).
 
 #![allow(missing_docs)]
 // A benchmark binary reports what it measured on stderr, next to criterion's output.
@@ -388,8 +391,119 @@ fn bench_recovery(c: &mut Criterion) {
     group.finish();
 }
 
+/// Queues `calls` one-row `pay` calls (inputs to record) and steps.
+fn input_log_tick(engine: &mut Engine, tick: i64, calls: u64) -> Duration {
+    for i in 0..calls {
+        engine.enqueue(orrery_engine::Input::Call {
+            request_id: i,
+            caller: Caller::client(
+                Identity::from_u64(i + 1),
+                orrery_engine::ConnectionId(i + 1),
+            ),
+            reducer: "pay".into(),
+            args: {
+                let mut bytes = Vec::new();
+                orrery_engine::ReducerArgs::encode_args(
+                    &(i * 37 % UPDATES_PER_TICK, 1u64),
+                    &mut bytes,
+                );
+                bytes
+            },
+        });
+    }
+    let start = Instant::now();
+    engine.step(Timestamp::from_micros(tick * 50_000));
+    start.elapsed()
+}
+
+fn bench_input_log(c: &mut Criterion) {
+    const CALLS: u64 = 200;
+    let mut group = c.benchmark_group("input_log");
+    group.measurement_time(Duration::from_secs(10));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut engines: Vec<Engine> = dirs
+        .iter()
+        .zip([false, true])
+        .map(|(dir, record)| {
+            let mut d = durability(dir.path(), FsyncPolicy::Never, 0);
+            d.record_inputs = record;
+            let mut engine = Engine::open(module(true), config(), d).unwrap().0;
+            engine
+                .call_reducer("seed_players", Identity::ZERO, (0u64, UPDATES_PER_TICK))
+                .unwrap();
+            engine.step(Timestamp::from_micros(50_000));
+            engine
+        })
+        .collect();
+    let mut tick = 1i64;
+    // Interleaved: tick k runs on the plain engine, then on the recording one.
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..600 {
+        tick += 1;
+        for (i, engine) in engines.iter_mut().enumerate() {
+            times[i].push(input_log_tick(engine, tick, CALLS));
+        }
+    }
+    let hash = engines[1].state_hash();
+    assert_eq!(hash, Some(engines[1].full_state_hash()));
+    let bytes: Vec<u64> = engines
+        .iter_mut()
+        .zip(&dirs)
+        .map(|(engine, dir)| {
+            let seq = engine.tick_seq();
+            assert!(
+                engine
+                    .durability()
+                    .unwrap()
+                    .wait_durable(seq, Duration::from_secs(60))
+            );
+            log_bytes(dir.path())
+        })
+        .collect();
+    let stat = |t: &mut Vec<Duration>| {
+        t.sort();
+        let mean = t.iter().sum::<Duration>() / t.len() as u32;
+        (mean, t[t.len() / 2], t[t.len() * 99 / 100])
+    };
+    let (off, on) = (stat(&mut times[0]), stat(&mut times[1]));
+    eprintln!(
+        "input_log (10k system updates + {CALLS} calls per tick, {} ticks each, interleaved): \
+         off mean {:?} p50 {:?} p99 {:?}; on mean {:?} p50 {:?} p99 {:?}; on/off mean {:.3}, \
+         p50 {:.3}; log bytes {} off, {} on ({:+.1}%)",
+        times[0].len(),
+        off.0,
+        off.1,
+        off.2,
+        on.0,
+        on.1,
+        on.2,
+        on.0.as_secs_f64() / off.0.as_secs_f64(),
+        on.1.as_secs_f64() / off.1.as_secs_f64(),
+        bytes[0],
+        bytes[1],
+        (bytes[1] as f64 / bytes[0] as f64 - 1.0) * 100.0,
+    );
+    for (engine, name) in engines.iter_mut().zip(["off", "on"]) {
+        group.bench_function(BenchmarkId::new("10k_updates_200_calls", name), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    tick += 1;
+                    spent += input_log_tick(engine, tick, CALLS);
+                }
+                spent
+            })
+        });
+    }
+    for engine in engines {
+        engine.close().unwrap();
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_input_log,
     bench_commit_log,
     bench_recovery,
     bench_snapshot_cost

@@ -232,6 +232,8 @@ pub struct TickOutput {
     /// Set when the commit log has failed: the step ran nothing, changed nothing, and every
     /// queued input was refused with [`ReducerError::Storage`].
     pub storage_error: Option<String>,
+    /// The state hash after the tick, when recording ([`Engine::record_inputs`]).
+    pub state_hash: Option<u64>,
 }
 
 /// The Orrery engine.
@@ -254,7 +256,7 @@ pub struct Engine {
     /// Set by `world_mut`: the caller may have written any row, so the next capture scans all.
     scan_all_once: bool,
     schema: ModuleSchema,
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
     pub(crate) tick: Tick,
     /// The last completed tick's sequence (never wraps; see `TickOutput::seq`).
     pub(crate) seq: u64,
@@ -276,6 +278,8 @@ pub struct Engine {
     due: Vec<DueFire>,
     /// The commit log and snapshots (`None` for an in-memory engine).
     pub(crate) durability: Option<crate::durability::DurabilityRuntime>,
+    /// The input log and state hash, when recording ([`Engine::record_inputs`]).
+    pub(crate) recorder: Option<crate::replay::Recorder>,
 }
 
 impl Engine {
@@ -391,6 +395,7 @@ impl Engine {
             counters: EngineCounters::default(),
             due: Vec::new(),
             durability: None,
+            recorder: None,
         })
     }
 
@@ -426,9 +431,13 @@ impl Engine {
 
     /// The ECS world, for module setup and tests. Writing row components here bypasses the undo
     /// log; such writes are picked up by the next capture like system writes (calling this
-    /// makes the next capture scan every table).
+    /// makes the next capture scan every table). They are not inputs: while the engine records
+    /// its input log, a replay cannot reproduce them (the first call logs a warning).
     pub fn world_mut(&mut self) -> &mut World {
         self.scan_all_once = true;
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.note_unrecorded_access();
+        }
         &mut self.world
     }
 
@@ -450,6 +459,9 @@ impl Engine {
 
     /// Runs the `init` reducer (for a new database) at `now`.
     pub fn init(&mut self, now: Timestamp) -> Result<(), ReducerError> {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.init(now);
+        }
         self.timestamp = now;
         match self.init_reducer {
             Some(index) => self.run_reducer(index, Caller::MODULE, &[]),
@@ -459,6 +471,9 @@ impl Engine {
 
     /// Runs `client_connected` for `caller` now. An error means the connection should be refused.
     pub fn client_connected(&mut self, caller: Caller) -> Result<(), ReducerError> {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.lifecycle(true, caller);
+        }
         let result = match self.connected_reducer {
             Some(index) => self.run_reducer(index, caller, &[]),
             None => Ok(()),
@@ -479,6 +494,9 @@ impl Engine {
     /// Runs `client_disconnected` for `caller` now. The connection is forgotten whatever the
     /// reducer does: it is gone.
     pub fn client_disconnected(&mut self, caller: Caller) -> Result<(), ReducerError> {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.lifecycle(false, caller);
+        }
         let result = match self.disconnected_reducer {
             Some(index) => self.run_reducer(index, caller, &[]),
             None => Ok(()),
@@ -542,7 +560,11 @@ impl Engine {
         }
         let mut bytes = Vec::new();
         args.encode_args(&mut bytes);
-        self.run_reducer(index, caller.into(), &bytes)
+        let caller = caller.into();
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.call(caller, name, &bytes);
+        }
+        self.run_reducer(index, caller, &bytes)
     }
 
     /// Calls a reducer now with arguments in the Orrery row format (as a client sends them).
@@ -553,8 +575,12 @@ impl Engine {
         caller: impl Into<Caller>,
         args: &[u8],
     ) -> Result<(), ReducerError> {
+        let caller = caller.into();
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.call(caller, name, args);
+        }
         let index = self.callable(name)?;
-        self.run_reducer(index, caller.into(), args)
+        self.run_reducer(index, caller, args)
     }
 
     /// Queues an input for the next tick's reducers phase.
@@ -720,7 +746,13 @@ impl Engine {
         timer.lap(Phase::Input);
 
         let zone = profiling::phase(Phase::Reducers);
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.in_step = true;
+        }
         let outcomes = self.run_inputs();
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.in_step = false;
+        }
         drop(zone);
         timer.lap(Phase::Reducers);
 
@@ -775,9 +807,24 @@ impl Engine {
         let connection_events = std::mem::take(&mut self.connection_events);
         // The zone is opened without durability too (then empty), so every tick shows every phase.
         let zone = profiling::phase(Phase::Commit);
+        let state_hash = self.recorder.as_mut().map(|r| r.hash(&changes));
         if let Some(durability) = self.durability.as_mut() {
-            durability.commit(seq, now, &changes, &connection_events, &mut self.tables);
+            let replay = self
+                .recorder
+                .as_ref()
+                .map(|r| r.section(self.config.seed, self.config.tick_interval));
+            durability.commit(
+                seq,
+                now,
+                &changes,
+                &connection_events,
+                replay.as_ref(),
+                &mut self.tables,
+            );
             timer.lap(Phase::Commit);
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.end_tick();
         }
         drop(zone);
 
@@ -798,6 +845,7 @@ impl Engine {
             cell_moves,
             focus: std::mem::take(&mut self.world.resource_mut::<FocusUpdates>().updates),
             storage_error: None,
+            state_hash,
         }
     }
 

@@ -64,6 +64,7 @@ mod module;
 mod prefetch;
 pub mod profiling;
 mod reducer;
+pub mod replay;
 pub mod table;
 mod tables;
 

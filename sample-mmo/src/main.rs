@@ -5,12 +5,16 @@
 //! 127.0.0.1:3000 and UDP on 127.0.0.1:7777, or ports the OS chooses when those are taken. The
 //! actual addresses, the admin token's path and a curl example are logged at start. Ctrl-C
 //! stops the server cleanly (clients are told, the commit log is flushed and fsynced).
+//!
+//! `sample-mmo [world flags] replay DIR [--from TICK] [--to TICK] [--dump TICK]` re-runs a
+//! recorded data directory with this module (give it the world flags the server ran with) and
+//! reports the first tick whose state hash differs (`docs/replay.md`).
 
 use std::time::Duration;
 
 use clap::Parser;
 use orrery_engine::Identity;
-use orrery_server::ServerArgs;
+use orrery_server::{ReplayArgs, ServerArgs};
 use sample_mmo::WorldSettings;
 
 #[global_allocator]
@@ -20,6 +24,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     server: ServerArgs,
     /// Stop after this many seconds (runs until Ctrl-C when absent).
@@ -40,6 +46,13 @@ struct Args {
     /// An identity (64 hex characters) allowed to call `set_config`; repeatable.
     #[arg(long = "admin", value_name = "IDENTITY")]
     admins: Vec<String>,
+}
+
+/// What to do instead of serving.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Re-run a recorded data directory and check every tick's state hash.
+    Replay(ReplayArgs),
 }
 
 impl Args {
@@ -118,6 +131,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let world = args.world()?;
+    if let Some(Command::Replay(replay)) = &args.command {
+        let outcome =
+            orrery_server::replay::run(replay, &|| sample_mmo::module_with(world.clone()))?;
+        // The replay report is the subcommand's output.
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{}", outcome.summary());
+        }
+        anyhow::ensure!(outcome.matched(), "the replay diverged");
+        return Ok(());
+    }
     let config = args.server.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -99,6 +99,10 @@ pub struct ServerConfig {
     pub publish: PublishConfig,
     /// Where tables live.
     pub storage: Storage,
+    /// With disk storage, record the input log (every tick's inputs, seed and state hash in
+    /// its commit-log record) so that `replay` can re-run the world ([`crate::replay`],
+    /// `docs/replay.md`). Default on.
+    pub input_log: bool,
     /// How the module's systems run.
     pub executor: SystemsExecutor,
     /// Engine RNG seed.
@@ -159,6 +163,7 @@ impl Default for ServerConfig {
                 fsync: FsyncPolicy::EveryTick,
                 snapshot_every_ticks: 6_000,
             },
+            input_log: true,
             executor: SystemsExecutor::MultiThreaded,
             seed: orrery_engine::EngineConfig::default().seed,
             max_http_body: 64 * 1024,
@@ -326,6 +331,9 @@ pub struct ServerArgs {
     /// Keep the world in memory only (nothing is written to disk but the secrets).
     #[arg(long)]
     pub in_memory: bool,
+    /// Do not record the input log (what `replay` re-runs) in the commit log.
+    #[arg(long)]
+    pub no_input_log: bool,
     /// Run the module's systems on one thread.
     #[arg(long)]
     pub single_threaded: bool,
@@ -402,6 +410,7 @@ impl ServerArgs {
                     snapshot_every_ticks: 6_000,
                 }
             },
+            input_log: !self.no_input_log,
             executor: if self.single_threaded {
                 SystemsExecutor::SingleThreaded
             } else {

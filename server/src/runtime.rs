@@ -223,6 +223,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             let mut durability = DurabilityConfig::new(config.data_dir.join("db"));
             durability.fsync = fsync;
             durability.snapshot_every_ticks = snapshot_every_ticks;
+            durability.record_inputs = config.input_log;
             let (engine, report) = Engine::open(module, engine_config, durability)?;
             tracing::info!(
                 fresh = report.fresh,

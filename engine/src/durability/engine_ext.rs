@@ -49,6 +49,10 @@ impl Engine {
 
     /// A step in the failed state: every queued input is refused, nothing else happens.
     pub(crate) fn refuse_step(&mut self, failure: String) -> TickOutput {
+        // Nothing of this tick is logged: neither are its inputs.
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.end_tick();
+        }
         let outcomes = std::mem::take(&mut self.queue)
             .into_iter()
             .map(|input| {
@@ -80,6 +84,7 @@ impl Engine {
             cell_moves: Vec::new(),
             focus: Vec::new(),
             storage_error: Some(failure),
+            state_hash: None,
         }
     }
 }

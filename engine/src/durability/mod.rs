@@ -16,11 +16,11 @@
 
 mod engine_ext;
 mod fingerprint;
-mod log;
+pub(crate) mod log;
 mod materializer;
-mod record;
-mod recovery;
-mod snapshot;
+pub(crate) mod record;
+pub(crate) mod recovery;
+pub(crate) mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,12 +77,16 @@ pub struct DurabilityConfig {
     /// this many bytes written to log segments by this engine (the last write is cut short and
     /// fails with `StorageFull`). `None` in production.
     pub fail_after_bytes: Option<u64>,
+    /// Record the input log (every tick's inputs, seed and state hash) in the commit-log
+    /// records, for `replay` (`docs/replay.md`). Costs an encode of each input and an
+    /// incremental hash of each changed durable row on the tick thread.
+    pub record_inputs: bool,
 }
 
 impl DurabilityConfig {
     /// The defaults for `dir`: fsync every tick, 64 MiB segments, a snapshot every 6,000 ticks
     /// (5 minutes at 20 Hz) or every 64 MiB of log, whichever comes first, pruning on, 256
-    /// ticks of queue.
+    /// ticks of queue, no input log.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DurabilityConfig {
             dir: dir.into(),
@@ -93,6 +97,7 @@ impl DurabilityConfig {
             prune: true,
             queue_ticks: 256,
             fail_after_bytes: None,
+            record_inputs: false,
         }
     }
 }
@@ -357,6 +362,7 @@ impl DurabilityRuntime {
         now: Timestamp,
         changes: &ChangeSet,
         connection_events: &[ConnectionEvent],
+        replay: Option<&record::ReplayRef<'_>>,
         tables: &mut TableSet,
     ) {
         let buf = self
@@ -392,6 +398,7 @@ impl DurabilityRuntime {
             }
         }
         record.connections(connection_events);
+        record.replay(replay);
         match record.finish() {
             Ok(frame) => self.send(log::Record { seq, frame }),
             Err(len) => self.shared.fail(format!(

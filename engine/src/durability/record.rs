@@ -12,8 +12,8 @@ use crate::identity::{ConnectionId, Identity};
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ORRYLOG\0";
 /// Version of the segment and record format written. Version 2 added the synced watermark
-/// to every record payload; version 1 segments are still read.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// to every record payload, version 3 the input-log section; versions 1 and 2 are still read.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 /// Segment header: magic (8) + version (4) + reserved (4) + first sequence (8) + CRC32C (4).
@@ -178,6 +178,30 @@ impl RecordBuilder {
         }
     }
 
+    /// Ends the payload with the input-log section (format 3): nothing but a zero flag byte
+    /// when inputs are not recorded.
+    pub(crate) fn replay(&mut self, section: Option<&ReplayRef<'_>>) {
+        let Some(section) = section else {
+            self.buf.push(0);
+            return;
+        };
+        self.buf.push(
+            REPLAY_PRESENT
+                | if section.session_start {
+                    REPLAY_SESSION_START
+                } else {
+                    0
+                },
+        );
+        self.buf.extend_from_slice(&section.seed.to_le_bytes());
+        write_varint(&mut self.buf, section.dt_micros);
+        self.buf
+            .extend_from_slice(&section.state_hash.to_le_bytes());
+        write_varint(&mut self.buf, section.count);
+        write_varint(&mut self.buf, section.inputs.len() as u64);
+        self.buf.extend_from_slice(section.inputs);
+    }
+
     /// Writes the frame's length field; returns the framed record (CRC still zero: the writer
     /// thread seals it), or the payload length if it does not fit a `u32`.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, usize> {
@@ -211,6 +235,30 @@ pub(crate) fn synced_before(payload: &[u8], version: u32) -> u64 {
     u64_at(payload, 8)
 }
 
+/// Input-log section flag: seed, tick interval, state hash and inputs follow.
+const REPLAY_PRESENT: u8 = 1;
+/// Input-log section flag: the first tick of an engine opened on an existing database (a
+/// restart: replay must do what recovery did before this tick's inputs).
+const REPLAY_SESSION_START: u8 = 2;
+
+/// A record's input-log section (format 3): what entered the engine during the tick and the
+/// state hash after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReplayRef<'a> {
+    /// The first tick after the engine was recovered from this directory.
+    pub(crate) session_start: bool,
+    /// The engine seed the tick's reducer RNGs were derived from.
+    pub(crate) seed: u64,
+    /// The engine's `tick_interval` (`TickInfo::dt`), µs.
+    pub(crate) dt_micros: u64,
+    /// The state hash after the tick.
+    pub(crate) state_hash: u64,
+    /// Number of encoded inputs.
+    pub(crate) count: u64,
+    /// The encoded inputs (`crate::replay::RecordedInput`).
+    pub(crate) inputs: &'a [u8],
+}
+
 /// One entry of a decoded record, borrowing the record's bytes.
 pub(crate) type EntryRef<'a> = RowChange<'a>;
 
@@ -237,6 +285,37 @@ pub(crate) struct TickRecord<'a> {
     pub(crate) micros: i64,
     pub(crate) tables: Vec<TableRef<'a>>,
     pub(crate) connections: Vec<ConnectionEvent>,
+    /// The input-log section, if inputs were recorded (format 3).
+    pub(crate) replay: Option<ReplayRef<'a>>,
+}
+
+fn decode_replay<'a>(input: &mut &'a [u8]) -> Result<Option<ReplayRef<'a>>, RowDecodeError> {
+    let flags = take_bytes(input, 1, "input-log flags")?[0];
+    if flags & !(REPLAY_PRESENT | REPLAY_SESSION_START) != 0
+        || (flags & REPLAY_PRESENT == 0 && flags != 0)
+    {
+        return Err(RowDecodeError::InvalidTag {
+            what: "input-log flags",
+            tag: u64::from(flags),
+        });
+    }
+    if flags == 0 {
+        return Ok(None);
+    }
+    let seed = u64_at(take_bytes(input, 8, "seed")?, 0);
+    let dt_micros = read_varint(input, "tick interval")?;
+    let state_hash = u64_at(take_bytes(input, 8, "state hash")?, 0);
+    let count = read_varint(input, "input count")?;
+    let len = read_len(input, 1, "inputs")?;
+    let inputs = take_bytes(input, len, "inputs")?;
+    Ok(Some(ReplayRef {
+        session_start: flags & REPLAY_SESSION_START != 0,
+        seed,
+        dt_micros,
+        state_hash,
+        count,
+        inputs,
+    }))
 }
 
 /// Decodes a record payload (the bytes after the frame header) of sequence `seq`, written in
@@ -337,6 +416,11 @@ pub(crate) fn decode_payload(
             });
         }
     }
+    let replay = if version >= 3 {
+        decode_replay(&mut input)?
+    } else {
+        None
+    };
     if !input.is_empty() {
         return Err(RowDecodeError::TrailingBytes(input.len()));
     }
@@ -345,6 +429,7 @@ pub(crate) fn decode_payload(
         micros,
         tables,
         connections,
+        replay,
     })
 }
 
@@ -392,6 +477,10 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> Vec<u8> {
+        record_with(seq, None)
+    }
+
+    fn record_with(seq: u64, replay: Option<&ReplayRef<'_>>) -> Vec<u8> {
         let mut builder = RecordBuilder::new(Vec::new(), seq, -7);
         builder.table(3, Some(&[5, 1 << 40]), 3);
         builder.entry(ChangeKind::Insert, &[1], Some(&[10, 11]));
@@ -403,6 +492,7 @@ mod tests {
             connection: ConnectionId(9),
             identity: Identity::from_u64(4),
         }]);
+        builder.replay(replay);
         let mut frame = builder.finish().unwrap();
         seal_record(&mut frame);
         frame
@@ -508,7 +598,8 @@ mod tests {
     fn version_one_payloads_without_a_watermark_still_decode() {
         let mut frame = record(5);
         set_synced_before(&mut frame, 4);
-        let payload = &frame[RECORD_HEADER_LEN..];
+        // Format 2: no input-log section (the last byte, a zero flag).
+        let payload = &frame[RECORD_HEADER_LEN..frame.len() - 1];
         assert_eq!(synced_before(payload, 2), 4);
         // Format 1: no watermark, no connection events.
         let mut old = payload[..8].to_vec();
@@ -521,5 +612,57 @@ mod tests {
         assert_eq!(new.tables, old.tables);
         assert_eq!(new.connections.len(), 1);
         assert!(old.connections.is_empty());
+    }
+
+    fn section() -> ReplayRef<'static> {
+        ReplayRef {
+            session_start: true,
+            seed: u64::MAX - 3,
+            dt_micros: 50_000,
+            state_hash: 0x1234_5678_9abc_def0,
+            count: 2,
+            inputs: &[1, 2, 3, 4, 5],
+        }
+    }
+
+    #[test]
+    fn input_log_sections_round_trip_and_cuts_fail() {
+        let section = section();
+        let frame = record_with(3, Some(&section));
+        let payload = &frame[RECORD_HEADER_LEN..];
+        let decoded = decode_payload(3, payload, FORMAT_VERSION).unwrap();
+        assert_eq!(decoded.replay, Some(section));
+        assert_eq!(decoded.connections.len(), 1);
+        for cut in 0..payload.len() {
+            assert!(decode_payload(3, &payload[..cut], FORMAT_VERSION).is_err());
+        }
+        let none = record(3);
+        let decoded = decode_payload(3, &none[RECORD_HEADER_LEN..], FORMAT_VERSION).unwrap();
+        assert_eq!(decoded.replay, None);
+        // Unknown flag bits are an error, not ignored.
+        let mut bad = none[RECORD_HEADER_LEN..].to_vec();
+        *bad.last_mut().unwrap() = 4;
+        assert!(decode_payload(3, &bad, FORMAT_VERSION).is_err());
+    }
+
+    proptest::proptest! {
+        /// The record decoder is total: a payload with any byte changed or any bytes at all
+        /// decodes or fails, never panics.
+        #[test]
+        fn the_payload_decoder_never_panics(
+            at in 0usize..400,
+            value in proptest::prelude::any::<u8>(),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let section = section();
+            let frame = record_with(3, Some(&section));
+            let mut payload = frame[RECORD_HEADER_LEN..].to_vec();
+            let at = at % payload.len();
+            payload[at] = value;
+            for version in 1..=FORMAT_VERSION {
+                let _ = decode_payload(3, &payload, version);
+                let _ = decode_payload(3, &garbage, version);
+            }
+        }
     }
 }

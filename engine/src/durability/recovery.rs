@@ -66,7 +66,16 @@ impl Engine {
         let started = Instant::now();
         let mut engine = Engine::new(module, config)?;
         let _span = tracing::info_span!("recovery", dir = %durability.dir.display()).entered();
+        let record_inputs = durability.record_inputs;
         let mut report = recover(&mut engine, durability)?;
+        if record_inputs {
+            engine.record_inputs();
+            if let Some(recorder) = engine.recorder.as_mut() {
+                // The log marks where a recovered engine took over: replay does what recovery
+                // did before this tick's inputs.
+                recorder.session_start = !report.fresh;
+            }
+        }
         report.elapsed = started.elapsed();
         tracing::info!(
             fresh = report.fresh,
@@ -160,17 +169,7 @@ fn recover(
     report.truncated_ticks = scan.truncated_ticks;
     let last_seq = after.max(scan.last_seen);
     if let Some((_, micros)) = last {
-        let now = Timestamp::from_micros(micros);
-        engine.seq = last_seq;
-        engine.tick = Tick::new(last_seq as u32);
-        engine.timestamp = now;
-        engine.previous_timestamp = Some(now);
-        for index in 0..engine.tables.len() {
-            engine
-                .tables
-                .erased_mut(index)
-                .rebuild_schedule(&engine.world, now);
-        }
+        restore_position(engine, last_seq, Timestamp::from_micros(micros));
     }
     engine.world.clear_trackers();
     report.last_tick = last_seq;
@@ -303,7 +302,23 @@ fn start(
     Ok(())
 }
 
-fn load_snapshot(
+/// Puts a loaded engine after tick `seq` at `now`, as recovery leaves it: tick counter,
+/// timestamp, and every schedule table's due queue rebuilt from its rows.
+pub(crate) fn restore_position(engine: &mut Engine, seq: u64, now: Timestamp) {
+    engine.seq = seq;
+    engine.tick = Tick::new(seq as u32);
+    engine.timestamp = now;
+    engine.previous_timestamp = Some(now);
+    for index in 0..engine.tables.len() {
+        engine
+            .tables
+            .erased_mut(index)
+            .rebuild_schedule(&engine.world, now);
+    }
+    engine.world.clear_trackers();
+}
+
+pub(crate) fn load_snapshot(
     engine: &mut Engine,
     snapshot: &Snapshot,
     durable: &[bool],
