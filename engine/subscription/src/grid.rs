@@ -5,7 +5,7 @@
 //! query's radius spans, about four times the cell lookups of the plane.
 
 use glam::{Vec2, Vec3};
-use orrery_spatial::{DenseHandles, SpatialError, SpatialGrid};
+use orrery_spatial::{DenseHandles, GridPoint, SpatialError, SpatialGrid};
 
 /// A grid of row slots by position.
 pub(crate) enum MirrorGrid {
@@ -61,6 +61,49 @@ impl MirrorGrid {
         match self {
             MirrorGrid::Flat(g) => g.get(slot).map(|p| p.distance(focus.truncate())),
             MirrorGrid::Solid(g) => g.get(slot).map(|p| p.distance(focus)),
+        }
+    }
+
+    /// `slot`'s position (2D positions with `z = 0`), if it has one.
+    pub(crate) fn position(&self, slot: u32) -> Option<Vec3> {
+        match self {
+            MirrorGrid::Flat(g) => g.get(slot).map(|p| p.extend(0.0)),
+            MirrorGrid::Solid(g) => g.get(slot),
+        }
+    }
+
+    /// Side of the grid's cells.
+    pub(crate) fn cell_size(&self) -> f32 {
+        match self {
+            MirrorGrid::Flat(g) => g.cell_size(),
+            MirrorGrid::Solid(g) => g.cell_size(),
+        }
+    }
+
+    /// Whether this is a 2D grid.
+    pub(crate) fn planar(&self) -> bool {
+        matches!(self, MirrorGrid::Flat(_))
+    }
+
+    /// `slot`'s distance from `center` if [`MirrorGrid::for_each_within`] with the same
+    /// `center` and `radius` would report it (the same membership test and the same distance),
+    /// else `None`.
+    pub(crate) fn within(&self, slot: u32, center: Vec3, radius: f32) -> Option<f32> {
+        fn within<P: GridPoint>(
+            p: P,
+            c: P,
+            radius: f32,
+            distance: impl Fn(P) -> f32,
+        ) -> Option<f32> {
+            let valid = c.is_finite() && radius.is_finite() && radius >= 0.0;
+            (valid && p.dist_sq(c) <= radius * radius).then(|| distance(p))
+        }
+        match self {
+            MirrorGrid::Flat(g) => {
+                let c = center.truncate();
+                within(g.get(slot)?, c, radius, |p| c.distance(p))
+            }
+            MirrorGrid::Solid(g) => within(g.get(slot)?, center, radius, |p| center.distance(p)),
         }
     }
 

@@ -156,6 +156,11 @@ impl Workers {
     }
 }
 
+/// Views are refreshed incrementally while the rows of a table that changed since the last
+/// publish are under about a quarter of it (two records a moved row): beyond that, re-querying
+/// each region costs less than sorting and looking up the changes.
+const INCREMENTAL_MAX_SHARE: usize = 2;
+
 /// Side of the cells that order clients for locality (`within` radii are tens of metres).
 const LOCALITY_CELL: f32 = 32.0;
 
@@ -232,6 +237,18 @@ impl Publisher {
     /// counts publishes on the calling thread).
     pub fn worker_busy(&self) -> Vec<Duration> {
         self.workers.state.iter().map(|w| lock(w).busy).collect()
+    }
+
+    /// Spatial subscription refreshes since start: `(full, incremental)` (see
+    /// [`PublishConfig::incremental_refresh`]).
+    pub fn refreshes(&self) -> (u64, u64) {
+        self.workers
+            .state
+            .iter()
+            .fold((0, 0), |(full, incremental), w| {
+                let w = lock(w);
+                (full + w.refresh.full, incremental + w.refresh.incremental)
+            })
     }
 
     /// Counters.
@@ -373,6 +390,8 @@ impl Publisher {
             subs: Vec::new(),
             views: (0..tables).map(|_| View::default()).collect(),
             dirty: Vec::new(),
+            refreshed_focus: None,
+            stale: true,
         });
     }
 
@@ -423,6 +442,9 @@ impl Publisher {
         if state.subs.iter().any(|s| s.query_id == query_id) {
             return Err(SubscribeError::DuplicateQueryId(query_id));
         }
+        // Entries of any table may change below (and a new `within` starts empty): the next
+        // spatial refresh re-queries every region.
+        state.stale = true;
         if state.subs.len() >= max_queries {
             return Err(SubscribeError::TooManyQueries(max_queries));
         }
@@ -561,6 +583,8 @@ impl Publisher {
         let Some(index) = state.subs.iter().position(|s| s.query_id == query_id) else {
             return Err(SubscribeError::UnknownQueryId(query_id));
         };
+        // Every entry of the subscription is settled below, and no other subscription's
+        // entries change: the next refresh may stay incremental.
         let sub = state.subs.remove(index);
         if let Some(Some(t)) = self.tables.get_mut(sub.table as usize) {
             let view = &mut state.views[sub.table as usize];
@@ -602,6 +626,14 @@ impl Publisher {
         let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
         let margin = self.config.hysteresis;
         let max_message = self.config.max_message_bytes.max(64);
+        if self.config.incremental_refresh {
+            for t in self.tables.iter_mut().flatten() {
+                let live = t.data.len() - t.free.len();
+                for moves in &mut t.moves {
+                    moves.build(live / INCREMENTAL_MAX_SHARE);
+                }
+            }
+        }
         let tables: &[Option<MirrorTable>] = &self.tables;
         let publish_clients = |worker: &mut Worker,
                                clients: &mut [(ConnectionId, &mut ClientState)],
@@ -681,6 +713,9 @@ impl Publisher {
             }
         }
         for t in self.tables.iter_mut().flatten() {
+            for moves in &mut t.moves {
+                moves.clear();
+            }
             t.release.sort_unstable();
             t.release.dedup();
             t.release_pending();
