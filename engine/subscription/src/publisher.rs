@@ -87,6 +87,9 @@ struct Worker {
     counters: SentCounters,
     /// Time spent publishing clients, since start.
     busy: Duration,
+    /// Time spent refreshing spatial views, since start (when timed: see
+    /// [`Publisher::set_refresh_timing`]).
+    refreshing: Duration,
 }
 
 /// The publish workers: a rayon pool with one [`Worker`] per thread, or the calling thread
@@ -200,6 +203,8 @@ pub struct Publisher {
     sent: SentCounters,
     encode: EncodeScratch,
     workers: Workers,
+    /// Time spatial refreshes apart from the rest of a client's publish.
+    time_refresh: bool,
 }
 
 impl Publisher {
@@ -218,6 +223,7 @@ impl Publisher {
             sent: SentCounters::default(),
             encode: EncodeScratch::default(),
             workers: Workers::new(config.workers),
+            time_refresh: false,
             config,
         }
     }
@@ -226,6 +232,30 @@ impl Publisher {
     /// thread). Output does not depend on the count.
     pub fn set_workers(&mut self, count: usize) {
         self.workers.resize(count);
+    }
+
+    /// Refreshes spatial views incrementally when possible (see
+    /// [`PublishConfig::incremental_refresh`]) or always in full, from the next publish on.
+    /// Output does not depend on it.
+    pub fn set_incremental_refresh(&mut self, incremental: bool) {
+        self.config.incremental_refresh = incremental;
+    }
+
+    /// Times spatial refreshes apart (two clock reads a client; see
+    /// [`Publisher::refresh_busy`]), for benchmarks.
+    #[doc(hidden)]
+    pub fn set_refresh_timing(&mut self, timed: bool) {
+        self.time_refresh = timed;
+    }
+
+    /// Time spent refreshing spatial views while timed, by worker, since start.
+    #[doc(hidden)]
+    pub fn refresh_busy(&self) -> Vec<Duration> {
+        self.workers
+            .state
+            .iter()
+            .map(|w| lock(w).refreshing)
+            .collect()
     }
 
     /// Worker threads publishes use (1: the calling thread).
@@ -635,6 +665,7 @@ impl Publisher {
             }
         }
         let tables: &[Option<MirrorTable>] = &self.tables;
+        let time_refresh = self.time_refresh;
         let publish_clients = |worker: &mut Worker,
                                clients: &mut [(ConnectionId, &mut ClientState)],
                                out: &mut Vec<Outgoing>| {
@@ -645,6 +676,7 @@ impl Publisher {
                 release,
                 counters,
                 busy,
+                refreshing,
             } = worker;
             release.resize_with(tables.len(), Vec::new);
             let mut flush = Flush {
@@ -657,7 +689,13 @@ impl Publisher {
                 out,
             };
             for (client_id, client) in clients.iter_mut() {
-                refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                if time_refresh {
+                    let start = Instant::now();
+                    refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                    *refreshing += start.elapsed();
+                } else {
+                    refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                }
                 client.budget = (client.budget + accrued).min(cap);
                 flush.client(*client_id, client);
             }
