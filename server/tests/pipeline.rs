@@ -1,0 +1,180 @@
+//! Pipelined publishing (`PublishConfig::pipeline`): the tick core publishes a tick on the
+//! publish thread while the next tick simulates, and the commands it hands the network are
+//! exactly those of an unpipelined core, in the same order, one call later.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{add_args, engine, note_args, string_args, walk_args};
+use orrery_engine::{ConnectionId, Identity};
+use orrery_netcode::{ClientMessage, DisconnectReason, ServerMessage};
+use orrery_server::net::{NetCommand, NetEvent};
+use orrery_server::{Metrics, ServerConfig, TickCore};
+
+const START: Duration = Duration::from_secs(1_800_000_000);
+
+fn core(pipeline: bool) -> TickCore {
+    let mut config = ServerConfig::for_tests("unused");
+    config.publish.pipeline = pipeline;
+    config.publish.budget_bytes_per_second = 3_000;
+    config.publish.workers = 2;
+    config.rate_limit.calls_per_second = 40.0;
+    config.rate_limit.burst = 4;
+    let metrics = Arc::new(Metrics::new(64, config.tick_duration()));
+    TickCore::new(engine(), true, &config, metrics, START).expect("tick core")
+}
+
+/// A deterministic workload: clients come and go, walk (moving their focus and a spatial
+/// row), write notes, subscribe and unsubscribe (spatial and plain), toggle confirmed reads,
+/// call too fast (rate-limited replies), fail calls.
+fn workload(ticks: u64) -> Vec<Vec<NetEvent>> {
+    let mut state = 5u64;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+    let mut connected: Vec<u64> = Vec::new();
+    let mut next_client = 1u64;
+    let mut request = 0u32;
+    (0..ticks)
+        .map(|tick| {
+            let mut events = Vec::new();
+            if tick < 30 || next(4) == 0 {
+                let client = next_client;
+                next_client += 1;
+                connected.push(client);
+                events.push(NetEvent::Connected {
+                    client: ConnectionId(client),
+                    identity: Identity::from_u64(client % 23 + 1),
+                    addr,
+                });
+            }
+            if tick > 10 && next(6) == 0 && !connected.is_empty() {
+                let gone = connected.remove(next(connected.len() as u64) as usize);
+                events.push(NetEvent::Disconnected {
+                    client: ConnectionId(gone),
+                    reason: DisconnectReason::ByClient,
+                });
+            }
+            for _ in 0..12 {
+                if connected.is_empty() {
+                    break;
+                }
+                let client = connected[next(connected.len() as u64) as usize];
+                request += 1;
+                let call = |reducer: &str, args: Vec<u8>| ClientMessage::CallReducer {
+                    request_id: request,
+                    reducer: reducer.into(),
+                    args,
+                    durable: false,
+                };
+                let msg = match next(12) {
+                    0..=4 => call(
+                        "walk",
+                        walk_args(next(200) as f32 - 100.0, next(200) as f32 - 100.0),
+                    ),
+                    5 => call("note", note_args(next(4) as u32, "hello")),
+                    6 => call("add", add_args(next(5))),
+                    7 => call("fail", string_args("no")),
+                    8 => ClientMessage::Subscribe {
+                        query_id: next(4) as u32,
+                        sql: format!(
+                            "SELECT * FROM mob WHERE within(pos, :focus, {})",
+                            10 + next(40)
+                        ),
+                    },
+                    9 => ClientMessage::Subscribe {
+                        query_id: 10 + next(3) as u32,
+                        sql: "SELECT * FROM note WHERE level > 1".into(),
+                    },
+                    10 => ClientMessage::Unsubscribe {
+                        query_id: next(4) as u32,
+                    },
+                    _ => ClientMessage::ConfirmedReads {
+                        enabled: next(2) == 0,
+                    },
+                };
+                events.push(NetEvent::Message {
+                    client: ConnectionId(client),
+                    msg,
+                });
+            }
+            events
+        })
+        .collect()
+}
+
+fn table_updates(commands: &[NetCommand]) -> usize {
+    commands
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                NetCommand::Send {
+                    msg: ServerMessage::TableUpdate { .. },
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn pipelined_publish_sends_what_an_unpipelined_one_does() {
+    let ticks = 150;
+    let events = workload(ticks);
+    let mut cores = [core(false), core(true)];
+    assert!(!cores[0].pipelined());
+    assert!(cores[1].pipelined());
+    let mut streams: [Vec<NetCommand>; 2] = Default::default();
+    let mut first_update_call = [None, None];
+    for (tick, batch) in events.iter().enumerate() {
+        let now = START + Duration::from_millis(50 * (tick as u64 + 1));
+        for (i, core) in cores.iter_mut().enumerate() {
+            let mut out = Vec::new();
+            core.tick(now, batch.clone(), Vec::new(), &mut out);
+            if first_update_call[i].is_none() && table_updates(&out) > 0 {
+                first_update_call[i] = Some(tick);
+            }
+            streams[i].extend(out);
+        }
+    }
+    let mut last = Vec::new();
+    cores[1].flush_publish(&mut last);
+    streams[1].extend(last);
+    assert_eq!(streams[0].len(), streams[1].len());
+    for (index, (a, b)) in streams[0].iter().zip(&streams[1]).enumerate() {
+        assert_eq!(a, b, "command {index} differs");
+    }
+    // The workload exercised what it should.
+    assert!(
+        table_updates(&streams[0]) > 500,
+        "{}",
+        table_updates(&streams[0])
+    );
+    let refused = streams[0]
+        .iter()
+        .filter(|c| {
+            matches!(c, NetCommand::Send { msg: ServerMessage::ReducerReply { result: Err(e), .. }, .. } if e.contains("rate"))
+        })
+        .count();
+    assert!(refused > 0, "some calls were rate limited");
+    // The pipelined core's updates of a tick left one call later, and its publishes ran off
+    // the tick thread.
+    let first = first_update_call[0].expect("updates were published");
+    assert_eq!(first_update_call[1], Some(first + 1));
+    assert!(cores[1].metrics().publish_offloaded_us.load(Relaxed) > 0);
+    assert_eq!(cores[0].metrics().publish_offloaded_us.load(Relaxed), 0);
+    assert_eq!(
+        cores[0].publisher().stats(),
+        cores[1].publisher().stats(),
+        "the publishers agree"
+    );
+}
