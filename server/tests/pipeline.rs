@@ -178,3 +178,103 @@ fn pipelined_publish_sends_what_an_unpipelined_one_does() {
         "the publishers agree"
     );
 }
+
+/// Tick-thread time per tick with and without pipelining, printed (a measurement, not a CI
+/// check; run in release: `cargo test --release -p orrery-server --test pipeline -- --ignored
+/// --nocapture`). Every client walks every tick (moving its own row and its focus) and sees the
+/// walkers within 50 m; the two cores run in alternating blocks of ticks (ABAB).
+#[test]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+#[allow(clippy::print_stderr)] // the measurement is the output
+fn pipelined_publish_takes_the_publish_off_the_tick_thread() {
+    const CLIENTS: u64 = 1_000;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+    let mut cores = [core(false), core(true)];
+    let mut state = 3u64;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut positions: Vec<(f32, f32)> = (0..CLIENTS)
+        .map(|_| (next(600) as f32, next(600) as f32))
+        .collect();
+    let mut tick = 0u64;
+    let run = |core: &mut TickCore, events: Vec<NetEvent>, tick: &mut u64| {
+        *tick += 1;
+        let now = START + Duration::from_millis(50 * *tick);
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        core.tick(now, events, Vec::new(), &mut out);
+        start.elapsed()
+    };
+    for (i, core) in cores.iter_mut().enumerate() {
+        let connects = (0..CLIENTS)
+            .map(|c| NetEvent::Connected {
+                client: ConnectionId(c + 1),
+                identity: Identity::from_u64(c + 1),
+                addr,
+            })
+            .collect();
+        run(core, connects, &mut tick);
+        let subscribes = (0..CLIENTS)
+            .map(|c| NetEvent::Message {
+                client: ConnectionId(c + 1),
+                msg: ClientMessage::Subscribe {
+                    query_id: 1,
+                    sql: "SELECT * FROM mob WHERE within(pos, :focus, 50)".into(),
+                },
+            })
+            .collect();
+        run(core, subscribes, &mut tick);
+        assert_eq!(core.connected_clients(), CLIENTS as usize, "core {i}");
+    }
+    let mut walks = |positions: &mut Vec<(f32, f32)>| -> Vec<NetEvent> {
+        positions
+            .iter_mut()
+            .enumerate()
+            .map(|(c, p)| {
+                p.0 = (p.0 + next(5) as f32 - 2.0).clamp(0.0, 600.0);
+                p.1 = (p.1 + next(5) as f32 - 2.0).clamp(0.0, 600.0);
+                NetEvent::Message {
+                    client: ConnectionId(c as u64 + 1),
+                    msg: ClientMessage::CallReducer {
+                        request_id: 1,
+                        reducer: "walk".into(),
+                        args: walk_args(p.0, p.1),
+                        durable: false,
+                    },
+                }
+            })
+            .collect()
+    };
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    for block in 0..8 {
+        let i = block % 2;
+        for t in 0..40 {
+            let events = walks(&mut positions);
+            let took = run(&mut cores[i], events, &mut tick);
+            if t >= 10 {
+                samples[i].push(took);
+            }
+        }
+        let mut out = Vec::new();
+        cores[i].flush_publish(&mut out);
+    }
+    for (i, name) in [(0, "unpipelined"), (1, "pipelined")] {
+        let s = &mut samples[i];
+        s.sort();
+        let mean = s.iter().sum::<Duration>() / s.len() as u32;
+        let m = cores[i].metrics();
+        eprintln!(
+            "{name}: tick thread per tick mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms; publish off \
+             the tick thread {:.2} s, waited for {:.2} s",
+            mean.as_secs_f64() * 1e3,
+            s[s.len() / 2].as_secs_f64() * 1e3,
+            s[s.len() * 99 / 100].as_secs_f64() * 1e3,
+            m.publish_offloaded_us.load(Relaxed) as f64 / 1e6,
+            m.publish_wait_us.load(Relaxed) as f64 / 1e6,
+        );
+    }
+}

@@ -25,18 +25,28 @@ impl MirrorGrid {
         })
     }
 
-    /// Places `slot` at `p` (inserted or moved).
-    pub(crate) fn set(&mut self, slot: u32, p: Vec3) -> Result<(), SpatialError> {
+    /// Places `slot` at `p` (inserted or moved). Returns the cell it was in (`None`: it was
+    /// not in the grid, or stayed in its cell) and the cell it is in, as `[x, y, z]`.
+    pub(crate) fn set(
+        &mut self,
+        slot: u32,
+        p: Vec3,
+    ) -> Result<(Option<[i32; 3]>, [i32; 3]), SpatialError> {
         fn set<P: orrery_spatial::GridPoint>(
             grid: &mut SpatialGrid<P, u32, DenseHandles>,
             slot: u32,
             p: P,
-        ) -> Result<(), SpatialError> {
-            if grid.contains(slot) {
-                grid.update(slot, p).map(|_| ())
+        ) -> Result<(Option<[i32; 3]>, [i32; 3]), SpatialError> {
+            let from = if grid.contains(slot) {
+                match grid.update(slot, p)? {
+                    orrery_spatial::CellChange::Moved { from, .. } => Some(P::cell_to_xyz(from)),
+                    orrery_spatial::CellChange::Same => None,
+                }
             } else {
-                grid.insert(slot, p)
-            }
+                grid.insert(slot, p)?;
+                None
+            };
+            Ok((from, P::cell_to_xyz(grid.cell_of(p))))
         }
         match self {
             MirrorGrid::Flat(g) => set(g, slot, p.truncate()),
@@ -44,15 +54,11 @@ impl MirrorGrid {
         }
     }
 
-    /// Takes `slot` out (no-op if absent).
-    pub(crate) fn remove(&mut self, slot: u32) {
+    /// Takes `slot` out (no-op if absent); returns the cell it was in, as `[x, y, z]`.
+    pub(crate) fn remove(&mut self, slot: u32) -> Option<[i32; 3]> {
         match self {
-            MirrorGrid::Flat(g) => {
-                g.remove(slot);
-            }
-            MirrorGrid::Solid(g) => {
-                g.remove(slot);
-            }
+            MirrorGrid::Flat(g) => g.remove(slot).map(|p| Vec2::cell_to_xyz(g.cell_of(p))),
+            MirrorGrid::Solid(g) => g.remove(slot).map(|p| Vec3::cell_to_xyz(g.cell_of(p))),
         }
     }
 
@@ -61,14 +67,6 @@ impl MirrorGrid {
         match self {
             MirrorGrid::Flat(g) => g.get(slot).map(|p| p.distance(focus.truncate())),
             MirrorGrid::Solid(g) => g.get(slot).map(|p| p.distance(focus)),
-        }
-    }
-
-    /// `slot`'s position (2D positions with `z = 0`), if it has one.
-    pub(crate) fn position(&self, slot: u32) -> Option<Vec3> {
-        match self {
-            MirrorGrid::Flat(g) => g.get(slot).map(|p| p.extend(0.0)),
-            MirrorGrid::Solid(g) => g.get(slot),
         }
     }
 

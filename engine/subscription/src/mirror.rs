@@ -256,9 +256,10 @@ impl MirrorTable {
         }
     }
 
-    /// Most rows [`Moves`] keeps records of between publishes.
+    /// Most records [`Moves`] keeps between publishes: past half the table, a publish
+    /// refreshes its views in full anyway (see `Moves::build`).
     fn moves_cap(&self) -> usize {
-        2 * self.data.len() + 1024
+        self.data.len() / 2 + 64
     }
 
     /// Takes `slot` out of every grid (deleted, or an event row that ended), recording it
@@ -266,8 +267,7 @@ impl MirrorTable {
     pub(crate) fn remove_from_grids(&mut self, slot: u32) {
         let cap = self.moves_cap();
         for ((_, grid), moves) in self.grids.iter_mut().zip(&mut self.moves) {
-            let old = grid.position(slot);
-            grid.remove(slot);
+            let old = grid.remove(slot);
             moves.record(slot, old, None, cap);
         }
     }
@@ -379,20 +379,22 @@ impl MirrorTable {
         meta.live = true;
         let cap = t.moves_cap();
         for ((column, grid), moves) in t.grids.iter_mut().zip(&mut t.moves) {
-            let old = grid.position(slot);
             let Some(p) = read_position(
                 &t.schema.columns[*column].ty,
                 exact,
                 scratch.starts[*column],
             ) else {
-                grid.remove(slot);
+                let old = grid.remove(slot);
                 moves.record(slot, old, None, cap);
                 continue;
             };
-            if let Err(error) = grid.set(slot, p) {
-                tracing::error!(%error, "publisher grid out of step");
+            match grid.set(slot, p) {
+                Ok((old, new)) => moves.record(slot, old, Some(new), cap),
+                Err(error) => {
+                    tracing::error!(%error, "publisher grid out of step");
+                    moves.invalidate();
+                }
             }
-            moves.record(slot, old, grid.position(slot), cap);
         }
         if changed {
             t.changed.push(slot);

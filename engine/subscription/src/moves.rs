@@ -2,7 +2,8 @@
 //! an incremental spatial refresh reads instead of re-querying a view's whole region.
 //!
 //! Every insert, update, delete (and end of an event row) of a table with a position column
-//! records the row's slot under the block of its old position and of its new one. At the
+//! records the row's slot under the grid cell of its old position and of its new one (as the
+//! grid reports them while moving the row: no extra lookups). At the
 //! start of a publish the records are sorted into an index; a client whose focus has not
 //! moved since its last refresh then only looks at the rows recorded in the blocks its
 //! region (radius plus hysteresis margin) overlaps: every row whose entry can change is there
@@ -34,8 +35,8 @@ pub(crate) struct Moves {
 }
 
 /// A block coordinate as 21 bits (offset, saturating far out, which only merges blocks).
-fn axis(v: f32, side: f32) -> u64 {
-    ((v / side).floor() as i64 + (1 << 20)).clamp(0, (1 << 21) - 1) as u64
+fn offset(v: i64) -> u64 {
+    (v + (1 << 20)).clamp(0, (1 << 21) - 1) as u64
 }
 
 impl Moves {
@@ -51,14 +52,25 @@ impl Moves {
         }
     }
 
-    fn key(&self, p: Vec3) -> u64 {
-        let z = if self.planar { 0 } else { axis(p.z, self.side) };
-        axis(p.x, self.side) | axis(p.y, self.side) << 21 | z << 42
+    fn key(&self, cell: [i32; 3]) -> u64 {
+        let z = if self.planar {
+            0
+        } else {
+            offset(i64::from(cell[2]))
+        };
+        offset(i64::from(cell[0])) | offset(i64::from(cell[1])) << 21 | z << 42
     }
 
-    /// Records that `slot` changed, from position `old` to `new` (`None`: not in the grid).
-    /// `cap` bounds the records kept: beyond it, the next publish refreshes in full.
-    pub(crate) fn record(&mut self, slot: u32, old: Option<Vec3>, new: Option<Vec3>, cap: usize) {
+    /// Records that `slot` changed, from grid cell `old` to `new` (`None`: not in the grid,
+    /// or for `old` also: in the same cell as `new`). `cap` bounds the records kept: beyond
+    /// it, the next publish refreshes in full.
+    pub(crate) fn record(
+        &mut self,
+        slot: u32,
+        old: Option<[i32; 3]>,
+        new: Option<[i32; 3]>,
+        cap: usize,
+    ) {
         if self.overflow {
             return;
         }
@@ -75,6 +87,12 @@ impl Moves {
         if new.is_some() && new != old {
             self.records.push((new.unwrap_or_default(), slot));
         }
+    }
+
+    /// Something changed that was not recorded: the next publish refreshes in full.
+    pub(crate) fn invalidate(&mut self) {
+        self.overflow = true;
+        self.records = Vec::new();
     }
 
     /// Indexes what was recorded, for this publish's incremental refreshes: unless more than
@@ -143,7 +161,6 @@ impl Moves {
         if self.index.is_empty() {
             return true;
         }
-        let offset = |v: i64| (v + (1 << 20)).clamp(0, (1 << 21) - 1) as u64;
         for bz in z.0..=z.1 {
             let kz = if self.planar { 0 } else { offset(bz) << 42 };
             for by in y.0..=y.1 {
@@ -166,14 +183,9 @@ mod tests {
     #[test]
     fn lookups_find_rows_by_old_and_new_block() {
         let mut moves = Moves::new(10.0, true);
-        moves.record(
-            1,
-            Some(Vec3::new(5.0, 5.0, 0.0)),
-            Some(Vec3::new(95.0, 5.0, 0.0)),
-            100,
-        );
-        moves.record(2, None, Some(Vec3::new(-15.0, 5.0, 7.0)), 100);
-        moves.record(3, Some(Vec3::new(55.0, 55.0, 0.0)), None, 100);
+        moves.record(1, Some([0, 0, 0]), Some([9, 0, 0]), 100);
+        moves.record(2, None, Some([-2, 0, 7]), 100);
+        moves.record(3, Some([5, 5, 0]), None, 100);
         moves.build(100);
         assert!(moves.ready());
         let found = |center: Vec3, radius: f32| {
@@ -193,12 +205,12 @@ mod tests {
         moves.clear();
         assert!(!moves.ready());
         for slot in 0..120 {
-            moves.record(slot, None, Some(Vec3::ZERO), 100);
+            moves.record(slot, None, Some([0, 0, 0]), 100);
         }
         moves.build(100);
         assert!(!moves.ready(), "over the cap: refresh in full");
         moves.clear();
-        moves.record(1, None, Some(Vec3::ZERO), 100);
+        moves.record(1, None, Some([0, 0, 0]), 100);
         moves.build(0);
         assert!(!moves.ready(), "over the share: refresh in full");
     }

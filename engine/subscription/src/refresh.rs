@@ -8,6 +8,9 @@ use crate::client_state::{ClientState, SubKind};
 use crate::mirror::{MirrorTable, SlotData};
 use crate::view::{EntryUpdate, ViewEntry};
 
+/// Changed rows beyond a view's size that an incremental refresh still takes on.
+const INCREMENTAL_SLACK: usize = 16;
+
 /// Brings `client`'s spatial views up to date around its focus: rows within `radius` of the
 /// focus enter, rows beyond `radius + margin` leave (hysteresis), rows in between keep their
 /// state. Entries that change are settled and queued on the client's dirty list; slots of dead
@@ -70,7 +73,10 @@ pub(crate) fn refresh_spatial(
                 Some(focus) => moves[g].collect(focus, reach, &mut scratch.found),
                 None => true,
             };
-            if complete {
+            // Each candidate costs a grid lookup and a search of the view: with more of them
+            // than the view has rows (cells much larger than the region, or most rows moving
+            // nearby), re-querying the region costs less.
+            if complete && scratch.found.len() <= view.entries.len() + INCREMENTAL_SLACK {
                 scratch.found.sort_unstable();
                 scratch.found.dedup();
                 scratch.entering_at.clear();
