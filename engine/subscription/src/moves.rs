@@ -76,7 +76,7 @@ impl Moves {
         }
         if self.records.len() + 2 > cap {
             self.overflow = true;
-            self.records = Vec::new();
+            self.records.clear();
             return;
         }
         let old = old.map(|p| self.key(p));
@@ -92,7 +92,7 @@ impl Moves {
     /// Something changed that was not recorded: the next publish refreshes in full.
     pub(crate) fn invalidate(&mut self) {
         self.overflow = true;
-        self.records = Vec::new();
+        self.records.clear();
     }
 
     /// Indexes what was recorded, for this publish's incremental refreshes: unless more than
