@@ -14,7 +14,11 @@
 //!    client with the reducer's message.
 //! 4. **publish**: the tick's changes go into the publisher, focus updates are applied,
 //!    subscriptions are registered (`SubscriptionApplied` / `SubscriptionError`), and each
-//!    client's budgeted deltas become `TableUpdate` messages.
+//!    client's budgeted deltas become `TableUpdate` messages. With a pipelined publish
+//!    ([`orrery_subscription::PublishConfig::pipeline`]) the last step runs on the publish
+//!    thread while the next tick's input and engine phases run; its messages are routed right
+//!    after that engine step, before anything else of the next tick, so the command stream
+//!    is the unpipelined one, one call later.
 //!
 //! Everything leaves as [`NetCommand`]s; the caller hands them to the netcode session (and
 //! times that as the flush phase).

@@ -256,10 +256,11 @@ impl MirrorTable {
         }
     }
 
-    /// Most records [`Moves`] keeps between publishes: past half the table, a publish
-    /// refreshes its views in full anyway (see `Moves::build`).
+    /// Most records [`Moves`] keeps between publishes: past a quarter of the table, a
+    /// publish refreshes its views in full anyway (see `INCREMENTAL_MAX_SHARE`), so recording
+    /// stops there.
     fn moves_cap(&self) -> usize {
-        self.data.len() / 2 + 64
+        self.data.len() / 4 + 64
     }
 
     /// Takes `slot` out of every grid (deleted, or an event row that ended), recording it

@@ -159,10 +159,10 @@ impl Workers {
     }
 }
 
-/// Views are refreshed incrementally while the rows of a table that changed since the last
-/// publish are under about a quarter of it (two records a moved row): beyond that, re-querying
-/// each region costs less than sorting and looking up the changes.
-const INCREMENTAL_MAX_SHARE: usize = 2;
+/// Views are refreshed incrementally while the change records of a table since the last
+/// publish are under a quarter of its rows (a row that changed cell makes two): beyond that,
+/// re-querying each region costs less than sorting and looking up the changes.
+const INCREMENTAL_MAX_SHARE: usize = 4;
 
 /// Side of the cells that order clients for locality (`within` radii are tens of metres).
 const LOCALITY_CELL: f32 = 32.0;
