@@ -106,6 +106,9 @@ pub struct Metrics {
     pub publish_offloaded_us: AtomicU64,
     /// Time the tick thread waited for a pipelined publish to finish, microseconds.
     pub publish_wait_us: AtomicU64,
+    /// Ticks whose input had to wait for the pipelined publish in flight (a disconnect,
+    /// confirmed reads): their engine step did not overlap it.
+    pub publish_early_joins: AtomicU64,
     /// Every tick up to this sequence is durable.
     pub durable_seq: AtomicU64,
     /// Replies waiting for their tick to be durable.
@@ -154,6 +157,7 @@ impl Metrics {
             publish_worker_busy_us: Mutex::new(Vec::new()),
             publish_offloaded_us: z(),
             publish_wait_us: z(),
+            publish_early_joins: z(),
             durable_seq: z(),
             replies_held: z(),
             storage_failed: AtomicBool::new(false),
@@ -459,6 +463,12 @@ impl Metrics {
             "counter",
             "Time the tick thread waited for a pipelined publish to finish (on its critical path).",
             &[("", seconds(&self.publish_wait_us))],
+        );
+        metric(
+            "orrery_publish_early_joins_total",
+            "counter",
+            "Ticks whose input waited for the pipelined publish in flight (no overlap that tick).",
+            &[("", g(&self.publish_early_joins))],
         );
         if let Some(process) = ProcessUsage::read_self() {
             metric(

@@ -447,6 +447,7 @@ impl TickCore {
         // Input that changes what the publish in flight's messages meet when they are routed
         // (a client leaving, confirmed reads, replies queued behind held ones) waits for them.
         if self.pending.is_some() && self.input_meets_publish(&events) {
+            self.metrics.publish_early_joins.fetch_add(1, Relaxed);
             self.flush_publish(out);
         }
         let mut input_out = Vec::new();

@@ -63,11 +63,32 @@ fn workload(ticks: u64) -> Vec<Vec<NetEvent>> {
                     reason: DisconnectReason::ByClient,
                 });
             }
+            if matches!(tick, 40 | 70 | 100 | 120) && connected.len() > 5 {
+                // A client turns confirmed reads on for a while (its traffic then waits for
+                // the publish in flight).
+                events.push(NetEvent::Message {
+                    client: ConnectionId(connected[5]),
+                    msg: ClientMessage::ConfirmedReads {
+                        enabled: matches!(tick, 40 | 100),
+                    },
+                });
+            }
+            // Messages go to clients connected before this tick (early messages are tested
+            // elsewhere).
+            let joined = connected.len().saturating_sub(1);
             for _ in 0..12 {
-                if connected.is_empty() {
+                if joined == 0 {
                     break;
                 }
-                let client = connected[next(connected.len() as u64) as usize];
+                let connected = &connected[..joined];
+                // Half the traffic from a few clients: they run into the rate limit, whose
+                // refusals are sent from the input phase.
+                let pick = if next(2) == 0 {
+                    next(connected.len().min(3) as u64)
+                } else {
+                    next(connected.len() as u64)
+                };
+                let client = connected[pick as usize];
                 request += 1;
                 let call = |reducer: &str, args: Vec<u8>| ClientMessage::CallReducer {
                     request_id: request,
@@ -75,7 +96,7 @@ fn workload(ticks: u64) -> Vec<Vec<NetEvent>> {
                     args,
                     durable: false,
                 };
-                let msg = match next(12) {
+                let msg = match next(11) {
                     0..=4 => call(
                         "walk",
                         walk_args(next(200) as f32 - 100.0, next(200) as f32 - 100.0),
@@ -94,11 +115,8 @@ fn workload(ticks: u64) -> Vec<Vec<NetEvent>> {
                         query_id: 10 + next(3) as u32,
                         sql: "SELECT * FROM note WHERE level > 1".into(),
                     },
-                    10 => ClientMessage::Unsubscribe {
+                    _ => ClientMessage::Unsubscribe {
                         query_id: next(4) as u32,
-                    },
-                    _ => ClientMessage::ConfirmedReads {
-                        enabled: next(2) == 0,
                     },
                 };
                 events.push(NetEvent::Message {
@@ -171,6 +189,11 @@ fn pipelined_publish_sends_what_an_unpipelined_one_does() {
     let first = first_update_call[0].expect("updates were published");
     assert_eq!(first_update_call[1], Some(first + 1));
     assert!(cores[1].metrics().publish_offloaded_us.load(Relaxed) > 0);
+    let early = cores[1].metrics().publish_early_joins.load(Relaxed);
+    assert!(
+        early > 5 && early < ticks / 2,
+        "most ticks took the publish back after the engine step, some before the input: {early}"
+    );
     assert_eq!(cores[0].metrics().publish_offloaded_us.load(Relaxed), 0);
     assert_eq!(
         cores[0].publisher().stats(),
