@@ -102,6 +102,13 @@ pub struct Metrics {
     pub publisher_records: AtomicU64,
     /// Time each publish worker has spent publishing clients, microseconds, by worker (sampled).
     pub publish_worker_busy_us: Mutex<Vec<u64>>,
+    /// Time pipelined publishes ran off the tick thread, microseconds.
+    pub publish_offloaded_us: AtomicU64,
+    /// Time the tick thread waited for a pipelined publish to finish, microseconds.
+    pub publish_wait_us: AtomicU64,
+    /// Ticks whose input had to wait for the pipelined publish in flight (a disconnect,
+    /// confirmed reads): their engine step did not overlap it.
+    pub publish_early_joins: AtomicU64,
     /// Every tick up to this sequence is durable.
     pub durable_seq: AtomicU64,
     /// Replies waiting for their tick to be durable.
@@ -148,6 +155,9 @@ impl Metrics {
             publisher_bytes: z(),
             publisher_records: z(),
             publish_worker_busy_us: Mutex::new(Vec::new()),
+            publish_offloaded_us: z(),
+            publish_wait_us: z(),
+            publish_early_joins: z(),
             durable_seq: z(),
             replies_held: z(),
             storage_failed: AtomicBool::new(false),
@@ -440,6 +450,25 @@ impl Metrics {
             "counter",
             "Time each publish worker thread spent publishing clients (sampled about once a second).",
             &samples,
+        );
+        let seconds = |v: &AtomicU64| v.load(Relaxed) as f64 / 1e6;
+        metric(
+            "orrery_publish_offloaded_seconds_total",
+            "counter",
+            "Time pipelined publishes ran on the publish thread, off the tick thread's critical path.",
+            &[("", seconds(&self.publish_offloaded_us))],
+        );
+        metric(
+            "orrery_publish_wait_seconds_total",
+            "counter",
+            "Time the tick thread waited for a pipelined publish to finish (on its critical path).",
+            &[("", seconds(&self.publish_wait_us))],
+        );
+        metric(
+            "orrery_publish_early_joins_total",
+            "counter",
+            "Ticks whose input waited for the pipelined publish in flight (no overlap that tick).",
+            &[("", g(&self.publish_early_joins))],
         );
         if let Some(process) = ProcessUsage::read_self() {
             metric(

@@ -14,7 +14,11 @@
 //!    client with the reducer's message.
 //! 4. **publish**: the tick's changes go into the publisher, focus updates are applied,
 //!    subscriptions are registered (`SubscriptionApplied` / `SubscriptionError`), and each
-//!    client's budgeted deltas become `TableUpdate` messages.
+//!    client's budgeted deltas become `TableUpdate` messages. With a pipelined publish
+//!    ([`orrery_subscription::PublishConfig::pipeline`]) the last step runs on the publish
+//!    thread while the next tick's input and engine phases run; its messages are routed right
+//!    after that engine step, before anything else of the next tick, so the command stream
+//!    is the unpipelined one, one call later.
 //!
 //! Everything leaves as [`NetCommand`]s; the caller hands them to the netcode session (and
 //! times that as the flush phase).
@@ -164,7 +168,12 @@ struct ClientEntry {
 /// The tick side of a server (see the module docs).
 pub struct TickCore {
     engine: Engine,
-    publisher: Publisher,
+    /// `None` while a pipelined publish has it (see [`Pipeline`]).
+    publisher: Option<Box<Publisher>>,
+    /// The publish thread, when publishes are pipelined.
+    pipeline: Option<Pipeline>,
+    /// The publish in flight on the pipeline, or back and not yet routed.
+    pending: Option<PendingPublish>,
     schema: ModuleSchema,
     durability: Option<DurabilityHandle>,
     clients: BTreeMap<ConnectionId, ClientEntry>,
@@ -190,6 +199,8 @@ pub struct TickCore {
     metrics: Arc<Metrics>,
     subscriptions: u64,
     ticks: u64,
+    /// `ticks` when the publisher gauges were last sampled.
+    publisher_sampled: Option<u64>,
 }
 
 impl std::fmt::Debug for TickCore {
@@ -250,9 +261,22 @@ impl TickCore {
         }
         let durability = engine.durability();
         metrics.tick_seq.store(engine.tick_seq(), Relaxed);
+        let pipeline = if config.publish.pipeline {
+            match Pipeline::start() {
+                Ok(pipeline) => Some(pipeline),
+                Err(error) => {
+                    tracing::warn!(%error, "no publish thread; publishing on the tick thread");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(TickCore {
             engine,
-            publisher,
+            publisher: Some(Box::new(publisher)),
+            pipeline,
+            pending: None,
             schema,
             durability,
             clients: BTreeMap::new(),
@@ -272,6 +296,7 @@ impl TickCore {
             metrics,
             subscriptions: 0,
             ticks: 0,
+            publisher_sampled: None,
         })
     }
 
@@ -285,9 +310,66 @@ impl TickCore {
         &mut self.engine
     }
 
-    /// The publisher.
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// The publisher (waiting for a pipelined publish in flight to finish; its messages still
+    /// go out with the next tick).
+    pub fn publisher(&mut self) -> &Publisher {
+        self.publisher_mut()
+    }
+
+    /// Whether a pipelined publish has messages (or SQL answers) not yet routed: they go out
+    /// with the next tick, or with [`TickCore::flush_publish`]. Waits for the publish in flight.
+    pub fn publish_pending(&mut self) -> bool {
+        if self.pending.is_none() {
+            return false;
+        }
+        self.publisher_mut();
+        self.pending.as_ref().is_some_and(|p| {
+            !p.sql_reads.is_empty() || p.outgoing.as_ref().is_some_and(|o| !o.is_empty())
+        })
+    }
+
+    /// Whether publishes are pipelined (see [`orrery_subscription::PublishConfig::pipeline`]).
+    pub fn pipelined(&self) -> bool {
+        self.pipeline.is_some()
+    }
+
+    /// The publisher, back from the publish thread if it was there.
+    fn publisher_mut(&mut self) -> &mut Publisher {
+        if self.publisher.is_none()
+            && let (Some(pipeline), Some(pending)) = (&self.pipeline, &mut self.pending)
+        {
+            let start = std::time::Instant::now();
+            let (publisher, outgoing, took) = pipeline.wait();
+            let waited = start.elapsed();
+            self.metrics
+                .publish_offloaded_us
+                .fetch_add(took.as_micros() as u64, Relaxed);
+            self.metrics
+                .publish_wait_us
+                .fetch_add(waited.as_micros() as u64, Relaxed);
+            pending.outgoing = Some(outgoing);
+            self.publisher = Some(publisher);
+        }
+        self.publisher
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("the publisher is on the tick thread or pending"))
+    }
+
+    /// Sends the messages of the last pipelined publish (waiting for it if it is still
+    /// running) and answers the SQL reads of its tick. A no-op when nothing is pending; the
+    /// tick loop calls it itself, this is for shutting down and tests.
+    pub fn flush_publish(&mut self, out: &mut Vec<NetCommand>) {
+        if self.pending.is_none() {
+            return;
+        }
+        self.publisher_mut();
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let outgoing = pending.outgoing.unwrap_or_default();
+        self.route_published(outgoing, pending.seq, pending.durable, out);
+        self.sql_reads_of(pending.sql_reads, pending.seq);
+        self.sample_publisher();
     }
 
     /// The metrics this core updates.
@@ -306,6 +388,7 @@ impl TickCore {
     /// Shuts the engine down cleanly (flushes and fsyncs the commit log). Pending HTTP calls
     /// are answered with a storage error.
     pub fn close(mut self) -> Result<(), orrery_engine::DurabilityError> {
+        self.flush_publish(&mut Vec::new());
         let message = "server shutting down".to_owned();
         for (_, reply) in self.http_pending.drain() {
             let _ = reply.send(CallOutcome::Storage {
@@ -344,6 +427,14 @@ impl TickCore {
     /// calls received since the last one; appends what to send to `out`. Returns the tick's
     /// phase timings (input to publish; the caller adds flush and passes it to
     /// [`TickCore::record_timing`]).
+    ///
+    /// With a pipelined publish ([`orrery_subscription::PublishConfig::pipeline`]) the tick's
+    /// publish runs on the publish thread after this returns, and its messages come out of the
+    /// next call, once that tick's simulation has run: first in `out`, so that the stream of
+    /// commands is the one an unpipelined core produces, one call later (see
+    /// [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
+    /// share (apply, subscriptions, waiting for and routing the previous publish); the time
+    /// the publish took off the tick thread is in the metrics.
     pub fn tick(
         &mut self,
         now: Duration,
@@ -352,6 +443,14 @@ impl TickCore {
         out: &mut Vec<NetCommand>,
     ) -> TickTiming {
         let mut timer = PhaseTimer::start();
+        let events: Vec<NetEvent> = events.into_iter().collect();
+        // Input that changes what the publish in flight's messages meet when they are routed
+        // (a client leaving, confirmed reads, replies queued behind held ones) waits for them.
+        if self.pending.is_some() && self.input_meets_publish(&events) {
+            self.metrics.publish_early_joins.fetch_add(1, Relaxed);
+            self.flush_publish(out);
+        }
+        let mut input_out = Vec::new();
         let zone = profiling::phase(Phase::Input);
         let durable = self.durable_up_to();
         for client in std::mem::take(&mut self.undeferred) {
@@ -360,11 +459,11 @@ impl TickCore {
             };
             let deferred = std::mem::take(&mut entry.deferred);
             for msg in deferred {
-                self.on_message(client, msg, now, durable, out);
+                self.on_message(client, msg, now, durable, &mut input_out);
             }
         }
         for event in events {
-            self.on_event(event, now, durable, out);
+            self.on_event(event, now, durable, &mut input_out);
         }
         for request in requests {
             match request {
@@ -395,39 +494,43 @@ impl TickCore {
 
         let mut timer = PhaseTimer::start();
         let zone = profiling::phase(Phase::Publish);
+        self.flush_publish(out);
+        out.append(&mut input_out);
         let durable = self.durable_up_to();
         for outcome in step.outcomes {
             self.on_outcome(outcome, seq, durable, out);
         }
         self.release_held(out);
 
-        self.publisher.apply(&step.changes);
+        let publisher = self.publisher_mut();
+        publisher.apply(&step.changes);
         for (connection, point) in step.focus {
-            self.publisher.set_focus(connection, point);
+            publisher.set_focus(connection, point);
         }
         for (client, msg) in std::mem::take(&mut self.subscription_messages) {
             self.on_subscription(client, msg, seq, out);
         }
-        let mut outgoing = Vec::new();
-        self.publisher.publish(self.tick_duration, &mut outgoing);
-        let mut bytes = 0u64;
-        for o in outgoing {
-            bytes += o.payload.len() as u64;
-            let client = ConnectionId(o.client.0);
-            let msg = ServerMessage::TableUpdate {
-                table_id: o.table,
-                tick: seq,
-                rows: o.payload,
-            };
-            match self.clients.get_mut(&client) {
-                Some(entry) if entry.confirmed_reads => {
-                    reply_to(entry, client, seq, durable, msg, out, &mut self.holding);
-                }
-                _ => out.push(NetCommand::Send { client, msg }),
+        let sql_reads = std::mem::take(&mut self.sql_reads);
+        match (&self.pipeline, self.publisher.take()) {
+            (Some(pipeline), Some(publisher)) => {
+                pipeline.start_publish(publisher, self.tick_duration);
+                self.pending = Some(PendingPublish {
+                    seq,
+                    durable,
+                    sql_reads,
+                    outgoing: None,
+                });
+            }
+            (_, publisher) => {
+                self.publisher = publisher;
+                let mut outgoing = Vec::new();
+                let elapsed = self.tick_duration;
+                self.publisher_mut().publish(elapsed, &mut outgoing);
+                self.route_published(outgoing, seq, durable, out);
+                self.sql_reads_of(sql_reads, seq);
+                self.sample_publisher();
             }
         }
-        self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
-        self.answer_sql_reads(seq);
         drop(zone);
         timer.lap(Phase::Publish);
         timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
@@ -445,21 +548,80 @@ impl TickCore {
         let held =
             self.clients.values().map(|c| c.held.len()).sum::<usize>() + self.http_held.len();
         m.replies_held.store(held as u64, Relaxed);
-        let per_second = u64::from(1_000_000 / self.tick_duration.as_micros().max(1) as u32).max(1);
-        if self.ticks == 1 || self.ticks.is_multiple_of(per_second) {
-            let stats = self.publisher.stats();
-            m.publisher_rows.store(stats.mirrored_rows as u64, Relaxed);
-            m.publisher_records.store(
-                stats.sent.upserts + stats.sent.deltas + stats.sent.deletes,
-                Relaxed,
-            );
-            let busy = self.publisher.worker_busy();
-            *m.publish_worker_busy_us
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) =
-                busy.iter().map(|d| d.as_micros() as u64).collect();
-        }
         timing
+    }
+
+    /// Whether handling `events` (or the deferred messages due) could change how the messages
+    /// of the publish in flight are routed: a client leaving (its messages must still find it),
+    /// or anything from a client with confirmed reads (whose messages queue behind held
+    /// replies in order).
+    fn input_meets_publish(&self, events: &[NetEvent]) -> bool {
+        !self.undeferred.is_empty()
+            || events.iter().any(|event| match event {
+                NetEvent::Connected { .. } => false,
+                NetEvent::Disconnected { .. } => true,
+                NetEvent::Message { client, msg } => {
+                    matches!(msg, ClientMessage::ConfirmedReads { .. })
+                        || self.clients.get(client).is_some_and(|entry| {
+                            entry.confirmed_reads || entry.deferred.len() >= MAX_DEFERRED
+                        })
+                }
+            })
+    }
+
+    /// Turns a publish's payloads into `TableUpdate`s for tick `seq` (held for clients with
+    /// confirmed reads until `seq` is durable).
+    fn route_published(
+        &mut self,
+        outgoing: Vec<orrery_subscription::Outgoing>,
+        seq: u64,
+        durable: u64,
+        out: &mut Vec<NetCommand>,
+    ) {
+        let mut bytes = 0u64;
+        for o in outgoing {
+            bytes += o.payload.len() as u64;
+            let client = ConnectionId(o.client.0);
+            let msg = ServerMessage::TableUpdate {
+                table_id: o.table,
+                tick: seq,
+                rows: o.payload,
+            };
+            match self.clients.get_mut(&client) {
+                Some(entry) if entry.confirmed_reads => {
+                    reply_to(entry, client, seq, durable, msg, out, &mut self.holding);
+                }
+                _ => out.push(NetCommand::Send { client, msg }),
+            }
+        }
+        self.metrics.publisher_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Publisher gauges, about once a second (when the publisher is on the tick thread).
+    fn sample_publisher(&mut self) {
+        let per_second = u64::from(1_000_000 / self.tick_duration.as_micros().max(1) as u32).max(1);
+        if self
+            .publisher_sampled
+            .is_some_and(|at| self.ticks < at + per_second)
+        {
+            return;
+        }
+        let Some(publisher) = self.publisher.as_deref() else {
+            return;
+        };
+        self.publisher_sampled = Some(self.ticks);
+        let stats = publisher.stats();
+        let busy = publisher.worker_busy();
+        let m = &self.metrics;
+        m.publisher_rows.store(stats.mirrored_rows as u64, Relaxed);
+        m.publisher_records.store(
+            stats.sent.upserts + stats.sent.deltas + stats.sent.deletes,
+            Relaxed,
+        );
+        *m.publish_worker_busy_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            busy.iter().map(|d| d.as_micros() as u64).collect();
     }
 
     /// Records a finished tick's timing in the metrics.
@@ -558,7 +720,7 @@ impl TickCore {
             }
         }
         self.holding.remove(&client);
-        self.publisher.disconnect(client);
+        self.publisher_mut().disconnect(client);
     }
 
     fn on_message(
@@ -645,14 +807,14 @@ impl TickCore {
         self.sql_reads.push(read);
     }
 
-    fn answer_sql_reads(&mut self, seq: u64) {
-        for read in std::mem::take(&mut self.sql_reads) {
-            let outcome = match self.publisher.read(
-                &self.schema,
-                &read.sql,
-                read.identity,
-                read.focus,
-            ) {
+    /// Answers `reads` from the publisher's mirror as of tick `seq`.
+    fn sql_reads_of(&mut self, reads: Vec<SqlRead>, seq: u64) {
+        self.publisher_mut();
+        for read in reads {
+            let Some(publisher) = self.publisher.as_deref_mut() else {
+                unreachable!("the publisher was just taken back");
+            };
+            let outcome = match publisher.read(&self.schema, &read.sql, read.identity, read.focus) {
                 Ok((_, rows)) if rows.len() > self.max_sql_rows => SqlOutcome::Invalid {
                     message: format!(
                         "the query selects {} rows, more than the limit of {}; narrow it with WHERE",
@@ -749,7 +911,10 @@ impl TickCore {
                     profiling::message(profiling::LIFECYCLE_COLOR, || {
                         format!("connect {client} {}", entry.identity)
                     });
-                    self.publisher.connect(connection, entry.identity);
+                    let Some(publisher) = self.publisher.as_deref_mut() else {
+                        unreachable!("outcomes are handled while the publisher is here");
+                    };
+                    publisher.connect(connection, entry.identity);
                     self.metrics.connects.fetch_add(1, Relaxed);
                     if !entry.deferred.is_empty() {
                         self.undeferred.push(client);
@@ -864,10 +1029,10 @@ impl TickCore {
         let connection = client;
         let reply = match msg {
             ClientMessage::Subscribe { query_id, sql } => {
-                match self
-                    .publisher
-                    .subscribe(&self.schema, connection, query_id, &sql)
-                {
+                let Some(publisher) = self.publisher.as_deref_mut() else {
+                    unreachable!("subscriptions are handled while the publisher is here");
+                };
+                match publisher.subscribe(&self.schema, connection, query_id, &sql) {
                     Ok(subscribed) => {
                         entry.subscriptions += 1;
                         self.subscriptions += 1;
@@ -891,7 +1056,10 @@ impl TickCore {
                 }
             }
             ClientMessage::Unsubscribe { query_id } => {
-                match self.publisher.unsubscribe(connection, query_id) {
+                let Some(publisher) = self.publisher.as_deref_mut() else {
+                    unreachable!("subscriptions are handled while the publisher is here");
+                };
+                match publisher.unsubscribe(connection, query_id) {
                     Ok(()) => {
                         entry.subscriptions -= 1;
                         self.subscriptions -= 1;
@@ -910,6 +1078,83 @@ impl TickCore {
             reply_to(entry, client, seq, durable, reply, out, &mut self.holding);
         } else {
             out.push(NetCommand::Send { client, msg: reply });
+        }
+    }
+}
+
+/// A publish handed to the publish thread, and what routing its messages needs.
+struct PendingPublish {
+    /// The tick it publishes.
+    seq: u64,
+    /// Durable tick sequence when it was handed over (what an unpipelined publish routes by).
+    durable: u64,
+    /// Reads to answer from the mirror as of this tick.
+    sql_reads: Vec<SqlRead>,
+    /// Its payloads, once the publisher is back.
+    outgoing: Option<Vec<orrery_subscription::Outgoing>>,
+}
+
+/// What the publish thread hands back: the publisher, its payloads, the time it took.
+type Published = (Box<Publisher>, Vec<orrery_subscription::Outgoing>, Duration);
+
+/// The publish thread of a pipelined tick loop: takes the publisher with a tick applied,
+/// publishes it (on the publisher's own workers) while the tick thread simulates the next
+/// tick, and hands it back. The publisher never touches the world, so nothing is shared.
+struct Pipeline {
+    jobs: Option<std::sync::mpsc::Sender<(Box<Publisher>, Duration)>>,
+    done: std::sync::mpsc::Receiver<Published>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<(Box<Publisher>, Duration)>();
+        let (outbox, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("orrery-publish".into())
+            .spawn(move || {
+                while let Ok((mut publisher, elapsed)) = inbox.recv() {
+                    let start = std::time::Instant::now();
+                    let mut outgoing = Vec::new();
+                    publisher.publish(elapsed, &mut outgoing);
+                    if outbox.send((publisher, outgoing, start.elapsed())).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Pipeline {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `publisher` over to publish one tick (`elapsed` since the last).
+    fn start_publish(&self, publisher: Box<Publisher>, elapsed: Duration) {
+        if let Some(jobs) = &self.jobs
+            && jobs.send((publisher, elapsed)).is_ok()
+        {
+            return;
+        }
+        // The thread only ends by a panic in the publisher, which an unpipelined publish
+        // would have raised on the tick thread.
+        panic!("the publish thread is gone");
+    }
+
+    /// Waits for the publish in flight.
+    fn wait(&self) -> Published {
+        match self.done.recv() {
+            Ok(published) => published,
+            Err(_) => panic!("the publish thread died while publishing"),
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

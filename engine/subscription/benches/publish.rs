@@ -11,9 +11,15 @@
 //! spatial refresh, ranking or budget (`Publisher::publish_floor`). The ratios are the numbers
 //! to compare across days; this machine's speed varies 2-3x from one day to the next.
 //!
+//! Spatial refreshes are timed apart (`refresh`, inside the clients' time), and views are
+//! refreshed incrementally and in full on alternate pairs of ticks (same output; see
+//! `PublishConfig::incremental_refresh`).
+//!
 //! Environment overrides for other shapes of the same workload: `BUDGET` (bytes per client
-//! per second), `ENTITIES`, `WORLD` (side in metres), `RADIUS` (metres). E.g. the server's
-//! 4,096-client UDP load test is `ENTITIES=4096 WORLD=580 RADIUS=50` (~95 rows in view).
+//! per second), `ENTITIES`, `WORLD` (side in metres), `RADIUS` (metres), `MOVING` (share of the
+//! entities that move, default 1), `STILL` (share of the clients whose focus stays put,
+//! default 0). E.g. the server's 4,096-client UDP load test is
+//! `ENTITIES=4096 WORLD=580 RADIUS=50` (~95 rows in view).
 
 #![allow(missing_docs)]
 #![allow(clippy::print_stderr)] // reports workload numbers next to criterion's output
@@ -43,7 +49,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Whether any workload override is set (the default workload's sanity checks then do not
 /// apply).
 fn overridden() -> bool {
-    ["BUDGET", "ENTITIES", "WORLD", "RADIUS"]
+    ["BUDGET", "ENTITIES", "WORLD", "RADIUS", "MOVING", "STILL"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
 }
@@ -52,6 +58,13 @@ static WORLD_SIDE: std::sync::OnceLock<f32> = std::sync::OnceLock::new();
 
 fn world() -> f32 {
     *WORLD_SIDE.get_or_init(|| env_or("WORLD", 4_000.0))
+}
+
+static MOVING: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Entities with `id % 1000` below this move.
+fn moving_permille() -> u32 {
+    *MOVING.get_or_init(|| (env_or("MOVING", 1.0f32).clamp(0.0, 1.0) * 1000.0).round() as u32)
 }
 
 #[table(name = npc, public)]
@@ -95,6 +108,9 @@ fn unit(state: &mut u64) -> f32 {
 fn wander(info: Res<TickInfo>, mut npcs: Query<&mut Npc>) {
     let dt = info.dt.as_secs_f32();
     for mut npc in &mut npcs {
+        if npc.id % 1000 >= moving_permille() {
+            continue;
+        }
         let mut next = npc.pos + npc.vel * dt;
         let mut vel = npc.vel;
         for axis in 0..2 {
@@ -148,12 +164,16 @@ impl Scenario {
             "SELECT * FROM npc WHERE within(pos, :focus, {})",
             env_or("RADIUS", 100.0f32)
         );
+        let still = (env_or("STILL", 0.0f32).clamp(0.0, 1.0) * CLIENTS as f32).round() as u64;
         for c in 0..CLIENTS {
             let id = ConnectionId(c);
             publisher.connect(id, Identity::from_u64(c));
             publisher.subscribe(&schema, id, 1, &query).unwrap();
             let p = Vec3::new(unit(&mut state) * world(), unit(&mut state) * world(), 0.0);
-            let v = Vec3::new(unit(&mut state) - 0.5, unit(&mut state) - 0.5, 0.0) * 6.0;
+            let mut v = Vec3::new(unit(&mut state) - 0.5, unit(&mut state) - 0.5, 0.0) * 6.0;
+            if c < still {
+                v = Vec3::ZERO;
+            }
             publisher.set_focus(id, p);
             focus.push((p, v));
         }
@@ -170,6 +190,9 @@ impl Scenario {
     fn simulate(&mut self) -> orrery_engine::ChangeSet {
         self.tick += 1;
         for (c, (p, v)) in self.focus.iter_mut().enumerate() {
+            if *v == Vec3::ZERO {
+                continue;
+            }
             *p = (*p + *v * 0.05).clamp(Vec3::ZERO, Vec3::new(world(), world(), 0.0));
             self.publisher.set_focus(ConnectionId(c as u64), *p);
         }
@@ -231,22 +254,33 @@ fn bench(c: &mut Criterion) {
         let changes = scenario.simulate();
         scenario.publish(&changes, workers);
     }
-    // Per-tick samples outside criterion, worker counts alternating tick by tick: medians shrug
-    // off preemption on a shared machine better than a mean.
+    // Per-tick samples outside criterion, worker counts alternating tick by tick and full and
+    // incremental refreshes every two ticks: medians shrug off preemption on a shared machine
+    // better than a mean.
     let mut buffers = Vec::new();
-    let (mut apply, mut floor, mut one, mut many) = (vec![], vec![], vec![], vec![]);
+    scenario.publisher.set_refresh_timing(true);
+    // By [full, incremental] then [1 worker, `workers`].
+    let mut apply: [Vec<Duration>; 2] = Default::default();
+    let mut floor: [Vec<Duration>; 2] = Default::default();
+    let mut clients: [[Vec<Duration>; 2]; 2] = Default::default();
+    let mut refresh: [[Vec<Duration>; 2]; 2] = Default::default();
+    let (full_before, incremental_before) = scenario.publisher.refreshes();
     let mut busy = vec![Duration::ZERO; workers];
-    for round in 0..40 {
-        let count = if round % 2 == 0 { 1 } else { workers };
+    for round in 0..80 {
+        let many = round % 2;
+        let incremental = (round / 2) % 2;
+        let count = if many == 0 { 1 } else { workers };
+        scenario.publisher.set_incremental_refresh(incremental == 1);
         let changes = scenario.simulate();
         let busy_before = scenario.publisher.worker_busy();
+        let refresh_before: Duration = scenario.publisher.refresh_busy().iter().sum();
         let [a, f, p] = scenario.phases(&changes, count, &mut buffers);
-        apply.push(a);
-        floor.push(f);
-        if count == 1 {
-            one.push(p)
-        } else {
-            many.push(p);
+        let refreshed = scenario.publisher.refresh_busy().iter().sum::<Duration>() - refresh_before;
+        apply[incremental].push(a);
+        floor[incremental].push(f);
+        clients[incremental][many].push(p);
+        refresh[incremental][many].push(refreshed);
+        if many == 1 {
             let busy_after = scenario.publisher.worker_busy();
             for (total, (after, before)) in busy.iter_mut().zip(busy_after.iter().zip(&busy_before))
             {
@@ -254,37 +288,53 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    let (apply, floor, one, many) = (
-        median(&mut apply),
-        median(&mut floor),
-        median(&mut one),
-        median(&mut many),
-    );
-    let (full_one, full_many) = (apply + one, apply + many);
+    scenario.publisher.set_refresh_timing(false);
+    scenario.publisher.set_incremental_refresh(true);
+    let (full_after, incremental_after) = scenario.publisher.refreshes();
+    for (incremental, name) in [(0, "full"), (1, "incremental")] {
+        let apply = median(&mut apply[incremental]);
+        let floor = median(&mut floor[incremental]);
+        let one = median(&mut clients[incremental][0]);
+        let many = median(&mut clients[incremental][1]);
+        let refresh_one = median(&mut refresh[incremental][0]);
+        let refresh_many = median(&mut refresh[incremental][1]);
+        let (full_one, full_many) = (apply + one, apply + many);
+        eprintln!(
+            "publish, {name} refresh (medians of 20 ticks each): apply {:.2} ms; clients on \
+             1 worker {:.2} ms (refresh {:.2}), on {workers} workers {:.2} ms (refresh {:.2} \
+             summed over workers); whole phase {:.2} ms vs {:.2} ms",
+            ms(apply),
+            ms(one),
+            ms(refresh_one),
+            ms(many),
+            ms(refresh_many),
+            ms(full_one),
+            ms(full_many),
+        );
+        eprintln!(
+            "publish scaling, {name} refresh: clients {:.2}x, whole phase {:.2}x on {workers} \
+             workers; per client {:.2} us on 1 worker (refresh {:.2} us); floor {:.2} ms = \
+             {:.2} of the 1-worker phase",
+            one.as_secs_f64() / many.as_secs_f64(),
+            full_one.as_secs_f64() / full_many.as_secs_f64(),
+            one.as_secs_f64() * 1e6 / CLIENTS as f64,
+            refresh_one.as_secs_f64() * 1e6 / CLIENTS as f64,
+            ms(floor),
+            floor.as_secs_f64() / full_one.as_secs_f64(),
+        );
+    }
     eprintln!(
-        "publish phase (medians of 20 ticks each): apply {:.2} ms; clients on 1 worker {:.2} ms, \
-         on {workers} workers {:.2} ms; whole phase {:.2} ms vs {:.2} ms",
-        ms(apply),
-        ms(one),
-        ms(many),
-        ms(full_one),
-        ms(full_many),
+        "publish refreshes while sampling: {} full, {} incremental (an incremental tick refreshes \
+         in full the clients whose focus moved, or every view when over a quarter of the rows \
+         changed)",
+        full_after - full_before,
+        incremental_after - incremental_before,
     );
     eprintln!(
-        "publish scaling: clients {:.2}x, whole phase {:.2}x on {workers} workers; \
-         per client {:.2} us on 1 worker; floor {:.2} ms = {:.2} of the 1-worker phase",
-        one.as_secs_f64() / many.as_secs_f64(),
-        full_one.as_secs_f64() / full_many.as_secs_f64(),
-        one.as_secs_f64() * 1e6 / CLIENTS as f64,
-        ms(floor),
-        floor.as_secs_f64() / full_one.as_secs_f64(),
-    );
-    eprintln!(
-        "publish workers: busy per tick {:?} ms (of {:.2} ms)",
+        "publish workers: busy per tick {:?} ms",
         busy.iter()
-            .map(|b| format!("{:.2}", ms(*b) / 20.0))
+            .map(|b| format!("{:.2}", ms(*b) / 40.0))
             .collect::<Vec<_>>(),
-        ms(many),
     );
     let before = scenario.publisher.stats().sent;
     let mut ticks = 0u64;

@@ -40,4 +40,8 @@ pub(crate) struct ClientState {
     pub(crate) views: Vec<View>,
     /// (table, slot) of entries that became dirty and may still be.
     pub(crate) dirty: Vec<(u32, u32)>,
+    /// The focus the spatial views were last refreshed around.
+    pub(crate) refreshed_focus: Option<Vec3>,
+    /// The next spatial refresh must be a full one (new client, or its subscriptions changed).
+    pub(crate) stale: bool,
 }

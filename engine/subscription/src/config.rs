@@ -27,6 +27,13 @@ pub struct PublishConfig {
     pub query_limits: QueryLimits,
     /// Threads that publish clients in parallel (0: one per core; 1: the calling thread only).
     pub workers: usize,
+    /// Refresh a spatial view from the rows that changed near it when its client's focus has
+    /// not moved, instead of re-querying its whole region (the output is the same either way).
+    pub incremental_refresh: bool,
+    /// For the server's tick loop: publish a tick on the publish threads while the next tick
+    /// simulates, instead of on the tick thread before it (the messages are the same, sent
+    /// later). The publisher itself does not read this.
+    pub pipeline: bool,
 }
 
 impl Default for PublishConfig {
@@ -40,6 +47,8 @@ impl Default for PublishConfig {
             max_predicates_per_client: 256,
             query_limits: QueryLimits::default(),
             workers: 0,
+            incremental_refresh: true,
+            pipeline: true,
         }
     }
 }

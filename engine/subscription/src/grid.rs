@@ -5,7 +5,7 @@
 //! query's radius spans, about four times the cell lookups of the plane.
 
 use glam::{Vec2, Vec3};
-use orrery_spatial::{DenseHandles, SpatialError, SpatialGrid};
+use orrery_spatial::{DenseHandles, GridPoint, SpatialError, SpatialGrid};
 
 /// A grid of row slots by position.
 pub(crate) enum MirrorGrid {
@@ -25,18 +25,28 @@ impl MirrorGrid {
         })
     }
 
-    /// Places `slot` at `p` (inserted or moved).
-    pub(crate) fn set(&mut self, slot: u32, p: Vec3) -> Result<(), SpatialError> {
+    /// Places `slot` at `p` (inserted or moved). Returns the cell it was in (`None`: it was
+    /// not in the grid, or stayed in its cell) and the cell it is in, as `[x, y, z]`.
+    pub(crate) fn set(
+        &mut self,
+        slot: u32,
+        p: Vec3,
+    ) -> Result<(Option<[i32; 3]>, [i32; 3]), SpatialError> {
         fn set<P: orrery_spatial::GridPoint>(
             grid: &mut SpatialGrid<P, u32, DenseHandles>,
             slot: u32,
             p: P,
-        ) -> Result<(), SpatialError> {
-            if grid.contains(slot) {
-                grid.update(slot, p).map(|_| ())
+        ) -> Result<(Option<[i32; 3]>, [i32; 3]), SpatialError> {
+            let from = if grid.contains(slot) {
+                match grid.update(slot, p)? {
+                    orrery_spatial::CellChange::Moved { from, .. } => Some(P::cell_to_xyz(from)),
+                    orrery_spatial::CellChange::Same => None,
+                }
             } else {
-                grid.insert(slot, p)
-            }
+                grid.insert(slot, p)?;
+                None
+            };
+            Ok((from, P::cell_to_xyz(grid.cell_of(p))))
         }
         match self {
             MirrorGrid::Flat(g) => set(g, slot, p.truncate()),
@@ -44,15 +54,11 @@ impl MirrorGrid {
         }
     }
 
-    /// Takes `slot` out (no-op if absent).
-    pub(crate) fn remove(&mut self, slot: u32) {
+    /// Takes `slot` out (no-op if absent); returns the cell it was in, as `[x, y, z]`.
+    pub(crate) fn remove(&mut self, slot: u32) -> Option<[i32; 3]> {
         match self {
-            MirrorGrid::Flat(g) => {
-                g.remove(slot);
-            }
-            MirrorGrid::Solid(g) => {
-                g.remove(slot);
-            }
+            MirrorGrid::Flat(g) => g.remove(slot).map(|p| Vec2::cell_to_xyz(g.cell_of(p))),
+            MirrorGrid::Solid(g) => g.remove(slot).map(|p| Vec3::cell_to_xyz(g.cell_of(p))),
         }
     }
 
@@ -61,6 +67,41 @@ impl MirrorGrid {
         match self {
             MirrorGrid::Flat(g) => g.get(slot).map(|p| p.distance(focus.truncate())),
             MirrorGrid::Solid(g) => g.get(slot).map(|p| p.distance(focus)),
+        }
+    }
+
+    /// Side of the grid's cells.
+    pub(crate) fn cell_size(&self) -> f32 {
+        match self {
+            MirrorGrid::Flat(g) => g.cell_size(),
+            MirrorGrid::Solid(g) => g.cell_size(),
+        }
+    }
+
+    /// Whether this is a 2D grid.
+    pub(crate) fn planar(&self) -> bool {
+        matches!(self, MirrorGrid::Flat(_))
+    }
+
+    /// `slot`'s distance from `center` if [`MirrorGrid::for_each_within`] with the same
+    /// `center` and `radius` would report it (the same membership test and the same distance),
+    /// else `None`.
+    pub(crate) fn within(&self, slot: u32, center: Vec3, radius: f32) -> Option<f32> {
+        fn within<P: GridPoint>(
+            p: P,
+            c: P,
+            radius: f32,
+            distance: impl Fn(P) -> f32,
+        ) -> Option<f32> {
+            let valid = c.is_finite() && radius.is_finite() && radius >= 0.0;
+            (valid && p.dist_sq(c) <= radius * radius).then(|| distance(p))
+        }
+        match self {
+            MirrorGrid::Flat(g) => {
+                let c = center.truncate();
+                within(g.get(slot)?, c, radius, |p| c.distance(p))
+            }
+            MirrorGrid::Solid(g) => within(g.get(slot)?, center, radius, |p| center.distance(p)),
         }
     }
 

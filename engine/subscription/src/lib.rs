@@ -30,6 +30,7 @@ pub(crate) mod eval;
 pub(crate) mod flush;
 mod grid;
 pub(crate) mod mirror;
+mod moves;
 mod publisher;
 pub(crate) mod refresh;
 pub(crate) mod shared;

@@ -15,6 +15,7 @@ use orrery_row::{IndexKind, TableSchema, TypeDesc, Value, Visibility};
 use std::collections::HashMap;
 
 use crate::grid::MirrorGrid;
+use crate::moves::Moves;
 use crate::shared::SharedKey;
 
 /// How many earlier versions of a row are kept to encode deltas from. A client more than this
@@ -138,6 +139,8 @@ pub(crate) struct MirrorTable {
     pub(crate) free: Vec<u32>,
     /// One grid per `Vec2`/`Vec3` column, positions of live rows.
     pub(crate) grids: Vec<(usize, MirrorGrid)>,
+    /// Rows that changed since the last publish, by grid (same order as `grids`).
+    pub(crate) moves: Vec<Moves>,
     pub(crate) changed: Vec<u32>,
     pub(crate) shared: Vec<SharedKey>,
     pub(crate) owner_column: Option<usize>,
@@ -178,7 +181,7 @@ fn read_position(ty: &TypeDesc, exact: &[u8], start: u32) -> Option<Vec3> {
 
 impl MirrorTable {
     pub(crate) fn new(schema: &TableSchema) -> Self {
-        let grids = schema
+        let grids: Vec<(usize, MirrorGrid)> = schema
             .columns
             .iter()
             .enumerate()
@@ -201,6 +204,10 @@ impl MirrorTable {
                 (i, grid)
             })
             .collect();
+        let moves = grids
+            .iter()
+            .map(|(_, grid)| Moves::new(grid.cell_size(), grid.planar()))
+            .collect();
         let owner_column = match &schema.visibility {
             Visibility::Owner { column } => schema.column(column).map(|(i, _)| i),
             _ => None,
@@ -215,6 +222,7 @@ impl MirrorTable {
             data: Vec::new(),
             free: Vec::new(),
             grids,
+            moves,
             changed: Vec::new(),
             shared: Vec::new(),
             owner_column,
@@ -245,6 +253,23 @@ impl MirrorTable {
             *meta = SlotMeta::default();
             self.inline[slot as usize] = InlineDelta::default();
             self.free.push(slot);
+        }
+    }
+
+    /// Most records [`Moves`] keeps between publishes: past a quarter of the table, a
+    /// publish refreshes its views in full anyway (see `INCREMENTAL_MAX_SHARE`), so recording
+    /// stops there.
+    fn moves_cap(&self) -> usize {
+        self.data.len() / 4 + 64
+    }
+
+    /// Takes `slot` out of every grid (deleted, or an event row that ended), recording it
+    /// for incremental refreshes.
+    pub(crate) fn remove_from_grids(&mut self, slot: u32) {
+        let cap = self.moves_cap();
+        for ((_, grid), moves) in self.grids.iter_mut().zip(&mut self.moves) {
+            let old = grid.remove(slot);
+            moves.record(slot, old, None, cap);
         }
     }
 
@@ -353,17 +378,23 @@ impl MirrorTable {
         d.values = OnceLock::new();
         meta.version = tick.max(1);
         meta.live = true;
-        for (column, grid) in &mut t.grids {
+        let cap = t.moves_cap();
+        for ((column, grid), moves) in t.grids.iter_mut().zip(&mut t.moves) {
             let Some(p) = read_position(
                 &t.schema.columns[*column].ty,
                 exact,
                 scratch.starts[*column],
             ) else {
-                grid.remove(slot);
+                let old = grid.remove(slot);
+                moves.record(slot, old, None, cap);
                 continue;
             };
-            if let Err(error) = grid.set(slot, p) {
-                tracing::error!(%error, "publisher grid out of step");
+            match grid.set(slot, p) {
+                Ok((old, new)) => moves.record(slot, old, Some(new), cap),
+                Err(error) => {
+                    tracing::error!(%error, "publisher grid out of step");
+                    moves.invalidate();
+                }
             }
         }
         if changed {
@@ -390,9 +421,7 @@ impl MirrorTable {
         let d = &mut t.data[slot as usize];
         d.deltas_mut().clear();
         d.history.clear();
-        for (_, grid) in &mut t.grids {
-            grid.remove(slot);
-        }
+        t.remove_from_grids(slot);
         t.changed.push(slot);
     }
 }

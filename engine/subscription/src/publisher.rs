@@ -87,6 +87,9 @@ struct Worker {
     counters: SentCounters,
     /// Time spent publishing clients, since start.
     busy: Duration,
+    /// Time spent refreshing spatial views, since start (when timed: see
+    /// [`Publisher::set_refresh_timing`]).
+    refreshing: Duration,
 }
 
 /// The publish workers: a rayon pool with one [`Worker`] per thread, or the calling thread
@@ -156,6 +159,11 @@ impl Workers {
     }
 }
 
+/// Views are refreshed incrementally while the change records of a table since the last
+/// publish are under a quarter of its rows (a row that changed cell makes two): beyond that,
+/// re-querying each region costs less than sorting and looking up the changes.
+const INCREMENTAL_MAX_SHARE: usize = 4;
+
 /// Side of the cells that order clients for locality (`within` radii are tens of metres).
 const LOCALITY_CELL: f32 = 32.0;
 
@@ -195,6 +203,8 @@ pub struct Publisher {
     sent: SentCounters,
     encode: EncodeScratch,
     workers: Workers,
+    /// Time spatial refreshes apart from the rest of a client's publish.
+    time_refresh: bool,
 }
 
 impl Publisher {
@@ -213,6 +223,7 @@ impl Publisher {
             sent: SentCounters::default(),
             encode: EncodeScratch::default(),
             workers: Workers::new(config.workers),
+            time_refresh: false,
             config,
         }
     }
@@ -221,6 +232,30 @@ impl Publisher {
     /// thread). Output does not depend on the count.
     pub fn set_workers(&mut self, count: usize) {
         self.workers.resize(count);
+    }
+
+    /// Refreshes spatial views incrementally when possible (see
+    /// [`PublishConfig::incremental_refresh`]) or always in full, from the next publish on.
+    /// Output does not depend on it.
+    pub fn set_incremental_refresh(&mut self, incremental: bool) {
+        self.config.incremental_refresh = incremental;
+    }
+
+    /// Times spatial refreshes apart (two clock reads a client; see
+    /// [`Publisher::refresh_busy`]), for benchmarks.
+    #[doc(hidden)]
+    pub fn set_refresh_timing(&mut self, timed: bool) {
+        self.time_refresh = timed;
+    }
+
+    /// Time spent refreshing spatial views while timed, by worker, since start.
+    #[doc(hidden)]
+    pub fn refresh_busy(&self) -> Vec<Duration> {
+        self.workers
+            .state
+            .iter()
+            .map(|w| lock(w).refreshing)
+            .collect()
     }
 
     /// Worker threads publishes use (1: the calling thread).
@@ -232,6 +267,18 @@ impl Publisher {
     /// counts publishes on the calling thread).
     pub fn worker_busy(&self) -> Vec<Duration> {
         self.workers.state.iter().map(|w| lock(w).busy).collect()
+    }
+
+    /// Spatial subscription refreshes since start: `(full, incremental)` (see
+    /// [`PublishConfig::incremental_refresh`]).
+    pub fn refreshes(&self) -> (u64, u64) {
+        self.workers
+            .state
+            .iter()
+            .fold((0, 0), |(full, incremental), w| {
+                let w = lock(w);
+                (full + w.refresh.full, incremental + w.refresh.incremental)
+            })
     }
 
     /// Counters.
@@ -373,6 +420,8 @@ impl Publisher {
             subs: Vec::new(),
             views: (0..tables).map(|_| View::default()).collect(),
             dirty: Vec::new(),
+            refreshed_focus: None,
+            stale: true,
         });
     }
 
@@ -423,6 +472,9 @@ impl Publisher {
         if state.subs.iter().any(|s| s.query_id == query_id) {
             return Err(SubscribeError::DuplicateQueryId(query_id));
         }
+        // Entries of any table may change below (and a new `within` starts empty): the next
+        // spatial refresh re-queries every region.
+        state.stale = true;
         if state.subs.len() >= max_queries {
             return Err(SubscribeError::TooManyQueries(max_queries));
         }
@@ -561,6 +613,8 @@ impl Publisher {
         let Some(index) = state.subs.iter().position(|s| s.query_id == query_id) else {
             return Err(SubscribeError::UnknownQueryId(query_id));
         };
+        // Every entry of the subscription is settled below, and no other subscription's
+        // entries change: the next refresh may stay incremental.
         let sub = state.subs.remove(index);
         if let Some(Some(t)) = self.tables.get_mut(sub.table as usize) {
             let view = &mut state.views[sub.table as usize];
@@ -602,7 +656,16 @@ impl Publisher {
         let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
         let margin = self.config.hysteresis;
         let max_message = self.config.max_message_bytes.max(64);
+        if self.config.incremental_refresh {
+            for t in self.tables.iter_mut().flatten() {
+                let live = t.data.len() - t.free.len();
+                for moves in &mut t.moves {
+                    moves.build(live / INCREMENTAL_MAX_SHARE);
+                }
+            }
+        }
         let tables: &[Option<MirrorTable>] = &self.tables;
+        let time_refresh = self.time_refresh;
         let publish_clients = |worker: &mut Worker,
                                clients: &mut [(ConnectionId, &mut ClientState)],
                                out: &mut Vec<Outgoing>| {
@@ -613,6 +676,7 @@ impl Publisher {
                 release,
                 counters,
                 busy,
+                refreshing,
             } = worker;
             release.resize_with(tables.len(), Vec::new);
             let mut flush = Flush {
@@ -625,7 +689,13 @@ impl Publisher {
                 out,
             };
             for (client_id, client) in clients.iter_mut() {
-                refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                if time_refresh {
+                    let start = Instant::now();
+                    refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                    *refreshing += start.elapsed();
+                } else {
+                    refresh_spatial(client, tables, margin, tick, refresh, flush.release);
+                }
                 client.budget = (client.budget + accrued).min(cap);
                 flush.client(*client_id, client);
             }
@@ -681,6 +751,9 @@ impl Publisher {
             }
         }
         for t in self.tables.iter_mut().flatten() {
+            for moves in &mut t.moves {
+                moves.clear();
+            }
             t.release.sort_unstable();
             t.release.dedup();
             t.release_pending();

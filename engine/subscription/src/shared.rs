@@ -92,9 +92,7 @@ impl Publisher {
                     continue;
                 }
                 t.meta[slot as usize].live = false;
-                for (_, grid) in &mut t.grids {
-                    grid.remove(slot);
-                }
+                t.remove_from_grids(slot);
                 for key in &t.shared {
                     if let Some(query) = self.shared.get_mut(key) {
                         query.members.remove(&slot);

@@ -1080,3 +1080,210 @@ fn publish_output_does_not_depend_on_worker_count() {
     assert_eq!(busy.len(), 3);
     assert!(busy.iter().sum::<Duration>() > Duration::ZERO);
 }
+
+/// Incremental spatial refresh (from the rows that changed near a view, when its client's
+/// focus has not moved) publishes byte for byte what re-querying every view publishes, on a
+/// workload with every refresh trigger: small moves within and across cells, teleports,
+/// inserts, deletes, condition changes, focus moves (small and large), radius changes,
+/// shared queries over the same rows, event rows, disconnects and new clients.
+#[test]
+fn incremental_refresh_publishes_what_a_full_refresh_does() {
+    let config = |incremental_refresh| PublishConfig {
+        budget_bytes_per_second: 2_500,
+        hysteresis: 4.0,
+        workers: 1,
+        incremental_refresh,
+        ..PublishConfig::default()
+    };
+    let mut worlds = [World::new(config(false)), World::new(config(true))];
+    let mut state = 11u64;
+    let mut next = move |n: u32| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % u64::from(n)) as u32
+    };
+    let position = |v: u32| v as f32 - 100.0;
+    let mut mobs: BTreeMap<u32, (f32, f32)> = BTreeMap::new();
+    let mut setup = Vec::new();
+    for id in 0..240 {
+        let p = (position(next(200)), position(next(200)));
+        mobs.insert(id, p);
+        setup.push(Op::PutMob {
+            id,
+            x: p.0,
+            y: p.1,
+            hp: next(5) as i32,
+        });
+    }
+    let radius = |c: u64| 20 + (c % 4) * 8;
+    let mut focus_of: BTreeMap<u64, Vec3> = (0..60u64)
+        .map(|c| (c, Vec3::new(position(next(200)), position(next(200)), 0.0)))
+        .collect();
+    for w in &mut worlds {
+        w.run(setup.clone());
+        for c in 0..60u64 {
+            let id = w.connect(c, c % 7);
+            let sql = format!("SELECT * FROM mob WHERE within(pos, :focus, {})", radius(c));
+            w.subscribe(id, 1, &sql).unwrap();
+            w.subscribe(id, 2, "SELECT * FROM shout WHERE within(pos, :focus, 30)")
+                .unwrap();
+            if c % 3 == 0 {
+                w.subscribe(id, 3, "SELECT * FROM mob WHERE hp > 3")
+                    .unwrap();
+            }
+            if c % 5 == 0 {
+                w.subscribe(
+                    id,
+                    4,
+                    "SELECT * FROM mob WHERE within(pos, :focus, 12) AND hp > 1",
+                )
+                .unwrap();
+            }
+            w.publisher.set_focus(id, focus_of[&c]);
+        }
+    }
+    let mut next_client = 1000u64;
+    let mut radius_change = 0u32;
+    for tick in 0..120 {
+        let mut ops = Vec::new();
+        for _ in 0..24 {
+            let id = next(300);
+            let op = match next(20) {
+                0 => {
+                    mobs.remove(&id);
+                    Op::DropMob { id }
+                }
+                1 => Op::Shout {
+                    x: position(next(200)),
+                    y: position(next(200)),
+                    text: "hi".into(),
+                },
+                2 | 3 => {
+                    let p = (position(next(200)), position(next(200)));
+                    mobs.insert(id, p);
+                    Op::PutMob {
+                        id,
+                        x: p.0,
+                        y: p.1,
+                        hp: next(5) as i32,
+                    }
+                }
+                _ => {
+                    // A small step (within or across a 25 m cell, and across view edges).
+                    let Some(&(x, y)) = mobs.range(id..).next().map(|(_, p)| p) else {
+                        continue;
+                    };
+                    let id = *mobs.range(id..).next().unwrap().0;
+                    let p = (
+                        x + next(61) as f32 / 10.0 - 3.0,
+                        y + next(61) as f32 / 10.0 - 3.0,
+                    );
+                    mobs.insert(id, p);
+                    Op::PutMob {
+                        id,
+                        x: p.0,
+                        y: p.1,
+                        hp: next(5) as i32,
+                    }
+                }
+            };
+            ops.push(op);
+        }
+        // A few clients move: mostly a step, sometimes a jump.
+        let mut moved: Vec<(u64, Vec3)> = Vec::new();
+        for _ in 0..4 {
+            let c = u64::from(next(60));
+            let Some(p) = focus_of.get_mut(&c) else {
+                continue;
+            };
+            *p = if next(4) == 0 {
+                Vec3::new(position(next(200)), position(next(200)), 0.0)
+            } else {
+                *p + Vec3::new(
+                    next(21) as f32 / 10.0 - 1.0,
+                    next(21) as f32 / 10.0 - 1.0,
+                    0.0,
+                )
+            };
+            moved.push((c, *p));
+        }
+        let resize = (tick % 7 == 3).then(|| u64::from(next(60)));
+        if resize.is_some() {
+            radius_change += 1;
+        }
+        // A client adds a query: a view of the same rows, or a new spatial one.
+        let added = (tick % 11 == 4).then(|| {
+            let sql = if tick % 2 == 0 {
+                "SELECT * FROM mob WHERE hp > 2"
+            } else {
+                "SELECT * FROM mob WHERE within(pos, :focus, 16)"
+            };
+            (u64::from(next(60)), 100 + tick, sql)
+        });
+        let churn = tick % 10 == 5;
+        let gone = u64::from(next(60));
+        let mut outputs = Vec::new();
+        for w in &mut worlds {
+            w.run(ops.clone());
+            for &(c, p) in &moved {
+                w.publisher.set_focus(ConnectionId(c), p);
+            }
+            if let Some(c) = resize {
+                let id = ConnectionId(c);
+                if w.publisher.unsubscribe(id, 1).is_ok() {
+                    let sql = format!(
+                        "SELECT * FROM mob WHERE within(pos, :focus, {})",
+                        10 + radius_change * 3 % 40
+                    );
+                    w.subscribe(id, 1, &sql).unwrap();
+                }
+            }
+            if let Some((c, query, sql)) = added {
+                // The client may have left.
+                let _ = w.subscribe(ConnectionId(c), query, sql);
+            }
+            if let Some((c, query, sql)) = added {
+                // The client may have left.
+                let _ = w.subscribe(ConnectionId(c), query, sql);
+            }
+            if churn {
+                w.publisher.disconnect(ConnectionId(gone));
+                w.mirrors.remove(&ConnectionId(gone));
+                let id = w.connect(next_client, 3);
+                w.subscribe(
+                    id,
+                    1,
+                    "SELECT * FROM mob WHERE within(pos, :focus, 40) AND hp > 1",
+                )
+                .unwrap();
+                w.publisher.set_focus(id, Vec3::ZERO);
+            }
+            outputs.push(w.tick_messages().1);
+        }
+        if churn {
+            focus_of.remove(&gone);
+            next_client += 1;
+        }
+        for (full, incremental) in outputs[0].iter().zip(&outputs[1]) {
+            assert!(
+                full == incremental,
+                "tick {tick}: client {} table {}: a full refresh published {:?}, an incremental one {:?}",
+                full.client,
+                full.table,
+                full.payload,
+                incremental.payload
+            );
+        }
+        assert_eq!(outputs[0].len(), outputs[1].len(), "tick {tick}");
+        assert_eq!(worlds[0].publisher.stats(), worlds[1].publisher.stats());
+    }
+    let sent = worlds[0].publisher.stats().sent;
+    assert!(sent.deltas > 1_000 && sent.deletes > 100, "{sent:?}");
+    let (full, incremental) = worlds[1].publisher.refreshes();
+    assert!(
+        incremental > full,
+        "mostly incremental: {incremental} incremental, {full} full"
+    );
+    assert_eq!(worlds[0].publisher.refreshes().1, 0);
+}
