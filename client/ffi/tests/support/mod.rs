@@ -31,7 +31,11 @@ impl Server {
             world_size: 600.0,
             ..Default::default()
         };
-        let config = orrery_server::ServerConfig::for_tests(dir.path());
+        let config = orrery_server::ServerConfig {
+            // Connections alternate between two network workers (two ports).
+            net_workers: 2,
+            ..orrery_server::ServerConfig::for_tests(dir.path())
+        };
         let handle = runtime
             .block_on(orrery_server::start(sample_mmo::module_with(world), config))
             .unwrap();
