@@ -73,6 +73,9 @@ pub struct ServerConfig {
     /// 0 or, with `fallback_ports`, taken). Clients are assigned to workers by connection id
     /// (`client_id % net_workers`). Default [`default_net_workers`].
     pub net_workers: usize,
+    /// Batched UDP I/O on the workers' sockets through `quinn-udp` (`recvmmsg`/GRO receives,
+    /// GSO sends; default true). Off: one syscall per datagram.
+    pub udp_batching: bool,
     /// HTTP control plane address.
     pub http_bind: SocketAddr,
     /// Serve the control plane over TLS (`https://`) with this certificate and key. Without
@@ -161,6 +164,7 @@ impl Default for ServerConfig {
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 7777)),
             udp_public: Vec::new(),
             net_workers: default_net_workers(),
+            udp_batching: true,
             http_bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             tls: None,
             metrics_bind: None,
@@ -328,6 +332,9 @@ pub struct ServerArgs {
     /// (0: min(cores, 4)).
     #[arg(long, default_value_t = 0)]
     pub net_workers: usize,
+    /// One syscall per datagram instead of batched UDP I/O (recvmmsg, GRO, GSO).
+    #[arg(long)]
+    pub no_udp_batching: bool,
     /// HTTP control plane address (falls back to a free port when taken).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub http: SocketAddr,
@@ -419,6 +426,7 @@ impl ServerArgs {
             } else {
                 self.net_workers
             },
+            udp_batching: !self.no_udp_batching,
             http_bind: self.http,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(certificate_chain), Some(private_key)) => Some(TlsFiles {
@@ -489,6 +497,38 @@ mod tests {
                 reason: "unparsable",
             })?;
         cli.server.into_config()
+    }
+
+    #[test]
+    fn net_workers_default_flags_and_public_addresses() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(d.net_workers, default_net_workers());
+        assert!((1..=4).contains(&d.net_workers));
+        assert!(d.udp_batching);
+        let c = parse(&["--net-workers", "3", "--no-udp-batching"]).unwrap();
+        assert_eq!(c.net_workers, 3);
+        assert!(!c.udp_batching);
+        // Several workers: public addresses are none or one per worker.
+        let c = parse(&[
+            "--net-workers",
+            "2",
+            "--public-addr",
+            "10.0.0.1:7777",
+            "--public-addr",
+            "10.0.0.1:7778",
+        ])
+        .unwrap();
+        assert_eq!(c.udp_public.len(), 2);
+        let e = parse(&["--net-workers", "2", "--public-addr", "10.0.0.1:7777"]).unwrap_err();
+        assert!(
+            matches!(e, ServerError::Config { field: "udp_public", .. }),
+            "{e}"
+        );
+        let e = parse(&["--net-workers", "65"]).unwrap_err();
+        assert!(
+            matches!(e, ServerError::Config { field: "net_workers", .. }),
+            "{e}"
+        );
     }
 
     #[test]

@@ -438,7 +438,9 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             let _entered = runtime.enter();
             let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_error)?;
             let mut udp = TokioUdpEndpoint::new(socket).map_err(bind_error)?;
-            if let Err(error) = udp.enable_batching() {
+            if config.udp_batching
+                && let Err(error) = udp.enable_batching()
+            {
                 tracing::warn!(%error, %addr, "batched UDP I/O unavailable; one syscall per datagram");
             }
             udp

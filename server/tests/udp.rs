@@ -2,7 +2,8 @@
 //! in-process with `orrery_server::start` on port 0, tokens from the HTTP control plane.
 //!
 //! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
-//! udp -- --ignored --nocapture` runs 4,096 (one worker, then the default count, in one run)
+//! udp -- --ignored --nocapture` runs 4,096 (one worker without and with batched I/O, then
+//! the default worker count, in one run)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 
 mod common;
@@ -28,6 +29,7 @@ use tower::ServiceExt as _;
 struct Report {
     clients: usize,
     net_workers: usize,
+    udp_batching: bool,
     /// Until every client got its `Connected` (tokens were fetched before).
     connect_time: Duration,
     /// Until the server ran `client_connected` for every client.
@@ -245,10 +247,21 @@ fn run_until(
     }
 }
 
-async fn run_load(n: usize, steady: Duration, workers: usize) -> Report {
+/// Logs to the test output as `RUST_LOG` says (e.g. `orrery_netcode=debug` shows why the
+/// server dropped a client).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) -> Report {
+    init_logging();
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::for_tests(dir.path());
     config.net_workers = workers;
+    config.udp_batching = batching;
     config.max_pending = n.max(4096);
     // Every client of this test shares one loopback address.
     config.max_pending_per_ip = n;
@@ -377,6 +390,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize) -> Report {
         Report {
             clients: n,
             net_workers: workers,
+            udp_batching: batching,
             replies_cpu_per_tick: (cpu_b.0 - cpu_a.0) / reply_ticks as u32,
             replies_tick_thread_cpu_per_tick: (cpu_b.1 - cpu_a.1) / reply_ticks as u32,
             replies_net_cpu_per_tick: (cpu_b.2 - cpu_a.2) / reply_ticks as u32,
@@ -413,7 +427,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::print_stderr)] // the numbers go to the test log
 async fn eleven_hundred_clients_over_real_udp() {
-    let r = run_load(1_100, Duration::from_millis(600), 2).await;
+    let r = run_load(1_100, Duration::from_millis(600), 2, true).await;
     eprintln!("{r:#?}");
     assert!(r.replies >= 3 * 1_100);
     assert!(r.updates > 0, "subscribed rows were published");
@@ -424,9 +438,10 @@ async fn eleven_hundred_clients_over_real_udp() {
 #[ignore = "load: run with --release -- --ignored --nocapture"]
 #[allow(clippy::print_stderr)] // reports the measured numbers
 async fn four_thousand_ninety_six_clients_over_real_udp() {
-    let workers = orrery_server::config::default_net_workers();
-    for w in [1, workers.max(2)] {
-        let r = run_load(4_096, Duration::from_secs(5), w).await;
+    // Before (one worker, one syscall per datagram), batched I/O, then several workers.
+    let workers = orrery_server::config::default_net_workers().max(2);
+    for (w, batching) in [(1, false), (1, true), (workers, true)] {
+        let r = run_load(4_096, Duration::from_secs(5), w, batching).await;
         eprintln!("{r:#?}");
         assert!(r.replies >= 3 * 4_096);
     }
@@ -459,6 +474,7 @@ struct ConnectReport {
 }
 
 async fn run_connect_idle(n: usize, workers: usize, idle: Duration) -> ConnectReport {
+    init_logging();
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::for_tests(dir.path());
     config.net_workers = workers;
