@@ -521,12 +521,24 @@ mod tests {
         assert_eq!(c.udp_public.len(), 2);
         let e = parse(&["--net-workers", "2", "--public-addr", "10.0.0.1:7777"]).unwrap_err();
         assert!(
-            matches!(e, ServerError::Config { field: "udp_public", .. }),
+            matches!(
+                e,
+                ServerError::Config {
+                    field: "udp_public",
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = parse(&["--net-workers", "65"]).unwrap_err();
         assert!(
-            matches!(e, ServerError::Config { field: "net_workers", .. }),
+            matches!(
+                e,
+                ServerError::Config {
+                    field: "net_workers",
+                    ..
+                }
+            ),
             "{e}"
         );
     }

@@ -2,8 +2,8 @@
 //! in-process with `orrery_server::start` on port 0, tokens from the HTTP control plane.
 //!
 //! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
-//! udp -- --ignored --nocapture` runs 4,096 (one worker without and with batched I/O, then
-//! the default worker count, in one run)
+//! udp -- --ignored --nocapture` runs 4,096 (the default worker count, then one worker with
+//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 
 mod common;
@@ -438,9 +438,20 @@ async fn eleven_hundred_clients_over_real_udp() {
 #[ignore = "load: run with --release -- --ignored --nocapture"]
 #[allow(clippy::print_stderr)] // reports the measured numbers
 async fn four_thousand_ninety_six_clients_over_real_udp() {
-    // Before (one worker, one syscall per datagram), batched I/O, then several workers.
+    // Several workers, one worker with batched I/O, then one worker with one syscall per
+    // datagram (the server before network workers). `UDP_RUNS=workers:on|off,..` overrides.
     let workers = orrery_server::config::default_net_workers().max(2);
-    for (w, batching) in [(1, false), (1, true), (workers, true)] {
+    let runs: Vec<(usize, bool)> = match std::env::var("UDP_RUNS") {
+        Ok(list) => list
+            .split(',')
+            .map(|run| {
+                let (w, b) = run.split_once(':').expect("UDP_RUNS: workers:on|off,..");
+                (w.parse().expect("UDP_RUNS: a worker count"), b == "on")
+            })
+            .collect(),
+        Err(_) => vec![(workers, true), (1, true), (1, false)],
+    };
+    for (w, batching) in runs {
         let r = run_load(4_096, Duration::from_secs(5), w, batching).await;
         eprintln!("{r:#?}");
         assert!(r.replies >= 3 * 4_096);
