@@ -34,6 +34,8 @@ fn a_hundred_bots_connect_play_and_verify() {
     let config = ServerConfig {
         metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         max_pending_per_ip: 65_536,
+        // Bots spread over two network workers (tokens name each bot's worker).
+        net_workers: 2,
         identities_per_address: plenty,
         connect_tokens_per_address: plenty,
         ..ServerConfig::for_tests(dir.path())

@@ -45,12 +45,16 @@ impl LocalServer {
 
     /// A small world (200 NPCs on 600 m × 600 m) with the server's test configuration in `dir`.
     pub fn small(dir: &std::path::Path) -> Result<Self, LocalServerError> {
-        let world = WorldSettings {
+        Self::start(Self::small_world(), ServerConfig::for_tests(dir))
+    }
+
+    /// The world [`LocalServer::small`] serves: 200 NPCs on 600 m × 600 m.
+    pub fn small_world() -> WorldSettings {
+        WorldSettings {
             npc_count: 200,
             world_size: 600.0,
             ..WorldSettings::default()
-        };
-        Self::start(world, ServerConfig::for_tests(dir))
+        }
     }
 
     /// The runtime the server runs on, for driving async clients next to it.

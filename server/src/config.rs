@@ -64,9 +64,18 @@ pub struct ServerConfig {
     pub overrun: OverrunPolicy,
     /// UDP address to bind.
     pub udp_bind: SocketAddr,
-    /// Addresses clients send to (put in connect tokens). Empty: the bound address (with
-    /// 127.0.0.1 in place of an unspecified IP).
+    /// Addresses clients send to (put in connect tokens). Empty: the bound addresses (with
+    /// 127.0.0.1 in place of an unspecified IP). With several network workers, one address
+    /// per worker, in worker order (worker `i` is reached at `udp_public[i]`).
     pub udp_public: Vec<SocketAddr>,
+    /// Network workers: threads that each own a netcode session and a UDP socket of their
+    /// own (worker `i` binds `udp_bind`'s port + `i`, or a free port when `udp_bind`'s port is
+    /// 0 or, with `fallback_ports`, taken). Clients are assigned to workers by connection id
+    /// (`client_id % net_workers`). Default [`default_net_workers`].
+    pub net_workers: usize,
+    /// Batched UDP I/O on the workers' sockets through `quinn-udp` (`recvmmsg`/GRO receives,
+    /// GSO sends; default true). Off: one syscall per datagram.
+    pub udp_batching: bool,
     /// HTTP control plane address.
     pub http_bind: SocketAddr,
     /// Serve the control plane over TLS (`https://`) with this certificate and key. Without
@@ -137,6 +146,17 @@ pub struct ServerConfig {
     pub connect_tokens_per_address: RateLimit,
 }
 
+/// Network workers at most.
+pub const MAX_NET_WORKERS: usize = 64;
+
+/// The default number of network workers: min(cores, 4).
+pub fn default_net_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZero::get)
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -147,6 +167,8 @@ impl Default for ServerConfig {
             },
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 7777)),
             udp_public: Vec::new(),
+            net_workers: default_net_workers(),
+            udp_batching: true,
             http_bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
             tls: None,
             metrics_bind: None,
@@ -188,10 +210,11 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// A configuration for tests: in-memory storage, every address on 127.0.0.1 port 0,
-    /// single-threaded systems.
+    /// single-threaded systems, one network worker (tests of sharding set `net_workers`).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
+            net_workers: 1,
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             storage: Storage::Memory,
@@ -265,6 +288,23 @@ impl ServerConfig {
                 "must be at least 64 bytes",
             );
         }
+        if !(1..=MAX_NET_WORKERS).contains(&self.net_workers) {
+            return bad(
+                "net_workers",
+                self.net_workers.to_string(),
+                "must be 1..=64",
+            );
+        }
+        if self.net_workers > 1
+            && !self.udp_public.is_empty()
+            && self.udp_public.len() != self.net_workers
+        {
+            return bad(
+                "udp_public",
+                format!("{} addresses", self.udp_public.len()),
+                "with several network workers give none or one per worker",
+            );
+        }
         if self.udp_public.len() > 32 {
             return bad(
                 "udp_public",
@@ -289,9 +329,17 @@ pub struct ServerArgs {
     /// UDP address for game clients (falls back to a free port when taken).
     #[arg(long, default_value = "127.0.0.1:7777")]
     pub udp: SocketAddr,
-    /// Public UDP address(es) put in connect tokens (default: the bound address).
+    /// Public UDP address(es) put in connect tokens (default: the bound address); with
+    /// several network workers, one per worker in worker order.
     #[arg(long = "public-addr")]
     pub public_addr: Vec<SocketAddr>,
+    /// Network worker threads, each with its own UDP socket on port `--udp`'s + i
+    /// (0: min(cores, 4)).
+    #[arg(long, default_value_t = 0)]
+    pub net_workers: usize,
+    /// One syscall per datagram instead of batched UDP I/O (recvmmsg, GRO, GSO).
+    #[arg(long)]
+    pub no_udp_batching: bool,
     /// HTTP control plane address (falls back to a free port when taken).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub http: SocketAddr,
@@ -381,6 +429,12 @@ impl ServerArgs {
             tick_rate: self.tick_rate,
             udp_bind: self.udp,
             udp_public: self.public_addr,
+            net_workers: if self.net_workers == 0 {
+                default_net_workers()
+            } else {
+                self.net_workers
+            },
+            udp_batching: !self.no_udp_batching,
             http_bind: self.http,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(certificate_chain), Some(private_key)) => Some(TlsFiles {
@@ -452,6 +506,50 @@ mod tests {
                 reason: "unparsable",
             })?;
         cli.server.into_config()
+    }
+
+    #[test]
+    fn net_workers_default_flags_and_public_addresses() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(d.net_workers, default_net_workers());
+        assert!((1..=4).contains(&d.net_workers));
+        assert!(d.udp_batching);
+        let c = parse(&["--net-workers", "3", "--no-udp-batching"]).unwrap();
+        assert_eq!(c.net_workers, 3);
+        assert!(!c.udp_batching);
+        // Several workers: public addresses are none or one per worker.
+        let c = parse(&[
+            "--net-workers",
+            "2",
+            "--public-addr",
+            "10.0.0.1:7777",
+            "--public-addr",
+            "10.0.0.1:7778",
+        ])
+        .unwrap();
+        assert_eq!(c.udp_public.len(), 2);
+        let e = parse(&["--net-workers", "2", "--public-addr", "10.0.0.1:7777"]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServerError::Config {
+                    field: "udp_public",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = parse(&["--net-workers", "65"]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ServerError::Config {
+                    field: "net_workers",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -113,6 +113,8 @@ impl ServerCore {
         }
         self.session.update(now);
         net::drain_events(&mut self.session, &mut self.events, &self.metrics);
+        self.metrics
+            .record_net_worker(0, net::worker_sample(&self.session, 0));
         due.run
     }
 

@@ -64,8 +64,10 @@ pub enum AdminRequest {
 pub struct ControlPlaneState {
     /// Token secrets.
     pub secrets: Arc<Secrets>,
-    /// Issues connect tokens for the UDP server.
-    pub issuer: ConnectTokenIssuer,
+    /// Issues connect tokens, one issuer per network worker (each names only its worker's
+    /// addresses): a client goes to worker `client_id % issuers.len()`
+    /// ([`crate::net::shard_of`]).
+    pub issuers: Vec<ConnectTokenIssuer>,
     /// Next connection id to hand out.
     pub next_client_id: AtomicU64,
     /// The module schema (for argument encoding).
@@ -74,8 +76,8 @@ pub struct ControlPlaneState {
     pub schema_json: serde_json::Value,
     /// HTTP calls and reads to the tick thread (bounded; full means busy).
     pub calls: mpsc::Sender<HttpRequest>,
-    /// Admin requests to the network task.
-    pub admin: mpsc::Sender<AdminRequest>,
+    /// Admin requests to the network workers, by worker.
+    pub admin: Vec<mpsc::Sender<AdminRequest>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Lifetime of bearer tokens.
@@ -102,9 +104,15 @@ impl ControlPlaneState {
         Ok((u64::from(u32::from_le_bytes(r)) << 24).max(1))
     }
 
-    /// The server addresses clients connect to.
-    pub fn server_addresses(&self) -> &[SocketAddr] {
-        &self.issuer.server_addresses
+    /// The network worker `client` is assigned to.
+    pub fn shard_of(&self, client: ConnectionId) -> usize {
+        crate::net::shard_of(client, self.issuers.len())
+    }
+
+    /// The server addresses a client with connection id `client` connects to (those of its
+    /// network worker).
+    pub fn server_addresses(&self, client: ConnectionId) -> &[SocketAddr] {
+        &self.issuers[self.shard_of(client)].server_addresses
     }
 }
 
@@ -282,10 +290,11 @@ async fn connect_token(State(state): State<AppState>, headers: HeaderMap) -> Res
         Err(r) => return r.into_response(),
     };
     let connection = ConnectionId(state.next_client_id.fetch_add(1, Relaxed));
-    match state.issuer.issue(&identity, connection, unix_now()) {
+    let issuer = &state.issuers[state.shard_of(connection)];
+    match issuer.issue(&identity, connection, unix_now()) {
         Ok(token) => axum::Json(json!({
             "connect_token": base64::engine::general_purpose::STANDARD.encode(token.to_bytes()),
-            "server_addresses": state.server_addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "server_addresses": issuer.server_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "identity": identity.to_hex(),
             "client_id": connection.0,
         }))
@@ -475,19 +484,19 @@ async fn admin_clients(State(state): State<AppState>, headers: HeaderMap) -> Res
     if let Err(r) = require_admin(&state.secrets, &headers) {
         return r.into_response();
     }
-    let (tx, rx) = oneshot::channel();
-    if state
-        .admin
-        .send(AdminRequest::ListClients(tx))
-        .await
-        .is_err()
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    let mut clients = Vec::new();
+    for admin in &state.admin {
+        let (tx, rx) = oneshot::channel();
+        if admin.send(AdminRequest::ListClients(tx)).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        }
+        match rx.await {
+            Ok(shard) => clients.extend(shard),
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+        }
     }
-    match rx.await {
-        Ok(clients) => axum::Json(json!({ "clients": clients })).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
-    }
+    clients.sort_by_key(|c| c.client_id);
+    axum::Json(json!({ "clients": clients })).into_response()
 }
 
 async fn admin_disconnect(
@@ -510,7 +519,8 @@ async fn admin_disconnect(
         reason: "disconnected by an administrator".into(),
         reply: tx,
     };
-    if state.admin.send(request).await.is_err() {
+    let admin = &state.admin[state.shard_of(client)];
+    if admin.send(request).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
     match rx.await {

@@ -109,6 +109,9 @@ pub struct Metrics {
     /// Ticks whose input had to wait for the pipelined publish in flight (a disconnect,
     /// confirmed reads): their engine step did not overlap it.
     pub publish_early_joins: AtomicU64,
+    /// Each network worker's counters, by worker (written by the worker after each wake-up;
+    /// the whole-server UDP counters above are their sums).
+    pub net_workers: Mutex<Vec<NetWorkerSample>>,
     /// Every tick up to this sequence is durable.
     pub durable_seq: AtomicU64,
     /// Replies waiting for their tick to be durable.
@@ -158,12 +161,48 @@ impl Metrics {
             publish_offloaded_us: z(),
             publish_wait_us: z(),
             publish_early_joins: z(),
+            net_workers: Mutex::new(Vec::new()),
             durable_seq: z(),
             replies_held: z(),
             storage_failed: AtomicBool::new(false),
             storage_error: Mutex::new(None),
             tick_stats: Mutex::new(TickStats::with_capacity(window, budget)),
         }
+    }
+
+    /// Records network worker `worker`'s counters and updates the whole-server UDP counters
+    /// (sums over the workers).
+    pub fn record_net_worker(&self, worker: usize, sample: NetWorkerSample) {
+        let mut workers = self.net_workers.lock().unwrap_or_else(|e| e.into_inner());
+        if workers.len() <= worker {
+            workers.resize(worker + 1, NetWorkerSample::default());
+        }
+        workers[worker] = sample;
+        let mut total = NetWorkerSample::default();
+        for w in workers.iter() {
+            total.datagrams_in += w.datagrams_in;
+            total.datagrams_out += w.datagrams_out;
+            total.bytes_in += w.bytes_in;
+            total.bytes_out += w.bytes_out;
+            total.datagrams_dropped += w.datagrams_dropped;
+            total.rejections += w.rejections;
+        }
+        drop(workers);
+        self.datagrams_in.store(total.datagrams_in, Relaxed);
+        self.datagrams_out.store(total.datagrams_out, Relaxed);
+        self.bytes_in.store(total.bytes_in, Relaxed);
+        self.bytes_out.store(total.bytes_out, Relaxed);
+        self.datagrams_dropped
+            .store(total.datagrams_dropped, Relaxed);
+        self.netcode_rejections.store(total.rejections, Relaxed);
+    }
+
+    /// A copy of the network workers' counters.
+    pub fn net_worker_samples(&self) -> Vec<NetWorkerSample> {
+        self.net_workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counts a rejected call.
@@ -470,6 +509,49 @@ impl Metrics {
             "Ticks whose input waited for the pipelined publish in flight (no overlap that tick).",
             &[("", g(&self.publish_early_joins))],
         );
+        let net = self.net_worker_samples();
+        let labels: Vec<String> = (0..net.len()).map(|w| format!("worker=\"{w}\"")).collect();
+        let per_worker = |f: &dyn Fn(&NetWorkerSample) -> f64| -> Vec<(&str, f64)> {
+            labels
+                .iter()
+                .map(String::as_str)
+                .zip(net.iter().map(f))
+                .collect()
+        };
+        metric(
+            "orrery_net_worker_busy_seconds_total",
+            "counter",
+            "Time each network worker thread spent working (receiving, applying commands, updating sessions, sending), not waiting.",
+            &per_worker(&|w| w.busy_us as f64 / 1e6),
+        );
+        let dir_labels: Vec<String> = (0..net.len())
+            .flat_map(|w| {
+                [
+                    format!("worker=\"{w}\",direction=\"in\""),
+                    format!("worker=\"{w}\",direction=\"out\""),
+                ]
+            })
+            .collect();
+        let dir_values: Vec<f64> = net
+            .iter()
+            .flat_map(|w| [w.datagrams_in as f64, w.datagrams_out as f64])
+            .collect();
+        metric(
+            "orrery_net_worker_datagrams_total",
+            "counter",
+            "UDP datagrams per network worker.",
+            &dir_labels
+                .iter()
+                .map(String::as_str)
+                .zip(dir_values.iter().copied())
+                .collect::<Vec<_>>(),
+        );
+        metric(
+            "orrery_net_worker_clients",
+            "gauge",
+            "Clients connected to each network worker.",
+            &per_worker(&|w| w.clients as f64),
+        );
         if let Some(process) = ProcessUsage::read_self() {
             metric(
                 "orrery_process_cpu_seconds_total",
@@ -486,6 +568,27 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One network worker's counters (see [`Metrics::record_net_worker`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetWorkerSample {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams dropped as malformed, unauthenticated or from unknown addresses.
+    pub datagrams_dropped: u64,
+    /// Handshakes the netcode refused.
+    pub rejections: u64,
+    /// Clients connected.
+    pub clients: u64,
+    /// Time spent working, microseconds.
+    pub busy_us: u64,
 }
 
 /// CPU time and resident memory of a process, from `/proc/<pid>/stat` and `/proc/<pid>/status`

@@ -14,7 +14,7 @@ use orrery_netcode::{
 use serde::Serialize;
 
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NetWorkerSample};
 
 /// Something that happened on the network, for the tick side.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +108,7 @@ pub fn session_config(
     c
 }
 
-/// Moves the session's events into `out` and updates the network counters.
+/// Moves the session's events into `out` (and counts backlog disconnects).
 pub fn drain_events(session: &mut ServerSession, out: &mut Vec<NetEvent>, metrics: &Metrics) {
     while let Some(event) = session.poll_event() {
         match event {
@@ -137,21 +137,28 @@ pub fn drain_events(session: &mut ServerSession, out: &mut Vec<NetEvent>, metric
             }
         }
     }
-    sample_counters(session, metrics);
 }
 
-/// Copies the session's whole-server counters into `metrics`.
-pub fn sample_counters(session: &ServerSession, metrics: &Metrics) {
+/// The session's counters as network worker counters, with `busy_us` of work.
+pub fn worker_sample(session: &ServerSession, busy_us: u64) -> NetWorkerSample {
     let s = session.stats();
-    metrics.datagrams_in.store(s.datagrams_in, Relaxed);
-    metrics.datagrams_out.store(s.datagrams_out, Relaxed);
-    metrics.bytes_in.store(s.bytes_in, Relaxed);
-    metrics.bytes_out.store(s.bytes_out, Relaxed);
-    metrics.datagrams_dropped.store(
-        s.dropped_malformed + s.dropped_unauthenticated + s.dropped_unknown_addr,
-        Relaxed,
-    );
-    metrics.netcode_rejections.store(s.rejections, Relaxed);
+    NetWorkerSample {
+        datagrams_in: s.datagrams_in,
+        datagrams_out: s.datagrams_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        datagrams_dropped: s.dropped_malformed + s.dropped_unauthenticated + s.dropped_unknown_addr,
+        rejections: s.rejections,
+        // From the counters: `connected_clients` scans every slot, too slow per wake-up.
+        clients: s.connects.saturating_sub(s.disconnects),
+        busy_us,
+    }
+}
+
+/// The network worker (shard) that owns `client`: connection ids are assigned to workers
+/// round-robin by the token issuer, `client_id % workers`.
+pub fn shard_of(client: ConnectionId, workers: usize) -> usize {
+    (client.0 % workers.max(1) as u64) as usize
 }
 
 /// Carries out the tick side's commands on the session. A send to a client whose backlog is

@@ -3,16 +3,22 @@
 //! - the **tick thread** (a std thread, `orrery-tick`): a [`TickCore`] stepped by a
 //!   [`FixedClock`]; each tick it drains the event and HTTP-call channels, runs the tick and
 //!   sends the tick's commands as one batch;
-//! - the **network task** (tokio): the netcode `ServerSession` and its UDP socket. It receives
-//!   datagrams, forwards session events in batches, applies each command batch, updates the
-//!   session and sends; it also answers admin requests;
+//! - the **network workers** (`orrery-net-<i>`, [`ServerConfig::net_workers`] std threads, each
+//!   running a single-threaded tokio runtime): each owns a netcode `ServerSession` and a UDP
+//!   socket of its own (its own port) and the clients the token issuer assigned to it
+//!   (`client_id % workers`: a token names only its worker's address, so the session's
+//!   server-address check refuses it at any other worker and each worker's used-token table is
+//!   sound on its own). A worker receives datagrams, forwards session events in batches,
+//!   applies its share of each tick's commands, updates its session and sends; it also answers
+//!   admin requests for its clients. Events of all workers go to one channel, merged into the
+//!   next tick's input; the tick thread splits each tick's commands by worker;
 //! - the **HTTP tasks** (axum) of the control plane and, optionally, the metrics listener.
 //!
-//! Channels are bounded. Events (network → tick, [`EVENT_BATCHES`] batches): when full, the
-//! network task keeps the events (up to [`MAX_PENDING_EVENTS`], then it stops reading the
+//! Channels are bounded. Events (network → tick, [`EVENT_BATCHES`] batches): when full, a
+//! network worker keeps the events (up to [`MAX_PENDING_EVENTS`], then it stops reading the
 //! socket, so the kernel buffer and then the clients' resends absorb the burst) and goes on
 //! applying commands; events are never dropped (connects and disconnects must pair).
-//! Commands (tick → network, [`COMMAND_BATCHES`] batches of one tick each): when full the
+//! Commands (tick → each worker, [`COMMAND_BATCHES`] batches of one tick each): when full the
 //! tick thread waits, which shows as a long flush phase and ticks skipped by the clock. HTTP
 //! calls and SQL reads ([`HTTP_CALL_QUEUE`]): when full the request is answered 503 at once.
 //!
@@ -48,8 +54,8 @@ use crate::tls::TlsFiles;
 pub const EVENT_BATCHES: usize = 1024;
 /// Capacity of the tick → network command channel, in ticks.
 pub const COMMAND_BATCHES: usize = 64;
-/// Events the network task holds, when the event channel is full, before it stops reading
-/// the socket.
+/// Events a network worker holds, when the event channel is full, before it stops reading
+/// its socket.
 pub const MAX_PENDING_EVENTS: usize = 65_536;
 /// HTTP reducer calls and SQL reads waiting for the tick thread at most.
 pub const HTTP_CALL_QUEUE: usize = 4096;
@@ -64,9 +70,12 @@ pub struct ServerHandle {
     pub http_url: String,
     /// Where unauthenticated `/metrics` is served, if configured.
     pub metrics_addr: Option<SocketAddr>,
-    /// The bound UDP address.
+    /// The first network worker's bound UDP address.
     pub udp_addr: SocketAddr,
-    /// The UDP addresses put in connect tokens.
+    /// Every network worker's bound UDP address, by worker.
+    pub udp_addrs: Vec<SocketAddr>,
+    /// The UDP addresses put in connect tokens, every worker's (a token names only those of
+    /// its client's worker).
     pub public_addresses: Vec<SocketAddr>,
     /// The file holding the admin token.
     pub admin_token_path: PathBuf,
@@ -77,6 +86,7 @@ pub struct ServerHandle {
     stop: watch::Sender<bool>,
     tick_stop: Arc<AtomicBool>,
     tick_thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    net_threads: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,6 +132,15 @@ impl ServerHandle {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        let net_threads = std::mem::take(&mut self.net_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in net_threads {
+                if thread.join().is_err() {
+                    tracing::error!("a network worker thread panicked");
+                }
+            }
+        })
+        .await;
         let Some(thread) = self.tick_thread.take() else {
             return Ok(());
         };
@@ -238,27 +257,53 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         }
     };
 
-    let udp_socket = bind_udp(config.udp_bind, config.fallback_ports)?;
-    let udp_addr = udp_socket
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
+    let workers = config.net_workers;
+    let mut udp_sockets = Vec::with_capacity(workers);
+    let mut udp_addrs = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let mut addr = config.udp_bind;
+        if addr.port() != 0 {
+            let port = u16::try_from(usize::from(addr.port()) + worker).map_err(|_| {
+                ServerError::Config {
+                    field: "net_workers",
+                    value: workers.to_string(),
+                    reason: "the workers' UDP ports (udp_bind's port + i) exceed 65535",
+                }
+            })?;
+            addr.set_port(port);
+        }
+        let socket = bind_udp(addr, config.fallback_ports)?;
+        let bound = socket.local_addr().map_err(|source| ServerError::Bind {
             what: "udp",
-            addr: config.udp_bind,
+            addr,
             source,
         })?;
-    let public_addresses = if config.udp_public.is_empty() {
-        let mut a = udp_addr;
-        if a.ip().is_unspecified() {
-            tracing::warn!(
-                %udp_addr,
-                "UDP bound to an unspecified address; connect tokens will name 127.0.0.1 (set public addresses for remote clients)"
-            );
-            a.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        }
-        vec![a]
+        udp_sockets.push(socket);
+        udp_addrs.push(bound);
+    }
+    let udp_addr = udp_addrs[0];
+    // The addresses each worker's connect tokens name.
+    let shard_addresses: Vec<Vec<SocketAddr>> = if config.udp_public.is_empty() {
+        udp_addrs
+            .iter()
+            .map(|&bound| {
+                let mut a = bound;
+                if a.ip().is_unspecified() {
+                    tracing::warn!(
+                        udp_addr = %bound,
+                        "UDP bound to an unspecified address; connect tokens will name 127.0.0.1 (set public addresses for remote clients)"
+                    );
+                    a.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                }
+                vec![a]
+            })
+            .collect()
+    } else if workers == 1 {
+        vec![config.udp_public.clone()]
     } else {
-        config.udp_public.clone()
+        config.udp_public.iter().map(|&a| vec![a]).collect()
     };
+    let public_addresses: Vec<SocketAddr> = shard_addresses.iter().flatten().copied().collect();
     // Certificate problems stop the start before anything is bound.
     let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let http_listener = bind_tcp("http", config.http_bind, config.fallback_ports).await?;
@@ -281,22 +326,18 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
 
     let key = PrivateKey::generate()?;
     let now = unix_now();
-    let session = ServerSession::new(
-        net::session_config(&config, key.clone(), public_addresses.clone()),
-        now,
-    )?;
-    let udp = TokioUdpEndpoint::new(tokio::net::UdpSocket::from_std(udp_socket).map_err(
-        |source| ServerError::Bind {
-            what: "udp",
-            addr: udp_addr,
-            source,
-        },
-    )?)
-    .map_err(|source| ServerError::Bind {
-        what: "udp",
-        addr: udp_addr,
-        source,
-    })?;
+    // One session per worker, each for its own addresses; max_clients and max_pending are
+    // split between them (clients are spread evenly by connection id).
+    let mut shard_config = config.clone();
+    shard_config.max_clients = config.max_clients.div_ceil(workers);
+    shard_config.max_pending = config.max_pending.div_ceil(workers);
+    let mut sessions = Vec::with_capacity(workers);
+    for addresses in &shard_addresses {
+        sessions.push(ServerSession::new(
+            net::session_config(&shard_config, key.clone(), addresses.clone()),
+            now,
+        )?);
+    }
 
     let metrics = Arc::new(Metrics::new(1024, config.tick_duration()));
     let schema = engine.schema().clone();
@@ -314,23 +355,34 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     .map_err(ServerError::Clock)?;
 
     let (event_tx, event_rx) = mpsc::channel::<Vec<NetEvent>>(EVENT_BATCHES);
-    let (command_tx, command_rx) = mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES);
+    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES))
+        .unzip();
     let (call_tx, call_rx) = mpsc::channel::<HttpRequest>(HTTP_CALL_QUEUE);
-    let (admin_tx, admin_rx) = mpsc::channel::<AdminRequest>(64);
+    let (admin_txs, admin_rxs): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| mpsc::channel::<AdminRequest>(64))
+        .unzip();
     let (stop, stop_rx) = watch::channel(false);
     let tick_stop = Arc::new(AtomicBool::new(false));
 
-    let mut issuer = ConnectTokenIssuer::new(key, DEFAULT_PROTOCOL_ID, public_addresses.clone());
-    issuer.expire_after = config.connect_token_lifetime;
-    issuer.timeout = config.connection_timeout;
+    let issuers = shard_addresses
+        .iter()
+        .map(|addresses| {
+            let mut issuer =
+                ConnectTokenIssuer::new(key.clone(), DEFAULT_PROTOCOL_ID, addresses.clone());
+            issuer.expire_after = config.connect_token_lifetime;
+            issuer.timeout = config.connection_timeout;
+            issuer
+        })
+        .collect();
     let state: AppState = Arc::new(ControlPlaneState {
         secrets: secrets.clone(),
-        issuer,
+        issuers,
         next_client_id: AtomicU64::new(ControlPlaneState::first_client_id()?),
         schema_json: schema.to_json(),
         schema,
         calls: call_tx,
-        admin: admin_tx,
+        admin: admin_txs,
         metrics: metrics.clone(),
         identity_token_lifetime: config.identity_token_lifetime,
         query_limits: config.publish.query_limits,
@@ -346,7 +398,13 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             .name("orrery-tick".into())
             .spawn(move || {
                 tick_loop(
-                    core, clock, event_rx, call_rx, command_tx, tick_stop, metrics,
+                    core,
+                    clock,
+                    event_rx,
+                    call_rx,
+                    command_txs,
+                    tick_stop,
+                    metrics,
                 )
             })
             .map_err(|e| ServerError::Thread {
@@ -355,17 +413,62 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
             })?
     };
 
+    for worker in 0..workers {
+        metrics.record_net_worker(worker, crate::metrics::NetWorkerSample::default());
+    }
+    let mut net_threads = Vec::with_capacity(workers);
+    for (worker, (((session, socket), commands), admin)) in sessions
+        .into_iter()
+        .zip(udp_sockets)
+        .zip(command_rxs)
+        .zip(admin_rxs)
+        .enumerate()
+    {
+        let addr = udp_addrs[worker];
+        let bind_error = |source| ServerError::Bind {
+            what: "udp",
+            addr,
+            source,
+        };
+        // Each worker runs its own single-threaded tokio runtime on its own thread.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(bind_error)?;
+        let udp = {
+            let _entered = runtime.enter();
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_error)?;
+            let mut udp = TokioUdpEndpoint::new(socket).map_err(bind_error)?;
+            if config.udp_batching
+                && let Err(error) = udp.enable_batching()
+            {
+                tracing::warn!(%error, %addr, "batched UDP I/O unavailable; one syscall per datagram");
+            }
+            udp
+        };
+        let worker_loop = net_loop(NetWorker {
+            index: worker,
+            session,
+            udp,
+            commands,
+            events: event_tx.clone(),
+            admin,
+            stop: stop_rx.clone(),
+            metrics: metrics.clone(),
+            tick: config.tick_duration(),
+        });
+        let name = format!("orrery-net-{worker}");
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || runtime.block_on(worker_loop))
+            .map_err(|e| ServerError::Thread {
+                name: "orrery-net",
+                reason: e.to_string(),
+            })?;
+        net_threads.push(thread);
+    }
+    drop(event_tx);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(net_loop(
-        session,
-        udp,
-        command_rx,
-        event_tx,
-        admin_rx,
-        stop_rx.clone(),
-        metrics.clone(),
-        config.tick_duration(),
-    )));
     let (max_connections, idle_timeout) = (config.max_http_connections, config.http_idle_timeout);
     let serve = |listener: tokio::net::TcpListener,
                  router: axum::Router,
@@ -397,8 +500,9 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
     }
     tracing::info!(
         %http_url,
-        %udp_addr,
+        ?udp_addrs,
         ?public_addresses,
+        net_workers = workers,
         ?metrics_addr,
         admin_token = %secrets.admin_token_path().display(),
         tick_rate = config.tick_rate,
@@ -409,6 +513,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         http_url,
         metrics_addr,
         udp_addr,
+        udp_addrs,
         public_addresses,
         admin_token_path: secrets.admin_token_path().to_owned(),
         fresh,
@@ -417,6 +522,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
         stop,
         tick_stop,
         tick_thread: Some(tick_thread),
+        net_threads,
         tasks,
     })
 }
@@ -426,7 +532,7 @@ fn tick_loop(
     mut clock: FixedClock,
     mut events: mpsc::Receiver<Vec<NetEvent>>,
     mut calls: mpsc::Receiver<HttpRequest>,
-    commands: mpsc::Sender<Vec<NetCommand>>,
+    commands: Vec<mpsc::Sender<Vec<NetCommand>>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServerError> {
@@ -464,8 +570,12 @@ fn tick_loop(
             );
             let mut timer = PhaseTimer::start();
             let zone = profiling::phase(Phase::Flush);
-            if commands.blocking_send(out).is_err() {
-                break 'run; // the network task is gone
+            // Every worker gets a batch each tick (maybe empty): it updates its session then.
+            let mut batches = split_commands(out, commands.len());
+            for (sender, batch) in commands.iter().zip(batches.drain(..)) {
+                if sender.blocking_send(batch).is_err() {
+                    break 'run; // a network worker is gone
+                }
             }
             drop(zone);
             timer.lap(Phase::Flush);
@@ -489,20 +599,64 @@ fn tick_loop(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn net_loop(
-    mut session: ServerSession,
-    mut udp: TokioUdpEndpoint,
-    mut commands: mpsc::Receiver<Vec<NetCommand>>,
+/// Splits one tick's commands by the network worker that owns each client.
+fn split_commands(commands: Vec<NetCommand>, workers: usize) -> Vec<Vec<NetCommand>> {
+    if workers <= 1 {
+        return vec![commands];
+    }
+    let mut batches: Vec<Vec<NetCommand>> = (0..workers)
+        .map(|_| Vec::with_capacity(commands.len() / workers + 1))
+        .collect();
+    for command in commands {
+        let client = match &command {
+            NetCommand::Send { client, .. } | NetCommand::Disconnect { client, .. } => *client,
+        };
+        batches[net::shard_of(client, workers)].push(command);
+    }
+    batches
+}
+
+/// What one network worker owns.
+struct NetWorker {
+    index: usize,
+    session: ServerSession,
+    udp: TokioUdpEndpoint,
+    commands: mpsc::Receiver<Vec<NetCommand>>,
     events: mpsc::Sender<Vec<NetEvent>>,
-    mut admin: mpsc::Receiver<AdminRequest>,
-    mut stop: watch::Receiver<bool>,
+    admin: mpsc::Receiver<AdminRequest>,
+    stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     tick: Duration,
-) {
+}
+
+/// What woke a network worker.
+enum Wake<'a> {
+    Stop,
+    Commands(Option<Vec<NetCommand>>),
+    Permit(Result<mpsc::Permit<'a, Vec<NetEvent>>, mpsc::error::SendError<()>>),
+    Readable(std::io::Result<()>),
+    Admin(AdminRequest),
+    Interval,
+    Writable,
+}
+
+async fn net_loop(worker: NetWorker) {
+    let NetWorker {
+        index,
+        mut session,
+        mut udp,
+        mut commands,
+        events,
+        mut admin,
+        mut stop,
+        metrics,
+        tick,
+    } = worker;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_update = Instant::now();
+    // Time spent working (not waiting), for `orrery_net_worker_busy_seconds_total`.
+    let mut busy = Duration::ZERO;
     // Events not yet accepted by the channel. While there are many, the socket is not read
     // (backpressure), but commands are still applied: the tick thread may be blocked on the
     // command channel, and waiting for it here would deadlock.
@@ -511,14 +665,24 @@ async fn net_loop(
         let unsent = udp.unsent() > 0;
         let can_read = pending.len() < MAX_PENDING_EVENTS;
         let has_pending = !pending.is_empty();
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => {
+        let wake = tokio::select! {
+            _ = stop.wait_for(|s| *s) => Wake::Stop,
+            received = commands.recv() => Wake::Commands(received),
+            permit = events.reserve(), if has_pending => Wake::Permit(permit),
+            readable = udp.readable(), if can_read => Wake::Readable(readable),
+            Some(request) = admin.recv() => Wake::Admin(request),
+            _ = interval.tick() => Wake::Interval,
+            _ = udp.writable(), if unsent => Wake::Writable,
+        };
+        let started = Instant::now();
+        match wake {
+            Wake::Stop => {
                 session.disconnect_all("server shutting down");
                 session.update(unix_now());
                 let _ = udp.flush(&mut session);
                 break;
             }
-            received = commands.recv() => {
+            Wake::Commands(received) => {
                 let Some(received) = received else { break };
                 let zone = profiling::zone(Work::NetCommands);
                 net::apply_commands(&mut session, received);
@@ -527,33 +691,37 @@ async fn net_loop(
                 drop(zone);
                 flush(&mut udp, &mut session);
             }
-            permit = events.reserve(), if has_pending => match permit {
+            Wake::Permit(permit) => match permit {
                 Ok(permit) => permit.send(std::mem::take(&mut pending)),
                 Err(_) => break,
             },
-            readable = udp.readable(), if can_read => {
+            Wake::Readable(readable) => {
                 if let Err(e) = readable {
-                    tracing::error!(error = %e, "UDP socket failed");
+                    tracing::error!(error = %e, worker = index, "UDP socket failed");
                     break;
                 }
                 let zone = profiling::zone(Work::NetReceive);
                 if let Err(e) = udp.recv(&mut session, unix_now()) {
-                    tracing::warn!(error = %e, "UDP receive failed");
+                    tracing::warn!(error = %e, worker = index, "UDP receive failed");
                 }
                 drop(zone);
                 flush(&mut udp, &mut session);
             }
-            Some(request) = admin.recv() => match request {
+            Wake::Admin(request) => match request {
                 AdminRequest::ListClients(reply) => {
                     let _ = reply.send(net::list_clients(&session));
                 }
-                AdminRequest::Disconnect { client, reason, reply } => {
+                AdminRequest::Disconnect {
+                    client,
+                    reason,
+                    reply,
+                } => {
                     let done = session.disconnect(client, &reason);
                     flush(&mut udp, &mut session);
                     let _ = reply.send(done);
                 }
             },
-            _ = interval.tick() => {
+            Wake::Interval => {
                 // Keeps keep-alives, resends and timeouts going if the tick thread stalls.
                 if last_update.elapsed() >= tick {
                     let _zone = profiling::zone(Work::NetUpdate);
@@ -562,9 +730,11 @@ async fn net_loop(
                     flush(&mut udp, &mut session);
                 }
             }
-            _ = udp.writable(), if unsent => flush(&mut udp, &mut session),
+            Wake::Writable => flush(&mut udp, &mut session),
         }
         net::drain_events(&mut session, &mut pending, &metrics);
+        busy += started.elapsed();
+        metrics.record_net_worker(index, net::worker_sample(&session, busy.as_micros() as u64));
         if !pending.is_empty() {
             match events.try_send(std::mem::take(&mut pending)) {
                 Ok(()) => {}
@@ -573,6 +743,7 @@ async fn net_loop(
             }
         }
     }
+    metrics.record_net_worker(index, net::worker_sample(&session, busy.as_micros() as u64));
 }
 
 fn flush(udp: &mut TokioUdpEndpoint, session: &mut ServerSession) {

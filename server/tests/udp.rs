@@ -1,8 +1,10 @@
 //! Real UDP over loopback: clients (one socket each, `UdpEndpoint`) against a server started
 //! in-process with `orrery_server::start` on port 0, tokens from the HTTP control plane.
 //!
-//! CI runs 1,100 clients. `cargo test --release -p orrery-server --test udp -- --ignored
-//! --nocapture` runs 4,096 and prints connect time and server CPU per tick.
+//! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
+//! udp -- --ignored --nocapture` runs 4,096 (the default worker count, then one worker with
+//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs)
+//! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 
 mod common;
 
@@ -26,6 +28,8 @@ use tower::ServiceExt as _;
 #[allow(dead_code)]
 struct Report {
     clients: usize,
+    net_workers: usize,
+    udp_batching: bool,
     /// Until every client got its `Connected` (tokens were fetched before).
     connect_time: Duration,
     /// Until the server ran `client_connected` for every client.
@@ -34,17 +38,21 @@ struct Report {
     /// the tick thread alone (the rest is the network task and the HTTP runtime).
     idle_cpu_per_tick: Duration,
     idle_tick_thread_cpu_per_tick: Duration,
+    /// The network workers' threads alone.
+    idle_net_cpu_per_tick: Duration,
     idle_ticks: u64,
     /// Server CPU time per tick while every client moves its walker every 200 ms (a reducer
     /// call and its reply), no subscriptions.
     replies_cpu_per_tick: Duration,
     replies_tick_thread_cpu_per_tick: Duration,
+    replies_net_cpu_per_tick: Duration,
     replies_ticks: u64,
     replies_calls: u64,
     /// The same, and every client receives the walkers within 55 m of it (a spatial
     /// subscription around its focus: about 95 rows in view, each moving 5 times a second).
     load_cpu_per_tick: Duration,
     load_tick_thread_cpu_per_tick: Duration,
+    load_net_cpu_per_tick: Duration,
     load_ticks: u64,
     load_calls: u64,
     replies: u64,
@@ -58,9 +66,9 @@ struct Report {
 }
 
 /// CPU time (from schedstat, so time preempted by other threads is not counted) of every
-/// thread of this process but `except`, and of the tick thread alone.
-fn process_cpu_except(except: &str) -> (Duration, Duration) {
-    let (mut total, mut tick) = (0u64, 0u64);
+/// thread of this process but `except`, of the tick thread alone and of the network workers.
+fn process_cpu_except(except: &str) -> (Duration, Duration, Duration) {
+    let (mut total, mut tick, mut net) = (0u64, 0u64, 0u64);
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             if task.file_name().to_string_lossy() == except {
@@ -78,10 +86,29 @@ fn process_cpu_except(except: &str) -> (Duration, Duration) {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             if comm.trim() == "orrery-tick" {
                 tick += ns;
+            } else if comm.trim().starts_with("orrery-net") {
+                net += ns;
             }
         }
     }
-    (Duration::from_nanos(total), Duration::from_nanos(tick))
+    (
+        Duration::from_nanos(total),
+        Duration::from_nanos(tick),
+        Duration::from_nanos(net),
+    )
+}
+
+/// Resident memory of this process, from `/proc/self/status`.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn this_thread_id() -> String {
@@ -220,9 +247,21 @@ fn run_until(
     }
 }
 
-async fn run_load(n: usize, steady: Duration) -> Report {
+/// Logs to the test output as `RUST_LOG` says (e.g. `orrery_netcode=debug` shows why the
+/// server dropped a client).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) -> Report {
+    init_logging();
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::for_tests(dir.path());
+    config.net_workers = workers;
+    config.udp_batching = batching;
     config.max_pending = n.max(4096);
     // Every client of this test shares one loopback address.
     config.max_pending_per_ip = n;
@@ -350,17 +389,22 @@ async fn run_load(n: usize, steady: Duration) -> Report {
         let load_ticks = (ticks3 - ticks2).max(1);
         Report {
             clients: n,
+            net_workers: workers,
+            udp_batching: batching,
             replies_cpu_per_tick: (cpu_b.0 - cpu_a.0) / reply_ticks as u32,
             replies_tick_thread_cpu_per_tick: (cpu_b.1 - cpu_a.1) / reply_ticks as u32,
+            replies_net_cpu_per_tick: (cpu_b.2 - cpu_a.2) / reply_ticks as u32,
             replies_ticks: reply_ticks,
             replies_calls: reply_calls,
             connect_time,
             server_connected_time,
             idle_cpu_per_tick: (cpu1.0 - cpu0.0) / idle_ticks as u32,
             idle_tick_thread_cpu_per_tick: (cpu1.1 - cpu0.1) / idle_ticks as u32,
+            idle_net_cpu_per_tick: (cpu1.2 - cpu0.2) / idle_ticks as u32,
             idle_ticks,
             load_cpu_per_tick: (cpu3.0 - cpu2.0) / load_ticks as u32,
             load_tick_thread_cpu_per_tick: (cpu3.1 - cpu2.1) / load_ticks as u32,
+            load_net_cpu_per_tick: (cpu3.2 - cpu2.2) / load_ticks as u32,
             load_ticks,
             load_calls,
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
@@ -383,7 +427,7 @@ async fn run_load(n: usize, steady: Duration) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::print_stderr)] // the numbers go to the test log
 async fn eleven_hundred_clients_over_real_udp() {
-    let r = run_load(1_100, Duration::from_millis(600)).await;
+    let r = run_load(1_100, Duration::from_millis(600), 2, true).await;
     eprintln!("{r:#?}");
     assert!(r.replies >= 3 * 1_100);
     assert!(r.updates > 0, "subscribed rows were published");
@@ -394,7 +438,166 @@ async fn eleven_hundred_clients_over_real_udp() {
 #[ignore = "load: run with --release -- --ignored --nocapture"]
 #[allow(clippy::print_stderr)] // reports the measured numbers
 async fn four_thousand_ninety_six_clients_over_real_udp() {
-    let r = run_load(4_096, Duration::from_secs(5)).await;
-    eprintln!("{r:#?}");
-    assert!(r.replies >= 3 * 4_096);
+    // Several workers, one worker with batched I/O, then one worker with one syscall per
+    // datagram (the server before network workers). `UDP_RUNS=workers:on|off,..` overrides.
+    let workers = orrery_server::config::default_net_workers().max(2);
+    let runs: Vec<(usize, bool)> = match std::env::var("UDP_RUNS") {
+        Ok(list) => list
+            .split(',')
+            .map(|run| {
+                let (w, b) = run.split_once(':').expect("UDP_RUNS: workers:on|off,..");
+                (w.parse().expect("UDP_RUNS: a worker count"), b == "on")
+            })
+            .collect(),
+        Err(_) => vec![(workers, true), (1, true), (1, false)],
+    };
+    for (w, batching) in runs {
+        let r = run_load(4_096, Duration::from_secs(5), w, batching).await;
+        eprintln!("{r:#?}");
+        assert!(r.replies >= 3 * 4_096);
+    }
+}
+
+/// What the 10,000-client run measured.
+#[derive(Debug)]
+#[allow(dead_code)]
+struct ConnectReport {
+    clients: usize,
+    net_workers: usize,
+    /// Until every client got its `Connected` (tokens were fetched before).
+    connect_time: Duration,
+    /// Until the server ran `client_connected` for every client.
+    server_connected_time: Duration,
+    /// Server CPU per tick with idle clients (keep-alives only): every thread but the
+    /// clients', the tick thread, the network workers.
+    idle_cpu_per_tick: Duration,
+    idle_tick_thread_cpu_per_tick: Duration,
+    idle_net_cpu_per_tick: Duration,
+    idle_ticks: u64,
+    /// Resident memory growth from before the first connect (client sessions and sockets
+    /// already made) to every client connected, per client: the server's per-connection state
+    /// plus the in-process clients' growth once connected.
+    rss_growth_per_client: u64,
+    rss_before: u64,
+    rss_after: u64,
+    /// Busy time per network worker during the idle phase, per tick.
+    idle_busy_per_worker_per_tick: Vec<Duration>,
+}
+
+async fn run_connect_idle(n: usize, workers: usize, idle: Duration) -> ConnectReport {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests(dir.path());
+    config.net_workers = workers;
+    config.max_clients = n.max(config.max_clients);
+    config.max_pending = n;
+    // Every client of this test shares one loopback address.
+    config.max_pending_per_ip = n;
+    config.connect_token_lifetime = Duration::from_secs(300);
+    config.connection_timeout = Duration::from_secs(60);
+    let server = orrery_server::start(common::module(), config)
+        .await
+        .unwrap();
+    let router = server.router();
+    let mut tokens = Vec::with_capacity(n);
+    for _ in 0..n {
+        tokens.push(connect_token(&router).await);
+    }
+    let metrics = server.metrics().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let me = this_thread_id();
+        let mut clients: Vec<Client> = tokens
+            .iter()
+            .map(|t| Client {
+                session: ClientSession::from_token_bytes(
+                    ClientSessionConfig::default(),
+                    t,
+                    unix_now(),
+                )
+                .unwrap(),
+                udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap())
+                    .expect("a client socket (raise `ulimit -n` above the client count)"),
+                connected: false,
+                replies: Vec::new(),
+                updates: 0,
+                next_call: Instant::now(),
+                sent: 0,
+                pos: (0.0, 0.0),
+                rng: 1,
+            })
+            .collect();
+        drop(tokens);
+        let rss_before = resident_bytes();
+        let start = Instant::now();
+        run_until(
+            &mut clients,
+            Duration::from_secs(300),
+            "connections",
+            |cs| cs.iter().all(|c| c.connected),
+        );
+        let connect_time = start.elapsed();
+        run_until(
+            &mut clients,
+            Duration::from_secs(120),
+            "client_connected",
+            |_| metrics.clients.load(Relaxed) == n as u64,
+        );
+        let server_connected_time = start.elapsed();
+        run_for(&mut clients, Duration::from_secs(1), false);
+        let rss_after = resident_bytes();
+        let busy0: Vec<u64> = metrics
+            .net_worker_samples()
+            .iter()
+            .map(|s| s.busy_us)
+            .collect();
+        let (cpu0, ticks0) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        run_for(&mut clients, idle, false);
+        let (cpu1, ticks1) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let busy1: Vec<u64> = metrics
+            .net_worker_samples()
+            .iter()
+            .map(|s| s.busy_us)
+            .collect();
+        let ticks = (ticks1 - ticks0).max(1);
+        for c in &clients {
+            assert!(c.session.is_connected());
+        }
+        ConnectReport {
+            clients: n,
+            net_workers: workers,
+            connect_time,
+            server_connected_time,
+            idle_cpu_per_tick: (cpu1.0 - cpu0.0) / ticks as u32,
+            idle_tick_thread_cpu_per_tick: (cpu1.1 - cpu0.1) / ticks as u32,
+            idle_net_cpu_per_tick: (cpu1.2 - cpu0.2) / ticks as u32,
+            idle_ticks: ticks,
+            rss_growth_per_client: rss_after.saturating_sub(rss_before) / n as u64,
+            rss_before,
+            rss_after,
+            idle_busy_per_worker_per_tick: busy0
+                .iter()
+                .zip(&busy1)
+                .map(|(a, b)| Duration::from_micros((b - a) / ticks))
+                .collect(),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.metrics().disconnects.load(Relaxed), 0);
+    server.shutdown().await.unwrap();
+    report
+}
+
+/// 10,000 clients connected to one process (each with its own socket: needs `ulimit -n`
+/// above 10,000), one network worker and then the default count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load: run with --release -- --ignored --nocapture"]
+#[allow(clippy::print_stderr)] // reports the measured numbers
+async fn ten_thousand_clients_connected_to_one_process() {
+    let workers = orrery_server::config::default_net_workers();
+    for w in [1, workers.max(2)] {
+        let r = run_connect_idle(10_000, w, Duration::from_secs(5)).await;
+        eprintln!("{r:#?}");
+        assert!(r.idle_ticks > 0);
+    }
 }

@@ -20,7 +20,13 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let local = sample_mmo::LocalServer::small(dir.path()).unwrap();
+        let config = orrery_server::ServerConfig {
+            // Connections alternate between two network workers (two ports).
+            net_workers: 2,
+            ..orrery_server::ServerConfig::for_tests(dir.path())
+        };
+        let local =
+            sample_mmo::LocalServer::start(sample_mmo::LocalServer::small_world(), config).unwrap();
         let url = local.url.clone();
         Server {
             local,
