@@ -373,6 +373,10 @@ pub struct ServerArgs {
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
+    /// Publish each tick on the publish thread while the next tick simulates (off by default:
+    /// a tick's updates then leave one tick after its reducer replies).
+    #[arg(long)]
+    pub pipeline_publish: bool,
     /// Fsync policy: `every-tick`, `never`, or an interval in milliseconds.
     #[arg(long, default_value = "every-tick")]
     pub fsync: String,
@@ -454,6 +458,7 @@ impl ServerArgs {
             publish: PublishConfig {
                 budget_bytes_per_second: self.publish_budget,
                 workers: self.publish_workers,
+                pipeline: self.pipeline_publish,
                 ..defaults.publish.clone()
             },
             storage: if self.in_memory {

@@ -32,7 +32,9 @@ pub struct PublishConfig {
     pub incremental_refresh: bool,
     /// For the server's tick loop: publish a tick on the publish threads while the next tick
     /// simulates, instead of on the tick thread before it (the messages are the same, sent
-    /// later). The publisher itself does not read this.
+    /// later). Off by default: a tick's reducer replies then leave one tick before its
+    /// updates, so a client whose call returned does not yet see the call's writes in its
+    /// mirror. The publisher itself does not read this.
     pub pipeline: bool,
 }
 
@@ -48,7 +50,7 @@ impl Default for PublishConfig {
             query_limits: QueryLimits::default(),
             workers: 0,
             incremental_refresh: true,
-            pipeline: true,
+            pipeline: false,
         }
     }
 }
