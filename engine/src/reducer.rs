@@ -349,17 +349,29 @@ impl_reducer_args!(A, B, C, D, E, F, G, H, I, J, K);
 impl_reducer_args!(A, B, C, D, E, F, G, H, I, J, K, L);
 
 /// Decodes argument `index`; used by `#[reducer]`-generated code.
+// Always inlined, with the error built out of line: the call and the large `Result` it returns
+// cost more than decoding a small argument.
+#[inline(always)]
 pub fn decode_arg<T: OrreryType>(
     input: &mut &[u8],
     index: usize,
     name: &'static str,
 ) -> Result<T, ArgsError> {
-    T::decode(input).map_err(|error| ArgsError::Arg {
+    match T::decode(input) {
+        Ok(value) => Ok(value),
+        Err(error) => Err(arg_error::<T>(index, name, error)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn arg_error<T: OrreryType>(index: usize, name: &'static str, error: RowDecodeError) -> ArgsError {
+    ArgsError::Arg {
         index,
         name,
         ty: T::type_desc().display_name(),
         error,
-    })
+    }
 }
 
 /// Checks that no bytes follow the last argument; used by `#[reducer]`-generated code.
