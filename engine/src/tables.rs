@@ -4,7 +4,7 @@
 //! borrow a store and the world at once; for the systems phase they move into the world as
 //! resources so systems can read indexes through `Res<TableStore<T>>`.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 
 use bevy_ecs::world::World;
 use rustc_hash::FxHashMap;
@@ -75,7 +75,8 @@ impl TableSet {
         let store = self.slots[index]
             .store
             .as_mut()
-            .and_then(|s| s.as_any_mut().downcast_mut::<TableStore<T>>())
+            // Upcast (a vtable load) and one virtual `type_id` call.
+            .and_then(|s| (&mut **s as &mut dyn Any).downcast_mut::<TableStore<T>>())
             .unwrap_or_else(|| panic!("table `{}` is not available in this phase", T::NAME));
         (index, store)
     }
@@ -90,9 +91,8 @@ impl TableSet {
         };
         let store = self.slots[index]
             .store
-            .as_ref()?
-            .as_any()
-            .downcast_ref::<TableStore<T>>()?;
+            .as_deref()
+            .and_then(|s| (s as &dyn Any).downcast_ref::<TableStore<T>>())?;
         Some((index, store))
     }
 
@@ -100,9 +100,8 @@ impl TableSet {
         let index = self.index_of::<T>()?;
         self.slots[index]
             .store
-            .as_ref()?
-            .as_any()
-            .downcast_ref::<TableStore<T>>()
+            .as_deref()
+            .and_then(|s| (s as &dyn Any).downcast_ref::<TableStore<T>>())
     }
 
     pub(crate) fn erased_mut(&mut self, index: usize) -> &mut dyn ErasedStore {

@@ -248,16 +248,23 @@ impl<T: Table> TableStore<T> {
     }
 
     /// Starts recording undo entries; returns `true` if no transaction was open on this table.
+    #[inline(always)]
     pub(crate) fn begin(&mut self) -> bool {
         if self.in_tx {
             return false;
         }
+        self.begin_slow();
+        true
+    }
+
+    /// The first open in a transaction: marks the logs and saves the sequences.
+    #[inline(never)]
+    fn begin_slow(&mut self) {
         self.in_tx = true;
         self.tx_mark = self.log.mark();
         self.deferred_error = None;
         self.saved_sequences.clear();
         self.saved_sequences.extend_from_slice(&self.sequences);
-        true
     }
 
     /// Brings the cached row query up to date with the world's archetypes, if any appeared
@@ -721,9 +728,7 @@ fn next_interval_due(
 }
 
 /// Type-erased access to a [`TableStore`] for the engine's per-table loops.
-pub(crate) trait ErasedStore: Send + Sync + 'static {
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn as_any(&self) -> &dyn Any;
+pub(crate) trait ErasedStore: Any + Send + Sync {
     fn begin(&mut self) -> bool;
     /// The constraint violation a dropped row guard left for the running transaction.
     fn take_error(&mut self) -> Option<TableError>;
@@ -763,12 +768,6 @@ pub(crate) trait ErasedStore: Send + Sync + 'static {
 }
 
 impl<T: Table> ErasedStore for TableStore<T> {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn begin(&mut self) -> bool {
         TableStore::begin(self)
     }
