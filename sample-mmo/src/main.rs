@@ -160,7 +160,7 @@ async fn run(
     let server = orrery_server::start(sample_mmo::module_with(world), config).await?;
     tracing::info!(
         http = %server.http_url,
-        udp = %server.udp_addr,
+        udp = ?server.udp_addrs,
         admin_token = %server.admin_token_path.display(),
         fresh_world = server.fresh,
         "sample-mmo ready"
