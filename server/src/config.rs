@@ -374,7 +374,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
     /// Publish each tick on the publish thread while the next tick simulates (off by default:
-    /// a tick's updates then leave one tick after its reducer replies).
+    /// every update and reply then leaves one tick later).
     #[arg(long)]
     pub pipeline_publish: bool,
     /// Fsync policy: `every-tick`, `never`, or an interval in milliseconds.

@@ -20,6 +20,10 @@
 //!    after that engine step, before anything else of the next tick, so the command stream
 //!    is the unpipelined one, one call later.
 //!
+//! A tick's messages leave in this order: its subscription answers, its `TableUpdate`s, then
+//! its reducer replies (and the disconnects of refused connections). So a client whose call
+//! returned already holds the call's writes in its mirror, and a subscription's initial rows
+//! follow its answer, pipelined or not.
 //! Everything leaves as [`NetCommand`]s; the caller hands them to the netcode session (and
 //! times that as the flush phase).
 
@@ -367,7 +371,9 @@ impl TickCore {
             return;
         };
         let outgoing = pending.outgoing.unwrap_or_default();
+        out.extend(pending.answers);
         self.route_published(outgoing, pending.seq, pending.durable, out);
+        out.extend(pending.replies);
         self.sql_reads_of(pending.sql_reads, pending.seq);
         self.sample_publisher();
     }
@@ -496,19 +502,25 @@ impl TickCore {
         let zone = profiling::phase(Phase::Publish);
         self.flush_publish(out);
         out.append(&mut input_out);
+        // Replies leave after their tick's updates, so a client whose call returned already
+        // holds the call's writes in its mirror (`docs/client.md`), pipelined or not.
+        let mut replies = Vec::new();
         let durable = self.durable_up_to();
         for outcome in step.outcomes {
-            self.on_outcome(outcome, seq, durable, out);
+            self.on_outcome(outcome, seq, durable, &mut replies);
         }
-        self.release_held(out);
+        self.release_held(&mut replies);
 
         let publisher = self.publisher_mut();
         publisher.apply(&step.changes);
         for (connection, point) in step.focus {
             publisher.set_focus(connection, point);
         }
+        // Subscription answers go just before the tick's updates (their initial rows follow as
+        // table updates), replies just after.
+        let mut answers = Vec::new();
         for (client, msg) in std::mem::take(&mut self.subscription_messages) {
-            self.on_subscription(client, msg, seq, out);
+            self.on_subscription(client, msg, seq, &mut answers);
         }
         let sql_reads = std::mem::take(&mut self.sql_reads);
         match (&self.pipeline, self.publisher.take()) {
@@ -519,6 +531,8 @@ impl TickCore {
                     durable,
                     sql_reads,
                     outgoing: None,
+                    answers,
+                    replies,
                 });
             }
             (_, publisher) => {
@@ -526,7 +540,9 @@ impl TickCore {
                 let mut outgoing = Vec::new();
                 let elapsed = self.tick_duration;
                 self.publisher_mut().publish(elapsed, &mut outgoing);
+                out.append(&mut answers);
                 self.route_published(outgoing, seq, durable, out);
+                out.append(&mut replies);
                 self.sql_reads_of(sql_reads, seq);
                 self.sample_publisher();
             }
@@ -1092,6 +1108,10 @@ struct PendingPublish {
     sql_reads: Vec<SqlRead>,
     /// Its payloads, once the publisher is back.
     outgoing: Option<Vec<orrery_subscription::Outgoing>>,
+    /// The tick's subscription answers, to go just before its updates.
+    answers: Vec<NetCommand>,
+    /// The tick's reducer replies (and what else its outcomes sent), to follow its updates.
+    replies: Vec<NetCommand>,
 }
 
 /// What the publish thread hands back: the publisher, its payloads, the time it took.

@@ -31,10 +31,10 @@ pub struct PublishConfig {
     /// not moved, instead of re-querying its whole region (the output is the same either way).
     pub incremental_refresh: bool,
     /// For the server's tick loop: publish a tick on the publish threads while the next tick
-    /// simulates, instead of on the tick thread before it (the messages are the same, sent
-    /// later). Off by default: a tick's reducer replies then leave one tick before its
-    /// updates, so a client whose call returned does not yet see the call's writes in its
-    /// mirror. The publisher itself does not read this.
+    /// simulates, instead of on the tick thread before it (the messages are the same, in the
+    /// same order, one tick later). Off by default: it adds a tick period to every update's
+    /// and reply's latency, and its gain is not yet measured in a release build. The publisher
+    /// itself does not read this.
     pub pipeline: bool,
 }
 
