@@ -3,7 +3,8 @@
 //!
 //! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
 //! udp -- --ignored --nocapture` runs 4,096 (the default worker count, then one worker with
-//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs)
+//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs, `UDP_PIPELINE=1`
+//! pipelines the publish)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 
 mod common;
@@ -30,6 +31,7 @@ struct Report {
     clients: usize,
     net_workers: usize,
     udp_batching: bool,
+    pipeline: bool,
     /// Until every client got its `Connected` (tokens were fetched before).
     connect_time: Duration,
     /// Until the server ran `client_connected` for every client.
@@ -262,6 +264,9 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
     let mut config = ServerConfig::for_tests(dir.path());
     config.net_workers = workers;
     config.udp_batching = batching;
+    // `UDP_PIPELINE=1` publishes pipelined with the next tick (`PublishConfig::pipeline`).
+    config.publish.pipeline = std::env::var("UDP_PIPELINE").is_ok_and(|v| v == "1");
+    let pipeline = config.publish.pipeline;
     config.max_pending = n.max(4096);
     // Every client of this test shares one loopback address.
     config.max_pending_per_ip = n;
@@ -391,6 +396,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             clients: n,
             net_workers: workers,
             udp_batching: batching,
+            pipeline,
             replies_cpu_per_tick: (cpu_b.0 - cpu_a.0) / reply_ticks as u32,
             replies_tick_thread_cpu_per_tick: (cpu_b.1 - cpu_a.1) / reply_ticks as u32,
             replies_net_cpu_per_tick: (cpu_b.2 - cpu_a.2) / reply_ticks as u32,
