@@ -132,17 +132,7 @@ fn bank() -> (Engine, Vec<u64>) {
         ..Default::default()
     };
     let mut engine = Engine::new(module, config).unwrap();
-    let mut state = 42;
-    let ids: Vec<u64> = (0..ACCOUNTS).map(|_| splitmix(&mut state)).collect();
-    for chunk in ids.chunks(10_000) {
-        engine
-            .call_reducer(
-                "seed_accounts",
-                Identity::ZERO,
-                (chunk.to_vec(), 1_000_000i64),
-            )
-            .unwrap();
-    }
+    let ids = seed_bank(&mut engine, ACCOUNTS);
     engine.step(Timestamp::from_micros(0));
     (engine, ids)
 }
@@ -209,9 +199,8 @@ struct RawAccount {
 
 fn bench_raw_baseline(c: &mut Criterion) {
     let mut world = World::new();
-    let mut state = 42;
     let mut index = rustc_hash::FxHashMap::default();
-    let ids: Vec<u64> = (0..ACCOUNTS).map(|_| splitmix(&mut state)).collect();
+    let ids = account_ids(ACCOUNTS);
     for &id in &ids {
         index.insert(id, world.spawn(RawAccount { balance: 1_000_000 }).id());
     }

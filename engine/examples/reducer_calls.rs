@@ -35,17 +35,7 @@ fn main() {
         ..Default::default()
     };
     let mut engine = Engine::new(module, config).expect("engine");
-    let mut state = 42;
-    let ids: Vec<u64> = (0..ACCOUNTS).map(|_| splitmix(&mut state)).collect();
-    for chunk in ids.chunks(10_000) {
-        engine
-            .call_reducer(
-                "seed_accounts",
-                Identity::ZERO,
-                (chunk.to_vec(), 1_000_000i64),
-            )
-            .expect("seed");
-    }
+    let ids = seed_bank(&mut engine, ACCOUNTS);
     engine.step(Timestamp::from_micros(0));
     // Always build the largest run's payloads, and every tick's inputs, before any tick runs,
     // so setup is the same for every tick count and only enqueue and step differ.

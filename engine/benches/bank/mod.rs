@@ -79,3 +79,25 @@ pub fn call_input(request_id: u64, reducer: &str, payload: &[u8]) -> Input {
         args: payload.to_vec(),
     }
 }
+
+/// The ids of `accounts` accounts: random, from a fixed seed (the raw baseline uses the same).
+pub fn account_ids(accounts: usize) -> Vec<u64> {
+    let mut state = 42;
+    (0..accounts).map(|_| splitmix(&mut state)).collect()
+}
+
+/// Inserts `accounts` accounts with random ids (a fixed seed) and 1,000,000 each, through
+/// `seed_accounts`; returns their ids.
+pub fn seed_bank(engine: &mut Engine, accounts: usize) -> Vec<u64> {
+    let ids = account_ids(accounts);
+    for chunk in ids.chunks(10_000) {
+        engine
+            .call_reducer(
+                "seed_accounts",
+                Identity::ZERO,
+                (chunk.to_vec(), 1_000_000i64),
+            )
+            .expect("seed accounts");
+    }
+    ids
+}
