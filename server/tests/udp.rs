@@ -132,6 +132,45 @@ struct Client {
     rng: u64,
 }
 
+impl Client {
+    /// A client session for `token` on its own loopback socket; `rng` seeds its walk.
+    fn new(token: &[u8], rng: u64) -> Client {
+        Client {
+            session: ClientSession::from_token_bytes(
+                ClientSessionConfig::default(),
+                token,
+                unix_now(),
+            )
+            .unwrap(),
+            udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap())
+                .expect("a client socket (raise `ulimit -n` above the client count)"),
+            connected: false,
+            replies: Vec::new(),
+            updates: 0,
+            next_call: Instant::now(),
+            sent: 0,
+            pos: (0.0, 0.0),
+            rng,
+        }
+    }
+}
+
+/// Starts a server with `config` and fetches `n` connect tokens from its control plane.
+async fn start_with_tokens(
+    config: ServerConfig,
+    n: usize,
+) -> (orrery_server::ServerHandle, Vec<Vec<u8>>) {
+    let server = orrery_server::start(common::module(), config)
+        .await
+        .unwrap();
+    let router = server.router();
+    let mut tokens = Vec::with_capacity(n);
+    for _ in 0..n {
+        tokens.push(connect_token(&router).await);
+    }
+    (server, tokens)
+}
+
 /// Walkers start in a 640 m square: about 75 others within 50 m of each at 4,096 clients.
 const AREA: f32 = 640.0;
 
@@ -272,36 +311,14 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
     config.max_pending_per_ip = n;
     config.connect_token_lifetime = Duration::from_secs(120);
     config.connection_timeout = Duration::from_secs(30);
-    let server = orrery_server::start(common::module(), config)
-        .await
-        .unwrap();
-    let router = server.router();
-    let mut tokens = Vec::with_capacity(n);
-    for _ in 0..n {
-        tokens.push(connect_token(&router).await);
-    }
+    let (server, tokens) = start_with_tokens(config, n).await;
     let metrics = server.metrics().clone();
     let report = tokio::task::spawn_blocking(move || {
         let me = this_thread_id();
         let mut clients: Vec<Client> = tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| Client {
-                session: ClientSession::from_token_bytes(
-                    ClientSessionConfig::default(),
-                    t,
-                    unix_now(),
-                )
-                .unwrap(),
-                udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap(),
-                connected: false,
-                replies: Vec::new(),
-                updates: 0,
-                next_call: Instant::now(),
-                sent: 0,
-                pos: (0.0, 0.0),
-                rng: 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
-            })
+            .map(|(i, t)| Client::new(t, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1)))
             .collect();
         let start = Instant::now();
         run_until(
@@ -501,37 +518,11 @@ async fn run_connect_idle(n: usize, workers: usize, idle: Duration) -> ConnectRe
     config.max_pending_per_ip = n;
     config.connect_token_lifetime = Duration::from_secs(300);
     config.connection_timeout = Duration::from_secs(60);
-    let server = orrery_server::start(common::module(), config)
-        .await
-        .unwrap();
-    let router = server.router();
-    let mut tokens = Vec::with_capacity(n);
-    for _ in 0..n {
-        tokens.push(connect_token(&router).await);
-    }
+    let (server, tokens) = start_with_tokens(config, n).await;
     let metrics = server.metrics().clone();
     let report = tokio::task::spawn_blocking(move || {
         let me = this_thread_id();
-        let mut clients: Vec<Client> = tokens
-            .iter()
-            .map(|t| Client {
-                session: ClientSession::from_token_bytes(
-                    ClientSessionConfig::default(),
-                    t,
-                    unix_now(),
-                )
-                .unwrap(),
-                udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap())
-                    .expect("a client socket (raise `ulimit -n` above the client count)"),
-                connected: false,
-                replies: Vec::new(),
-                updates: 0,
-                next_call: Instant::now(),
-                sent: 0,
-                pos: (0.0, 0.0),
-                rng: 1,
-            })
-            .collect();
+        let mut clients: Vec<Client> = tokens.iter().map(|t| Client::new(t, 1)).collect();
         drop(tokens);
         let rss_before = resident_bytes();
         let start = Instant::now();
