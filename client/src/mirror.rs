@@ -6,8 +6,12 @@
 //! registered for those tables. Rows are keyed by their encoded primary key. Event tables
 //! (`"event": true`) are never stored: their upserts come back as inserts only.
 //!
-//! A payload is applied all or nothing: if any record fails to decode, the mirror is left
-//! unchanged and an error returned. A delta or delete for a row the mirror does not hold
+//! Records name rows by per-connection handles after their first upsert
+//! (`netcode/ROW_FORMAT.md` §7): the mirror keeps each table's [`RowHandles`], so one mirror
+//! follows one connection (a new connection starts from [`Mirror::clear`]).
+//!
+//! A payload is applied all or nothing: if any record fails to decode or names a handle the
+//! connection was not given, the mirror is left unchanged and an error returned. A delta or delete for a row the mirror does not hold
 //! (which a correct server never sends) is skipped, logged and counted in
 //! [`MirrorStats::skipped_records`].
 
@@ -15,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use orrery_row::wire::{WireLayout, WireRecord, WireRow};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord, WireRow};
 use orrery_row::{ModuleSchema, TableSchema, Value, values_to_json};
 use serde::de::DeserializeOwned;
 
@@ -166,6 +170,7 @@ pub struct MirrorStats {
 struct MirrorTable {
     info: Arc<TableInfo>,
     rows: BTreeMap<Vec<u8>, Arc<RowData>>,
+    handles: RowHandles,
 }
 
 /// The client's cache of subscribed rows (see the module docs).
@@ -190,6 +195,7 @@ impl Mirror {
                     schema: t.clone(),
                 }),
                 rows: BTreeMap::new(),
+                handles: RowHandles::new(t.event),
             })
             .collect();
         let by_id = schema
@@ -254,7 +260,11 @@ impl Mirror {
             return Err(MirrorError::UnknownTableId(table_id));
         };
         let table = &mut self.tables[index];
-        let records = match table.info.layout.decode_records(payload) {
+        let records = match table
+            .info
+            .layout
+            .decode_records(&mut table.handles, payload)
+        {
             Ok(records) => records,
             Err(error) => {
                 self.stats.rejected_payloads += 1;
@@ -407,10 +417,11 @@ impl Mirror {
             .transpose()
     }
 
-    /// Forgets every row (e.g. before re-subscribing on a new connection).
+    /// Forgets every row and row handle (before mirroring a new connection).
     pub fn clear(&mut self) {
         for t in &mut self.tables {
             t.rows.clear();
+            t.handles = RowHandles::new(t.info.schema.event);
         }
     }
 }

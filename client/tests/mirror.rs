@@ -5,17 +5,22 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use orrery_client::row::wire::WireLayout;
+use orrery_client::row::wire::{EVENT_HANDLE, WireLayout};
 use orrery_client::row::{Value, encode_row};
 use orrery_client::{Callbacks, Mirror, MirrorChange, MirrorError};
 use serde_json::json;
 use support::{HIT, NPC, schema};
 
+/// Encodes records for one table as a server would for one connection, giving each row a
+/// handle with its first upsert (lowest free first) and freeing it with the delete.
 struct Enc {
     layout: WireLayout,
     table: orrery_client::row::TableSchema,
+    handles: BTreeMap<Vec<u8>, u32>,
+    free: Vec<u32>,
 }
 
 impl Enc {
@@ -25,6 +30,8 @@ impl Enc {
         Enc {
             layout: WireLayout::new(&table),
             table,
+            handles: BTreeMap::new(),
+            free: Vec::new(),
         }
     }
 
@@ -38,32 +45,46 @@ impl Enc {
         (pk, wire, bounds)
     }
 
-    fn upsert(&self, values: &[Value]) -> Vec<u8> {
+    fn handle(&mut self, pk: &[u8]) -> u32 {
+        if self.table.event {
+            return EVENT_HANDLE;
+        }
+        let next = self.handles.len() as u32 + self.free.len() as u32;
+        let free = &mut self.free;
+        *self
+            .handles
+            .entry(pk.to_vec())
+            .or_insert_with(|| free.pop().unwrap_or(next))
+    }
+
+    fn upsert(&mut self, values: &[Value]) -> Vec<u8> {
         let (pk, wire, _) = self.wire(values);
         let mut out = Vec::new();
-        self.layout.upsert_record(&pk, &wire, &mut out);
+        let handle = self.handle(&pk);
+        self.layout.upsert_record(handle, &pk, &wire, &mut out);
         out
     }
 
-    fn delta(&self, old: &[Value], new: &[Value]) -> Vec<u8> {
+    fn delta(&mut self, old: &[Value], new: &[Value]) -> Vec<u8> {
         let (pk, wo, bo) = self.wire(old);
         let (_, wn, bn) = self.wire(new);
         let mut out = Vec::new();
+        let handle = self.handle(&pk);
         assert!(
             self.layout
-                .delta_record(&pk, (&wo, &bo), (&wn, &bn), &mut out)
+                .delta_record(handle, (&wo, &bo), (&wn, &bn), &mut out)
         );
         out
     }
 
-    fn delete(&self, id: u64) -> Vec<u8> {
+    fn delete(&mut self, id: u64) -> Vec<u8> {
+        let pk = Value::Unsigned(id)
+            .to_bytes(&self.table.columns[0].ty)
+            .unwrap();
+        let handle = self.handles.remove(&pk).unwrap_or(0);
+        self.free.push(handle);
         let mut out = Vec::new();
-        WireLayout::delete_record(
-            &Value::Unsigned(id)
-                .to_bytes(&self.table.columns[0].ty)
-                .unwrap(),
-            &mut out,
-        );
+        WireLayout::delete_record(handle, &mut out);
         out
     }
 }
@@ -80,7 +101,7 @@ fn npc(id: u64, name: &str, pos: [f32; 2], hp: i64) -> Vec<Value> {
 #[test]
 fn upserts_deltas_and_deletes_drive_changes_and_callbacks() {
     let mut mirror = Mirror::new(schema());
-    let e = Enc::new(NPC);
+    let mut e = Enc::new(NPC);
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut callbacks = Callbacks::new();
     let l = log.clone();
@@ -177,7 +198,7 @@ fn upserts_deltas_and_deletes_drive_changes_and_callbacks() {
 #[test]
 fn event_tables_fire_inserts_and_store_nothing() {
     let mut mirror = Mirror::new(schema());
-    let e = Enc::new(HIT);
+    let mut e = Enc::new(HIT);
     let hit = vec![Value::Unsigned(1), Value::Unsigned(7), Value::Signed(30)];
     let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
     assert!(
@@ -187,15 +208,18 @@ fn event_tables_fire_inserts_and_store_nothing() {
     let changes = mirror.apply(HIT, &e.upsert(&hit)).unwrap();
     assert!(matches!(&changes[..], [MirrorChange::Insert(_)]));
     assert_eq!(mirror.count("hit").unwrap(), 0);
-    // Deltas and deletes have nothing to apply to.
-    assert!(mirror.apply(HIT, &e.delete(1)).unwrap().is_empty());
-    assert_eq!(mirror.stats().skipped_records, 1);
+    // Deltas and deletes have nothing to apply to: a server sending one is refused.
+    assert!(matches!(
+        mirror.apply(HIT, &e.delete(1)),
+        Err(MirrorError::Decode { table_id: HIT, .. })
+    ));
+    assert_eq!(mirror.stats().rejected_payloads, 1);
 }
 
 #[test]
 fn bad_payloads_change_nothing() {
     let mut mirror = Mirror::new(schema());
-    let e = Enc::new(NPC);
+    let mut e = Enc::new(NPC);
     mirror
         .apply(NPC, &e.upsert(&npc(1, "a", [0.0, 0.0], 1)))
         .unwrap();
@@ -211,14 +235,29 @@ fn bad_payloads_change_nothing() {
         mirror.apply(99, &payload).unwrap_err(),
         MirrorError::UnknownTableId(99)
     );
-    // A delta for a row the mirror does not hold is skipped, the rest applied.
-    let mut payload = e.delta(&npc(5, "x", [0.0, 0.0], 1), &npc(5, "x", [0.0, 0.0], 2));
-    payload.extend(e.upsert(&npc(3, "c", [0.0, 0.0], 1)));
+    // A delta under a handle the connection was never given: refused whole.
+    let mut payload = e.upsert(&npc(3, "c", [0.0, 0.0], 1));
+    payload.extend(e.delta(&npc(5, "x", [0.0, 0.0], 1), &npc(5, "x", [0.0, 0.0], 2)));
+    assert!(matches!(
+        mirror.apply(NPC, &payload),
+        Err(MirrorError::Decode { table_id: NPC, .. })
+    ));
+    assert_eq!(mirror.count("npc").unwrap(), 1);
+    // A hostile server naming one row by two handles, then deleting it by one: a delta by the
+    // other names a row the mirror no longer holds, and is skipped; the rest applies.
+    let layout = WireLayout::new(&schema().tables[NPC as usize]);
+    let (pk, wire, _) = e.wire(&npc(1, "a", [0.0, 0.0], 1));
+    let mut payload = Vec::new();
+    layout.upsert_record(1, &pk, &wire, &mut payload);
+    WireLayout::delete_record(0, &mut payload);
+    payload.extend_from_slice(&[1, 1 | (1 << 5), 4]); // handle 1: hp (column 3) = 2
+    let (pk, wire, _) = e.wire(&npc(3, "c", [0.0, 0.0], 1));
+    layout.upsert_record(2, &pk, &wire, &mut payload);
     let changes = mirror.apply(NPC, &payload).unwrap();
-    assert_eq!(changes.len(), 1);
-    assert_eq!(mirror.count("npc").unwrap(), 2);
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert_eq!(mirror.count("npc").unwrap(), 1);
     assert_eq!(mirror.stats().skipped_records, 1);
-    assert_eq!(mirror.stats().rejected_payloads, 2);
+    assert_eq!(mirror.stats().rejected_payloads, 3);
     assert!(matches!(mirror.count("nope"), Err(MirrorError::UnknownTable(t)) if t == "nope"));
     mirror.clear();
     assert_eq!(mirror.total_rows(), 0);

@@ -16,9 +16,11 @@ use renet::Bytes;
 
 use crate::error::EnvelopeDecodeError;
 
-/// Version of the envelopes below. Bump on any change to [`ClientMessage`] or
-/// [`ServerMessage`]; a client of another version is refused at connect.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the envelopes below and of the published-row records inside them. Bump on any
+/// change to [`ClientMessage`], [`ServerMessage`] or the record format
+/// (`netcode/ROW_FORMAT.md` §7); a client of another version is refused at connect. Version 3:
+/// records name rows by per-connection handles after their first upsert.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First four bytes of every hello, "ORRY" little-endian: tells an Orrery peer from noise.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ORRY");

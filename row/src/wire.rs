@@ -4,8 +4,9 @@
 //! A table update payload is a sequence of records, each
 //!
 //! ```text
+//! handle: varint  the client's handle for the row (per connection and table, see below)
 //! header: varint  = kind | (column_mask << 2)     kind: 0 upsert, 1 delta, 2 delete
-//! pk:     the primary key in the row format
+//! pk:     upsert only: the primary key in the row format
 //! body:   upsert → every column in wire form
 //!         delta  → only the columns whose bit is set in column_mask, in column order;
 //!                  quantized columns as the zigzag varint *difference* of their quantized
@@ -17,8 +18,17 @@
 //! `Vec2`, `Vec3`): each component is the zigzag varint of `round(value / step)` (non-finite
 //! results as 0). Tables with more than [`MAX_DELTA_COLUMNS`] columns only ever get upserts.
 //!
+//! A row is named by its primary key once, in the upsert that brings it to a client, and by a
+//! small per-client **handle** after that: deltas and deletes carry no key, so a moving row
+//! costs a few bytes whatever its key (a 32-byte identity key was most of a moving avatar's
+//! record). The server gives a row the lowest free handle of the client's table (LIFO reuse of
+//! freed ones, so handles stay below the most rows the client ever held at once) and frees it
+//! with the delete; [`RowHandles`] is the client's side. Event tables bind no handles (every
+//! record is an upsert with handle 0).
+//!
 //! A delta record is only sent to a client that holds exactly the previous version of the row,
-//! so deltas are shared by every such client; others get an upsert. The publisher encodes with
+//! so a delta's header and body are shared by every such client ([`WireLayout::delta_body`]);
+//! only the handle in front is the client's own. Others get an upsert. The publisher encodes with
 //! [`WireLayout::encode_row`] and the record builders; clients decode with
 //! [`WireLayout::decode_records`], and [`WireRow`] keeps each quantized column's units so
 //! deltas apply exactly. Specified for client authors in `netcode/ROW_FORMAT.md`.
@@ -37,6 +47,9 @@ pub const UPSERT: u64 = 0;
 pub const DELTA: u64 = 1;
 /// Record kind: the row is gone (deleted, or out of the client's view).
 pub const DELETE: u64 = 2;
+
+/// The handle every event-table record carries (event rows are never held, so bind nothing).
+pub const EVENT_HANDLE: u32 = 0;
 
 /// Most columns a delta mask can name (a `u64` varint header keeps 62 bits for the mask).
 pub const MAX_DELTA_COLUMNS: usize = 62;
@@ -234,25 +247,46 @@ impl WireLayout {
         Ok(())
     }
 
-    /// Appends an upsert record (`pk` in row format, `wire_row` from [`WireLayout::encode_row`]).
-    pub fn upsert_record(&self, pk: &[u8], wire_row: &[u8], out: &mut Vec<u8>) {
+    /// Appends an upsert record for the row the client knows as `handle` (`pk` in row format,
+    /// `wire_row` from [`WireLayout::encode_row`]).
+    pub fn upsert_record(&self, handle: u32, pk: &[u8], wire_row: &[u8], out: &mut Vec<u8>) {
+        write_varint(out, u64::from(handle));
         write_varint(out, UPSERT);
         out.extend_from_slice(pk);
         out.extend_from_slice(wire_row);
     }
 
-    /// Appends a delete record.
-    pub fn delete_record(pk: &[u8], out: &mut Vec<u8>) {
+    /// Appends a delete record for the row the client knows as `handle`.
+    pub fn delete_record(handle: u32, out: &mut Vec<u8>) {
+        write_varint(out, u64::from(handle));
         write_varint(out, DELETE);
-        out.extend_from_slice(pk);
     }
 
-    /// Appends a delta record taking a client from `old` to `new` (wire rows with their column
-    /// bounds, from [`WireLayout::encode_row`]). Returns false, appending nothing, if no
-    /// column changed or the table is too wide for a mask.
+    /// Appends a delta record for the row the client knows as `handle`, taking it from `old`
+    /// to `new` (see [`WireLayout::delta_body`]). Returns false, appending nothing, if no column
+    /// changed or the table is too wide for a mask.
     pub fn delta_record(
         &self,
-        pk: &[u8],
+        handle: u32,
+        old: (&[u8], &[Range<u32>]),
+        new: (&[u8], &[Range<u32>]),
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let start = out.len();
+        write_varint(out, u64::from(handle));
+        let appended = self.delta_body(old, new, out);
+        if !appended {
+            out.truncate(start);
+        }
+        appended
+    }
+
+    /// Appends the part of a delta record after the handle (header and changed columns)
+    /// taking a client from `old` to `new` (wire rows with their column bounds, from
+    /// [`WireLayout::encode_row`]): the same bytes for every client holding `old`. Returns
+    /// false, appending nothing, if no column changed or the table is too wide for a mask.
+    pub fn delta_body(
+        &self,
         old: (&[u8], &[Range<u32>]),
         new: (&[u8], &[Range<u32>]),
         out: &mut Vec<u8>,
@@ -277,7 +311,6 @@ impl WireLayout {
             return false;
         }
         write_varint(out, DELTA | (mask << 2));
-        out.extend_from_slice(pk);
         for (i, column) in self.columns.iter().enumerate() {
             if mask & (1 << i) == 0 {
                 continue;
@@ -392,33 +425,172 @@ impl WireLayout {
         Ok(changes)
     }
 
-    /// Decodes a whole table update payload into its records. Either every record decodes or
-    /// the payload is refused; never panics on any input.
-    pub fn decode_records(&self, mut input: &[u8]) -> Result<Vec<WireRecord>, RowDecodeError> {
+    /// Decodes a whole table update payload into its records, resolving row handles through
+    /// `handles` (the client's handles for this table, updated as the records bind and free
+    /// them). Either every record decodes and `handles` moves on, or the payload is refused and
+    /// `handles` is unchanged; never panics on any input, and `handles` grows by at most one
+    /// entry per record.
+    pub fn decode_records(
+        &self,
+        handles: &mut RowHandles,
+        mut input: &[u8],
+    ) -> Result<Vec<WireRecord>, RowDecodeError> {
         let mut records = Vec::new();
-        while !input.is_empty() {
-            let header = read_varint(&mut input, "record header")?;
-            let pk = self.read_pk(&mut input)?;
-            match header & 3 {
-                UPSERT => {
-                    let row = self.decode_row(&mut input)?;
-                    records.push(WireRecord::Upsert { pk, row });
-                }
-                DELTA => {
-                    let mask = header >> 2;
-                    let changes = self.decode_delta(mask, &mut input)?;
-                    records.push(WireRecord::Delta { pk, mask, changes });
-                }
-                DELETE => records.push(WireRecord::Delete { pk }),
-                kind => {
-                    return Err(RowDecodeError::InvalidTag {
-                        what: "record kind",
-                        tag: kind,
-                    });
+        let mut undo = Vec::new();
+        let result = (|| {
+            while !input.is_empty() {
+                let handle = read_varint(&mut input, "row handle")?;
+                let header = read_varint(&mut input, "record header")?;
+                match header & 3 {
+                    UPSERT => {
+                        let pk = self.read_pk(&mut input)?;
+                        let row = self.decode_row(&mut input)?;
+                        handles.bind(handle, &pk, &mut undo)?;
+                        records.push(WireRecord::Upsert { pk, row });
+                    }
+                    DELTA => {
+                        let pk = handles.named(handle)?.to_vec();
+                        let mask = header >> 2;
+                        let changes = self.decode_delta(mask, &mut input)?;
+                        records.push(WireRecord::Delta { pk, mask, changes });
+                    }
+                    DELETE => {
+                        let pk = handles.free(handle, &mut undo)?;
+                        records.push(WireRecord::Delete { pk });
+                    }
+                    kind => {
+                        return Err(RowDecodeError::InvalidTag {
+                            what: "record kind",
+                            tag: kind,
+                        });
+                    }
                 }
             }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(records),
+            Err(error) => {
+                handles.undo(undo);
+                Err(error)
+            }
         }
-        Ok(records)
+    }
+}
+
+/// A client's row handles for one table of one connection: the primary key each handle names
+/// (see the module docs). Start a fresh one per connection.
+#[derive(Clone, Debug, Default)]
+pub struct RowHandles {
+    pks: Vec<Option<Box<[u8]>>>,
+    event: bool,
+}
+
+/// How to take back one handle change of a refused payload.
+enum HandleUndo {
+    /// The handle was new: drop it from the end.
+    Pushed,
+    /// The handle named this key (or nothing) before.
+    Was(u32, Option<Box<[u8]>>),
+}
+
+impl RowHandles {
+    /// No handles yet, for a table whose rows are held (`event: false`) or an event table, whose
+    /// records are upserts with handle [`EVENT_HANDLE`] that bind nothing.
+    pub fn new(event: bool) -> Self {
+        RowHandles {
+            pks: Vec::new(),
+            event,
+        }
+    }
+
+    /// How many handles were given so far (bound or freed): the length of the table, which a
+    /// payload grows by at most one per record.
+    pub fn given(&self) -> usize {
+        self.pks.len()
+    }
+
+    /// How many handles are bound.
+    pub fn bound(&self) -> usize {
+        self.pks.iter().filter(|p| p.is_some()).count()
+    }
+
+    fn invalid(handle: u64, detail: &str) -> RowDecodeError {
+        RowDecodeError::Invalid {
+            what: "row handle",
+            detail: format!("handle {handle} {detail}"),
+        }
+    }
+
+    fn bind(
+        &mut self,
+        handle: u64,
+        pk: &[u8],
+        undo: &mut Vec<HandleUndo>,
+    ) -> Result<(), RowDecodeError> {
+        if self.event {
+            return if handle == u64::from(EVENT_HANDLE) {
+                Ok(())
+            } else {
+                Err(Self::invalid(handle, "in an event table (must be 0)"))
+            };
+        }
+        let len = self.pks.len() as u64;
+        if handle == len && handle <= u64::from(u32::MAX) {
+            self.pks.push(Some(pk.into()));
+            undo.push(HandleUndo::Pushed);
+            return Ok(());
+        }
+        let Some(slot) = usize::try_from(handle)
+            .ok()
+            .and_then(|h| self.pks.get_mut(h))
+        else {
+            return Err(Self::invalid(
+                handle,
+                &format!("skips ahead of the {len} handles given so far"),
+            ));
+        };
+        match slot {
+            Some(held) if **held != *pk => Err(Self::invalid(handle, "already names another row")),
+            Some(_) => Ok(()),
+            None => {
+                *slot = Some(pk.into());
+                undo.push(HandleUndo::Was(handle as u32, None));
+                Ok(())
+            }
+        }
+    }
+
+    fn named(&self, handle: u64) -> Result<&[u8], RowDecodeError> {
+        if self.event {
+            return Err(Self::invalid(
+                handle,
+                "in a delta or delete of an event table",
+            ));
+        }
+        usize::try_from(handle)
+            .ok()
+            .and_then(|h| self.pks.get(h))
+            .and_then(|p| p.as_deref())
+            .ok_or_else(|| Self::invalid(handle, "names no row"))
+    }
+
+    fn free(&mut self, handle: u64, undo: &mut Vec<HandleUndo>) -> Result<Vec<u8>, RowDecodeError> {
+        let pk = self.named(handle)?.to_vec();
+        let held = self.pks[handle as usize].take();
+        undo.push(HandleUndo::Was(handle as u32, held));
+        Ok(pk)
+    }
+
+    fn undo(&mut self, undo: Vec<HandleUndo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                HandleUndo::Pushed => {
+                    self.pks.pop();
+                }
+                HandleUndo::Was(handle, held) => self.pks[handle as usize] = held,
+            }
+        }
     }
 }
 
@@ -589,10 +761,12 @@ mod tests {
         let (w2, b2) = wire(&layout, &e2);
         let pk = [7u8];
         let mut payload = Vec::new();
-        layout.upsert_record(&pk, &w1, &mut payload);
-        assert!(layout.delta_record(&pk, (&w1, &b1), (&w2, &b2), &mut payload));
-        WireLayout::delete_record(&pk, &mut payload);
-        let records = layout.decode_records(&payload).unwrap();
+        layout.upsert_record(0, &pk, &w1, &mut payload);
+        assert!(layout.delta_record(0, (&w1, &b1), (&w2, &b2), &mut payload));
+        WireLayout::delete_record(0, &mut payload);
+        let mut handles = RowHandles::new(false);
+        let records = layout.decode_records(&mut handles, &payload).unwrap();
+        assert_eq!(handles.bound(), 0, "the delete freed the handle");
         assert_eq!(records.len(), 3);
         let WireRecord::Upsert { row, .. } = &records[0] else {
             panic!("upsert expected")
@@ -633,8 +807,11 @@ mod tests {
     #[test]
     fn bad_records_are_errors() {
         let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
+        let mut handles = RowHandles::new(false);
+        // Handle 0 names the row with key 9.
+        layout.decode_records(&mut handles, &[0, 0, 9, 9]).unwrap();
         assert!(matches!(
-            layout.decode_records(&[3, 1]),
+            layout.decode_records(&mut handles, &[0, 3, 1]),
             Err(RowDecodeError::InvalidTag {
                 what: "record kind",
                 tag: 3
@@ -642,17 +819,21 @@ mod tests {
         ));
         // Delta naming column 1 of a one-column table.
         assert!(matches!(
-            layout.decode_records(&[1 | (2 << 2), 1]),
+            layout.decode_records(&mut handles, &[0, 1 | (2 << 2), 1]),
             Err(RowDecodeError::Invalid { .. })
         ));
         assert!(matches!(
-            layout.decode_records(&[0, 1]),
+            layout.decode_records(&mut handles, &[1, 0, 1]),
             Err(RowDecodeError::UnexpectedEof { .. })
         ));
         // A schema whose primary key is out of range decodes to an error, not a panic.
         let mut t = table(vec![("id", TypeDesc::U8, None)]);
         t.primary_key = 5;
-        assert!(WireLayout::new(&t).decode_records(&[2, 1]).is_err());
+        assert!(
+            WireLayout::new(&t)
+                .decode_records(&mut RowHandles::new(false), &[0, 0, 1])
+                .is_err()
+        );
     }
 
     #[test]
@@ -662,7 +843,102 @@ mod tests {
             .collect();
         let layout = WireLayout::new(&table(cols));
         assert!(!layout.supports_delta());
-        assert!(layout.decode_records(&[1 | (1 << 2), 0, 0]).is_err());
+        let mut handles = RowHandles::new(false);
+        let mut upsert = vec![0, 0];
+        upsert.extend([0; 71]);
+        layout.decode_records(&mut handles, &upsert).unwrap();
+        assert!(
+            layout
+                .decode_records(&mut handles, &[0, 1 | (1 << 2), 0])
+                .is_err()
+        );
+    }
+
+    fn upsert(handle: u8, key: u8) -> [u8; 4] {
+        [handle, UPSERT as u8, key, key]
+    }
+
+    #[test]
+    fn handles_bind_in_order_and_name_rows_until_deleted() {
+        let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
+        let mut handles = RowHandles::new(false);
+        let mut payload = Vec::new();
+        payload.extend(upsert(0, 5));
+        payload.extend(upsert(1, 6));
+        payload.extend([1, DELETE as u8]); // frees handle 1 (key 6)
+        payload.extend(upsert(1, 7)); // and reuses it for key 7
+        payload.extend(upsert(0, 5)); // the same row again under its handle: a replacement
+        let records = layout.decode_records(&mut handles, &payload).unwrap();
+        let keys: Vec<_> = records.iter().map(|r| r.pk()[0]).collect();
+        assert_eq!(keys, [5, 6, 6, 7, 5]);
+        assert!(matches!(records[2], WireRecord::Delete { .. }));
+        assert_eq!(handles.bound(), 2);
+        let delete = layout
+            .decode_records(&mut handles, &[1, DELETE as u8])
+            .unwrap();
+        assert_eq!(delete, [WireRecord::Delete { pk: vec![7] }]);
+    }
+
+    #[test]
+    fn bad_handles_refuse_the_whole_payload_and_change_nothing() {
+        let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
+        let mut handles = RowHandles::new(false);
+        layout.decode_records(&mut handles, &upsert(0, 5)).unwrap();
+        let bad: [&[u8]; 5] = [
+            &[3, 0, 1, 1],                            // skips handle 2
+            &[2, 1 | (1 << 2), 3],                    // delta for an unbound handle
+            &[2, DELETE as u8],                       // delete of an unbound handle
+            &[0, 0, 6, 6],                            // handle 0 already names key 8
+            &[0xff, 0xff, 0xff, 0xff, 0x7f, 0, 1, 1], // far beyond any handle given
+        ];
+        for bytes in bad {
+            // Valid records first (handle 0 now names key 8, handle 1 key 9): they must be taken
+            // back with the bad one.
+            let mut payload = Vec::new();
+            payload.extend([0, DELETE as u8]);
+            payload.extend(upsert(0, 8));
+            payload.extend(upsert(1, 9));
+            payload.extend_from_slice(bytes);
+            assert!(
+                matches!(
+                    layout.decode_records(&mut handles, &payload),
+                    Err(RowDecodeError::Invalid {
+                        what: "row handle",
+                        ..
+                    })
+                ),
+                "{bytes:?}"
+            );
+            assert_eq!(
+                layout
+                    .decode_records(&mut handles, &[0, DELETE as u8])
+                    .unwrap(),
+                [WireRecord::Delete { pk: vec![5] }],
+                "handle 0 still names key 5 after {bytes:?}"
+            );
+            layout.decode_records(&mut handles, &upsert(0, 5)).unwrap();
+            assert_eq!(handles.bound(), 1);
+        }
+    }
+
+    #[test]
+    fn event_tables_bind_no_handles() {
+        let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
+        let mut handles = RowHandles::new(true);
+        let mut payload = Vec::new();
+        payload.extend(upsert(0, 5));
+        payload.extend(upsert(0, 6));
+        assert_eq!(
+            layout.decode_records(&mut handles, &payload).unwrap().len(),
+            2
+        );
+        assert_eq!(handles.bound(), 0);
+        assert!(layout.decode_records(&mut handles, &upsert(1, 5)).is_err());
+        assert!(
+            layout
+                .decode_records(&mut handles, &[0, DELETE as u8])
+                .is_err()
+        );
     }
 
     #[test]

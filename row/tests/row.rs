@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
 use orrery_row::{
     ColumnSchema, ConnectionId, Durability, FieldDesc, Identity, ScheduleAt, TableSchema,
     Timestamp, TypeDesc, Value, VariantDesc, Visibility, decode_row, encode_row,
@@ -262,10 +262,22 @@ proptest! {
     #[test]
     fn record_decoder_never_panics(
         columns in column_types(),
-        bytes in prop::collection::vec(any::<u8>(), 0..96),
+        event in any::<bool>(),
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..96), 1..4),
     ) {
         let layout = WireLayout::new(&table(columns));
-        if let Ok(records) = layout.decode_records(&bytes) {
+        // Several payloads through one handle table, as a connection receives them.
+        let mut handles = RowHandles::new(event);
+        for bytes in payloads {
+            let before = format!("{handles:?}");
+            let given = handles.given();
+            let Ok(records) = layout.decode_records(&mut handles, &bytes) else {
+                // A refused payload leaves the handles as they were.
+                prop_assert_eq!(format!("{handles:?}"), before);
+                continue;
+            };
+            // Handles grow by at most one per record.
+            prop_assert!(handles.given() <= given + records.len());
             // Whatever decoded can be applied without panicking.
             let mut held = None;
             for r in records {
@@ -294,9 +306,9 @@ proptest! {
         layout.encode_row(&ea, &mut wa, &mut ba).unwrap();
         layout.encode_row(&eb, &mut wb, &mut bb).unwrap();
         let mut payload = Vec::new();
-        layout.upsert_record(&pk, &wa, &mut payload);
-        let has_delta = layout.delta_record(&pk, (&wa, &ba), (&wb, &bb), &mut payload);
-        let records = layout.decode_records(&payload).unwrap();
+        layout.upsert_record(0, &pk, &wa, &mut payload);
+        let has_delta = layout.delta_record(0, (&wa, &ba), (&wb, &bb), &mut payload);
+        let records = layout.decode_records(&mut RowHandles::new(false), &payload).unwrap();
         let WireRecord::Upsert { row, pk: got_pk } = &records[0] else {
             return Err(TestCaseError::fail("first record is not an upsert"));
         };
@@ -310,8 +322,10 @@ proptest! {
         }
         // The applied row equals a fresh upsert of the new version.
         let mut fresh = Vec::new();
-        layout.upsert_record(&pk, &wb, &mut fresh);
-        let WireRecord::Upsert { row: expected, .. } = &layout.decode_records(&fresh).unwrap()[0] else {
+        layout.upsert_record(0, &pk, &wb, &mut fresh);
+        let WireRecord::Upsert { row: expected, .. } =
+            &layout.decode_records(&mut RowHandles::new(false), &fresh).unwrap()[0]
+        else {
             return Err(TestCaseError::fail("not an upsert"));
         };
         prop_assert_eq!(row.to_row_bytes(&layout).unwrap(), expected.to_row_bytes(&layout).unwrap());

@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
 use orrery_row::{ModuleSchema, TypeDesc, Value, encode_args_json, encode_row};
 use serde_json::json;
 
@@ -188,23 +188,24 @@ fn row_and_record_examples() {
     assert_eq!(hex(&wire), "07 03 6f 72 63 f6 01 e7 07 c8 01");
     let pk = [7u8];
     let mut upsert = Vec::new();
-    layout.upsert_record(&pk, &wire, &mut upsert);
-    assert_eq!(hex(&upsert), "00 07 07 03 6f 72 63 f6 01 e7 07 c8 01");
+    layout.upsert_record(0, &pk, &wire, &mut upsert);
+    assert_eq!(hex(&upsert), "00 00 07 07 03 6f 72 63 f6 01 e7 07 c8 01");
 
     let moved = encode_row(npc, &row(1.5, 90)).unwrap();
     let (mut wire2, mut bounds2) = (Vec::new(), Vec::new());
     layout.encode_row(&moved, &mut wire2, &mut bounds2).unwrap();
     let mut delta = Vec::new();
-    assert!(layout.delta_record(&pk, (&wire, &bounds), (&wire2, &bounds2), &mut delta));
-    assert_eq!(hex(&delta), "31 07 36 00 b4 01");
+    assert!(layout.delta_record(0, (&wire, &bounds), (&wire2, &bounds2), &mut delta));
+    assert_eq!(hex(&delta), "00 31 36 00 b4 01");
     let mut delete = Vec::new();
-    WireLayout::delete_record(&pk, &mut delete);
-    assert_eq!(hex(&delete), "02 07");
+    WireLayout::delete_record(0, &mut delete);
+    assert_eq!(hex(&delete), "00 02");
 
     let mut payload = upsert;
     payload.extend(&delta);
     payload.extend(&delete);
-    let records = layout.decode_records(&payload).unwrap();
+    let mut handles = RowHandles::new(false);
+    let records = layout.decode_records(&mut handles, &payload).unwrap();
     let WireRecord::Upsert { row: mut held, .. } = records[0].clone() else {
         panic!("upsert")
     };

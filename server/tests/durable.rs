@@ -11,7 +11,7 @@ use orrery_engine::value::Value;
 use orrery_engine::{DurabilityConfig, Engine, EngineConfig, FsyncPolicy, SystemsExecutor, Table};
 use orrery_netcode::sim::LinkConditions;
 use orrery_netcode::{ClientEvent, ClientMessage, ServerMessage};
-use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
 
 fn open(dir: &std::path::Path, configure: impl FnOnce(&mut DurabilityConfig)) -> (Engine, bool) {
     let mut d = DurabilityConfig::new(dir);
@@ -162,13 +162,14 @@ fn recovered_rows_reach_subscribers() {
     let schema = sim.core.tick_core().engine().schema().clone();
     let layout = WireLayout::new(schema.table(common::Note::NAME).unwrap());
     let mut texts = Vec::new();
+    let mut handles = RowHandles::new(false);
     for e in &sim.clients[0].events {
         if let ClientEvent::Message {
             msg: ServerMessage::TableUpdate { rows, .. },
             ..
         } = e
         {
-            for r in layout.decode_records(rows).unwrap() {
+            for r in layout.decode_records(&mut handles, rows).unwrap() {
                 if let WireRecord::Upsert { row, .. } = r
                     && let Value::String(t) = &row.columns[2]
                 {

@@ -10,7 +10,7 @@ use orrery_engine::value::Value;
 use orrery_engine::{Identity, Table};
 use orrery_netcode::sim::LinkConditions;
 use orrery_netcode::{ClientEvent, ClientMessage, ServerMessage};
-use orrery_row::wire::{WireLayout, WireRecord};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
 use orrery_server::metrics::RejectKind;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -336,6 +336,7 @@ fn subscriptions_over_the_wire() {
     let mut applied = Vec::new();
     let mut errors = Vec::new();
     let mut texts = Vec::new();
+    let mut handles = RowHandles::new(false);
     for e in &sim.clients[0].events {
         let ClientEvent::Message { msg, .. } = e else {
             continue;
@@ -349,7 +350,7 @@ fn subscriptions_over_the_wire() {
             }
             ServerMessage::TableUpdate { table_id, rows, .. } => {
                 assert_eq!(*table_id, note_table.id);
-                for record in layout.decode_records(rows).unwrap() {
+                for record in layout.decode_records(&mut handles, rows).unwrap() {
                     if let WireRecord::Upsert { row, .. } = record
                         && let Value::String(text) = &row.columns[2]
                     {

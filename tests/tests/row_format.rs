@@ -23,7 +23,7 @@ use orrery_client::{Mirror, MirrorChange};
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
 use orrery_engine::{ReducerArgs, SystemsExecutor};
-use orrery_row::wire::{WireLayout, WireRecord, WireRow};
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord, WireRow};
 use orrery_row::{ColumnSchema, IndexKind, ModuleSchema, TableSchema, TypeDesc, Value};
 use orrery_subscription::{PublishConfig, Publisher};
 use proptest::collection::vec as vec_of;
@@ -410,14 +410,16 @@ proptest! {
 }
 
 /// A client's rows (table → pk → row) through the reference decoder: the `orrery_row::wire`
-/// records of each payload applied in order.
-type Reference = BTreeMap<u32, BTreeMap<Vec<u8>, WireRow>>;
+/// records of each payload applied in order, with the connection's row handles per table.
+type Reference = BTreeMap<u32, (RowHandles, BTreeMap<Vec<u8>, WireRow>)>;
 
 fn apply_reference(reference: &mut Reference, table: u32, payload: &[u8]) {
     let layout = layout(table);
     let event = schema().tables[table as usize].event;
-    let rows = reference.entry(table).or_default();
-    for record in layout.decode_records(payload).unwrap() {
+    let (handles, rows) = reference
+        .entry(table)
+        .or_insert_with(|| (RowHandles::new(event), BTreeMap::new()));
+    for record in layout.decode_records(handles, payload).unwrap() {
         match record {
             WireRecord::Upsert { .. } if event => {}
             WireRecord::Upsert { pk, row } => {
@@ -434,7 +436,7 @@ fn apply_reference(reference: &mut Reference, table: u32, payload: &[u8]) {
 
 /// pk → exact row bytes.
 fn reference_rows(reference: &Reference, table: u32) -> Rows {
-    let rows = reference.get(&table).into_iter().flatten();
+    let rows = reference.get(&table).into_iter().flat_map(|(_, rows)| rows);
     let bytes = |row: &WireRow| row.to_row_bytes(layout(table)).unwrap();
     rows.map(|(pk, row)| (pk.clone(), bytes(row))).collect()
 }

@@ -18,7 +18,7 @@ use orrery_netcode::{
     ClientMessage, ClientSessionConfig, ConnectTokenIssuer, ConnectionId, DEFAULT_PROTOCOL_ID,
     PrivateKey, ServerEvent, ServerMessage, ServerSession, ServerSessionConfig, Transmit,
 };
-use orrery_row::wire::WireLayout;
+use orrery_row::wire::{EVENT_HANDLE, WireLayout};
 use orrery_row::{ModuleSchema, Value, decode_args, encode_row};
 
 pub const NPC: u32 = 0;
@@ -81,12 +81,40 @@ struct Held {
     bounds: Vec<Range<u32>>,
 }
 
+/// The row handles a client was given for npcs (the published-row format's per-connection
+/// handles: lowest free first, freed ones reused last-in first-out).
+#[derive(Default)]
+struct NpcHandles {
+    by_id: BTreeMap<u64, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl NpcHandles {
+    fn give(&mut self, id: u64) -> u32 {
+        let handle = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        self.by_id.insert(id, handle);
+        handle
+    }
+
+    fn take_back(&mut self, id: u64) -> Option<u32> {
+        let handle = self.by_id.remove(&id)?;
+        self.free.push(handle);
+        Some(handle)
+    }
+}
+
 /// Fake game logic over a `ServerSession`.
 pub struct FakeGame {
     pub schema: Arc<ModuleSchema>,
     layouts: Vec<WireLayout>,
     npcs: BTreeMap<u64, Held>,
     subscribers: BTreeMap<ConnectionId, BTreeSet<u32>>,
+    /// Each npc subscriber's handles.
+    handles: BTreeMap<ConnectionId, NpcHandles>,
     next_hit: u64,
     pub tick: u64,
     /// Every call: (client, reducer, decoded arguments or error).
@@ -109,6 +137,7 @@ impl FakeGame {
             schema,
             npcs: BTreeMap::new(),
             subscribers: BTreeMap::new(),
+            handles: BTreeMap::new(),
             next_hit: 1,
             tick: 1,
             calls: Vec::new(),
@@ -144,10 +173,12 @@ impl FakeGame {
             .expect("u64")
     }
 
-    fn all_npc_upserts(&self) -> Vec<u8> {
+    fn all_npc_upserts(&mut self, client: ConnectionId) -> Vec<u8> {
         let mut payload = Vec::new();
+        let handles = self.handles.entry(client).or_default();
         for (id, h) in &self.npcs {
-            self.layouts[NPC as usize].upsert_record(&Self::pk(*id), &h.wire, &mut payload);
+            let handle = handles.give(*id);
+            self.layouts[NPC as usize].upsert_record(handle, &Self::pk(*id), &h.wire, &mut payload);
         }
         payload
     }
@@ -168,22 +199,48 @@ impl FakeGame {
         }
     }
 
+    /// Sends each npc subscriber the payload `records` writes with its handles.
+    fn publish_npc(
+        &mut self,
+        server: &mut ServerSession,
+        mut records: impl FnMut(&WireLayout, &mut NpcHandles, &mut Vec<u8>),
+    ) {
+        for (client, tables) in &self.subscribers {
+            if !tables.contains(&NPC) {
+                continue;
+            }
+            let mut payload = Vec::new();
+            records(
+                &self.layouts[NPC as usize],
+                self.handles.entry(*client).or_default(),
+                &mut payload,
+            );
+            if !payload.is_empty() {
+                let msg = ServerMessage::TableUpdate {
+                    table_id: NPC,
+                    tick: self.tick,
+                    rows: payload,
+                };
+                let _ = server.send(*client, &msg);
+            }
+        }
+    }
+
     fn upsert_npc(&mut self, server: &mut ServerSession, values: Vec<Value>) {
         let id = values[0].as_u64().expect("id");
         let (pk, wire, bounds) = self.encode(NPC, &values);
-        let mut payload = Vec::new();
-        let layout = &self.layouts[NPC as usize];
-        match self.npcs.get(&id) {
-            Some(old) => {
-                layout.delta_record(
-                    &pk,
-                    (&old.wire, &old.bounds),
-                    (&wire, &bounds),
-                    &mut payload,
-                );
+        let old = self
+            .npcs
+            .get(&id)
+            .map(|h| (h.wire.clone(), h.bounds.clone()));
+        self.publish_npc(server, |layout, handles, payload| {
+            match (&old, handles.by_id.get(&id)) {
+                (Some((old_wire, old_bounds)), Some(&handle)) => {
+                    layout.delta_record(handle, (old_wire, old_bounds), (&wire, &bounds), payload);
+                }
+                _ => layout.upsert_record(handles.give(id), &pk, &wire, payload),
             }
-            None => layout.upsert_record(&pk, &wire, &mut payload),
-        }
+        });
         self.npcs.insert(
             id,
             Held {
@@ -192,7 +249,6 @@ impl FakeGame {
                 bounds,
             },
         );
-        self.publish(server, NPC, payload);
     }
 
     fn run(
@@ -243,16 +299,18 @@ impl FakeGame {
                 self.next_hit += 1;
                 let (pk, wire, _) = self.encode(HIT, &hit);
                 let mut payload = Vec::new();
-                self.layouts[HIT as usize].upsert_record(&pk, &wire, &mut payload);
+                self.layouts[HIT as usize].upsert_record(EVENT_HANDLE, &pk, &wire, &mut payload);
                 self.publish(server, HIT, payload);
                 Ok(())
             }
             "kill_npc" => {
                 let id = args[0].as_u64().unwrap_or(0);
                 self.npcs.remove(&id).ok_or(format!("no npc {id}"))?;
-                let mut payload = Vec::new();
-                WireLayout::delete_record(&Self::pk(id), &mut payload);
-                self.publish(server, NPC, payload);
+                self.publish_npc(server, |_, handles, payload| {
+                    if let Some(handle) = handles.take_back(id) {
+                        WireLayout::delete_record(handle, payload);
+                    }
+                });
                 Ok(())
             }
             "fail" => Err("insufficient funds".into()),
@@ -271,6 +329,7 @@ impl FakeGame {
                 ServerEvent::Connected { client, .. } => self.connected.push(client),
                 ServerEvent::Disconnected { client, reason } => {
                     self.subscribers.remove(&client);
+                    self.handles.remove(&client);
                     self.disconnected.push((client, reason.to_string()));
                 }
                 ServerEvent::Rejected { .. } => {}
@@ -308,7 +367,7 @@ impl FakeGame {
                             Some(table) => {
                                 self.subscribers.entry(client).or_default().insert(table);
                                 let rows = if table == NPC {
-                                    self.all_npc_upserts()
+                                    self.all_npc_upserts(client)
                                 } else {
                                     Vec::new()
                                 };
@@ -337,8 +396,11 @@ impl FakeGame {
                             && tables.remove(&NPC)
                         {
                             let mut payload = Vec::new();
+                            let mut handles = self.handles.remove(&client).unwrap_or_default();
                             for id in self.npcs.keys() {
-                                WireLayout::delete_record(&Self::pk(*id), &mut payload);
+                                if let Some(handle) = handles.take_back(*id) {
+                                    WireLayout::delete_record(handle, &mut payload);
+                                }
                             }
                             if !payload.is_empty() {
                                 let _ = server.send(

@@ -3,7 +3,8 @@
 //! payloads no larger than the configured message size.
 
 use orrery_row::ConnectionId;
-use orrery_row::wire::WireLayout;
+use orrery_row::codec::write_varint;
+use orrery_row::wire::{EVENT_HANDLE, WireLayout};
 
 use crate::client_state::ClientState;
 use crate::mirror::{MirrorTable, NO_INLINE_DELTA};
@@ -145,7 +146,8 @@ impl Flush<'_> {
                 continue;
             };
             // Entries are only marked dead during a flush, never moved: positions stay valid.
-            let e = &mut client.views[table as usize].entries[position as usize].1;
+            let view = &mut client.views[table as usize];
+            let e = &mut view.entries[position as usize].1;
             let index = match payloads.iter().position(|(t, _)| *t == table) {
                 Some(index) => index,
                 None => {
@@ -168,33 +170,57 @@ impl Flush<'_> {
                 Dirty::Clean => continue,
                 Dirty::Delete => {
                     counters.deletes += 1;
-                    WireLayout::delete_record(&t.data[slot as usize].pk, payload);
+                    WireLayout::delete_record(e.handle, payload);
+                    view.handles.take_back(e.handle);
                     kill(e, meta, slot, &mut release[table as usize]);
                     killed |= 1 << table.min(63);
                 }
                 Dirty::Upsert => {
                     let stored = &t.inline[slot as usize];
-                    if e.sent != 0 && e.sent == stored.from && stored.len != NO_INLINE_DELTA {
+                    let sent = e.sent();
+                    // A delta goes to a client holding an older version of the row, under the
+                    // handle it knows the row by: the handle, then the shared bytes.
+                    let mut delta = false;
+                    if sent != 0 && sent == stored.from && stored.len != NO_INLINE_DELTA {
+                        delta = true;
                         if stored.len > 0 {
                             counters.deltas += 1;
+                            write_varint(payload, u64::from(e.handle));
                             payload.extend_from_slice(&stored.bytes[..stored.len as usize]);
                         }
-                    } else {
+                    } else if sent != 0 {
                         let d = &t.data[slot as usize];
-                        match d.append_delta_from(&t.layout, e.sent, payload) {
-                            Some(true) => counters.deltas += 1,
-                            Some(false) => {}
-                            None => {
-                                counters.upserts += 1;
-                                t.layout.upsert_record(&d.pk, &d.wire, payload);
+                        write_varint(payload, u64::from(e.handle));
+                        match d.append_delta_from(&t.layout, sent, payload) {
+                            Some(true) => {
+                                counters.deltas += 1;
+                                delta = true;
                             }
+                            Some(false) => {
+                                payload.truncate(before);
+                                delta = true;
+                            }
+                            None => payload.truncate(before),
                         }
+                    }
+                    if !delta {
+                        let d = &t.data[slot as usize];
+                        counters.upserts += 1;
+                        let handle = if t.schema.event {
+                            EVENT_HANDLE
+                        } else if sent == 0 {
+                            e.handle = view.handles.give();
+                            e.handle
+                        } else {
+                            e.handle
+                        };
+                        t.layout.upsert_record(handle, &d.pk, &d.wire, payload);
                     }
                     if t.schema.event {
                         kill(e, meta, slot, &mut release[table as usize]);
                         killed |= 1 << table.min(63);
                     } else {
-                        e.sent = meta.version;
+                        e.set_sent(meta.version);
                         e.dirty = Dirty::Clean;
                     }
                 }

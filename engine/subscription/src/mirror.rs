@@ -342,8 +342,7 @@ impl MirrorTable {
         inline.len = NO_INLINE_DELTA;
         if was_live {
             scratch.delta.clear();
-            let changed_columns = t.layout.delta_record(
-                pk,
+            let changed_columns = t.layout.delta_body(
                 (&d.wire, &d.bounds),
                 (&scratch.wire, &scratch.bounds),
                 &mut scratch.delta,
@@ -433,7 +432,8 @@ impl SlotData {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends the delta record taking a client holding `version` to the row's current version,
+    /// Appends the delta record's header and body (all but the client's handle) taking a
+    /// client holding `version` to the row's current version,
     /// if that version is still in the row's history. Returns whether a record was appended
     /// (nothing is appended when nothing visible changed), or `None` when only the full row
     /// describes the change.
@@ -452,8 +452,7 @@ impl SlotData {
             None => {
                 let old = self.history.iter().find(|v| v.version == version)?;
                 let mut bytes = Vec::new();
-                layout.delta_record(
-                    &self.pk,
+                layout.delta_body(
                     (&old.wire, &old.bounds),
                     (&self.wire, &self.bounds),
                     &mut bytes,

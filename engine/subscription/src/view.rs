@@ -11,11 +11,15 @@ pub(crate) enum Dirty {
     Delete,
 }
 
-/// A client's view of one row (32 bytes with its slot: views stream through the cache).
+/// A client's view of one row (32 bytes with its slot: views stream through the cache, so the
+/// version is two `u32` halves, which keeps the entry 4-aligned and the slot in no padding).
 #[derive(Clone, Copy)]
 pub(crate) struct ViewEntry {
-    /// Version the client holds (0 = none).
-    pub(crate) sent: u64,
+    /// Version the client holds (0 = none), low and high halves; see [`ViewEntry::sent`].
+    sent: [u32; 2],
+    /// The client's handle for the row (see `orrery_row::wire`): given with the first upsert,
+    /// freed with the delete; meaningless while `sent` is 0.
+    pub(crate) handle: u32,
     /// Bits of this client's subscriptions on the table that include the row.
     pub(crate) mask: u32,
     /// Tick the entry became dirty (wrapping; only differences matter).
@@ -27,7 +31,20 @@ pub(crate) struct ViewEntry {
     pub(crate) dirty: Dirty,
 }
 
+const _: () = assert!(std::mem::size_of::<(u32, ViewEntry)>() == 32);
+
 impl ViewEntry {
+    /// Version the client holds (0 = none).
+    #[inline]
+    pub(crate) fn sent(&self) -> u64 {
+        u64::from(self.sent[0]) | u64::from(self.sent[1]) << 32
+    }
+
+    #[inline]
+    pub(crate) fn set_sent(&mut self, version: u64) {
+        self.sent = [version as u32, (version >> 32) as u32];
+    }
+
     /// Removed by a send during a flush (its delete went out): the flush compacts its views
     /// before returning, so dead entries are never seen outside it. Marking instead of
     /// removing keeps the flush's positions valid.
@@ -42,6 +59,30 @@ impl ViewEntry {
 #[derive(Default)]
 pub(crate) struct View {
     pub(crate) entries: Vec<(u32, ViewEntry)>,
+    /// The client's row handles for this table.
+    pub(crate) handles: HandlePool,
+}
+
+/// A client's row handles of one table: the lowest numbers, freed ones reused last-in
+/// first-out, so they stay below the most rows the client held at once (what its decoder
+/// allows) and encode in one byte for views of up to 128 rows.
+#[derive(Default)]
+pub(crate) struct HandlePool {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl HandlePool {
+    pub(crate) fn give(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    pub(crate) fn take_back(&mut self, handle: u32) {
+        self.free.push(handle);
+    }
 }
 
 impl View {
@@ -154,7 +195,7 @@ impl EntryUpdate<'_> {
 pub(crate) fn kill(e: &mut ViewEntry, meta: &SlotMeta, slot: u32, release: &mut Vec<u32>) {
     e.mask = 0;
     e.dirty = Dirty::Clean;
-    e.sent = 0;
+    e.set_sent(0);
     meta.drop_view();
     if !meta.live {
         release.push(slot);
@@ -164,7 +205,8 @@ pub(crate) fn kill(e: &mut ViewEntry, meta: &SlotMeta, slot: u32, release: &mut 
 pub(crate) fn new_entry(bit: u32, distance: f32, tick: u64) -> ViewEntry {
     ViewEntry {
         mask: 1 << bit,
-        sent: 0,
+        sent: [0; 2],
+        handle: 0,
         dirty: Dirty::Upsert,
         since: tick as u32,
         distance,
@@ -176,12 +218,12 @@ pub(crate) fn new_entry(bit: u32, distance: f32, tick: u64) -> ViewEntry {
 /// just became dirty (and must be queued).
 pub(crate) fn settle(e: &mut ViewEntry, meta: &SlotMeta, event: bool, tick: u64) -> bool {
     let want = if e.mask != 0 && meta.live {
-        if e.sent != meta.version {
+        if e.sent() != meta.version {
             Dirty::Upsert
         } else {
             Dirty::Clean
         }
-    } else if e.sent != 0 && !event {
+    } else if e.sent() != 0 && !event {
         Dirty::Delete
     } else {
         Dirty::Clean

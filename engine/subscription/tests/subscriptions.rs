@@ -11,7 +11,7 @@ use orrery_engine::SystemsExecutor;
 use orrery_engine::glam::{Vec2, Vec3};
 use orrery_engine::prelude::*;
 use orrery_engine::value::Value;
-use orrery_engine::wire::{WireLayout, WireRecord, WireRow};
+use orrery_engine::wire::{RowHandles, WireLayout, WireRecord, WireRow};
 use orrery_subscription::{Outgoing, PublishConfig, Publisher, QueryError, SubscribeError};
 use proptest::prelude::*;
 
@@ -55,6 +55,17 @@ pub struct Mob {
     pub hp: i32,
 }
 
+/// A player's avatar, keyed by a 32-byte identity as player tables usually are.
+#[table(name = avatar, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Avatar {
+    #[primary_key]
+    pub owner: Identity,
+    #[spatial(cell = 25.0)]
+    #[quantize(0.01)]
+    pub pos: Vec2,
+}
+
 /// Local chat: an event table with a position.
 #[table(name = shout, public, event)]
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +87,7 @@ pub enum Op {
     DropBag { id: u32 },
     PutMob { id: u32, x: f32, y: f32, hp: i32 },
     DropMob { id: u32 },
+    PutAvatar { owner: u64, x: f32, y: f32 },
 }
 
 /// Deletes a mob, then fails: the rollback brings the row back on a new entity.
@@ -130,6 +142,17 @@ pub fn run(ctx: &mut ReducerContext, ops: Vec<Op>) -> Result<(), String> {
             Op::DropMob { id } => {
                 ctx.db.mob().id().delete(&id);
             }
+            Op::PutAvatar { owner, x, y } => {
+                let row = Avatar {
+                    owner: Identity::from_u64(owner),
+                    pos: Vec2::new(x, y),
+                };
+                if ctx.db.avatar().owner().find(&row.owner).is_some() {
+                    ctx.db.avatar().owner().update(row)?;
+                } else {
+                    ctx.db.avatar().insert(row)?;
+                }
+            }
             Op::Shout { x, y, text } => {
                 ctx.db.shout().insert(Shout {
                     id: 0,
@@ -149,6 +172,7 @@ fn engine() -> Engine {
         .table::<Secret>()
         .table::<Mob>()
         .table::<Shout>()
+        .table::<Avatar>()
         .reducers(reducers![run, drop_mob_then_fail])
         .build()
         .unwrap();
@@ -166,16 +190,22 @@ fn engine() -> Engine {
 #[derive(Default)]
 struct Mirror {
     tables: BTreeMap<u32, BTreeMap<Vec<u8>, WireRow>>,
+    /// The connection's row handles by table.
+    handles: BTreeMap<u32, RowHandles>,
     bytes: usize,
     records: usize,
 }
 
 impl Mirror {
-    fn apply(&mut self, layouts: &[WireLayout], message: &Outgoing) {
+    fn apply(&mut self, layouts: &[(WireLayout, bool)], message: &Outgoing) {
         self.bytes += message.payload.len();
-        let layout = &layouts[message.table as usize];
+        let (layout, event) = &layouts[message.table as usize];
         let table = self.tables.entry(message.table).or_default();
-        for record in layout.decode_records(&message.payload).unwrap() {
+        let handles = self
+            .handles
+            .entry(message.table)
+            .or_insert_with(|| RowHandles::new(*event));
+        for record in layout.decode_records(handles, &message.payload).unwrap() {
             self.records += 1;
             match record {
                 WireRecord::Upsert { pk, row } => {
@@ -208,7 +238,8 @@ impl Mirror {
 struct World {
     engine: Engine,
     publisher: Publisher,
-    layouts: Vec<WireLayout>,
+    /// Each table's layout, and whether it is an event table.
+    layouts: Vec<(WireLayout, bool)>,
     mirrors: BTreeMap<ConnectionId, Mirror>,
     tick: i64,
 }
@@ -217,7 +248,12 @@ impl World {
     fn new(config: PublishConfig) -> Self {
         let engine = engine();
         let publisher = Publisher::new(engine.schema(), config);
-        let layouts = engine.schema().tables.iter().map(WireLayout::new).collect();
+        let layouts = engine
+            .schema()
+            .tables
+            .iter()
+            .map(|t| (WireLayout::new(t), t.event))
+            .collect();
         World {
             engine,
             publisher,
@@ -615,6 +651,67 @@ fn spatial_subscriptions_receive_event_rows_in_range_once() {
     }
     assert_eq!((records(&w, near), records(&w, everyone)), before);
     assert_eq!(w.publisher.stats().dirty, 0);
+}
+
+/// Rows keyed by a 32-byte identity move in as few bytes as any other: after its first upsert a
+/// row is named by its handle, and rows leaving and re-entering the view reuse freed handles.
+#[test]
+fn identity_keyed_rows_move_in_a_few_bytes_by_handle() {
+    let mut w = World::new(generous());
+    let put = |step: u32, x_shift: f32| {
+        (0..60u32)
+            .map(|i| Op::PutAvatar {
+                owner: 1000 + u64::from(i),
+                x: i as f32 + x_shift + step as f32 * 0.07,
+                y: step as f32 * 0.05,
+            })
+            .collect::<Vec<_>>()
+    };
+    w.run(put(0, 0.0));
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
+        .unwrap();
+    w.publisher.set_focus(a, Vec3::ZERO);
+    w.settle();
+    let avatar = w.engine.schema().table("avatar").unwrap().id;
+    assert_eq!(w.mirrors[&a].rows(avatar).len(), 60);
+    let (bytes_before, records_before) = (w.mirrors[&a].bytes, w.mirrors[&a].records);
+    for step in 1..=20 {
+        w.run(put(step, 0.0));
+        w.tick();
+    }
+    w.settle();
+    let updates = w.mirrors[&a].records - records_before;
+    let per_update = (w.mirrors[&a].bytes - bytes_before) as f32 / updates as f32;
+    assert_eq!(updates, 1200);
+    assert!(
+        per_update <= 5.0,
+        "{per_update} bytes per moving identity-keyed update"
+    );
+    // Half the avatars walk out of range and back, three times: every leave frees a handle,
+    // every return takes one again, and the mirror's strict handle checks hold throughout.
+    for round in 0..3 {
+        let out: Vec<Op> = (0..30u32)
+            .map(|i| Op::PutAvatar {
+                owner: 1000 + u64::from(i),
+                x: 500.0 + i as f32,
+                y: round as f32,
+            })
+            .collect();
+        w.run(out);
+        w.settle();
+        assert_eq!(w.mirrors[&a].rows(avatar).len(), 30);
+        w.run(put(30 + round, 0.0));
+        w.settle();
+        assert_eq!(w.mirrors[&a].rows(avatar).len(), 60);
+    }
+    assert_eq!(
+        w.mirrors[&a].rows(avatar),
+        w.server_rows::<Avatar>(|_| true)
+    );
+    // Sixty rows held at most at once: handles never went past 60.
+    assert_eq!(w.mirrors[&a].handles[&avatar].given(), 60);
 }
 
 #[test]
