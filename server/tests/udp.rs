@@ -20,8 +20,11 @@ use orrery_netcode::udp::UdpEndpoint;
 use orrery_netcode::{
     ClientEvent, ClientMessage, ClientSession, ClientSessionConfig, ServerMessage, unix_now,
 };
+use orrery_row::ModuleSchema;
+use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
 use orrery_server::ServerConfig;
 use serde_json::Value;
+use std::sync::Arc;
 use tower::ServiceExt as _;
 
 /// What one run measured (printed by the `--ignored` runs).
@@ -57,8 +60,20 @@ struct Report {
     load_net_cpu_per_tick: Duration,
     load_ticks: u64,
     load_calls: u64,
+    /// Published-row bytes per record (upsert, delta or delete) in the load phase: each
+    /// walker's move reaches the clients that see it as one record.
+    load_bytes_per_record: f64,
+    /// Records per client per second in the load phase.
+    load_records_per_client_second: f64,
+    /// UDP bytes sent per client per second in the load phase (records, envelopes, acks,
+    /// replies, netcode and encryption overhead).
+    load_udp_bytes_per_client_second: f64,
     replies: u64,
     updates: u64,
+    /// Walker records the clients decoded over the whole run: upserts, deltas, deletes.
+    walker_records: [u64; 3],
+    /// Their payload bytes.
+    walker_record_bytes: u64,
     /// Tick time over the last 1,024 ticks (mostly the load phase), p50 / p99.
     tick_total: (Duration, Duration),
     tick_reducers: (Duration, Duration),
@@ -120,12 +135,41 @@ fn this_thread_id() -> String {
         .unwrap_or_default()
 }
 
+/// A client's decoding of the walker table's records: checks every row handle the server
+/// uses (a payload breaking the handle rules fails the test) and counts records by kind.
+struct WalkerRecords {
+    table_id: u32,
+    layout: Arc<WireLayout>,
+    handles: RowHandles,
+    /// Upserts, deltas, deletes.
+    kinds: [u64; 3],
+    bytes: u64,
+}
+
+impl WalkerRecords {
+    fn apply(&mut self, rows: &[u8]) {
+        let records = self
+            .layout
+            .decode_records(&mut self.handles, rows)
+            .expect("walker records decode under the connection's handles");
+        for r in records {
+            self.kinds[match r {
+                WireRecord::Upsert { .. } => 0,
+                WireRecord::Delta { .. } => 1,
+                WireRecord::Delete { .. } => 2,
+            }] += 1;
+        }
+        self.bytes += rows.len() as u64;
+    }
+}
+
 struct Client {
     session: ClientSession,
     udp: UdpEndpoint,
     connected: bool,
     replies: Vec<u32>,
     updates: u64,
+    walkers: Option<WalkerRecords>,
     next_call: Instant,
     sent: u32,
     pos: (f32, f32),
@@ -147,10 +191,11 @@ impl Client {
             connected: false,
             replies: Vec::new(),
             updates: 0,
+            walkers: None,
             next_call: Instant::now(),
             sent: 0,
             pos: (0.0, 0.0),
-            rng,
+            rng: splitmix(rng),
         }
     }
 }
@@ -171,14 +216,37 @@ async fn start_with_tokens(
     (server, tokens)
 }
 
-/// Walkers start in a 640 m square: about 75 others within 50 m of each at 4,096 clients.
-const AREA: f32 = 640.0;
+/// Walkers start spread evenly over a 600 m square: at 4,096 clients about 83 others within
+/// 50 m of each, and ~100 in each view (rows leave it only beyond the hysteresis margin).
+const AREA: f32 = 600.0;
+
+/// Spreads a seed over all 64 bits (splitmix64's finalizer). xorshift from seeds that differ
+/// only in their low bits starts with nearly equal high bits: before this, every walker's
+/// first x was the same and the walkers started on one line, ~700 in each view at 4,096
+/// clients instead of ~95.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
 
 fn next_rand(x: &mut u64) -> f32 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
     (*x >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// The module schema, as clients fetch it.
+async fn module_schema(router: &axum::Router) -> ModuleSchema {
+    let request = Request::builder()
+        .uri("/v1/schema")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    ModuleSchema::from_json_str(std::str::from_utf8(&bytes).unwrap()).unwrap()
 }
 
 async fn connect_token(router: &axum::Router) -> Vec<u8> {
@@ -234,9 +302,14 @@ fn pass(clients: &mut [Client], calling: bool) {
                     c.replies.push(request_id);
                 }
                 ClientEvent::Message {
-                    msg: ServerMessage::TableUpdate { .. },
+                    msg: ServerMessage::TableUpdate { table_id, rows, .. },
                     ..
-                } => c.updates += 1,
+                } => {
+                    c.updates += 1;
+                    if let Some(w) = c.walkers.as_mut().filter(|w| w.table_id == table_id) {
+                        w.apply(&rows);
+                    }
+                }
                 ClientEvent::Message { .. } => {}
                 ClientEvent::Disconnected { reason } => panic!("client disconnected: {reason}"),
             }
@@ -312,13 +385,27 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
     config.connect_token_lifetime = Duration::from_secs(120);
     config.connection_timeout = Duration::from_secs(30);
     let (server, tokens) = start_with_tokens(config, n).await;
+    let schema = module_schema(&server.router()).await;
+    let mob = schema.table("mob").unwrap();
+    let layout = Arc::new(WireLayout::new(mob));
+    let mob_id = mob.id;
     let metrics = server.metrics().clone();
     let report = tokio::task::spawn_blocking(move || {
         let me = this_thread_id();
         let mut clients: Vec<Client> = tokens
             .iter()
             .enumerate()
-            .map(|(i, t)| Client::new(t, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1)))
+            .map(|(i, t)| {
+                let mut c = Client::new(t, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+                c.walkers = Some(WalkerRecords {
+                    table_id: mob_id,
+                    layout: layout.clone(),
+                    handles: RowHandles::new(false),
+                    kinds: [0; 3],
+                    bytes: 0,
+                });
+                c
+            })
             .collect();
         let start = Instant::now();
         run_until(
@@ -391,9 +478,28 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
                 .unwrap();
         }
         let calls0 = metrics.calls.load(Relaxed);
+        // The publisher's record count is sampled once a second: read the counters right
+        // after a sample (the first one after the subscribes' initial rows went out), so bytes
+        // and records cover the same ticks.
+        run_for(&mut clients, Duration::from_millis(1_200), true);
+        let sent = |clients: &mut [Client]| {
+            let records = metrics.publisher_records.load(Relaxed);
+            while metrics.publisher_records.load(Relaxed) == records {
+                pass(clients, true);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (
+                metrics.publisher_bytes.load(Relaxed),
+                metrics.publisher_records.load(Relaxed),
+                metrics.bytes_out.load(Relaxed),
+            )
+        };
+        let (sent2, at2) = (sent(&mut clients), Instant::now());
         let (cpu2, ticks2) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
         run_for(&mut clients, steady, true);
         let (cpu3, ticks3) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let (sent3, load_seconds) = (sent(&mut clients), at2.elapsed().as_secs_f64());
+        let per_client_second = |x: u64| x as f64 / n as f64 / load_seconds;
         let load_calls = metrics.calls.load(Relaxed) - calls0;
         run_until(
             &mut clients,
@@ -430,8 +536,26 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             load_net_cpu_per_tick: (cpu3.2 - cpu2.2) / load_ticks as u32,
             load_ticks,
             load_calls,
+            load_bytes_per_record: (sent3.0 - sent2.0) as f64 / (sent3.1 - sent2.1).max(1) as f64,
+            load_records_per_client_second: per_client_second(sent3.1 - sent2.1),
+            load_udp_bytes_per_client_second: per_client_second(sent3.2 - sent2.2),
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
             updates: clients.iter().map(|c| c.updates).sum(),
+            walker_records: clients.iter().filter_map(|c| c.walkers.as_ref()).fold(
+                [0; 3],
+                |sum, w| {
+                    [
+                        sum[0] + w.kinds[0],
+                        sum[1] + w.kinds[1],
+                        sum[2] + w.kinds[2],
+                    ]
+                },
+            ),
+            walker_record_bytes: clients
+                .iter()
+                .filter_map(|c| c.walkers.as_ref())
+                .map(|w| w.bytes)
+                .sum(),
             tick_total: (summary.total.p50, summary.total.p99),
             tick_reducers: pq(orrery_tick::Phase::Reducers),
             tick_publish: pq(orrery_tick::Phase::Publish),

@@ -53,13 +53,15 @@ pub struct Presence {
     pub connects: u32,
 }
 
-/// One walker per identity, for spatial interest.
+/// One walker per identity, for spatial interest: keyed by identity and quantized to the
+/// centimetre on the wire, as a game's avatar table is.
 #[table(name = mob, public)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mob {
     #[primary_key]
     pub owner: Identity,
     #[spatial(cell = 25.0)]
+    #[quantize(0.01)]
     pub pos: Vec2,
 }
 
