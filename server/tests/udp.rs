@@ -60,6 +60,9 @@ struct Report {
     load_net_cpu_per_tick: Duration,
     load_ticks: u64,
     load_calls: u64,
+    /// Share of the load phase the thread driving every client was running (1.0: it had no
+    /// time left, so the clients fell behind their 5 moves a second and acked late).
+    load_client_thread_busy: f64,
     /// Published-row bytes per record (upsert, delta or delete) in the load phase: each
     /// walker's move reaches the clients that see it as one record.
     load_bytes_per_record: f64,
@@ -74,12 +77,16 @@ struct Report {
     walker_records: [u64; 3],
     /// Their payload bytes.
     walker_record_bytes: u64,
-    /// Tick time over the last 1,024 ticks (mostly the load phase), p50 / p99.
+    /// Tick time in the steady load phase (after the subscribes' initial rows), p50 / p99.
     tick_total: (Duration, Duration),
     tick_reducers: (Duration, Duration),
     tick_publish: (Duration, Duration),
     tick_flush: (Duration, Duration),
+    /// Ticks the clock dropped, over the whole run and in the steady load phase.
     ticks_skipped: u64,
+    load_ticks_skipped: u64,
+    /// Ticks of the steady load phase longer than the tick (50 ms).
+    load_overruns: usize,
 }
 
 /// CPU time (from schedstat, so time preempted by other threads is not counted) of every
@@ -113,6 +120,14 @@ fn process_cpu_except(except: &str) -> (Duration, Duration, Duration) {
         Duration::from_nanos(tick),
         Duration::from_nanos(net),
     )
+}
+
+/// CPU time (schedstat) of the calling thread: the one driving every client.
+fn this_thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// Resident memory of this process, from `/proc/self/status`.
@@ -495,9 +510,20 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             )
         };
         let (sent2, at2) = (sent(&mut clients), Instant::now());
+        // Tick times of the steady load only (the subscribes' initial rows are behind us).
+        {
+            let mut stats = metrics.tick_stats.lock().unwrap();
+            *stats = orrery_tick::TickStats::with_capacity(stats.capacity(), stats.budget());
+        }
+        let skipped2 = metrics.ticks_skipped.load(Relaxed);
         let (cpu2, ticks2) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let (client_cpu2, wall2) = (this_thread_cpu(), Instant::now());
         run_for(&mut clients, steady, true);
         let (cpu3, ticks3) = (process_cpu_except(&me), metrics.ticks.load(Relaxed));
+        let client_busy =
+            (this_thread_cpu() - client_cpu2).as_secs_f64() / wall2.elapsed().as_secs_f64();
+        let summary = metrics.tick_stats.lock().unwrap().summary();
+        let load_ticks_skipped = metrics.ticks_skipped.load(Relaxed) - skipped2;
         let (sent3, load_seconds) = (sent(&mut clients), at2.elapsed().as_secs_f64());
         let per_client_second = |x: u64| x as f64 / n as f64 / load_seconds;
         let load_calls = metrics.calls.load(Relaxed) - calls0;
@@ -511,7 +537,6 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             assert_eq!(c.replies, (0..c.sent).collect::<Vec<_>>());
             assert!(c.session.is_connected());
         }
-        let summary = metrics.tick_stats.lock().unwrap().summary();
         let pq = |p: orrery_tick::Phase| (summary.phase(p).p50, summary.phase(p).p99);
         let idle_ticks = (ticks1 - ticks0).max(1);
         let load_ticks = (ticks3 - ticks2).max(1);
@@ -536,6 +561,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             load_net_cpu_per_tick: (cpu3.2 - cpu2.2) / load_ticks as u32,
             load_ticks,
             load_calls,
+            load_client_thread_busy: client_busy,
             load_bytes_per_record: (sent3.0 - sent2.0) as f64 / (sent3.1 - sent2.1).max(1) as f64,
             load_records_per_client_second: per_client_second(sent3.1 - sent2.1),
             load_udp_bytes_per_client_second: per_client_second(sent3.2 - sent2.2),
@@ -561,6 +587,8 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             tick_publish: pq(orrery_tick::Phase::Publish),
             tick_flush: pq(orrery_tick::Phase::Flush),
             ticks_skipped: metrics.ticks_skipped.load(Relaxed),
+            load_ticks_skipped,
+            load_overruns: summary.overruns,
         }
     })
     .await
