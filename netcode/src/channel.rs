@@ -27,6 +27,12 @@ pub const UNRELIABLE: u8 = 1;
 const SLICE_SIZE: usize = 1200;
 /// Sliced messages one peer may have partially sent at once.
 const MAX_SLICED_IN_FLIGHT: usize = 256;
+/// Longest wait before an unacknowledged reliable packet is sent again, however slow the
+/// round trip (the connection times out long before a peer this slow is useful).
+const MAX_RESEND: Duration = Duration::from_secs(2);
+/// Added to 1.5 round trips before a resend: the peer acknowledges on its next send, which
+/// can be a tick or an update later than the data arrived.
+const ACK_SLACK: Duration = Duration::from_millis(10);
 
 /// Limits of one side of a connection.
 #[derive(Debug, Clone)]
@@ -39,7 +45,8 @@ pub(crate) struct LinkLimits {
     pub max_incoming: usize,
     /// Bytes this side sends per `update`.
     pub bytes_per_update: u64,
-    /// Resend interval of unacknowledged reliable packets.
+    /// Shortest resend interval of unacknowledged reliable packets: the interval follows the
+    /// measured round trip above it (see [`Link::update`]).
     pub resend: Duration,
 }
 
@@ -55,6 +62,8 @@ pub(crate) struct Link {
     /// renet's clock, and when packets were last generated.
     clock: Duration,
     last_flush: Duration,
+    /// The resend interval in force (see [`Link::update`]).
+    resend: Duration,
     /// Slice count of each partially received reliable message, by message id.
     slicing: BTreeMap<u64, u64>,
     max_slices: u64,
@@ -106,6 +115,7 @@ impl Link {
             dirty: false,
             clock: Duration::ZERO,
             last_flush: Duration::ZERO,
+            resend: resend_time,
             slicing: BTreeMap::new(),
             max_slices,
         }
@@ -138,8 +148,8 @@ impl Link {
         // renet emits an ack packet on every call while it holds acks, so a peer updating at
         // 60 Hz would send 60 datagrams a second with nothing new in them. Generate packets only
         // when something arrived (acks due) or was queued, or to resend unacknowledged data.
-        let resend_due = self.backlog() > 0
-            && self.clock.saturating_sub(self.last_flush) >= self.limits.resend / 2;
+        let resend_due =
+            self.backlog() > 0 && self.clock.saturating_sub(self.last_flush) >= self.resend / 2;
         if !self.dirty && !resend_due {
             return Vec::new();
         }
@@ -288,11 +298,30 @@ impl Link {
         self.limits.send_backlog
     }
 
-    /// Advances renet's clock.
+    /// Advances renet's clock, and moves the resend interval with the round trip.
+    ///
+    /// A fixed interval below the round trip sends every reliable message more than once: a
+    /// peer 150 ms away got everything twice at 100 ms, and when a loaded machine delayed
+    /// acks, the extra sends delayed them further (the 4,096-client test fell into that
+    /// spiral). As TCP does, the interval follows the smoothed round trip (renet's): 1.5 of it
+    /// plus [`ACK_SLACK`], never below `LinkLimits::resend` (which keeps losses on a fast link
+    /// repaired quickly) nor above [`MAX_RESEND`].
     pub(crate) fn update(&mut self, dt: Duration) -> Result<(), DisconnectReason> {
         self.conn.update(dt);
         self.clock += dt;
+        let rtt = Duration::from_secs_f64(self.conn.rtt().clamp(0.0, MAX_RESEND.as_secs_f64()));
+        let want = (rtt + rtt / 2 + ACK_SLACK).clamp(self.limits.resend, MAX_RESEND);
+        // Only real changes reach renet (it walks its channels on every set).
+        if want.abs_diff(self.resend) * 8 > self.resend {
+            self.resend = want;
+            self.conn.set_resend_time(want);
+        }
         self.status()
+    }
+
+    /// The resend interval in force.
+    pub(crate) fn resend_interval(&self) -> Duration {
+        self.resend
     }
 
     /// renet packets to send now (within the per-update byte budget), unbundled.
@@ -504,5 +533,78 @@ mod tests {
             a.process(&p).unwrap();
         }
         assert_eq!(a.backlog(), 0);
+    }
+
+    /// Sends a 100-byte reliable message every 50 ms for `seconds` from `a` to `b` over a link
+    /// with `one_way` latency each way (10 ms steps, acks flowing back), and returns the bytes
+    /// `a` sent in the second half divided by the message bytes queued then.
+    fn resend_overhead(a: &mut Link, b: &mut Link, one_way: Duration, seconds: u64) -> f64 {
+        use std::collections::VecDeque;
+        let step = Duration::from_millis(10);
+        let (mut to_b, mut to_a) = (VecDeque::new(), VecDeque::new());
+        let (mut sent, mut queued) = (0usize, 0usize);
+        let steps = seconds * 100;
+        for i in 0..steps {
+            let now = step * i as u32;
+            let counting = i >= steps / 2;
+            if i % 5 == 0 {
+                a.send_reliable(Bytes::from(vec![7u8; 100])).unwrap();
+                if counting {
+                    queued += 100;
+                }
+            }
+            while to_b.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, bundle): (Duration, Vec<u8>) = to_b.pop_front().unwrap();
+                b.process_bundle(&bundle).unwrap();
+            }
+            while b.receive(RELIABLE).is_some() {}
+            while to_a.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, bundle): (Duration, Vec<u8>) = to_a.pop_front().unwrap();
+                a.process_bundle(&bundle).unwrap();
+            }
+            for bundle in a.bundles(1300) {
+                if counting {
+                    sent += bundle.len();
+                }
+                to_b.push_back((now + one_way, bundle));
+            }
+            for bundle in b.bundles(1300) {
+                to_a.push_back((now + one_way, bundle));
+            }
+            a.update(step).unwrap();
+            b.update(step).unwrap();
+        }
+        sent as f64 / queued as f64
+    }
+
+    /// A round trip longer than the configured resend interval: the interval grows to 1.5 of
+    /// it, so each message goes out about once (headers and acks on top), where a fixed
+    /// interval sent each of them about three times.
+    #[test]
+    fn resends_wait_for_the_measured_round_trip() {
+        let one_way = Duration::from_millis(250);
+        let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
+        let adaptive = resend_overhead(&mut a, &mut b, one_way, 10);
+        let resend = a.resend_interval();
+        assert!(
+            resend >= Duration::from_millis(700) && resend <= Duration::from_millis(900),
+            "{resend:?} for a 500 ms round trip"
+        );
+        assert!(adaptive < 1.4, "{adaptive:.2} bytes sent per message byte");
+        // The same link with renet's fixed interval (the floor pinned at the ceiling keeps the
+        // adaptation from ever changing what is set here).
+        let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
+        a.limits.resend = MAX_RESEND;
+        a.resend = MAX_RESEND;
+        a.conn.set_resend_time(limits().resend);
+        let pinned = resend_overhead(&mut a, &mut b, one_way, 10);
+        assert!(
+            pinned > 2.5,
+            "{pinned:.2} bytes sent per message byte with a fixed interval"
+        );
+        // On a fast link the configured floor stays in force, so losses are repaired quickly.
+        let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
+        resend_overhead(&mut a, &mut b, Duration::from_millis(10), 2);
+        assert_eq!(a.resend_interval(), limits().resend);
     }
 }

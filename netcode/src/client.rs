@@ -39,7 +39,9 @@ pub struct ClientSessionConfig {
     pub max_backlog: usize,
     /// Bytes sent per [`ClientSession::update`] (default 64 KiB).
     pub bytes_per_update: u64,
-    /// Resend interval of unacknowledged reliable packets (default 200 ms).
+    /// Shortest resend interval of unacknowledged reliable packets (default 200 ms): above it
+    /// the interval follows the measured round trip (1.5 round trips plus 10 ms), so a slow
+    /// peer is not sent everything twice.
     pub resend: Duration,
     /// Interval of connection requests and responses while connecting (default 100 ms).
     pub request_interval: Duration,

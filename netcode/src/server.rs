@@ -71,7 +71,9 @@ pub struct ServerSessionConfig {
     pub max_unreliable_queue: usize,
     /// Bytes sent per client per [`ServerSession::update`] (default 64 KiB).
     pub bytes_per_update: u64,
-    /// Resend interval of unacknowledged reliable packets (default 200 ms).
+    /// Shortest resend interval of unacknowledged reliable packets (default 200 ms): above it
+    /// the interval follows the measured round trip (1.5 round trips plus 10 ms), so a slow
+    /// peer is not sent everything twice.
     pub resend: Duration,
     /// A keep-alive goes out after this long without sending to a client (default 250 ms).
     pub keepalive: Duration,
@@ -171,6 +173,9 @@ pub struct ClientStats {
     pub backlog_bytes: usize,
     /// Round-trip time estimate.
     pub rtt: Duration,
+    /// How long an unacknowledged reliable packet waits before it is sent again (follows
+    /// `rtt`, never below `ServerSessionConfig::resend`).
+    pub resend: Duration,
     /// Packet loss estimate (0..1).
     pub packet_loss: f64,
 }
@@ -1114,6 +1119,7 @@ impl ServerSession {
         let mut s = conn.stats.clone();
         s.backlog_bytes = conn.link.backlog();
         s.rtt = Duration::from_secs_f64(conn.link.rtt().clamp(0.0, 3600.0));
+        s.resend = conn.link.resend_interval();
         s.packet_loss = conn.link.packet_loss();
         Some(s)
     }
