@@ -45,6 +45,9 @@ pub(crate) struct LinkLimits {
     pub max_incoming: usize,
     /// Bytes this side sends per `update`.
     pub bytes_per_update: u64,
+    /// How long received data may wait for its acknowledgement when there is nothing else to
+    /// send (zero: acknowledge on the next flush).
+    pub ack_delay: Duration,
     /// Shortest resend interval of unacknowledged reliable packets: the interval follows the
     /// measured round trip above it (see [`Link::update`]).
     pub resend: Duration,
@@ -57,8 +60,10 @@ pub(crate) struct Link {
     limits: LinkLimits,
     /// Messages handed out on the reliable channel (= renet's next expected message id).
     delivered: u64,
-    /// Something arrived or was queued since the last flush (acks or data to send).
+    /// Something was queued since the last flush (data to send).
     dirty: bool,
+    /// When data that needs acknowledging first arrived since the last flush.
+    acks_since: Option<Duration>,
     /// renet's clock, and when packets were last generated.
     clock: Duration,
     last_flush: Duration,
@@ -113,6 +118,7 @@ impl Link {
             limits,
             delivered: 0,
             dirty: false,
+            acks_since: None,
             clock: Duration::ZERO,
             last_flush: Duration::ZERO,
             resend: resend_time,
@@ -150,10 +156,15 @@ impl Link {
         // when something arrived (acks due) or was queued, or to resend unacknowledged data.
         let resend_due =
             self.backlog() > 0 && self.clock.saturating_sub(self.last_flush) >= self.resend / 2;
-        if !self.dirty && !resend_due {
+        let acks_due = self
+            .acks_since
+            .is_some_and(|since| self.clock.saturating_sub(since) >= self.limits.ack_delay);
+        if !self.dirty && !resend_due && !acks_due {
             return Vec::new();
         }
+        // Whatever goes out now carries every pending ack.
         self.dirty = false;
+        self.acks_since = None;
         self.last_flush = self.clock;
         let packets = self.conn.get_packets_to_send();
         let mut out: Vec<Vec<u8>> = Vec::new();
@@ -181,7 +192,7 @@ impl Link {
         // Data needs acknowledging; an ack-only packet (type 4) does not (acknowledging it
         // would make both sides trade ack packets forever).
         if packet.first() != Some(&4) {
-            self.dirty = true;
+            self.acks_since.get_or_insert(self.clock);
         }
         self.status()
     }
@@ -375,6 +386,7 @@ mod tests {
             send_unreliable: 1 << 16,
             max_incoming: 64 * 1024,
             bytes_per_update: 60_000,
+            ack_delay: Duration::ZERO,
             resend: Duration::from_millis(100),
         }
     }

@@ -43,6 +43,13 @@ pub struct ClientSessionConfig {
     /// the interval follows the measured round trip (1.5 round trips plus 10 ms), so a slow
     /// peer is not sent everything twice.
     pub resend: Duration,
+    /// How long data from the server may wait for its acknowledgement when the client has
+    /// nothing else to send (default 100 ms). A server sending every tick would otherwise
+    /// get an ack-only datagram back for each of its own (20 a second at 20 Hz from every
+    /// client: most of a busy server's incoming datagrams); acks also ride on every call. Keep
+    /// it below the server's shortest resend interval (200 ms) so acks never arrive late
+    /// enough to cause resends.
+    pub ack_delay: Duration,
     /// Interval of connection requests and responses while connecting (default 100 ms).
     pub request_interval: Duration,
     /// A keep-alive goes out after this long without sending (default 250 ms).
@@ -60,6 +67,7 @@ impl Default for ClientSessionConfig {
             max_backlog: 1024 * 1024,
             bytes_per_update: 64 * 1024,
             resend: Duration::from_millis(200),
+            ack_delay: Duration::from_millis(100),
             request_interval: Duration::from_millis(100),
             keepalive: Duration::from_millis(250),
             protocol_version: PROTOCOL_VERSION,
@@ -178,6 +186,7 @@ impl ClientSession {
             send_unreliable: 256 * 1024,
             max_incoming: config.max_server_message,
             bytes_per_update: config.bytes_per_update,
+            ack_delay: config.ack_delay,
             resend: config.resend,
         };
         let mut link = Link::new(limits);

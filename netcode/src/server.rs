@@ -765,6 +765,9 @@ impl ServerSession {
             send_unreliable: self.config.max_unreliable_queue,
             max_incoming: self.config.max_client_message,
             bytes_per_update: self.config.bytes_per_update,
+            // The server sends every tick, so its acks ride on that data anyway; an immediate
+            // ack for what a client sends keeps that client's round-trip estimate honest.
+            ack_delay: Duration::ZERO,
             resend: self.config.resend,
         };
         let now = self.now;
