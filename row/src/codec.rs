@@ -254,29 +254,36 @@ fn spread_groups(x: u64) -> u64 {
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
-#[inline]
+// Always inlined, one byte (lengths, tags, small numbers) pushed directly: rows and reducer
+// arguments are encoded on every write, and the call costs as much as a short varint.
+#[inline(always)]
 pub fn write_varint(out: &mut Vec<u8>, value: u64) {
-    // All bytes built in registers and appended at once: one capacity check, no loop per byte
-    // (a random u64 takes ten bytes; rows and reducer arguments are encoded on every write).
-    let bits = 64 - (value | 1).leading_zeros();
-    let len = bits.div_ceil(7) as usize;
-    let groups = spread_groups(value);
-    let mut buf = [0u8; 10];
-    if len <= 8 {
-        // Continuation bits on every byte before the last one.
-        let continuation = CONTINUATION_BITS & ((1u64 << (8 * (len - 1))) - 1);
-        buf[..8].copy_from_slice(&(groups | continuation).to_le_bytes());
+    if value < 0x80 {
+        out.push(value as u8);
     } else {
-        buf[..8].copy_from_slice(&(groups | CONTINUATION_BITS).to_le_bytes());
-        let high = value >> 56;
-        if len == 9 {
-            buf[8] = high as u8;
-        } else {
-            buf[8] = (high as u8) | 0x80;
-            buf[9] = (high >> 7) as u8;
-        }
+        write_varint_long(out, value);
     }
-    out.extend_from_slice(&buf[..len]);
+}
+
+/// [`write_varint`] for values of two to ten bytes.
+#[inline]
+fn write_varint_long(out: &mut Vec<u8>, value: u64) {
+    // All ten bytes built in registers without a branch on the length, appended as a fixed-size
+    // copy (two stores, no `memcpy` call for a variable length) and the unused tail cut off (a
+    // random u64 takes ten bytes; an account balance three).
+    let bits = 64 - value.leading_zeros();
+    let len = bits.div_ceil(7) as usize;
+    // Continuation bits on every byte before the last one: bytes 0..len-1 of the word (all
+    // eight when the varint goes on past it); `len >= 2` keeps the shift below 64.
+    let continuation = CONTINUATION_BITS & (u64::MAX >> (64 - 8 * (len.min(9) - 1)));
+    let word = spread_groups(value) | continuation;
+    let high = value >> 56;
+    let ninth = ((high as u8) & 0x7f) | if len == 10 { 0x80 } else { 0 };
+    let tenth = (value >> 63) as u8;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = word.to_le_bytes();
+    let start = out.len();
+    out.extend_from_slice(&[b0, b1, b2, b3, b4, b5, b6, b7, ninth, tenth]);
+    out.truncate(start + len);
 }
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
