@@ -104,7 +104,8 @@ pub(crate) struct LogMark {
 /// the reducer has just touched it, so commit has nothing left to do and a rollback truncates;
 /// the net change per primary key is folded once, when the tick ends, over a table that stays in
 /// cache, by the hash taken at write time. Rows that only systems changed are not folded at all
-/// unless reducers also touched them. Buffers are reused tick after tick.
+/// unless reducers also touched them. The byte arena leaves with the tick's [`TableChanges`]
+/// (the fold copies no key or row); the other buffers are reused tick after tick.
 #[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
@@ -180,8 +181,8 @@ impl ChangeLog {
         self.systems_from = Some(self.entries.len());
     }
 
-    /// Folds the tick's writes into net changes per primary key, moves them out as a compact
-    /// [`TableChanges`] (in first-touch order) and clears the log.
+    /// Folds the tick's writes into net changes per primary key, moves them out as a
+    /// [`TableChanges`] (in first-touch order) over the log's own bytes and clears the log.
     pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
         if self.entries.is_empty() {
             self.systems_from = None;
@@ -244,7 +245,6 @@ impl ChangeLog {
             }
         }
         let mut out = TableChanges::new(table, name);
-        out.bytes.reserve(bytes.len());
         out.entries.reserve(folded.len());
         for Folded {
             net,
@@ -255,23 +255,9 @@ impl ChangeLog {
         } in folded.drain(..)
         {
             let Some(kind) = net.kind() else { continue };
-            let (pk, row) = match (kind, row) {
-                (ChangeKind::Delete, _) | (_, None) => (
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
-                    0..0,
-                ),
-                // A row written once this tick follows its key in the log: one copy for both.
-                (_, Some(row)) if row.start == pk.end => {
-                    let both = span(&mut out.bytes, |o| {
-                        o.extend_from_slice(slice(bytes, &(pk.start..row.end)));
-                    });
-                    let split = both.start + (pk.end - pk.start);
-                    (both.start..split, split..both.end)
-                }
-                (_, Some(row)) => (
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
-                ),
+            let row = match (kind, row) {
+                (ChangeKind::Delete, _) | (_, None) => 0..0,
+                (_, Some(row)) => row,
             };
             out.entries.push(Entry {
                 kind,
@@ -280,14 +266,21 @@ impl ChangeLog {
                 entity,
             });
         }
-        self.bytes.clear();
+        // The arena itself becomes the change set's buffer, its entries pointing at the keys
+        // and rows where the writes encoded them: nothing is copied. It keeps the bytes of
+        // overwritten versions (a row written twice in the tick), a small price against a copy
+        // of every live one. The next tick's arena starts with room for half as much again as
+        // this one held, so a tick a little larger than the last does not regrow (and copy) it.
+        let size = self.bytes.len();
+        out.bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(size + size / 2));
         self.entries.clear();
         (!out.entries.is_empty()).then_some(out)
     }
 }
 
-/// One table's changes in one tick. Rows and keys live in one buffer; entries index into it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One table's changes in one tick. Rows and keys live in one buffer; entries index into it
+/// (the buffer may also hold bytes no entry points at, so equality compares the changes).
+#[derive(Clone, Debug)]
 pub struct TableChanges {
     table: TableId,
     name: &'static str,
@@ -308,6 +301,14 @@ pub struct RowChange<'a> {
     /// A hint for consumers that index rows densely; the primary key is the identity.
     pub entity: Option<Entity>,
 }
+
+impl PartialEq for TableChanges {
+    fn eq(&self, other: &Self) -> bool {
+        self.table == other.table && self.name == other.name && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for TableChanges {}
 
 /// A decoded change of a typed table.
 #[derive(Clone, Debug, PartialEq)]
@@ -352,7 +353,9 @@ impl TableChanges {
 
     /// Total encoded bytes of keys and rows.
     pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
+        self.iter()
+            .map(|c| c.pk.len() + c.row.map_or(0, <[u8]>::len))
+            .sum()
     }
 
     /// The changes, in a deterministic order (first touch within the tick, reducer writes before
