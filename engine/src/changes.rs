@@ -160,6 +160,35 @@ impl ChangeLog {
         });
     }
 
+    /// Appends the write of a row of `T` (an insert or update), whose primary key's hash is
+    /// `hash`. When the key is the row's first column, the row's encoding begins with the
+    /// key's, so the key is encoded once and its span is the start of the row's.
+    #[inline]
+    pub(crate) fn push_row<T: Table>(
+        &mut self,
+        op: ChangeKind,
+        hash: u64,
+        value: &T,
+        entity: Option<Entity>,
+    ) {
+        let start = self.bytes.len() as u32;
+        value.pk().encode(&mut self.bytes);
+        let pk = start..self.bytes.len() as u32;
+        let row = if value.encode_after_pk(&mut self.bytes) {
+            start..self.bytes.len() as u32
+        } else {
+            span(&mut self.bytes, |out| value.encode(out))
+        };
+        debug_assert_eq!(slice(&self.bytes, &row), value.to_bytes().as_slice());
+        self.entries.push(LogEntry {
+            op,
+            hash,
+            pk,
+            row: Some(row),
+            entity,
+        });
+    }
+
     /// The current end of the log, where a transaction starts.
     #[inline]
     pub(crate) fn mark(&self) -> LogMark {

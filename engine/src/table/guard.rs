@@ -89,13 +89,9 @@ impl<'a, T: Table> RowMut<'a, T> {
         }
         let row: &T = &self.row;
         let hash = self.tx.hasher.hash_one(row.pk());
-        self.tx.log.push(
-            ChangeKind::Update,
-            hash,
-            row.pk(),
-            Some(row),
-            Some(self.entity),
-        );
+        self.tx
+            .log
+            .push_row(ChangeKind::Update, hash, row, Some(self.entity));
         self.tx.undo.push(Undo::Update {
             entity: self.entity,
             old,

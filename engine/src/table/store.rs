@@ -151,13 +151,8 @@ impl<T: Table> Changes<'_, T> {
             }
         }
         let hash = self.hasher.hash_one(row.pk());
-        self.log.push(
-            ChangeKind::Update,
-            hash,
-            row.pk(),
-            Some(&*row),
-            Some(entity),
-        );
+        self.log
+            .push_row(ChangeKind::Update, hash, &*row, Some(entity));
     }
 }
 
@@ -321,7 +316,7 @@ impl<T: Table> TableStore<T> {
         self.indexes.insert(&keys, entity);
         let hash = self.hash(&pk);
         self.log
-            .push(ChangeKind::Insert, hash, &pk, Some(&row), Some(entity));
+            .push_row(ChangeKind::Insert, hash, &row, Some(entity));
         self.pk.insert(pk.clone(), entity);
         self.undo.push(Undo::Insert { pk });
         Ok(row)
@@ -360,7 +355,7 @@ impl<T: Table> TableStore<T> {
         }
         let hash = self.pk.hasher().hash_one(row.pk());
         self.log
-            .push(ChangeKind::Update, hash, row.pk(), Some(&row), Some(entity));
+            .push_row(ChangeKind::Update, hash, &row, Some(entity));
         let old = std::mem::replace(&mut *slot, row.clone());
         self.undo.push(Undo::Update { entity, old });
         Ok(row)
@@ -415,7 +410,10 @@ impl<T: Table> TableStore<T> {
     /// now (if it exists), encoded while it is hot in cache.
     fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>, entity: Entity) {
         let hash = self.hash(&pk);
-        self.log.push(op, hash, &pk, row, Some(entity));
+        match row {
+            Some(row) => self.log.push_row(op, hash, row, Some(entity)),
+            None => self.log.push(op, hash, &pk, None::<&T>, Some(entity)),
+        }
     }
 
     fn reschedule_from_row(&mut self, world: &World, pk: &T::Pk, now: Timestamp) {
