@@ -93,6 +93,18 @@ struct LogEntry {
     entity: Option<Entity>,
 }
 
+/// Where a row's entry is in a table's change log, kept with the row in the primary index so
+/// that a second write of the row in the same tick merges into that entry (see
+/// [`ChangeLog::write_row`]). It may be stale (from an earlier tick, or a rolled-back write):
+/// it is used only if the entry it names holds the same entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogSlot(u32);
+
+impl LogSlot {
+    /// No entry.
+    pub(crate) const NONE: LogSlot = LogSlot(u32::MAX);
+}
+
 /// Where a transaction's entries begin, to drop them again on rollback.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LogMark {
@@ -100,18 +112,29 @@ pub(crate) struct LogMark {
     bytes: usize,
 }
 
-/// One table's writes while a tick runs, append-only. A write encodes the row right away, while
-/// the reducer has just touched it, so commit has nothing left to do and a rollback truncates;
-/// the net change per primary key is folded once, when the tick ends, over a table that stays in
-/// cache, by the hash taken at write time. Rows that only systems changed are not folded at all
-/// unless reducers also touched them. The byte arena leaves with the tick's [`TableChanges`]
-/// (the fold copies no key or row); the other buffers are reused tick after tick.
+/// One table's writes while a tick runs. A write encodes the row right away, while the reducer
+/// has just touched it, so commit has nothing left to do and a rollback truncates. A reducer's
+/// update of a row already in the log merges into the row's entry (the primary index keeps
+/// where it is), so as long as the tick has no deletes and systems changed nothing, every key
+/// has one entry and the tick-end fold only copies entries out. Otherwise the net change per
+/// primary key is folded when the tick ends, over a table that stays in cache, by the hash
+/// taken at write time; rows that only systems changed are not folded unless reducers also
+/// touched them. The byte arena leaves with the tick's [`TableChanges`] (the fold copies no
+/// key or row); the other buffers are reused tick after tick.
 #[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
     /// Entries from this index on were written by capture (systems).
     systems_from: Option<usize>,
+    /// Some key may have more than one entry (a delete was logged, which ends the row's entity
+    /// and so its merging): the tick-end fold must probe by key.
+    unmerged: bool,
+    /// Where the running transaction's entries begin.
+    tx_entries: usize,
+    /// Entries of earlier transactions that this one merged into, as they were, to restore on
+    /// rollback.
+    merged: Vec<(usize, LogEntry)>,
     /// Scratch of `take`, kept for its capacity: folded position per key, by key hash.
     slots: HashTable<u32>,
     folded: Vec<Folded>,
@@ -149,6 +172,7 @@ impl ChangeLog {
         row: Option<&R>,
         entity: Option<Entity>,
     ) {
+        self.unmerged |= op == ChangeKind::Delete;
         let pk = span(&mut self.bytes, |out| pk.encode(out));
         let row = row.map(|row| span(&mut self.bytes, |out| row.encode(out)));
         self.entries.push(LogEntry {
@@ -161,8 +185,7 @@ impl ChangeLog {
     }
 
     /// Appends the write of a row of `T` (an insert or update), whose primary key's hash is
-    /// `hash`. When the key is the row's first column, the row's encoding begins with the
-    /// key's, so the key is encoded once and its span is the start of the row's.
+    /// `hash`; returns where its entry is.
     #[inline]
     pub(crate) fn push_row<T: Table>(
         &mut self,
@@ -170,7 +193,56 @@ impl ChangeLog {
         hash: u64,
         value: &T,
         entity: Option<Entity>,
+    ) -> LogSlot {
+        debug_assert_ne!(op, ChangeKind::Delete);
+        let (pk, row) = self.encode_row(value);
+        let at = self.entries.len();
+        self.entries.push(LogEntry {
+            op,
+            hash,
+            pk,
+            row: Some(row),
+            entity,
+        });
+        LogSlot(at as u32)
+    }
+
+    /// Logs a reducer's update of the row of `T` held by `entity`: merged into the row's entry
+    /// if `logged` names one of this tick (the entry keeps its kind, an insert or an update,
+    /// and takes the new contents), appended otherwise and `logged` pointed at it.
+    #[inline]
+    pub(crate) fn write_row<T: Table>(
+        &mut self,
+        hash: u64,
+        value: &T,
+        entity: Entity,
+        logged: &mut LogSlot,
     ) {
+        let at = logged.0 as usize;
+        // Only one row holds an entity at a time and a row's entity never changes, so an entry
+        // with this entity is this row's entry of this tick (a delete, which ends an entity, is
+        // never merged into).
+        if let Some(entry) = self.entries.get(at)
+            && entry.entity == Some(entity)
+            && entry.op != ChangeKind::Delete
+        {
+            let (pk, row) = self.encode_row(value);
+            let entry = &mut self.entries[at];
+            if at < self.tx_entries {
+                self.merged.push((at, entry.clone()));
+            }
+            entry.pk = pk;
+            entry.row = Some(row);
+            return;
+        }
+        *logged = self.push_row(ChangeKind::Update, hash, value, Some(entity));
+    }
+
+    /// Encodes a row's key and contents into the arena. When the key is the row's first column,
+    /// the row's encoding begins with the key's, so the key is encoded once and its span is the
+    /// start of the row's.
+    #[inline]
+    fn encode_row<T: Table>(&mut self, value: &T) -> (Range<u32>, Range<u32>) {
         let start = self.bytes.len() as u32;
         value.pk().encode(&mut self.bytes);
         let pk = start..self.bytes.len() as u32;
@@ -180,27 +252,27 @@ impl ChangeLog {
             span(&mut self.bytes, |out| value.encode(out))
         };
         debug_assert_eq!(slice(&self.bytes, &row), value.to_bytes().as_slice());
-        self.entries.push(LogEntry {
-            op,
-            hash,
-            pk,
-            row: Some(row),
-            entity,
-        });
+        (pk, row)
     }
 
-    /// The current end of the log, where a transaction starts.
+    /// Starts a transaction at the current end of the log; returns the mark to roll back to.
     #[inline]
-    pub(crate) fn mark(&self) -> LogMark {
+    pub(crate) fn begin_tx(&mut self) -> LogMark {
+        self.tx_entries = self.entries.len();
+        self.merged.clear();
         LogMark {
             entries: self.entries.len(),
             bytes: self.bytes.len(),
         }
     }
 
-    /// Drops the entries written since `mark` (a rolled-back transaction's).
+    /// Drops the entries written since `mark` (a rolled-back transaction's) and restores the
+    /// earlier entries it merged into.
     #[inline]
     pub(crate) fn truncate(&mut self, mark: LogMark) {
+        while let Some((at, entry)) = self.merged.pop() {
+            self.entries[at] = entry;
+        }
         self.entries.truncate(mark.entries);
         self.bytes.truncate(mark.bytes);
     }
@@ -215,9 +287,24 @@ impl ChangeLog {
     pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
         if self.entries.is_empty() {
             self.systems_from = None;
+            self.unmerged = false;
             return None;
         }
         let systems_from = self.systems_from.take().unwrap_or(self.entries.len());
+        self.merged.clear();
+        self.tx_entries = 0;
+        let mut out = TableChanges::new(table, name);
+        if !std::mem::take(&mut self.unmerged) && systems_from == self.entries.len() {
+            // Merged at write time: one entry per key already, in first-touch order.
+            out.entries
+                .extend(self.entries.drain(..).map(|entry| Entry {
+                    kind: entry.op,
+                    pk: entry.pk,
+                    row: entry.row.unwrap_or(0..0),
+                    entity: entry.entity,
+                }));
+            return Some(self.hand_over_bytes(out));
+        }
         let bytes = &self.bytes;
         let slots = &mut self.slots;
         let folded = &mut self.folded;
@@ -273,7 +360,6 @@ impl ChangeLog {
                 }
             }
         }
-        let mut out = TableChanges::new(table, name);
         out.entries.reserve(folded.len());
         for Folded {
             net,
@@ -295,6 +381,12 @@ impl ChangeLog {
                 entity,
             });
         }
+        self.entries.clear();
+        (!out.entries.is_empty()).then(|| self.hand_over_bytes(out))
+    }
+
+    /// Moves the arena into `out`, whose entries point into it.
+    fn hand_over_bytes(&mut self, mut out: TableChanges) -> TableChanges {
         // The arena itself becomes the change set's buffer, its entries pointing at the keys
         // and rows where the writes encoded them: nothing is copied. It keeps the bytes of
         // overwritten versions (a row written twice in the tick), a small price against a copy
@@ -302,8 +394,7 @@ impl ChangeLog {
         // this one held, so a tick a little larger than the last does not regrow (and copy) it.
         let size = self.bytes.len();
         out.bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(size + size / 2));
-        self.entries.clear();
-        (!out.entries.is_empty()).then_some(out)
+        out
     }
 }
 
@@ -476,7 +567,7 @@ mod tests {
         log.push(ChangeKind::Insert, h, &1u32, Some(&10u32), None);
         log.push(ChangeKind::Update, h, &1u32, Some(&11u32), None);
         log.push(ChangeKind::Update, h, &2u32, Some(&20u32), None);
-        let mark = log.mark();
+        let mark = log.begin_tx();
         log.push(ChangeKind::Delete, h, &2u32, None::<&u32>, None);
         log.truncate(mark);
         log.push(ChangeKind::Delete, h, &3u32, None::<&u32>, None);

@@ -1063,7 +1063,7 @@ impl Engine {
         let mut rows: Vec<T> = store
             .pk
             .values()
-            .filter_map(|&e| self.world.get::<T>(e).cloned())
+            .filter_map(|slot| self.world.get::<T>(slot.entity).cloned())
             .collect();
         rows.sort_by(|a, b| a.pk().cmp(b.pk()));
         rows

@@ -24,7 +24,7 @@ use bevy_ecs::world::World;
 use super::guard::{GuardTx, RowMut};
 use super::key_map::KeyMap;
 use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
-use crate::changes::{ChangeKind, ChangeLog, LogMark, TableChanges};
+use crate::changes::{ChangeKind, ChangeLog, LogMark, LogSlot, TableChanges};
 use crate::schema::TableSchema;
 use crate::time::{ScheduleAt, Timestamp};
 
@@ -36,6 +36,24 @@ pub(crate) enum Undo<T: Table> {
     Insert { pk: T::Pk },
     Update { entity: Entity, old: T },
     Delete { old: T },
+}
+
+/// A primary-index entry: the row's entity and where this tick's change log holds the row's
+/// entry, so that writing the row again in the tick merges into it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowSlot {
+    pub(crate) entity: Entity,
+    pub(crate) logged: LogSlot,
+}
+
+impl RowSlot {
+    /// A row not written this tick.
+    pub(crate) fn new(entity: Entity) -> Self {
+        RowSlot {
+            entity,
+            logged: LogSlot::NONE,
+        }
+    }
 }
 
 /// Due times of a schedule table's rows, ordered by (due, primary key).
@@ -162,7 +180,7 @@ impl<T: Table> Changes<'_, T> {
 pub struct TableStore<T: Table> {
     id: TableId,
     schema: TableSchema,
-    pub(crate) pk: KeyMap<T::Pk, Entity>,
+    pub(crate) pk: KeyMap<T::Pk, RowSlot>,
     pub(crate) indexes: T::Indexes,
     sequences: Vec<u64>,
     saved_sequences: Vec<u64>,
@@ -234,7 +252,7 @@ impl<T: Table> TableStore<T> {
 
     /// The entity holding the row with primary key `pk`.
     pub fn entity(&self, pk: &T::Pk) -> Option<Entity> {
-        self.pk.get(pk).copied()
+        self.pk.get(pk).map(|slot| slot.entity)
     }
 
     /// The generated secondary indexes, for lookups from systems.
@@ -256,7 +274,7 @@ impl<T: Table> TableStore<T> {
     #[inline(never)]
     fn begin_slow(&mut self) {
         self.in_tx = true;
-        self.tx_mark = self.log.mark();
+        self.tx_mark = self.log.begin_tx();
         self.deferred_error = None;
         self.saved_sequences.clear();
         self.saved_sequences.extend_from_slice(&self.sequences);
@@ -315,9 +333,10 @@ impl<T: Table> TableStore<T> {
         let entity = world.spawn((row.clone(), RowKeys::<T>(keys.clone()))).id();
         self.indexes.insert(&keys, entity);
         let hash = self.hash(&pk);
-        self.log
+        let logged = self
+            .log
             .push_row(ChangeKind::Insert, hash, &row, Some(entity));
-        self.pk.insert(pk.clone(), entity);
+        self.pk.insert(pk.clone(), RowSlot { entity, logged });
         self.undo.push(Undo::Insert { pk });
         Ok(row)
     }
@@ -328,20 +347,32 @@ impl<T: Table> TableStore<T> {
         self.pk.hasher().hash_one(pk)
     }
 
-    /// Replaces the row held by `entity` (whose primary key equals `row`'s) with `row`.
-    pub(crate) fn update_entity(
+    /// Replaces the row whose primary key equals `row`'s with `row`; if `entity` is given, the
+    /// row must be the one it holds.
+    #[inline]
+    pub(crate) fn update_row(
         &mut self,
         world: &mut World,
-        entity: Entity,
         row: T,
+        entity: Option<Entity>,
     ) -> Result<T, TableError> {
         debug_assert!(self.in_tx);
         self.sync_shadows(world);
-        let Some(mut slot) = world.get_mut::<T>(entity) else {
-            return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+        let hash = self.pk.hasher().hash_one(row.pk());
+        // The index entry stays borrowed for the whole write: it records where the row's
+        // change-log entry is, so a later write in the tick merges into it.
+        let Some(slot) = self.pk.get_mut(row.pk()) else {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
         };
-        if !row.same_keys_as(&slot) {
-            let old_keys = slot.keys();
+        if entity.is_some_and(|entity| entity != slot.entity) {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
+        }
+        let entity = slot.entity;
+        let Some(mut stored) = world.get_mut::<T>(entity) else {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
+        };
+        if !row.same_keys_as(&stored) {
+            let old_keys = stored.keys();
             let new_keys = row.keys();
             self.indexes.check_update(&old_keys, &new_keys, entity)?;
             self.indexes.update(&old_keys, &new_keys, entity);
@@ -349,29 +380,47 @@ impl<T: Table> TableStore<T> {
                 shadow.0 = new_keys;
             }
             let Some(again) = world.get_mut::<T>(entity) else {
-                return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+                return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
             };
-            slot = again;
+            stored = again;
         }
-        let hash = self.pk.hasher().hash_one(row.pk());
-        self.log
-            .push_row(ChangeKind::Update, hash, &row, Some(entity));
-        let old = std::mem::replace(&mut *slot, row.clone());
+        self.log.write_row(hash, &row, entity, &mut slot.logged);
+        let old = std::mem::replace(&mut *stored, row.clone());
         self.undo.push(Undo::Update { entity, old });
         Ok(row)
     }
 
-    /// Opens the row held by `entity` for writing through a guard.
+    /// Opens the row with primary key `pk`, or if `pk` is `None` the row held by `entity`, for
+    /// writing through a guard.
     pub(crate) fn row_mut<'a>(
         &'a mut self,
         world: &'a mut World,
-        entity: Entity,
+        pk: Option<&T::Pk>,
+        entity: Option<Entity>,
     ) -> Option<RowMut<'a, T>> {
         debug_assert!(self.in_tx);
         self.sync_shadows(world);
-        let row = world.get_mut::<T>(entity)?;
+        // The guard keeps the row's primary-index entry (found by key, or by the row's key
+        // when opened through another index), which records where the row's change-log entry
+        // is when the write is logged.
+        let (row, hash, slot) = match (pk, entity) {
+            (Some(pk), _) => {
+                let hash = self.pk.hasher().hash_one(pk);
+                let slot = self.pk.get_mut(pk)?;
+                (world.get_mut::<T>(slot.entity)?, hash, slot)
+            }
+            (None, Some(entity)) => {
+                let row = world.get_mut::<T>(entity)?;
+                let hash = self.pk.hasher().hash_one(row.pk());
+                let slot = self.pk.get_mut(row.pk())?;
+                (row, hash, slot)
+            }
+            (None, None) => return None,
+        };
+        let entity = slot.entity;
         let tx = GuardTx {
-            hasher: self.pk.hasher(),
+            slot,
+            hash,
             indexes: &mut self.indexes,
             undo: &mut self.undo,
             log: &mut self.log,
@@ -399,11 +448,7 @@ impl<T: Table> TableStore<T> {
     }
 
     pub(crate) fn not_found(&self, column: &'static str, key: &dyn std::fmt::Debug) -> TableError {
-        TableError::NotFound {
-            table: T::NAME,
-            column,
-            key: format!("{key:?}"),
-        }
+        not_found::<T>(column, key)
     }
 
     /// Appends one change found by capture to the tick's change log; `row` is the row's state
@@ -411,7 +456,9 @@ impl<T: Table> TableStore<T> {
     fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>, entity: Entity) {
         let hash = self.hash(&pk);
         match row {
-            Some(row) => self.log.push_row(op, hash, row, Some(entity)),
+            Some(row) => {
+                self.log.push_row(op, hash, row, Some(entity));
+            }
             None => self.log.push(op, hash, &pk, None::<&T>, Some(entity)),
         }
     }
@@ -420,7 +467,7 @@ impl<T: Table> TableStore<T> {
         let at = self
             .pk
             .get(pk)
-            .and_then(|&e| world.get::<T>(e))
+            .and_then(|slot| world.get::<T>(slot.entity))
             .and_then(T::schedule_at);
         if let Some(queue) = self.schedule.as_mut() {
             match at {
@@ -460,7 +507,7 @@ impl<T: Table> TableStore<T> {
         while let Some(op) = self.undo.pop() {
             match op {
                 Undo::Insert { pk } => {
-                    if let Some(entity) = self.pk.remove(&pk) {
+                    if let Some(RowSlot { entity, .. }) = self.pk.remove(&pk) {
                         if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
                             self.indexes.remove(&keys, entity);
                         }
@@ -468,7 +515,7 @@ impl<T: Table> TableStore<T> {
                     }
                 }
                 Undo::Update { old, .. } => {
-                    let Some(&entity) = self.pk.get(old.pk()) else {
+                    let Some(&RowSlot { entity, .. }) = self.pk.get(old.pk()) else {
                         continue;
                     };
                     if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity)
@@ -486,7 +533,7 @@ impl<T: Table> TableStore<T> {
                     let keys = old.keys();
                     let pk = old.pk().clone();
                     let entity = world.spawn((old, RowKeys::<T>(keys.clone()))).id();
-                    self.pk.insert(pk, entity);
+                    self.pk.insert(pk, RowSlot::new(entity));
                     self.indexes.insert(&keys, entity);
                 }
             }
@@ -519,7 +566,7 @@ impl<T: Table> TableStore<T> {
         for (entity, keys) in discarded {
             let pk = T::keys_pk(&keys);
             // Rows deleted by reducers were unindexed already; only system changes remain.
-            if self.pk.get(pk) != Some(&entity) {
+            if self.pk.get(pk).map(|slot| slot.entity) != Some(entity) {
                 continue;
             }
             if world.get::<T>(entity).is_some() {
@@ -634,7 +681,7 @@ impl<T: Table> TableStore<T> {
         self.sequences = sequences;
         *row.bypass_change_detection() = candidate;
         self.indexes.insert(&keys, entity);
-        self.pk.insert(pk.clone(), entity);
+        self.pk.insert(pk.clone(), RowSlot::new(entity));
         world.entity_mut(entity).insert(RowKeys::<T>(keys));
         Ok(pk)
     }
@@ -646,7 +693,7 @@ impl<T: Table> TableStore<T> {
     fn clear_event_rows(&mut self, world: &mut World) {
         // Despawn in entity order, not the map's (seeded) order, so that entity reuse, and so
         // every later iteration, is the same on every run.
-        let mut entities: Vec<Entity> = self.pk.drain().map(|(_, entity)| entity).collect();
+        let mut entities: Vec<Entity> = self.pk.drain().map(|(_, slot)| slot.entity).collect();
         entities.sort_unstable();
         for entity in entities {
             if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
@@ -670,11 +717,11 @@ impl<T: Table> TableStore<T> {
         if queue.by_pk.get(pk) != Some(&fired_due) {
             return None;
         }
-        world.get::<T>(*self.pk.get(pk)?)
+        world.get::<T>(self.pk.get(pk)?.entity)
     }
 
     fn check_integrity(&self, world: &mut World) -> Result<(), String> {
-        for (pk, &entity) in &self.pk {
+        for (pk, &RowSlot { entity, .. }) in &self.pk {
             let row = world
                 .get::<T>(entity)
                 .ok_or_else(|| format!("{}: pk {pk:?} maps to an entity without a row", T::NAME))?;
@@ -708,6 +755,16 @@ impl<T: Table> TableStore<T> {
             ));
         }
         Ok(())
+    }
+}
+
+/// A `NotFound` error for `key` in `T.column`.
+#[cold]
+fn not_found<T: Table>(column: &'static str, key: &dyn std::fmt::Debug) -> TableError {
+    TableError::NotFound {
+        table: T::NAME,
+        column,
+        key: format!("{key:?}"),
     }
 }
 
@@ -841,7 +898,7 @@ impl<T: Table> ErasedStore for TableStore<T> {
                 }
             }
             Some(ScheduleAt::At(_)) => {
-                if let Some(&entity) = self.pk.get(&pk) {
+                if let Some(&RowSlot { entity, .. }) = self.pk.get(&pk) {
                     self.delete_entity(world, entity);
                 }
             }
