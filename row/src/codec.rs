@@ -265,21 +265,39 @@ pub fn write_varint(out: &mut Vec<u8>, value: u64) {
     }
 }
 
+/// Varint length and continuation bits by the value's leading zeros, for [`write_varint_long`]:
+/// one load each instead of a division by seven and a variable shift.
+const VARINT_SHAPE: [(u64, usize); 65] = {
+    let mut shape = [(0, 0); 65];
+    let mut zeros: usize = 0;
+    while zeros <= 64 {
+        let bits = 64 - zeros;
+        let len = if bits == 0 { 1 } else { bits.div_ceil(7) };
+        // Continuation bits on every byte before the last one: bytes 0..len-1 of the word
+        // (all eight when the varint goes on past it).
+        let before_last = if len > 9 { 8 } else { len - 1 };
+        let mask = if before_last == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * before_last)) - 1
+        };
+        shape[zeros] = (CONTINUATION_BITS & mask, len);
+        zeros += 1;
+    }
+    shape
+};
+
 /// [`write_varint`] for values of two to ten bytes.
 #[inline]
 fn write_varint_long(out: &mut Vec<u8>, value: u64) {
     // All ten bytes built in registers without a branch on the length, appended as a fixed-size
     // copy (two stores, no `memcpy` call for a variable length) and the unused tail cut off (a
     // random u64 takes ten bytes; an account balance three).
-    let bits = 64 - value.leading_zeros();
-    let len = bits.div_ceil(7) as usize;
-    // Continuation bits on every byte before the last one: bytes 0..len-1 of the word (all
-    // eight when the varint goes on past it); `len >= 2` keeps the shift below 64.
-    let continuation = CONTINUATION_BITS & (u64::MAX >> (64 - 8 * (len.min(9) - 1)));
+    let (continuation, len) = VARINT_SHAPE[value.leading_zeros() as usize];
     let word = spread_groups(value) | continuation;
-    let high = value >> 56;
-    let ninth = ((high as u8) & 0x7f) | if len == 10 { 0x80 } else { 0 };
     let tenth = (value >> 63) as u8;
+    // The ninth byte carries bits 56..63, with a continuation bit when bit 63 follows.
+    let ninth = ((value >> 56) as u8 & 0x7f) | (tenth << 7);
     let [b0, b1, b2, b3, b4, b5, b6, b7] = word.to_le_bytes();
     let start = out.len();
     out.extend_from_slice(&[b0, b1, b2, b3, b4, b5, b6, b7, ninth, tenth]);
