@@ -273,6 +273,9 @@ pub struct Engine {
     pub(crate) queue: VecDeque<Input>,
     /// Scratch of the reducers phase's look-ahead, kept for its capacity.
     looked_ahead: Vec<prefetch::Found>,
+    /// Scratch of the look-ahead: the reducer each call of the batch names, looked up once for
+    /// the look-ahead and the call.
+    resolved: Vec<Option<usize>>,
     stats: TickStats,
     counters: EngineCounters,
     due: Vec<DueFire>,
@@ -391,6 +394,7 @@ impl Engine {
             touched: Vec::new(),
             queue: VecDeque::new(),
             looked_ahead: Vec::new(),
+            resolved: Vec::new(),
             stats,
             counters: EngineCounters::default(),
             due: Vec::new(),
@@ -580,6 +584,26 @@ impl Engine {
             recorder.call(caller, name, args);
         }
         let index = self.callable(name)?;
+        self.run_reducer(index, caller, args)
+    }
+
+    /// [`Engine::call_reducer_bytes`] for a call whose reducer name the look-ahead already
+    /// looked up as `index` (one string compare per call instead of two).
+    fn call_resolved(
+        &mut self,
+        index: usize,
+        name: &str,
+        caller: Caller,
+        args: &[u8],
+    ) -> Result<(), ReducerError> {
+        if self.reducers[index].schema.kind != ReducerKind::User {
+            // Refused, and counted, as a call by name is.
+            return self.call_reducer_bytes(name, caller, args);
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.call(caller, name, args);
+        }
+        self.last_callable = Some(index);
         self.run_reducer(index, caller, args)
     }
 
@@ -852,32 +876,45 @@ impl Engine {
     fn run_inputs(&mut self) -> Vec<InputOutcome> {
         let mut outcomes = Vec::with_capacity(self.queue.len());
         let mut found = std::mem::take(&mut self.looked_ahead);
+        let mut resolved = std::mem::take(&mut self.resolved);
         while !self.queue.is_empty() {
             // Each call still runs alone, in order, as its own transaction; the batch only
             // shares the look-ahead that brings the rows its calls name into cache.
             let batch = self.queue.len().min(LOOK_AHEAD_BATCH);
             found.clear();
-            self.look_ahead(batch, &mut found);
+            resolved.clear();
+            self.look_ahead(batch, &mut found, &mut resolved);
             if !found.is_empty() {
                 prefetch::touch(&self.world, &self.tables, &found);
             }
-            for _ in 0..batch {
+            for &reducer in &resolved {
                 let Some(input) = self.queue.pop_front() else {
                     break;
                 };
-                outcomes.push(self.run_input(input));
+                outcomes.push(self.run_input(input, reducer));
             }
         }
         self.looked_ahead = found;
+        self.resolved = resolved;
         outcomes
     }
 
-    /// Names the rows that the next `batch` queued calls' key arguments key.
-    fn look_ahead(&self, batch: usize, found: &mut Vec<prefetch::Found>) {
+    /// Names the rows that the next `batch` queued calls' key arguments key, and the reducer
+    /// each input calls (`None` for connects and disconnects and unknown names).
+    fn look_ahead(
+        &self,
+        batch: usize,
+        found: &mut Vec<prefetch::Found>,
+        resolved: &mut Vec<Option<usize>>,
+    ) {
         let mut prefetch = Prefetch::new(&self.tables, found);
         for input in self.queue.range(..batch) {
-            if let Input::Call { reducer, args, .. } = input
-                && let Some(index) = self.reducer_named(reducer)
+            let index = match input {
+                Input::Call { reducer, .. } => self.reducer_named(reducer),
+                _ => None,
+            };
+            resolved.push(index);
+            if let (Some(index), Input::Call { args, .. }) = (index, input)
                 && let Some(look) = self.reducers[index].prefetch
             {
                 look(&mut prefetch, args);
@@ -893,7 +930,8 @@ impl Engine {
         }
     }
 
-    fn run_input(&mut self, input: Input) -> InputOutcome {
+    /// Runs one queued input; `resolved` is the reducer a call names, if the look-ahead found it.
+    fn run_input(&mut self, input: Input, resolved: Option<usize>) -> InputOutcome {
         let _span = tracing::trace_span!("input").entered();
         match input {
             Input::Call {
@@ -904,7 +942,10 @@ impl Engine {
             } => InputOutcome {
                 request_id: Some(request_id),
                 caller,
-                result: self.call_reducer_bytes(&reducer, caller, &args),
+                result: match resolved {
+                    Some(index) => self.call_resolved(index, &reducer, caller, &args),
+                    None => self.call_reducer_bytes(&reducer, caller, &args),
+                },
             },
             Input::Connect { caller } => InputOutcome {
                 request_id: None,
