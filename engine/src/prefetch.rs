@@ -11,7 +11,7 @@
 
 use std::hint::black_box;
 
-use bevy_ecs::change_detection::DetectChanges;
+use bevy_ecs::change_detection::{DetectChanges, Ref};
 use bevy_ecs::entity::Entity;
 use bevy_ecs::world::World;
 
@@ -71,7 +71,13 @@ pub(crate) fn touch_row<T: Table>(world: &World, entity: Entity) {
     if let Ok(entity) = world.get_entity(entity)
         && let Some(row) = entity.get_ref::<T>()
     {
-        black_box(row.last_changed());
-        black_box(row.pk());
+        touch_ref(&row);
     }
+}
+
+/// Reads a row found by the store's cached query and its change tick.
+#[inline]
+pub(crate) fn touch_ref<T: Table>(row: &Ref<'_, T>) {
+    black_box(row.last_changed());
+    black_box(row.pk());
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use bevy_ecs::archetype::ArchetypeGeneration;
-use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Tick as EcsTick};
+use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Ref, Tick as EcsTick};
 use bevy_ecs::component::ComponentId;
 use bevy_ecs::entity::Entity;
 use bevy_ecs::query::{Changed, QueryState, With, Without};
@@ -198,6 +198,9 @@ pub struct TableStore<T: Table> {
     schedule: Option<ScheduleQueue<T::Pk>>,
     due_stash: Vec<(Timestamp, T::Pk)>,
     pub(crate) rows_query: QueryState<&'static T>,
+    /// The look-ahead reads rows with their change ticks through this cached query, kept up to
+    /// date with `rows_query` (a world lookup by type costs a component-id hash probe per row).
+    touch_query: QueryState<Ref<'static, T>>,
     /// The archetype generation `rows_query` was last brought up to date with.
     rows_generation: ArchetypeGeneration,
     capture_query: CaptureQuery<T>,
@@ -224,6 +227,7 @@ impl<T: Table> TableStore<T> {
             schedule,
             due_stash: Vec::new(),
             rows_query: QueryState::new(world),
+            touch_query: QueryState::new(world),
             rows_generation: ArchetypeGeneration::initial(),
             capture_query: QueryState::new(world),
             new_rows_query: QueryState::new(world),
@@ -287,6 +291,7 @@ impl<T: Table> TableStore<T> {
         let generation = world.archetypes().generation();
         if generation != self.rows_generation {
             self.rows_query.update_archetypes(world);
+            self.touch_query.update_archetypes(world);
             self.rows_generation = generation;
         }
     }
@@ -830,7 +835,11 @@ impl<T: Table> ErasedStore for TableStore<T> {
         self.deferred_error.take()
     }
     fn touch_row(&self, world: &World, entity: Entity) {
-        crate::prefetch::touch_row::<T>(world, entity);
+        match self.touch_query.get_manual(world, entity) {
+            Ok(row) => crate::prefetch::touch_ref(&row),
+            // A row in an archetype that appeared since the query was last refreshed.
+            Err(_) => crate::prefetch::touch_row::<T>(world, entity),
+        }
     }
     fn commit(&mut self, world: &mut World, now: Timestamp) {
         self.commit_tx(world, now);
