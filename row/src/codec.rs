@@ -336,6 +336,14 @@ pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, RowDeco
         *input = &input[10..];
         return Ok(low | (u64::from(b8 & 0x7f) << 56) | (u64::from(b9) << 63));
     }
+    // Near the end of the input: a one-byte value (the last argument of a call is often a
+    // small number, a flag or a tag) without the call to the byte-at-a-time path.
+    if let Some((&first, rest)) = input.split_first()
+        && first & 0x80 == 0
+    {
+        *input = rest;
+        return Ok(u64::from(first));
+    }
     read_varint_short(input, what)
 }
 
