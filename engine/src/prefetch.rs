@@ -60,8 +60,17 @@ pub(crate) fn touch(world: &World, tables: &TableSet, found: &[Found]) {
     for f in found {
         black_box(entities.get(f.entity).ok());
     }
-    for f in found {
-        tables.erased(f.table).touch_row(world, f.entity);
+    // One virtual call per run of rows of the same table (usually the whole batch).
+    for run in found.chunk_by(|a, b| a.table == b.table) {
+        tables.erased(run[0].table).touch_rows(world, run);
+    }
+}
+
+impl Found {
+    /// The row's entity.
+    #[inline]
+    pub(crate) fn entity(&self) -> Entity {
+        self.entity
     }
 }
 

@@ -792,8 +792,8 @@ pub(crate) trait ErasedStore: Any + Send + Sync {
     fn begin(&mut self) -> bool;
     /// The constraint violation a dropped row guard left for the running transaction.
     fn take_error(&mut self) -> Option<TableError>;
-    /// Brings a row and its change tick into cache (batched look-ahead).
-    fn touch_row(&self, world: &World, entity: Entity);
+    /// Brings rows and their change ticks into cache (batched look-ahead).
+    fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]);
     fn commit(&mut self, world: &mut World, now: Timestamp);
     fn rollback(&mut self, world: &mut World);
     fn capture(
@@ -834,11 +834,13 @@ impl<T: Table> ErasedStore for TableStore<T> {
     fn take_error(&mut self) -> Option<TableError> {
         self.deferred_error.take()
     }
-    fn touch_row(&self, world: &World, entity: Entity) {
-        match self.touch_query.get_manual(world, entity) {
-            Ok(row) => crate::prefetch::touch_ref(&row),
-            // A row in an archetype that appeared since the query was last refreshed.
-            Err(_) => crate::prefetch::touch_row::<T>(world, entity),
+    fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]) {
+        for found in rows {
+            match self.touch_query.get_manual(world, found.entity()) {
+                Ok(row) => crate::prefetch::touch_ref(&row),
+                // A row in an archetype that appeared since the query was last refreshed.
+                Err(_) => crate::prefetch::touch_row::<T>(world, found.entity()),
+            }
         }
     }
     fn commit(&mut self, world: &mut World, now: Timestamp) {
