@@ -43,7 +43,8 @@ impl<'a> Prefetch<'a> {
     /// Looks up the row of `T` with primary key `pk` (which brings its index bucket into
     /// cache) and remembers its entity for the later stages. Unknown tables and keys are
     /// ignored: the call itself will find out.
-    #[inline]
+    // Always inlined into the generated look-ahead: the call cost about a fifth of the lookup.
+    #[inline(always)]
     pub fn row<T: Table>(&mut self, pk: &T::Pk) {
         let Some((table, store)) = self.tables.indexed_store::<T>() else {
             return;

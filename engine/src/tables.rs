@@ -92,7 +92,7 @@ impl TableSet {
     }
 
     /// The store of `T` with its position, when it is not moved into the world.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn indexed_store<T: Table>(&self) -> Option<(usize, &TableStore<T>)> {
         let index = if self.last.0 == TypeId::of::<T>() {
             self.last.1
