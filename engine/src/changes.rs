@@ -241,7 +241,7 @@ impl ChangeLog {
     /// Encodes a row's key and contents into the arena. When the key is the row's first column,
     /// the row's encoding begins with the key's, so the key is encoded once and its span is the
     /// start of the row's.
-    #[inline]
+    #[inline(always)]
     fn encode_row<T: Table>(&mut self, value: &T) -> (Range<u32>, Range<u32>) {
         let start = self.bytes.len() as u32;
         value.pk().encode(&mut self.bytes);
