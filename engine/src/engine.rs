@@ -673,14 +673,13 @@ impl Engine {
             (outcome, ctx.focus_mark)
         };
         let deferred = match outcome {
-            Ok(Ok(Ok(()))) => self.deferred_error(),
+            Ok(Ok(Ok(()))) => self.commit_unless_deferred_error(),
             _ => None,
         };
         let reducer = || self.reducers[index].name().to_owned();
         let error = match outcome {
             Ok(Ok(Ok(()))) => match deferred {
                 None => {
-                    self.commit();
                     self.counters.committed += 1;
                     return Ok(());
                 }
@@ -728,6 +727,27 @@ impl Engine {
         }
         profiling::message(profiling::ERROR_COLOR, || format!("reducer error: {error}"));
         Err(error)
+    }
+
+    /// Commits the call's writes, unless a dropped row guard left a constraint violation in one
+    /// of the tables it touched: that fails the call, and nothing is committed.
+    fn commit_unless_deferred_error(&mut self) -> Option<crate::table::TableError> {
+        if let [index] = self.touched[..] {
+            // One table (most calls): one virtual call checks and commits.
+            let error = self
+                .tables
+                .erased_mut(index)
+                .commit_unless_error(&mut self.world, self.timestamp);
+            if error.is_none() {
+                self.touched.clear();
+            }
+            return error;
+        }
+        let error = self.deferred_error();
+        if error.is_none() {
+            self.commit();
+        }
+        error
     }
 
     /// A constraint violation that a dropped row guard left in one of the tables the call

@@ -795,6 +795,9 @@ pub(crate) trait ErasedStore: Any + Send + Sync {
     /// Brings rows and their change ticks into cache (batched look-ahead).
     fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]);
     fn commit(&mut self, world: &mut World, now: Timestamp);
+    /// Commits, unless a dropped row guard left a constraint violation: then returns it and
+    /// commits nothing (the caller rolls back).
+    fn commit_unless_error(&mut self, world: &mut World, now: Timestamp) -> Option<TableError>;
     fn rollback(&mut self, world: &mut World);
     fn capture(
         &mut self,
@@ -845,6 +848,13 @@ impl<T: Table> ErasedStore for TableStore<T> {
     }
     fn commit(&mut self, world: &mut World, now: Timestamp) {
         self.commit_tx(world, now);
+    }
+    fn commit_unless_error(&mut self, world: &mut World, now: Timestamp) -> Option<TableError> {
+        if let Some(error) = self.deferred_error.take() {
+            return Some(error);
+        }
+        self.commit_tx(world, now);
+        None
     }
     fn rollback(&mut self, world: &mut World) {
         self.rollback_tx(world);
