@@ -382,7 +382,12 @@ impl ChangeLog {
             });
         }
         self.entries.clear();
-        (!out.entries.is_empty()).then(|| self.hand_over_bytes(out))
+        if out.entries.is_empty() {
+            // Every key's changes cancelled out: the arena stays, emptied.
+            self.bytes.clear();
+            return None;
+        }
+        Some(self.hand_over_bytes(out))
     }
 
     /// Moves the arena into `out`, whose entries point into it.
@@ -596,5 +601,14 @@ mod tests {
             ]
         );
         assert!(log.take(TableId(0), "t").is_none(), "taking clears the log");
+    }
+
+    #[test]
+    fn a_tick_whose_changes_cancel_out_leaves_an_empty_log() {
+        let mut log = ChangeLog::default();
+        log.push(ChangeKind::Insert, 7, &1u32, Some(&10u32), None);
+        log.push(ChangeKind::Delete, 7, &1u32, None::<&u32>, None);
+        assert!(log.take(TableId(0), "t").is_none());
+        assert!(log.bytes.is_empty() && log.entries.is_empty());
     }
 }
