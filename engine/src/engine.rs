@@ -26,7 +26,7 @@ use crate::module::Module;
 use crate::prefetch::{self, Prefetch};
 use crate::profiling;
 use crate::reducer::{
-    Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
+    Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng,
 };
 use crate::schema::{ModuleSchema, ReducerKind};
 use crate::table::{CaptureStats, CellMove, DueFire, Table, TableId};
@@ -651,7 +651,7 @@ impl Engine {
         }
         let invoke = self.reducers[index].invoke;
         let tick = self.tick.next();
-        let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
+        let call_index = self.calls_this_tick;
         self.calls_this_tick += 1;
         self.counters.calls += 1;
         let _zone = profiling::reducer(self.reducers[index].name());
@@ -666,7 +666,7 @@ impl Engine {
                 connection_id: caller.connection_id,
                 tick,
                 timestamp: self.timestamp,
-                rng: ReducerRng::new(seed),
+                rng: ReducerRng::new(self.config.seed, tick, call_index),
                 focus_mark: None,
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| invoke(&mut ctx, args)));
