@@ -945,7 +945,7 @@ impl Engine {
     /// The reducer called `name`, without counting anything (the call itself does).
     fn reducer_named(&self, name: &str) -> Option<usize> {
         match self.last_callable {
-            Some(index) if self.reducers[index].name() == name => Some(index),
+            Some(index) if same_name(self.reducers[index].name(), name) => Some(index),
             _ => self.reducer_index.get(name).copied(),
         }
     }
@@ -1152,5 +1152,54 @@ impl Engine {
             self.tables.erased(index).check_integrity(&mut self.world)?;
         }
         Ok(())
+    }
+}
+
+/// Whether two reducer names are equal. Names of 8 to 16 bytes (most) are compared as two
+/// possibly overlapping words, without the `memcmp` call `==` makes: every queued call's name
+/// is compared once.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    match (
+        a.first_chunk::<8>(),
+        b.first_chunk::<8>(),
+        a.last_chunk::<8>(),
+        b.last_chunk::<8>(),
+    ) {
+        (Some(a0), Some(b0), Some(a1), Some(b1)) if a.len() <= 16 => {
+            u64::from_ne_bytes(*a0) == u64::from_ne_bytes(*b0)
+                && u64::from_ne_bytes(*a1) == u64::from_ne_bytes(*b1)
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn reducer_names_compare_like_strings() {
+        let names = [
+            "",
+            "a",
+            "transfer",
+            "transfeR",
+            "transfer2",
+            "tran_fer2",
+            "a_sixteen_byte_n",
+            "a_sixteen_bzte_n",
+            "seventeen_bytes_x",
+            "seventeen_bytes_y",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(same_name(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
     }
 }
