@@ -280,8 +280,10 @@ impl<T: Table> TableStore<T> {
         self.in_tx = true;
         self.tx_mark = self.log.begin_tx();
         self.deferred_error = None;
-        self.saved_sequences.clear();
-        self.saved_sequences.extend_from_slice(&self.sequences);
+        if T::AUTO_INC_COLUMNS > 0 {
+            self.saved_sequences.clear();
+            self.saved_sequences.extend_from_slice(&self.sequences);
+        }
     }
 
     /// Brings the cached row query up to date with the world's archetypes, if any appeared
