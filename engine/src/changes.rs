@@ -93,6 +93,18 @@ struct LogEntry {
     entity: Option<Entity>,
 }
 
+/// Where a row's entry is in a table's change log, kept with the row in the primary index so
+/// that a second write of the row in the same tick merges into that entry (see
+/// [`ChangeLog::write_row`]). It may be stale (from an earlier tick, or a rolled-back write):
+/// it is used only if the entry it names holds the same entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogSlot(u32);
+
+impl LogSlot {
+    /// No entry.
+    pub(crate) const NONE: LogSlot = LogSlot(u32::MAX);
+}
+
 /// Where a transaction's entries begin, to drop them again on rollback.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LogMark {
@@ -100,17 +112,29 @@ pub(crate) struct LogMark {
     bytes: usize,
 }
 
-/// One table's writes while a tick runs, append-only. A write encodes the row right away, while
-/// the reducer has just touched it, so commit has nothing left to do and a rollback truncates;
-/// the net change per primary key is folded once, when the tick ends, over a table that stays in
-/// cache, by the hash taken at write time. Rows that only systems changed are not folded at all
-/// unless reducers also touched them. Buffers are reused tick after tick.
+/// One table's writes while a tick runs. A write encodes the row right away, while the reducer
+/// has just touched it, so commit has nothing left to do and a rollback truncates. A reducer's
+/// update of a row already in the log merges into the row's entry (the primary index keeps
+/// where it is), so as long as the tick has no deletes and systems changed nothing, every key
+/// has one entry and the tick-end fold only copies entries out. Otherwise the net change per
+/// primary key is folded when the tick ends, over a table that stays in cache, by the hash
+/// taken at write time; rows that only systems changed are not folded unless reducers also
+/// touched them. The byte arena leaves with the tick's [`TableChanges`] (the fold copies no
+/// key or row); the other buffers are reused tick after tick.
 #[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
     /// Entries from this index on were written by capture (systems).
     systems_from: Option<usize>,
+    /// Some key may have more than one entry (a delete was logged, which ends the row's entity
+    /// and so its merging): the tick-end fold must probe by key.
+    unmerged: bool,
+    /// Where the running transaction's entries begin.
+    tx_entries: usize,
+    /// Entries of earlier transactions that this one merged into, as they were, to restore on
+    /// rollback.
+    merged: Vec<(usize, LogEntry)>,
     /// Scratch of `take`, kept for its capacity: folded position per key, by key hash.
     slots: HashTable<u32>,
     folded: Vec<Folded>,
@@ -148,6 +172,7 @@ impl ChangeLog {
         row: Option<&R>,
         entity: Option<Entity>,
     ) {
+        self.unmerged |= op == ChangeKind::Delete;
         let pk = span(&mut self.bytes, |out| pk.encode(out));
         let row = row.map(|row| span(&mut self.bytes, |out| row.encode(out)));
         self.entries.push(LogEntry {
@@ -159,18 +184,95 @@ impl ChangeLog {
         });
     }
 
-    /// The current end of the log, where a transaction starts.
+    /// Appends the write of a row of `T` (an insert or update), whose primary key's hash is
+    /// `hash`; returns where its entry is.
     #[inline]
-    pub(crate) fn mark(&self) -> LogMark {
+    pub(crate) fn push_row<T: Table>(
+        &mut self,
+        op: ChangeKind,
+        hash: u64,
+        value: &T,
+        entity: Option<Entity>,
+    ) -> LogSlot {
+        debug_assert_ne!(op, ChangeKind::Delete);
+        let (pk, row) = self.encode_row(value);
+        let at = self.entries.len();
+        self.entries.push(LogEntry {
+            op,
+            hash,
+            pk,
+            row: Some(row),
+            entity,
+        });
+        LogSlot(at as u32)
+    }
+
+    /// Logs a reducer's update of the row of `T` held by `entity`: merged into the row's entry
+    /// if `logged` names one of this tick (the entry keeps its kind, an insert or an update,
+    /// and takes the new contents), appended otherwise and `logged` pointed at it.
+    #[inline]
+    pub(crate) fn write_row<T: Table>(
+        &mut self,
+        hash: u64,
+        value: &T,
+        entity: Entity,
+        logged: &mut LogSlot,
+    ) {
+        let at = logged.0 as usize;
+        // Only one row holds an entity at a time and a row's entity never changes, so an entry
+        // with this entity is this row's entry of this tick (a delete, which ends an entity, is
+        // never merged into).
+        if let Some(entry) = self.entries.get(at)
+            && entry.entity == Some(entity)
+            && entry.op != ChangeKind::Delete
+        {
+            let (pk, row) = self.encode_row(value);
+            let entry = &mut self.entries[at];
+            if at < self.tx_entries {
+                self.merged.push((at, entry.clone()));
+            }
+            entry.pk = pk;
+            entry.row = Some(row);
+            return;
+        }
+        *logged = self.push_row(ChangeKind::Update, hash, value, Some(entity));
+    }
+
+    /// Encodes a row's key and contents into the arena. When the key is the row's first column,
+    /// the row's encoding begins with the key's, so the key is encoded once and its span is the
+    /// start of the row's.
+    #[inline(always)]
+    fn encode_row<T: Table>(&mut self, value: &T) -> (Range<u32>, Range<u32>) {
+        let start = self.bytes.len() as u32;
+        value.pk().encode(&mut self.bytes);
+        let pk = start..self.bytes.len() as u32;
+        let row = if value.encode_after_pk(&mut self.bytes) {
+            start..self.bytes.len() as u32
+        } else {
+            span(&mut self.bytes, |out| value.encode(out))
+        };
+        debug_assert_eq!(slice(&self.bytes, &row), value.to_bytes().as_slice());
+        (pk, row)
+    }
+
+    /// Starts a transaction at the current end of the log; returns the mark to roll back to.
+    #[inline]
+    pub(crate) fn begin_tx(&mut self) -> LogMark {
+        self.tx_entries = self.entries.len();
+        self.merged.clear();
         LogMark {
             entries: self.entries.len(),
             bytes: self.bytes.len(),
         }
     }
 
-    /// Drops the entries written since `mark` (a rolled-back transaction's).
+    /// Drops the entries written since `mark` (a rolled-back transaction's) and restores the
+    /// earlier entries it merged into.
     #[inline]
     pub(crate) fn truncate(&mut self, mark: LogMark) {
+        while let Some((at, entry)) = self.merged.pop() {
+            self.entries[at] = entry;
+        }
         self.entries.truncate(mark.entries);
         self.bytes.truncate(mark.bytes);
     }
@@ -180,14 +282,29 @@ impl ChangeLog {
         self.systems_from = Some(self.entries.len());
     }
 
-    /// Folds the tick's writes into net changes per primary key, moves them out as a compact
-    /// [`TableChanges`] (in first-touch order) and clears the log.
+    /// Folds the tick's writes into net changes per primary key, moves them out as a
+    /// [`TableChanges`] (in first-touch order) over the log's own bytes and clears the log.
     pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
         if self.entries.is_empty() {
             self.systems_from = None;
+            self.unmerged = false;
             return None;
         }
         let systems_from = self.systems_from.take().unwrap_or(self.entries.len());
+        self.merged.clear();
+        self.tx_entries = 0;
+        let mut out = TableChanges::new(table, name);
+        if !std::mem::take(&mut self.unmerged) && systems_from == self.entries.len() {
+            // Merged at write time: one entry per key already, in first-touch order.
+            out.entries
+                .extend(self.entries.drain(..).map(|entry| Entry {
+                    kind: entry.op,
+                    pk: entry.pk,
+                    row: entry.row.unwrap_or(0..0),
+                    entity: entry.entity,
+                }));
+            return Some(self.hand_over_bytes(out));
+        }
         let bytes = &self.bytes;
         let slots = &mut self.slots;
         let folded = &mut self.folded;
@@ -243,8 +360,6 @@ impl ChangeLog {
                 }
             }
         }
-        let mut out = TableChanges::new(table, name);
-        out.bytes.reserve(bytes.len());
         out.entries.reserve(folded.len());
         for Folded {
             net,
@@ -255,23 +370,9 @@ impl ChangeLog {
         } in folded.drain(..)
         {
             let Some(kind) = net.kind() else { continue };
-            let (pk, row) = match (kind, row) {
-                (ChangeKind::Delete, _) | (_, None) => (
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
-                    0..0,
-                ),
-                // A row written once this tick follows its key in the log: one copy for both.
-                (_, Some(row)) if row.start == pk.end => {
-                    let both = span(&mut out.bytes, |o| {
-                        o.extend_from_slice(slice(bytes, &(pk.start..row.end)));
-                    });
-                    let split = both.start + (pk.end - pk.start);
-                    (both.start..split, split..both.end)
-                }
-                (_, Some(row)) => (
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &pk))),
-                    span(&mut out.bytes, |o| o.extend_from_slice(slice(bytes, &row))),
-                ),
+            let row = match (kind, row) {
+                (ChangeKind::Delete, _) | (_, None) => 0..0,
+                (_, Some(row)) => row,
             };
             out.entries.push(Entry {
                 kind,
@@ -280,14 +381,31 @@ impl ChangeLog {
                 entity,
             });
         }
-        self.bytes.clear();
         self.entries.clear();
-        (!out.entries.is_empty()).then_some(out)
+        if out.entries.is_empty() {
+            // Every key's changes cancelled out: the arena stays, emptied.
+            self.bytes.clear();
+            return None;
+        }
+        Some(self.hand_over_bytes(out))
+    }
+
+    /// Moves the arena into `out`, whose entries point into it.
+    fn hand_over_bytes(&mut self, mut out: TableChanges) -> TableChanges {
+        // The arena itself becomes the change set's buffer, its entries pointing at the keys
+        // and rows where the writes encoded them: nothing is copied. It keeps the bytes of
+        // overwritten versions (a row written twice in the tick), a small price against a copy
+        // of every live one. The next tick's arena starts with room for half as much again as
+        // this one held, so a tick a little larger than the last does not regrow (and copy) it.
+        let size = self.bytes.len();
+        out.bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(size + size / 2));
+        out
     }
 }
 
-/// One table's changes in one tick. Rows and keys live in one buffer; entries index into it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One table's changes in one tick. Rows and keys live in one buffer; entries index into it
+/// (the buffer may also hold bytes no entry points at, so equality compares the changes).
+#[derive(Clone, Debug)]
 pub struct TableChanges {
     table: TableId,
     name: &'static str,
@@ -308,6 +426,14 @@ pub struct RowChange<'a> {
     /// A hint for consumers that index rows densely; the primary key is the identity.
     pub entity: Option<Entity>,
 }
+
+impl PartialEq for TableChanges {
+    fn eq(&self, other: &Self) -> bool {
+        self.table == other.table && self.name == other.name && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for TableChanges {}
 
 /// A decoded change of a typed table.
 #[derive(Clone, Debug, PartialEq)]
@@ -352,7 +478,9 @@ impl TableChanges {
 
     /// Total encoded bytes of keys and rows.
     pub fn encoded_len(&self) -> usize {
-        self.bytes.len()
+        self.iter()
+            .map(|c| c.pk.len() + c.row.map_or(0, <[u8]>::len))
+            .sum()
     }
 
     /// The changes, in a deterministic order (first touch within the tick, reducer writes before
@@ -444,7 +572,7 @@ mod tests {
         log.push(ChangeKind::Insert, h, &1u32, Some(&10u32), None);
         log.push(ChangeKind::Update, h, &1u32, Some(&11u32), None);
         log.push(ChangeKind::Update, h, &2u32, Some(&20u32), None);
-        let mark = log.mark();
+        let mark = log.begin_tx();
         log.push(ChangeKind::Delete, h, &2u32, None::<&u32>, None);
         log.truncate(mark);
         log.push(ChangeKind::Delete, h, &3u32, None::<&u32>, None);
@@ -473,5 +601,14 @@ mod tests {
             ]
         );
         assert!(log.take(TableId(0), "t").is_none(), "taking clears the log");
+    }
+
+    #[test]
+    fn a_tick_whose_changes_cancel_out_leaves_an_empty_log() {
+        let mut log = ChangeLog::default();
+        log.push(ChangeKind::Insert, 7, &1u32, Some(&10u32), None);
+        log.push(ChangeKind::Delete, 7, &1u32, None::<&u32>, None);
+        assert!(log.take(TableId(0), "t").is_none());
+        assert!(log.bytes.is_empty() && log.entries.is_empty());
     }
 }

@@ -26,7 +26,7 @@ use crate::module::Module;
 use crate::prefetch::{self, Prefetch};
 use crate::profiling;
 use crate::reducer::{
-    Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng, call_seed,
+    Db, FocusUpdates, ReducerArgs, ReducerContext, ReducerDef, ReducerError, ReducerRng,
 };
 use crate::schema::{ModuleSchema, ReducerKind};
 use crate::table::{CaptureStats, CellMove, DueFire, Table, TableId};
@@ -273,6 +273,9 @@ pub struct Engine {
     pub(crate) queue: VecDeque<Input>,
     /// Scratch of the reducers phase's look-ahead, kept for its capacity.
     looked_ahead: Vec<prefetch::Found>,
+    /// Scratch of the look-ahead: the reducer each call of the batch names, looked up once for
+    /// the look-ahead and the call.
+    resolved: Vec<Option<usize>>,
     stats: TickStats,
     counters: EngineCounters,
     due: Vec<DueFire>,
@@ -391,6 +394,7 @@ impl Engine {
             touched: Vec::new(),
             queue: VecDeque::new(),
             looked_ahead: Vec::new(),
+            resolved: Vec::new(),
             stats,
             counters: EngineCounters::default(),
             due: Vec::new(),
@@ -583,6 +587,26 @@ impl Engine {
         self.run_reducer(index, caller, args)
     }
 
+    /// [`Engine::call_reducer_bytes`] for a call whose reducer name the look-ahead already
+    /// looked up as `index` (one string compare per call instead of two).
+    fn call_resolved(
+        &mut self,
+        index: usize,
+        name: &str,
+        caller: Caller,
+        args: &[u8],
+    ) -> Result<(), ReducerError> {
+        if self.reducers[index].schema.kind != ReducerKind::User {
+            // Refused, and counted, as a call by name is.
+            return self.call_reducer_bytes(name, caller, args);
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.call(caller, name, args);
+        }
+        self.last_callable = Some(index);
+        self.run_reducer(index, caller, args)
+    }
+
     /// Queues an input for the next tick's reducers phase.
     pub fn enqueue(&mut self, input: Input) {
         self.queue.push_back(input);
@@ -627,7 +651,7 @@ impl Engine {
         }
         let invoke = self.reducers[index].invoke;
         let tick = self.tick.next();
-        let seed = call_seed(self.config.seed, tick, self.calls_this_tick);
+        let call_index = self.calls_this_tick;
         self.calls_this_tick += 1;
         self.counters.calls += 1;
         let _zone = profiling::reducer(self.reducers[index].name());
@@ -642,21 +666,20 @@ impl Engine {
                 connection_id: caller.connection_id,
                 tick,
                 timestamp: self.timestamp,
-                rng: ReducerRng::new(seed),
+                rng: ReducerRng::new(self.config.seed, tick, call_index),
                 focus_mark: None,
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| invoke(&mut ctx, args)));
             (outcome, ctx.focus_mark)
         };
         let deferred = match outcome {
-            Ok(Ok(Ok(()))) => self.deferred_error(),
+            Ok(Ok(Ok(()))) => self.commit_unless_deferred_error(),
             _ => None,
         };
         let reducer = || self.reducers[index].name().to_owned();
         let error = match outcome {
             Ok(Ok(Ok(()))) => match deferred {
                 None => {
-                    self.commit();
                     self.counters.committed += 1;
                     return Ok(());
                 }
@@ -704,6 +727,27 @@ impl Engine {
         }
         profiling::message(profiling::ERROR_COLOR, || format!("reducer error: {error}"));
         Err(error)
+    }
+
+    /// Commits the call's writes, unless a dropped row guard left a constraint violation in one
+    /// of the tables it touched: that fails the call, and nothing is committed.
+    fn commit_unless_deferred_error(&mut self) -> Option<crate::table::TableError> {
+        if let [index] = self.touched[..] {
+            // One table (most calls): one virtual call checks and commits.
+            let error = self
+                .tables
+                .erased_mut(index)
+                .commit_unless_error(&mut self.world, self.timestamp);
+            if error.is_none() {
+                self.touched.clear();
+            }
+            return error;
+        }
+        let error = self.deferred_error();
+        if error.is_none() {
+            self.commit();
+        }
+        error
     }
 
     /// A constraint violation that a dropped row guard left in one of the tables the call
@@ -852,32 +896,45 @@ impl Engine {
     fn run_inputs(&mut self) -> Vec<InputOutcome> {
         let mut outcomes = Vec::with_capacity(self.queue.len());
         let mut found = std::mem::take(&mut self.looked_ahead);
+        let mut resolved = std::mem::take(&mut self.resolved);
         while !self.queue.is_empty() {
             // Each call still runs alone, in order, as its own transaction; the batch only
             // shares the look-ahead that brings the rows its calls name into cache.
             let batch = self.queue.len().min(LOOK_AHEAD_BATCH);
             found.clear();
-            self.look_ahead(batch, &mut found);
+            resolved.clear();
+            self.look_ahead(batch, &mut found, &mut resolved);
             if !found.is_empty() {
                 prefetch::touch(&self.world, &self.tables, &found);
             }
-            for _ in 0..batch {
+            for &reducer in &resolved {
                 let Some(input) = self.queue.pop_front() else {
                     break;
                 };
-                outcomes.push(self.run_input(input));
+                outcomes.push(self.run_input(input, reducer));
             }
         }
         self.looked_ahead = found;
+        self.resolved = resolved;
         outcomes
     }
 
-    /// Names the rows that the next `batch` queued calls' key arguments key.
-    fn look_ahead(&self, batch: usize, found: &mut Vec<prefetch::Found>) {
+    /// Names the rows that the next `batch` queued calls' key arguments key, and the reducer
+    /// each input calls (`None` for connects and disconnects and unknown names).
+    fn look_ahead(
+        &self,
+        batch: usize,
+        found: &mut Vec<prefetch::Found>,
+        resolved: &mut Vec<Option<usize>>,
+    ) {
         let mut prefetch = Prefetch::new(&self.tables, found);
         for input in self.queue.range(..batch) {
-            if let Input::Call { reducer, args, .. } = input
-                && let Some(index) = self.reducer_named(reducer)
+            let index = match input {
+                Input::Call { reducer, .. } => self.reducer_named(reducer),
+                _ => None,
+            };
+            resolved.push(index);
+            if let (Some(index), Input::Call { args, .. }) = (index, input)
                 && let Some(look) = self.reducers[index].prefetch
             {
                 look(&mut prefetch, args);
@@ -888,12 +945,13 @@ impl Engine {
     /// The reducer called `name`, without counting anything (the call itself does).
     fn reducer_named(&self, name: &str) -> Option<usize> {
         match self.last_callable {
-            Some(index) if self.reducers[index].name() == name => Some(index),
+            Some(index) if same_name(self.reducers[index].name(), name) => Some(index),
             _ => self.reducer_index.get(name).copied(),
         }
     }
 
-    fn run_input(&mut self, input: Input) -> InputOutcome {
+    /// Runs one queued input; `resolved` is the reducer a call names, if the look-ahead found it.
+    fn run_input(&mut self, input: Input, resolved: Option<usize>) -> InputOutcome {
         let _span = tracing::trace_span!("input").entered();
         match input {
             Input::Call {
@@ -904,7 +962,10 @@ impl Engine {
             } => InputOutcome {
                 request_id: Some(request_id),
                 caller,
-                result: self.call_reducer_bytes(&reducer, caller, &args),
+                result: match resolved {
+                    Some(index) => self.call_resolved(index, &reducer, caller, &args),
+                    None => self.call_reducer_bytes(&reducer, caller, &args),
+                },
             },
             Input::Connect { caller } => InputOutcome {
                 request_id: None,
@@ -1063,7 +1124,7 @@ impl Engine {
         let mut rows: Vec<T> = store
             .pk
             .values()
-            .filter_map(|&e| self.world.get::<T>(e).cloned())
+            .filter_map(|slot| self.world.get::<T>(slot.entity).cloned())
             .collect();
         rows.sort_by(|a, b| a.pk().cmp(b.pk()));
         rows
@@ -1091,5 +1152,54 @@ impl Engine {
             self.tables.erased(index).check_integrity(&mut self.world)?;
         }
         Ok(())
+    }
+}
+
+/// Whether two reducer names are equal. Names of 8 to 16 bytes (most) are compared as two
+/// possibly overlapping words, without the `memcmp` call `==` makes: every queued call's name
+/// is compared once.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    match (
+        a.first_chunk::<8>(),
+        b.first_chunk::<8>(),
+        a.last_chunk::<8>(),
+        b.last_chunk::<8>(),
+    ) {
+        (Some(a0), Some(b0), Some(a1), Some(b1)) if a.len() <= 16 => {
+            u64::from_ne_bytes(*a0) == u64::from_ne_bytes(*b0)
+                && u64::from_ne_bytes(*a1) == u64::from_ne_bytes(*b1)
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn reducer_names_compare_like_strings() {
+        let names = [
+            "",
+            "a",
+            "transfer",
+            "transfeR",
+            "transfer2",
+            "tran_fer2",
+            "a_sixteen_byte_n",
+            "a_sixteen_bzte_n",
+            "seventeen_bytes_x",
+            "seventeen_bytes_y",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(same_name(a, b), a == b, "{a:?} vs {b:?}");
+            }
+        }
     }
 }

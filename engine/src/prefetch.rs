@@ -11,7 +11,7 @@
 
 use std::hint::black_box;
 
-use bevy_ecs::change_detection::DetectChanges;
+use bevy_ecs::change_detection::{DetectChanges, Ref};
 use bevy_ecs::entity::Entity;
 use bevy_ecs::world::World;
 
@@ -43,7 +43,8 @@ impl<'a> Prefetch<'a> {
     /// Looks up the row of `T` with primary key `pk` (which brings its index bucket into
     /// cache) and remembers its entity for the later stages. Unknown tables and keys are
     /// ignored: the call itself will find out.
-    #[inline]
+    // Always inlined into the generated look-ahead: the call cost about a fifth of the lookup.
+    #[inline(always)]
     pub fn row<T: Table>(&mut self, pk: &T::Pk) {
         let Some((table, store)) = self.tables.indexed_store::<T>() else {
             return;
@@ -60,8 +61,17 @@ pub(crate) fn touch(world: &World, tables: &TableSet, found: &[Found]) {
     for f in found {
         black_box(entities.get(f.entity).ok());
     }
-    for f in found {
-        tables.erased(f.table).touch_row(world, f.entity);
+    // One virtual call per run of rows of the same table (usually the whole batch).
+    for run in found.chunk_by(|a, b| a.table == b.table) {
+        tables.erased(run[0].table).touch_rows(world, run);
+    }
+}
+
+impl Found {
+    /// The row's entity.
+    #[inline]
+    pub(crate) fn entity(&self) -> Entity {
+        self.entity
     }
 }
 
@@ -71,7 +81,13 @@ pub(crate) fn touch_row<T: Table>(world: &World, entity: Entity) {
     if let Ok(entity) = world.get_entity(entity)
         && let Some(row) = entity.get_ref::<T>()
     {
-        black_box(row.last_changed());
-        black_box(row.pk());
+        touch_ref(&row);
     }
+}
+
+/// Reads a row found by the store's cached query and its change tick.
+#[inline]
+pub(crate) fn touch_ref<T: Table>(row: &Ref<'_, T>) {
+    black_box(row.last_changed());
+    black_box(row.pk());
 }

@@ -53,17 +53,25 @@ impl<'a> Db<'a> {
 /// reducers that never draw pay nothing. Use it through `rand::RngExt`
 /// (`ctx.rng.random_range(0..10)`).
 pub struct ReducerRng {
-    seed: u64,
+    /// Engine seed, tick and call index, mixed into the seed only when the call first draws.
+    engine_seed: u64,
+    tick: Tick,
+    call_index: u64,
     rng: Option<ChaCha8Rng>,
 }
 
 impl ReducerRng {
-    pub(crate) fn new(seed: u64) -> Self {
-        ReducerRng { seed, rng: None }
+    pub(crate) fn new(engine_seed: u64, tick: Tick, call_index: u64) -> Self {
+        ReducerRng {
+            engine_seed,
+            tick,
+            call_index,
+            rng: None,
+        }
     }
 
     fn rng(&mut self) -> &mut ChaCha8Rng {
-        let seed = self.seed;
+        let seed = call_seed(self.engine_seed, self.tick, self.call_index);
         self.rng
             .get_or_insert_with(|| ChaCha8Rng::seed_from_u64(seed))
     }

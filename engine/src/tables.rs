@@ -61,28 +61,38 @@ impl TableSet {
 
     /// # Panics
     /// If `T` is not registered (a module definition error, caught as a reducer panic).
-    #[inline]
+    // Always inlined (into every `ctx.db.<table>()`), its misses and panics out of line: the
+    // call itself cost about a third of the open.
+    #[inline(always)]
     pub(crate) fn store_mut<T: Table>(&mut self) -> (usize, &mut TableStore<T>) {
         let index = if self.last.0 == TypeId::of::<T>() {
             self.last.1
         } else {
-            let Some(index) = self.index_of::<T>() else {
-                unregistered::<T>()
-            };
-            self.last = (TypeId::of::<T>(), index);
-            index
+            self.look_up::<T>()
         };
         let store = self.slots[index]
             .store
             .as_mut()
             // Upcast (a vtable load) and one virtual `type_id` call.
-            .and_then(|s| (&mut **s as &mut dyn Any).downcast_mut::<TableStore<T>>())
-            .unwrap_or_else(|| panic!("table `{}` is not available in this phase", T::NAME));
-        (index, store)
+            .and_then(|s| (&mut **s as &mut dyn Any).downcast_mut::<TableStore<T>>());
+        match store {
+            Some(store) => (index, store),
+            None => unavailable::<T>(),
+        }
+    }
+
+    /// [`TableSet::store_mut`] when `T` is not the table opened last.
+    #[inline(never)]
+    fn look_up<T: Table>(&mut self) -> usize {
+        let Some(index) = self.index_of::<T>() else {
+            unregistered::<T>()
+        };
+        self.last = (TypeId::of::<T>(), index);
+        index
     }
 
     /// The store of `T` with its position, when it is not moved into the world.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn indexed_store<T: Table>(&self) -> Option<(usize, &TableStore<T>)> {
         let index = if self.last.0 == TypeId::of::<T>() {
             self.last.1
@@ -145,6 +155,12 @@ impl TableSet {
             }
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unavailable<T: Table>() -> ! {
+    panic!("table `{}` is not available in this phase", T::NAME)
 }
 
 #[cold]

@@ -41,6 +41,11 @@ pub enum Op {
         group: u8,
         value: i64,
     },
+    /// Adds to a row's value through a `find_mut` guard; nothing if the row is missing.
+    Bump {
+        id: u64,
+        by: i64,
+    },
     Delete {
         id: u64,
     },
@@ -81,6 +86,11 @@ pub fn apply(ctx: &mut ReducerContext, ops: Vec<Op>, fail: u8) -> Result<(), Str
                     value,
                     ..row
                 })?;
+            }
+            Op::Bump { id, by } => {
+                if let Some(mut row) = ctx.db.item().id().find_mut(&id) {
+                    row.value = row.value.wrapping_add(by);
+                }
             }
             Op::Delete { id } => {
                 ctx.db.item().id().delete(&id);
@@ -154,6 +164,11 @@ impl Model {
                     row.group = group;
                     row.value = value;
                 }
+                Op::Bump { id, by } => {
+                    if let Some(row) = m.rows.get_mut(&id) {
+                        row.value = row.value.wrapping_add(by);
+                    }
+                }
                 Op::Delete { id } => {
                     m.rows.remove(&id);
                 }
@@ -164,22 +179,32 @@ impl Model {
     }
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// Random operations; without deletes, every key keeps one change-log entry per tick (writes
+/// merge into it, rollbacks restore it), which the tick-end fold then takes as it is.
+fn op(deletes: bool) -> BoxedStrategy<Op> {
     let code = 0u32..10;
     let group = 0u8..4;
     let id = 1u64..14;
-    prop_oneof![
+    let writes = prop_oneof![
         4 => (code.clone(), group.clone(), any::<i64>()).prop_map(|(code, group, value)| Op::Insert { code, group, value }),
         3 => (id.clone(), code.clone(), group.clone(), -5i64..5).prop_map(|(id, code, group, value)| Op::Update { id, code, group, value }),
         2 => (code, group.clone(), -5i64..5).prop_map(|(code, group, value)| Op::UpdateByCode { code, group, value }),
+        2 => (id.clone(), -5i64..5).prop_map(|(id, by)| Op::Bump { id, by }),
+    ];
+    if !deletes {
+        return writes.boxed();
+    }
+    prop_oneof![
+        11 => writes,
         2 => id.prop_map(|id| Op::Delete { id }),
         1 => group.prop_map(|group| Op::DeleteGroup { group }),
     ]
+    .boxed()
 }
 
-fn program() -> impl Strategy<Value = (Vec<Op>, u8, bool)> {
+fn program(deletes: bool) -> impl Strategy<Value = (Vec<Op>, u8, bool)> {
     (
-        proptest::collection::vec(op(), 1..6),
+        proptest::collection::vec(op(deletes), 1..6),
         prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
         proptest::bool::weighted(0.3),
     )
@@ -238,39 +263,70 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_programs_match_the_model(programs in proptest::collection::vec(program(), 1..40)) {
-        // Requested panics are expected here; keep their reports out of the test output.
-        std::panic::set_hook(Box::new(|_| {}));
-        let module = Module::builder("model").table::<Item>().reducers(reducers![apply]).build().unwrap();
-        let config = EngineConfig { executor: SystemsExecutor::SingleThreaded, ..EngineConfig::default() };
-        let mut engine = Engine::new(module, config).unwrap();
-        let mut model = Model { next_id: 1, ..Model::default() };
-        let mut published = model.rows.clone();
-        let mut tick = 0i64;
-        for (ops, fail, step_after) in programs {
-            let result = engine.call_reducer("apply", Identity::ZERO, (ops.clone(), fail));
-            match (model.apply(&ops), fail) {
-                (Some(next), 0) => {
-                    prop_assert!(result.is_ok(), "{result:?}");
-                    model = next;
-                }
-                // A failing op returns before the requested panic is reached.
-                (Some(_), 2) => prop_assert!(matches!(result, Err(ReducerError::Panicked { .. })), "{result:?}"),
-                _ => prop_assert!(matches!(result, Err(ReducerError::Failed { .. })), "{result:?}"),
+    fn random_programs_match_the_model(programs in proptest::collection::vec(program(true), 1..40)) {
+        run_programs(programs)?;
+    }
+
+    #[test]
+    fn random_programs_without_deletes_match_the_model(
+        programs in proptest::collection::vec(program(false), 1..40),
+    ) {
+        run_programs(programs)?;
+    }
+}
+
+fn run_programs(programs: Vec<(Vec<Op>, u8, bool)>) -> Result<(), TestCaseError> {
+    // Requested panics are expected here; keep their reports out of the test output.
+    std::panic::set_hook(Box::new(|_| {}));
+    let module = Module::builder("model")
+        .table::<Item>()
+        .reducers(reducers![apply])
+        .build()
+        .unwrap();
+    let config = EngineConfig {
+        executor: SystemsExecutor::SingleThreaded,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(module, config).unwrap();
+    let mut model = Model {
+        next_id: 1,
+        ..Model::default()
+    };
+    let mut published = model.rows.clone();
+    let mut tick = 0i64;
+    for (ops, fail, step_after) in programs {
+        let result = engine.call_reducer("apply", Identity::ZERO, (ops.clone(), fail));
+        match (model.apply(&ops), fail) {
+            (Some(next), 0) => {
+                prop_assert!(result.is_ok(), "{result:?}");
+                model = next;
             }
-            check_indexes(&mut engine, &model);
-            if step_after {
-                tick += 1;
-                let out = engine.step(Timestamp::from_micros(tick * 50_000));
-                let ops = out.changes.rows::<Item>().unwrap();
-                let mut seen = std::collections::BTreeSet::new();
-                for op in &ops {
-                    let id = match op { RowOp::Insert(r) | RowOp::Update(r) => r.id, RowOp::Delete(id) => *id };
-                    prop_assert!(seen.insert(id), "row {} reported twice in one tick", id);
-                }
-                prop_assert_eq!(apply_changes(&published, &ops), model.rows.clone());
-                published = model.rows.clone();
+            // A failing op returns before the requested panic is reached.
+            (Some(_), 2) => prop_assert!(
+                matches!(result, Err(ReducerError::Panicked { .. })),
+                "{result:?}"
+            ),
+            _ => prop_assert!(
+                matches!(result, Err(ReducerError::Failed { .. })),
+                "{result:?}"
+            ),
+        }
+        check_indexes(&mut engine, &model);
+        if step_after {
+            tick += 1;
+            let out = engine.step(Timestamp::from_micros(tick * 50_000));
+            let ops = out.changes.rows::<Item>().unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for op in &ops {
+                let id = match op {
+                    RowOp::Insert(r) | RowOp::Update(r) => r.id,
+                    RowOp::Delete(id) => *id,
+                };
+                prop_assert!(seen.insert(id), "row {} reported twice in one tick", id);
             }
+            prop_assert_eq!(apply_changes(&published, &ops), model.rows.clone());
+            published = model.rows.clone();
         }
     }
+    Ok(())
 }

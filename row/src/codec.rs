@@ -254,29 +254,54 @@ fn spread_groups(x: u64) -> u64 {
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
-#[inline]
+// Always inlined, one byte (lengths, tags, small numbers) pushed directly: rows and reducer
+// arguments are encoded on every write, and the call costs as much as a short varint.
+#[inline(always)]
 pub fn write_varint(out: &mut Vec<u8>, value: u64) {
-    // All bytes built in registers and appended at once: one capacity check, no loop per byte
-    // (a random u64 takes ten bytes; rows and reducer arguments are encoded on every write).
-    let bits = 64 - (value | 1).leading_zeros();
-    let len = bits.div_ceil(7) as usize;
-    let groups = spread_groups(value);
-    let mut buf = [0u8; 10];
-    if len <= 8 {
-        // Continuation bits on every byte before the last one.
-        let continuation = CONTINUATION_BITS & ((1u64 << (8 * (len - 1))) - 1);
-        buf[..8].copy_from_slice(&(groups | continuation).to_le_bytes());
+    if value < 0x80 {
+        out.push(value as u8);
     } else {
-        buf[..8].copy_from_slice(&(groups | CONTINUATION_BITS).to_le_bytes());
-        let high = value >> 56;
-        if len == 9 {
-            buf[8] = high as u8;
-        } else {
-            buf[8] = (high as u8) | 0x80;
-            buf[9] = (high >> 7) as u8;
-        }
+        write_varint_long(out, value);
     }
-    out.extend_from_slice(&buf[..len]);
+}
+
+/// Varint length and continuation bits by the value's leading zeros, for [`write_varint_long`]:
+/// one load each instead of a division by seven and a variable shift.
+const VARINT_SHAPE: [(u64, usize); 65] = {
+    let mut shape = [(0, 0); 65];
+    let mut zeros: usize = 0;
+    while zeros <= 64 {
+        let bits = 64 - zeros;
+        let len = if bits == 0 { 1 } else { bits.div_ceil(7) };
+        // Continuation bits on every byte before the last one: bytes 0..len-1 of the word
+        // (all eight when the varint goes on past it).
+        let before_last = if len > 9 { 8 } else { len - 1 };
+        let mask = if before_last == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * before_last)) - 1
+        };
+        shape[zeros] = (CONTINUATION_BITS & mask, len);
+        zeros += 1;
+    }
+    shape
+};
+
+/// [`write_varint`] for values of two to ten bytes.
+#[inline]
+fn write_varint_long(out: &mut Vec<u8>, value: u64) {
+    // All ten bytes built in registers without a branch on the length, appended as a fixed-size
+    // copy (two stores, no `memcpy` call for a variable length) and the unused tail cut off (a
+    // random u64 takes ten bytes; an account balance three).
+    let (continuation, len) = VARINT_SHAPE[value.leading_zeros() as usize];
+    let word = spread_groups(value) | continuation;
+    let tenth = (value >> 63) as u8;
+    // The ninth byte carries bits 56..63, with a continuation bit when bit 63 follows.
+    let ninth = ((value >> 56) as u8 & 0x7f) | (tenth << 7);
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = word.to_le_bytes();
+    let start = out.len();
+    out.extend_from_slice(&[b0, b1, b2, b3, b4, b5, b6, b7, ninth, tenth]);
+    out.truncate(start + len);
 }
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes that fits in a `u64`.
@@ -310,6 +335,14 @@ pub fn read_varint(input: &mut &[u8], what: &'static str) -> Result<u64, RowDeco
         }
         *input = &input[10..];
         return Ok(low | (u64::from(b8 & 0x7f) << 56) | (u64::from(b9) << 63));
+    }
+    // Near the end of the input: a one-byte value (the last argument of a call is often a
+    // small number, a flag or a tag) without the call to the byte-at-a-time path.
+    if let Some((&first, rest)) = input.split_first()
+        && first & 0x80 == 0
+    {
+        *input = rest;
+        return Ok(u64::from(first));
     }
     read_varint_short(input, what)
 }

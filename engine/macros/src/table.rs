@@ -308,6 +308,18 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
     let field_descs = codec.descs;
     let encodes = codec.encodes;
     let construct = codec.construct;
+    // A row's encoding is its columns' in declaration order; with the primary key first, the
+    // change log encodes the key and appends the other columns to make the row.
+    let encode_after_pk_fn = (pk_index == 0).then(|| {
+        let rest = &encodes[1..];
+        quote! {
+            #[inline]
+            fn encode_after_pk(&self, out: &mut ::std::vec::Vec<u8>) -> bool {
+                #(#rest)*
+                true
+            }
+        }
+    });
 
     // Secondary indexes.
     let mut index_fields = Vec::new();
@@ -687,6 +699,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> syn::Result<Token
                 Ok(())
             }
             #schedule_at_fn
+            #encode_after_pk_fn
         }
 
         #(#markers)*

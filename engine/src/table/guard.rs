@@ -8,20 +8,22 @@
 //! which every store operation that reads shadows writes back first.
 
 use std::fmt;
-use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 
 use bevy_ecs::change_detection::Mut;
 use bevy_ecs::entity::Entity;
 
-use super::store::{KeyHasher, Undo};
+use super::store::{RowSlot, Undo};
 use super::{Table, TableError, TableIndexes};
-use crate::changes::{ChangeKind, ChangeLog};
+use crate::changes::ChangeLog;
 
 /// The parts of a table's store that recording a guard's write needs, borrowed apart from the
 /// row itself.
 pub(super) struct GuardTx<'a, T: Table> {
-    pub(super) hasher: &'a KeyHasher,
+    /// The row's primary-index entry, which records where its change-log entry is.
+    pub(super) slot: &'a mut RowSlot,
+    /// The row's primary key's hash.
+    pub(super) hash: u64,
     pub(super) indexes: &'a mut T::Indexes,
     pub(super) undo: &'a mut Vec<Undo<T>>,
     pub(super) log: &'a mut ChangeLog,
@@ -88,14 +90,9 @@ impl<'a, T: Table> RowMut<'a, T> {
             self.tx.stale_shadows.push((self.entity, new_keys));
         }
         let row: &T = &self.row;
-        let hash = self.tx.hasher.hash_one(row.pk());
-        self.tx.log.push(
-            ChangeKind::Update,
-            hash,
-            row.pk(),
-            Some(row),
-            Some(self.entity),
-        );
+        self.tx
+            .log
+            .write_row(self.tx.hash, row, self.entity, &mut self.tx.slot.logged);
         self.tx.undo.push(Undo::Update {
             entity: self.entity,
             old,

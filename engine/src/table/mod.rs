@@ -79,6 +79,15 @@ pub trait Table:
     /// Replaces zero in each `#[auto_inc]` column by the next value of its sequence, and moves a
     /// sequence past any explicit value written.
     fn apply_auto_inc(&mut self, sequences: &mut [u64]) -> Result<(), TableError>;
+    /// Appends the encoding of every column after the primary key and returns `true` when the
+    /// primary key is the first column (the row's encoding is then the key's followed by
+    /// these, so the change log encodes the key once); otherwise appends nothing and returns
+    /// `false`.
+    #[doc(hidden)]
+    fn encode_after_pk(&self, out: &mut Vec<u8>) -> bool {
+        let _ = out;
+        false
+    }
     /// For schedule tables, when the row fires.
     fn schedule_at(&self) -> Option<ScheduleAt> {
         None

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use bevy_ecs::archetype::ArchetypeGeneration;
-use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Tick as EcsTick};
+use bevy_ecs::change_detection::{DetectChanges, DetectChangesMut, Ref, Tick as EcsTick};
 use bevy_ecs::component::ComponentId;
 use bevy_ecs::entity::Entity;
 use bevy_ecs::query::{Changed, QueryState, With, Without};
@@ -24,7 +24,7 @@ use bevy_ecs::world::World;
 use super::guard::{GuardTx, RowMut};
 use super::key_map::KeyMap;
 use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
-use crate::changes::{ChangeKind, ChangeLog, LogMark, TableChanges};
+use crate::changes::{ChangeKind, ChangeLog, LogMark, LogSlot, TableChanges};
 use crate::schema::TableSchema;
 use crate::time::{ScheduleAt, Timestamp};
 
@@ -36,6 +36,24 @@ pub(crate) enum Undo<T: Table> {
     Insert { pk: T::Pk },
     Update { entity: Entity, old: T },
     Delete { old: T },
+}
+
+/// A primary-index entry: the row's entity and where this tick's change log holds the row's
+/// entry, so that writing the row again in the tick merges into it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowSlot {
+    pub(crate) entity: Entity,
+    pub(crate) logged: LogSlot,
+}
+
+impl RowSlot {
+    /// A row not written this tick.
+    pub(crate) fn new(entity: Entity) -> Self {
+        RowSlot {
+            entity,
+            logged: LogSlot::NONE,
+        }
+    }
 }
 
 /// Due times of a schedule table's rows, ordered by (due, primary key).
@@ -151,13 +169,8 @@ impl<T: Table> Changes<'_, T> {
             }
         }
         let hash = self.hasher.hash_one(row.pk());
-        self.log.push(
-            ChangeKind::Update,
-            hash,
-            row.pk(),
-            Some(&*row),
-            Some(entity),
-        );
+        self.log
+            .push_row(ChangeKind::Update, hash, &*row, Some(entity));
     }
 }
 
@@ -167,7 +180,7 @@ impl<T: Table> Changes<'_, T> {
 pub struct TableStore<T: Table> {
     id: TableId,
     schema: TableSchema,
-    pub(crate) pk: KeyMap<T::Pk, Entity>,
+    pub(crate) pk: KeyMap<T::Pk, RowSlot>,
     pub(crate) indexes: T::Indexes,
     sequences: Vec<u64>,
     saved_sequences: Vec<u64>,
@@ -185,6 +198,9 @@ pub struct TableStore<T: Table> {
     schedule: Option<ScheduleQueue<T::Pk>>,
     due_stash: Vec<(Timestamp, T::Pk)>,
     pub(crate) rows_query: QueryState<&'static T>,
+    /// The look-ahead reads rows with their change ticks through this cached query, kept up to
+    /// date with `rows_query` (a world lookup by type costs a component-id hash probe per row).
+    touch_query: QueryState<Ref<'static, T>>,
     /// The archetype generation `rows_query` was last brought up to date with.
     rows_generation: ArchetypeGeneration,
     capture_query: CaptureQuery<T>,
@@ -211,6 +227,7 @@ impl<T: Table> TableStore<T> {
             schedule,
             due_stash: Vec::new(),
             rows_query: QueryState::new(world),
+            touch_query: QueryState::new(world),
             rows_generation: ArchetypeGeneration::initial(),
             capture_query: QueryState::new(world),
             new_rows_query: QueryState::new(world),
@@ -239,7 +256,7 @@ impl<T: Table> TableStore<T> {
 
     /// The entity holding the row with primary key `pk`.
     pub fn entity(&self, pk: &T::Pk) -> Option<Entity> {
-        self.pk.get(pk).copied()
+        self.pk.get(pk).map(|slot| slot.entity)
     }
 
     /// The generated secondary indexes, for lookups from systems.
@@ -261,10 +278,12 @@ impl<T: Table> TableStore<T> {
     #[inline(never)]
     fn begin_slow(&mut self) {
         self.in_tx = true;
-        self.tx_mark = self.log.mark();
+        self.tx_mark = self.log.begin_tx();
         self.deferred_error = None;
-        self.saved_sequences.clear();
-        self.saved_sequences.extend_from_slice(&self.sequences);
+        if T::AUTO_INC_COLUMNS > 0 {
+            self.saved_sequences.clear();
+            self.saved_sequences.extend_from_slice(&self.sequences);
+        }
     }
 
     /// Brings the cached row query up to date with the world's archetypes, if any appeared
@@ -274,6 +293,7 @@ impl<T: Table> TableStore<T> {
         let generation = world.archetypes().generation();
         if generation != self.rows_generation {
             self.rows_query.update_archetypes(world);
+            self.touch_query.update_archetypes(world);
             self.rows_generation = generation;
         }
     }
@@ -320,9 +340,10 @@ impl<T: Table> TableStore<T> {
         let entity = world.spawn((row.clone(), RowKeys::<T>(keys.clone()))).id();
         self.indexes.insert(&keys, entity);
         let hash = self.hash(&pk);
-        self.log
-            .push(ChangeKind::Insert, hash, &pk, Some(&row), Some(entity));
-        self.pk.insert(pk.clone(), entity);
+        let logged = self
+            .log
+            .push_row(ChangeKind::Insert, hash, &row, Some(entity));
+        self.pk.insert(pk.clone(), RowSlot { entity, logged });
         self.undo.push(Undo::Insert { pk });
         Ok(row)
     }
@@ -333,20 +354,32 @@ impl<T: Table> TableStore<T> {
         self.pk.hasher().hash_one(pk)
     }
 
-    /// Replaces the row held by `entity` (whose primary key equals `row`'s) with `row`.
-    pub(crate) fn update_entity(
+    /// Replaces the row whose primary key equals `row`'s with `row`; if `entity` is given, the
+    /// row must be the one it holds.
+    #[inline]
+    pub(crate) fn update_row(
         &mut self,
         world: &mut World,
-        entity: Entity,
         row: T,
+        entity: Option<Entity>,
     ) -> Result<T, TableError> {
         debug_assert!(self.in_tx);
         self.sync_shadows(world);
-        let Some(mut slot) = world.get_mut::<T>(entity) else {
-            return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+        let hash = self.pk.hasher().hash_one(row.pk());
+        // The index entry stays borrowed for the whole write: it records where the row's
+        // change-log entry is, so a later write in the tick merges into it.
+        let Some(slot) = self.pk.get_mut(row.pk()) else {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
         };
-        if !row.same_keys_as(&slot) {
-            let old_keys = slot.keys();
+        if entity.is_some_and(|entity| entity != slot.entity) {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
+        }
+        let entity = slot.entity;
+        let Some(mut stored) = world.get_mut::<T>(entity) else {
+            return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
+        };
+        if !row.same_keys_as(&stored) {
+            let old_keys = stored.keys();
             let new_keys = row.keys();
             self.indexes.check_update(&old_keys, &new_keys, entity)?;
             self.indexes.update(&old_keys, &new_keys, entity);
@@ -354,29 +387,47 @@ impl<T: Table> TableStore<T> {
                 shadow.0 = new_keys;
             }
             let Some(again) = world.get_mut::<T>(entity) else {
-                return Err(self.not_found(T::PRIMARY_KEY, row.pk()));
+                return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
             };
-            slot = again;
+            stored = again;
         }
-        let hash = self.pk.hasher().hash_one(row.pk());
-        self.log
-            .push(ChangeKind::Update, hash, row.pk(), Some(&row), Some(entity));
-        let old = std::mem::replace(&mut *slot, row.clone());
+        self.log.write_row(hash, &row, entity, &mut slot.logged);
+        let old = std::mem::replace(&mut *stored, row.clone());
         self.undo.push(Undo::Update { entity, old });
         Ok(row)
     }
 
-    /// Opens the row held by `entity` for writing through a guard.
+    /// Opens the row with primary key `pk`, or if `pk` is `None` the row held by `entity`, for
+    /// writing through a guard.
     pub(crate) fn row_mut<'a>(
         &'a mut self,
         world: &'a mut World,
-        entity: Entity,
+        pk: Option<&T::Pk>,
+        entity: Option<Entity>,
     ) -> Option<RowMut<'a, T>> {
         debug_assert!(self.in_tx);
         self.sync_shadows(world);
-        let row = world.get_mut::<T>(entity)?;
+        // The guard keeps the row's primary-index entry (found by key, or by the row's key
+        // when opened through another index), which records where the row's change-log entry
+        // is when the write is logged.
+        let (row, hash, slot) = match (pk, entity) {
+            (Some(pk), _) => {
+                let hash = self.pk.hasher().hash_one(pk);
+                let slot = self.pk.get_mut(pk)?;
+                (world.get_mut::<T>(slot.entity)?, hash, slot)
+            }
+            (None, Some(entity)) => {
+                let row = world.get_mut::<T>(entity)?;
+                let hash = self.pk.hasher().hash_one(row.pk());
+                let slot = self.pk.get_mut(row.pk())?;
+                (row, hash, slot)
+            }
+            (None, None) => return None,
+        };
+        let entity = slot.entity;
         let tx = GuardTx {
-            hasher: self.pk.hasher(),
+            slot,
+            hash,
             indexes: &mut self.indexes,
             undo: &mut self.undo,
             log: &mut self.log,
@@ -404,25 +455,26 @@ impl<T: Table> TableStore<T> {
     }
 
     pub(crate) fn not_found(&self, column: &'static str, key: &dyn std::fmt::Debug) -> TableError {
-        TableError::NotFound {
-            table: T::NAME,
-            column,
-            key: format!("{key:?}"),
-        }
+        not_found::<T>(column, key)
     }
 
     /// Appends one change found by capture to the tick's change log; `row` is the row's state
     /// now (if it exists), encoded while it is hot in cache.
     fn record(&mut self, pk: T::Pk, op: ChangeKind, row: Option<&T>, entity: Entity) {
         let hash = self.hash(&pk);
-        self.log.push(op, hash, &pk, row, Some(entity));
+        match row {
+            Some(row) => {
+                self.log.push_row(op, hash, row, Some(entity));
+            }
+            None => self.log.push(op, hash, &pk, None::<&T>, Some(entity)),
+        }
     }
 
     fn reschedule_from_row(&mut self, world: &World, pk: &T::Pk, now: Timestamp) {
         let at = self
             .pk
             .get(pk)
-            .and_then(|&e| world.get::<T>(e))
+            .and_then(|slot| world.get::<T>(slot.entity))
             .and_then(T::schedule_at);
         if let Some(queue) = self.schedule.as_mut() {
             match at {
@@ -462,7 +514,7 @@ impl<T: Table> TableStore<T> {
         while let Some(op) = self.undo.pop() {
             match op {
                 Undo::Insert { pk } => {
-                    if let Some(entity) = self.pk.remove(&pk) {
+                    if let Some(RowSlot { entity, .. }) = self.pk.remove(&pk) {
                         if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
                             self.indexes.remove(&keys, entity);
                         }
@@ -470,7 +522,7 @@ impl<T: Table> TableStore<T> {
                     }
                 }
                 Undo::Update { old, .. } => {
-                    let Some(&entity) = self.pk.get(old.pk()) else {
+                    let Some(&RowSlot { entity, .. }) = self.pk.get(old.pk()) else {
                         continue;
                     };
                     if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity)
@@ -488,7 +540,7 @@ impl<T: Table> TableStore<T> {
                     let keys = old.keys();
                     let pk = old.pk().clone();
                     let entity = world.spawn((old, RowKeys::<T>(keys.clone()))).id();
-                    self.pk.insert(pk, entity);
+                    self.pk.insert(pk, RowSlot::new(entity));
                     self.indexes.insert(&keys, entity);
                 }
             }
@@ -521,7 +573,7 @@ impl<T: Table> TableStore<T> {
         for (entity, keys) in discarded {
             let pk = T::keys_pk(&keys);
             // Rows deleted by reducers were unindexed already; only system changes remain.
-            if self.pk.get(pk) != Some(&entity) {
+            if self.pk.get(pk).map(|slot| slot.entity) != Some(entity) {
                 continue;
             }
             if world.get::<T>(entity).is_some() {
@@ -636,7 +688,7 @@ impl<T: Table> TableStore<T> {
         self.sequences = sequences;
         *row.bypass_change_detection() = candidate;
         self.indexes.insert(&keys, entity);
-        self.pk.insert(pk.clone(), entity);
+        self.pk.insert(pk.clone(), RowSlot::new(entity));
         world.entity_mut(entity).insert(RowKeys::<T>(keys));
         Ok(pk)
     }
@@ -648,7 +700,7 @@ impl<T: Table> TableStore<T> {
     fn clear_event_rows(&mut self, world: &mut World) {
         // Despawn in entity order, not the map's (seeded) order, so that entity reuse, and so
         // every later iteration, is the same on every run.
-        let mut entities: Vec<Entity> = self.pk.drain().map(|(_, entity)| entity).collect();
+        let mut entities: Vec<Entity> = self.pk.drain().map(|(_, slot)| slot.entity).collect();
         entities.sort_unstable();
         for entity in entities {
             if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
@@ -672,11 +724,11 @@ impl<T: Table> TableStore<T> {
         if queue.by_pk.get(pk) != Some(&fired_due) {
             return None;
         }
-        world.get::<T>(*self.pk.get(pk)?)
+        world.get::<T>(self.pk.get(pk)?.entity)
     }
 
     fn check_integrity(&self, world: &mut World) -> Result<(), String> {
-        for (pk, &entity) in &self.pk {
+        for (pk, &RowSlot { entity, .. }) in &self.pk {
             let row = world
                 .get::<T>(entity)
                 .ok_or_else(|| format!("{}: pk {pk:?} maps to an entity without a row", T::NAME))?;
@@ -713,6 +765,16 @@ impl<T: Table> TableStore<T> {
     }
 }
 
+/// A `NotFound` error for `key` in `T.column`.
+#[cold]
+fn not_found<T: Table>(column: &'static str, key: &dyn std::fmt::Debug) -> TableError {
+    TableError::NotFound {
+        table: T::NAME,
+        column,
+        key: format!("{key:?}"),
+    }
+}
+
 /// The due time after an interval row fired (due `fired_due`, fired in the tick at `now`): the
 /// next multiple of the interval after both, so missed periods are skipped and the phase is
 /// the interval's wall-clock phase ([`ScheduleAt::Interval`]).
@@ -732,9 +794,12 @@ pub(crate) trait ErasedStore: Any + Send + Sync {
     fn begin(&mut self) -> bool;
     /// The constraint violation a dropped row guard left for the running transaction.
     fn take_error(&mut self) -> Option<TableError>;
-    /// Brings a row and its change tick into cache (batched look-ahead).
-    fn touch_row(&self, world: &World, entity: Entity);
+    /// Brings rows and their change ticks into cache (batched look-ahead).
+    fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]);
     fn commit(&mut self, world: &mut World, now: Timestamp);
+    /// Commits, unless a dropped row guard left a constraint violation: then returns it and
+    /// commits nothing (the caller rolls back).
+    fn commit_unless_error(&mut self, world: &mut World, now: Timestamp) -> Option<TableError>;
     fn rollback(&mut self, world: &mut World);
     fn capture(
         &mut self,
@@ -774,11 +839,24 @@ impl<T: Table> ErasedStore for TableStore<T> {
     fn take_error(&mut self) -> Option<TableError> {
         self.deferred_error.take()
     }
-    fn touch_row(&self, world: &World, entity: Entity) {
-        crate::prefetch::touch_row::<T>(world, entity);
+    fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]) {
+        for found in rows {
+            match self.touch_query.get_manual(world, found.entity()) {
+                Ok(row) => crate::prefetch::touch_ref(&row),
+                // A row in an archetype that appeared since the query was last refreshed.
+                Err(_) => crate::prefetch::touch_row::<T>(world, found.entity()),
+            }
+        }
     }
     fn commit(&mut self, world: &mut World, now: Timestamp) {
         self.commit_tx(world, now);
+    }
+    fn commit_unless_error(&mut self, world: &mut World, now: Timestamp) -> Option<TableError> {
+        if let Some(error) = self.deferred_error.take() {
+            return Some(error);
+        }
+        self.commit_tx(world, now);
+        None
     }
     fn rollback(&mut self, world: &mut World) {
         self.rollback_tx(world);
@@ -843,7 +921,7 @@ impl<T: Table> ErasedStore for TableStore<T> {
                 }
             }
             Some(ScheduleAt::At(_)) => {
-                if let Some(&entity) = self.pk.get(&pk) {
+                if let Some(&RowSlot { entity, .. }) = self.pk.get(&pk) {
                     self.delete_entity(world, entity);
                 }
             }

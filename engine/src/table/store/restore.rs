@@ -7,7 +7,7 @@
 use bevy_ecs::entity::Entity;
 use bevy_ecs::world::World;
 
-use super::TableStore;
+use super::{RowSlot, TableStore};
 use crate::changes::{ChangeKind, RowChange};
 use crate::codec::OrreryType;
 use crate::table::{RemovedRows, RowKeys, Table, TableIndexes};
@@ -79,7 +79,7 @@ impl<T: Table> TableStore<T> {
         let pk = pk.clone();
         let entity = world.spawn((row, RowKeys::<T>(keys.clone()))).id();
         self.indexes.insert(&keys, entity);
-        self.pk.insert(pk, entity);
+        self.pk.insert(pk, RowSlot::new(entity));
         Ok(entity)
     }
 
@@ -111,7 +111,7 @@ impl<T: Table> TableStore<T> {
             if *kind == ChangeKind::Insert {
                 continue;
             }
-            let Some(&entity) = self.pk.get(pk) else {
+            let Some(&RowSlot { entity, .. }) = self.pk.get(pk) else {
                 return Err(format!("{kind:?} of missing row {pk:?}"));
             };
             if let Some(keys) = world.get::<RowKeys<T>>(entity).map(|k| k.0.clone()) {
@@ -133,10 +133,10 @@ impl<T: Table> TableStore<T> {
                     return Err(format!("insert of existing row {pk:?}"));
                 }
                 let entity = world.spawn((row, RowKeys::<T>(keys.clone()))).id();
-                self.pk.insert(pk, entity);
+                self.pk.insert(pk, RowSlot::new(entity));
                 entity
             } else {
-                let Some(&entity) = self.pk.get(&pk) else {
+                let Some(&RowSlot { entity, .. }) = self.pk.get(&pk) else {
                     return Err(format!("update of missing row {pk:?}"));
                 };
                 if let Some(mut slot) = world.get_mut::<T>(entity) {
@@ -162,7 +162,7 @@ impl<T: Table> TableStore<T> {
         };
         queue.due.clear();
         queue.by_pk.clear();
-        for (pk, &entity) in &self.pk {
+        for (pk, &RowSlot { entity, .. }) in &self.pk {
             if let Some(at) = world.get::<T>(entity).and_then(T::schedule_at) {
                 queue.set(pk.clone(), at.first_due(now));
             }
