@@ -227,6 +227,17 @@ impl Mirror {
         }
     }
 
+    /// A mark of what was received so far, for [`Mirror::since`].
+    fn mark(&self) -> (usize, usize) {
+        (self.records, self.bytes)
+    }
+
+    /// Records received since `mark`, and payload bytes per record.
+    fn since(&self, (records, bytes): (usize, usize)) -> (usize, f32) {
+        let n = self.records - records;
+        (n, (self.bytes - bytes) as f32 / n.max(1) as f32)
+    }
+
     fn rows(&self, table: u32) -> Vec<Vec<Value>> {
         self.tables
             .get(&table)
@@ -676,14 +687,13 @@ fn identity_keyed_rows_move_in_a_few_bytes_by_handle() {
     w.settle();
     let avatar = w.engine.schema().table("avatar").unwrap().id;
     assert_eq!(w.mirrors[&a].rows(avatar).len(), 60);
-    let (bytes_before, records_before) = (w.mirrors[&a].bytes, w.mirrors[&a].records);
+    let mark = w.mirrors[&a].mark();
     for step in 1..=20 {
         w.run(put(step, 0.0));
         w.tick();
     }
     w.settle();
-    let updates = w.mirrors[&a].records - records_before;
-    let per_update = (w.mirrors[&a].bytes - bytes_before) as f32 / updates as f32;
+    let (updates, per_update) = w.mirrors[&a].since(mark);
     assert_eq!(updates, 1200);
     assert!(
         per_update <= 5.0,
@@ -733,7 +743,7 @@ fn moving_rows_are_sent_as_small_quantized_deltas() {
         .unwrap();
     w.publisher.set_focus(a, Vec3::ZERO);
     w.settle();
-    let (bytes_before, records_before) = (w.mirrors[&a].bytes, w.mirrors[&a].records);
+    let mark = w.mirrors[&a].mark();
     for step in 1..=20 {
         w.run(
             (0..50)
@@ -748,8 +758,7 @@ fn moving_rows_are_sent_as_small_quantized_deltas() {
         w.tick();
     }
     w.settle();
-    let updates = w.mirrors[&a].records - records_before;
-    let per_update = (w.mirrors[&a].bytes - bytes_before) as f32 / updates as f32;
+    let (updates, per_update) = w.mirrors[&a].since(mark);
     assert_eq!(updates, 1000);
     assert!(
         per_update <= 6.0,
