@@ -4,7 +4,7 @@
 //! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
 //! udp -- --ignored --nocapture` runs 4,096 (the default worker count, then one worker with
 //! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs, `UDP_PIPELINE=1`
-//! pipelines the publish)
+//! pipelines the publish, `UDP_ACK_DELAY_MS` sets the clients' ack delay)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 
 mod common;
@@ -71,6 +71,8 @@ struct Report {
     /// UDP bytes sent per client per second in the load phase (records, envelopes, acks,
     /// replies, netcode and encryption overhead).
     load_udp_bytes_per_client_second: f64,
+    /// UDP datagrams received per client per second in the load phase (calls and acks).
+    load_datagrams_in_per_client_second: f64,
     replies: u64,
     updates: u64,
     /// Walker records the clients decoded over the whole run: upserts, deltas, deletes.
@@ -195,12 +197,7 @@ impl Client {
     /// A client session for `token` on its own loopback socket; `rng` seeds its walk.
     fn new(token: &[u8], rng: u64) -> Client {
         Client {
-            session: ClientSession::from_token_bytes(
-                ClientSessionConfig::default(),
-                token,
-                unix_now(),
-            )
-            .unwrap(),
+            session: ClientSession::from_token_bytes(client_config(), token, unix_now()).unwrap(),
             udp: UdpEndpoint::bind("127.0.0.1:0".parse().unwrap())
                 .expect("a client socket (raise `ulimit -n` above the client count)"),
             connected: false,
@@ -213,6 +210,19 @@ impl Client {
             rng: splitmix(rng),
         }
     }
+}
+
+/// The clients' session settings: the defaults, but `UDP_ACK_DELAY_MS` overrides how long they
+/// may hold an acknowledgement (`ClientSessionConfig::ack_delay`).
+fn client_config() -> ClientSessionConfig {
+    let mut config = ClientSessionConfig::default();
+    if let Some(ms) = std::env::var("UDP_ACK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.ack_delay = Duration::from_millis(ms);
+    }
+    config
 }
 
 /// Starts a server with `config` and fetches `n` connect tokens from its control plane.
@@ -507,6 +517,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
                 metrics.publisher_bytes.load(Relaxed),
                 metrics.publisher_records.load(Relaxed),
                 metrics.bytes_out.load(Relaxed),
+                metrics.datagrams_in.load(Relaxed),
             )
         };
         let (sent2, at2) = (sent(&mut clients), Instant::now());
@@ -565,6 +576,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             load_bytes_per_record: (sent3.0 - sent2.0) as f64 / (sent3.1 - sent2.1).max(1) as f64,
             load_records_per_client_second: per_client_second(sent3.1 - sent2.1),
             load_udp_bytes_per_client_second: per_client_second(sent3.2 - sent2.2),
+            load_datagrams_in_per_client_second: per_client_second(sent3.3 - sent2.3),
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
             updates: clients.iter().map(|c| c.updates).sum(),
             walker_records: clients.iter().filter_map(|c| c.walkers.as_ref()).fold(
