@@ -6,10 +6,14 @@ use orrery_row::ConnectionId;
 use orrery_row::codec::write_varint;
 use orrery_row::wire::{EVENT_HANDLE, WireLayout};
 
-use crate::client_state::ClientState;
+use crate::client_state::{ClientState, SubKind};
 use crate::mirror::{MirrorTable, NO_INLINE_DELTA};
 use crate::publisher::{Outgoing, SentCounters};
 use crate::view::{Dirty, ViewEntry, kill};
+
+/// How near the focus a row of a spatial subscription must be to count as the row the focus
+/// follows (a player's own avatar: the module moves it and sets the focus to where it now is).
+pub(crate) const FOCUS_ROW_RADIUS: f32 = 0.5;
 
 /// An ascending sort key for a priority `score` (higher first): the order-preserving map of
 /// the float's bits, inverted. Scores are finite and non-negative.
@@ -49,6 +53,8 @@ pub(crate) struct FlushScratch {
     /// `(rank, table, slot, position in the view)`; see [`rank`].
     candidates: Vec<(u32, u32, u32, u32)>,
     payloads: Vec<(u32, Vec<u8>)>,
+    /// Bits of the client's spatial subscriptions, by table.
+    spatial_bits: Vec<u32>,
 }
 
 impl Flush<'_> {
@@ -70,6 +76,18 @@ impl Flush<'_> {
         }
         let candidates = &mut scratch.candidates;
         candidates.clear();
+        // Per table, the bits of the client's spatial subscriptions: only their rows have a
+        // distance (rows of other subscriptions carry 0).
+        let spatial = &mut scratch.spatial_bits;
+        spatial.clear();
+        spatial.resize(client.views.len(), 0);
+        for sub in &client.subs {
+            if let (SubKind::Spatial(_), Some(bits)) =
+                (&sub.kind, spatial.get_mut(sub.table as usize))
+            {
+                *bits |= 1 << sub.bit;
+            }
+        }
         // A cheap estimate of what sending everything would cost (each entry's last record size);
         // when the budget covers it, the queue goes out in its (deterministic) order unranked.
         let mut estimate = 0f64;
@@ -79,7 +97,16 @@ impl Flush<'_> {
             }
             let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
             let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
-            let score = urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0);
+            // The row the focus follows (the player's own avatar) goes before everything
+            // else: a budget that cannot carry the whole view would otherwise rank it barely
+            // above its neighbours and show a player its own moves seconds late.
+            let at_focus = e.distance < FOCUS_ROW_RADIUS
+                && e.mask & spatial.get(table as usize).copied().unwrap_or(0) != 0;
+            let score = if at_focus {
+                f32::MAX
+            } else {
+                urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0)
+            };
             candidates.push((rank(score), table, slot, position as u32));
             estimate += if e.last_size == 0 {
                 64.0

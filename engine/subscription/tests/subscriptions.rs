@@ -664,6 +664,79 @@ fn spatial_subscriptions_receive_event_rows_in_range_once() {
     assert_eq!(w.publisher.stats().dirty, 0);
 }
 
+/// A client whose budget cannot carry its whole view still sees the row its focus follows (its
+/// own avatar) change every tick: that row goes before every other queued one, while the
+/// others take turns.
+#[test]
+fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
+    let mut w = World::new(PublishConfig {
+        budget_bytes_per_second: 3_000,
+        max_banked: Duration::from_millis(100),
+        ..PublishConfig::default()
+    });
+    const OWN: u32 = 1_000;
+    let crowd = |step: u32| {
+        (0..80u32)
+            .map(|i| Op::PutMob {
+                id: i,
+                x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
+                y: (i / 10) as f32 * 4.0 - 16.0,
+                hp: 10,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut ops = crowd(0);
+    ops.push(Op::PutMob {
+        id: OWN,
+        x: 1.0,
+        y: 1.0,
+        hp: 10,
+    });
+    w.run(ops);
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
+        .unwrap();
+    w.publisher.set_focus(a, Vec3::new(1.0, 1.0, 0.0));
+    w.settle();
+    let mob = w.engine.schema().table("mob").unwrap().id;
+    let own_row = |w: &World| {
+        let server = w.server_rows::<Mob>(|m| m.id == OWN);
+        let mirror: Vec<_> = w.mirrors[&a]
+            .rows(mob)
+            .into_iter()
+            .filter(|r| r[0] == Value::Unsigned(u64::from(OWN)))
+            .collect();
+        (server, mirror)
+    };
+    let mut lagging_ticks = 0;
+    for step in 1..=40u32 {
+        // The whole crowd moves, and so does the client's own row, with the focus on it.
+        let (x, y) = (1.0 + step as f32 * 0.25, 1.0);
+        let mut ops = crowd(step);
+        ops.push(Op::PutMob {
+            id: OWN,
+            x,
+            y,
+            hp: 10,
+        });
+        w.run(ops);
+        w.publisher.set_focus(a, Vec3::new(x, y, 0.0));
+        w.tick();
+        let (server, mirror) = own_row(&w);
+        assert_eq!(mirror, server, "tick {step}: the client's own row lags");
+        if w.mirrors[&a].rows(mob) != w.server_rows::<Mob>(|_| true) {
+            lagging_ticks += 1;
+        }
+    }
+    assert!(
+        lagging_ticks >= 30,
+        "the budget was meant to bind: the rest of the view lagged in only {lagging_ticks} of 40 ticks"
+    );
+    w.settle();
+    assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
+}
+
 /// Rows keyed by a 32-byte identity move in as few bytes as any other: after its first upsert a
 /// row is named by its handle, and rows leaving and re-entering the view reuse freed handles.
 #[test]
