@@ -512,6 +512,13 @@ impl TickCore {
         self.release_held(&mut replies);
 
         let publisher = self.publisher_mut();
+        // The replies go to the same clients as the updates: their bytes come out of the same
+        // budget, which then bounds each client's whole downstream.
+        for command in &replies {
+            if let NetCommand::Send { client, msg } = command {
+                publisher.charge(*client, wire_estimate(msg));
+            }
+        }
         publisher.apply(&step.changes);
         for (connection, point) in step.focus {
             publisher.set_focus(connection, point);
@@ -1198,6 +1205,18 @@ fn reply_to(
         entry.held.push_back((needed, reply));
         holding.insert(client);
     }
+}
+
+/// About what a message other than a table update costs on the wire (envelope and framing;
+/// the datagram around it is charged by the publisher with the tick's updates).
+fn wire_estimate(msg: &ServerMessage) -> u32 {
+    let body = match msg {
+        ServerMessage::ReducerReply { result, .. } => {
+            14 + result.as_ref().err().map_or(0, |e| e.len())
+        }
+        _ => 16,
+    };
+    orrery_subscription::MESSAGE_FRAMING_BYTES + u32::try_from(body).unwrap_or(u32::MAX)
 }
 
 /// Says in a reducer reply whether its tick is durable as it leaves.

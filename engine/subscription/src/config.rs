@@ -9,8 +9,16 @@ use crate::sql::{QueryError, QueryLimits};
 /// Publisher settings.
 #[derive(Clone, Debug)]
 pub struct PublishConfig {
-    /// Bytes each client may be sent per second, spent tick by tick.
+    /// Bytes each client may be sent per second, spent tick by tick: the published records,
+    /// plus [`PublishConfig::wire_overhead_bytes`] per publish that sends the client anything,
+    /// [`MESSAGE_FRAMING_BYTES`] per table update message, and what the server charges for the
+    /// client's other messages ([`crate::Publisher::charge`], e.g. reducer replies). So it
+    /// bounds the client's downstream on the wire, not only its rows.
     pub budget_bytes_per_second: u32,
+    /// What the datagram around a publish costs on the wire besides its messages: the netcode
+    /// header and authentication tag, the reliability layer's packet header and the acks it
+    /// carries (default 40 bytes, measured on the sample game).
+    pub wire_overhead_bytes: u32,
     /// Most budget a client can bank while it has nothing to send.
     pub max_banked: Duration,
     /// Hysteresis margin for `within(..)`: a row enters a view within `radius` and leaves it
@@ -42,6 +50,7 @@ impl Default for PublishConfig {
     fn default() -> Self {
         PublishConfig {
             budget_bytes_per_second: 8 * 1024,
+            wire_overhead_bytes: 40,
             max_banked: Duration::from_millis(250),
             hysteresis: 5.0,
             max_message_bytes: 1024,
@@ -54,6 +63,10 @@ impl Default for PublishConfig {
         }
     }
 }
+
+/// What one table update message costs on the wire around its payload: the envelope's variant,
+/// table id, tick and length, and the reliability layer's message framing.
+pub const MESSAGE_FRAMING_BYTES: u32 = 10;
 
 /// Why a subscribe or unsubscribe was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,6 +7,7 @@ use orrery_row::codec::write_varint;
 use orrery_row::wire::{EVENT_HANDLE, WireLayout};
 
 use crate::client_state::{ClientState, SubKind};
+use crate::config::MESSAGE_FRAMING_BYTES;
 use crate::mirror::{MirrorTable, NO_INLINE_DELTA};
 use crate::publisher::{Outgoing, SentCounters};
 use crate::view::{Dirty, ViewEntry, kill};
@@ -36,6 +37,8 @@ pub(crate) struct Flush<'a> {
     pub(crate) tick: u64,
     /// Largest payload before it is split into another message.
     pub(crate) max_message: usize,
+    /// Budget charged per flush that sends anything (the datagram around the messages).
+    pub(crate) wire_overhead: f64,
     /// Records and bytes handed out.
     pub(crate) counters: &'a mut SentCounters,
     /// Buffers reused across clients.
@@ -65,12 +68,13 @@ impl Flush<'_> {
             tables,
             tick,
             max_message,
+            wire_overhead,
             counters,
             scratch,
             release,
             out,
         } = self;
-        let (tick, max_message) = (*tick, *max_message);
+        let (tick, max_message, wire_overhead) = (*tick, *max_message, *wire_overhead);
         if client.dirty.is_empty() {
             return;
         }
@@ -161,6 +165,7 @@ impl Flush<'_> {
         }
         std::hint::black_box(touched);
         let payloads = &mut scratch.payloads;
+        let first_message = out.len();
         let mut sent_count = 0;
         // Tables whose views had entries killed (bit per table id; ids from 63 up share a bit).
         let mut killed = 0u64;
@@ -272,6 +277,14 @@ impl Flush<'_> {
                     payload,
                 });
             }
+        }
+        // The wire around the records: their messages' framing and the datagram. Charged after
+        // the fact (the budget may go below zero, and the next publish sends that much less),
+        // so the budget bounds the client's downstream on average, not only its rows.
+        let messages = out.len() - first_message;
+        if messages > 0 {
+            let framing = f64::from(MESSAGE_FRAMING_BYTES) * messages as f64;
+            client.budget -= wire_overhead + framing;
         }
         // What was not reached stays queued, once: an entry that went clean and dirty again
         // between flushes can have been queued twice (a scan of the views finds each entry once).

@@ -37,6 +37,6 @@ pub(crate) mod shared;
 pub mod sql;
 pub(crate) mod view;
 
-pub use config::{PublishConfig, SubscribeError};
+pub use config::{MESSAGE_FRAMING_BYTES, PublishConfig, SubscribeError};
 pub use publisher::{Outgoing, Publisher, PublisherStats, SentCounters, Subscribed};
 pub use sql::{QueryError, QueryLimits, SubscriptionQuery, check_limits};

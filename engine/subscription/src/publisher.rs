@@ -445,6 +445,16 @@ impl Publisher {
         }
     }
 
+    /// Charges `bytes` the server sent `client` besides its table updates (reducer replies,
+    /// subscription answers) to its budget, so the budget bounds the whole downstream. The debt
+    /// is bounded: a client owes at most one second of budget.
+    pub fn charge(&mut self, client: ConnectionId, bytes: u32) {
+        let floor = -f64::from(self.config.budget_bytes_per_second);
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.budget = (c.budget - f64::from(bytes)).max(floor);
+        }
+    }
+
     /// Sets a client's focus point (for `within(col, :focus, r)`); 2D positions use `z = 0`.
     pub fn set_focus(&mut self, client: ConnectionId, focus: Vec3) {
         if let Some(c) = self.clients.get_mut(&client)
@@ -656,6 +666,7 @@ impl Publisher {
         let cap = (rate * self.config.max_banked.as_secs_f64()).max(accrued);
         let margin = self.config.hysteresis;
         let max_message = self.config.max_message_bytes.max(64);
+        let wire_overhead = f64::from(self.config.wire_overhead_bytes);
         if self.config.incremental_refresh {
             for t in self.tables.iter_mut().flatten() {
                 let live = t.data.len() - t.free.len();
@@ -683,6 +694,7 @@ impl Publisher {
                 tables,
                 tick,
                 max_message,
+                wire_overhead,
                 counters,
                 scratch: flush_scratch,
                 release,

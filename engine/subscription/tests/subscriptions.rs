@@ -841,6 +841,71 @@ fn moving_rows_are_sent_as_small_quantized_deltas() {
     assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
 }
 
+/// The budget bounds the wire, not only the rows: a publish that sends a client anything is
+/// charged the datagram's overhead and each message's framing, and what the server charges for
+/// the client's other messages (its reducer replies) comes out of the same budget.
+#[test]
+fn the_budget_pays_for_framing_and_for_charged_replies() {
+    let budget = 4_000u32;
+    let config = PublishConfig {
+        budget_bytes_per_second: budget,
+        max_banked: Duration::from_millis(50),
+        ..PublishConfig::default()
+    };
+    let overhead = config.wire_overhead_bytes as usize;
+    let framing = orrery_subscription::MESSAGE_FRAMING_BYTES as usize;
+    // Returns the wire bytes the publisher accounted for over 100 ticks (records, framing,
+    // datagram overhead and `charge` per tick) and the record bytes alone.
+    let run = |charge: u32| {
+        let mut w = World::new(config.clone());
+        let name = "x".repeat(40);
+        w.run(
+            (1..=400)
+                .map(|id| Op::PutItem {
+                    id,
+                    level: 1,
+                    name: name.clone(),
+                })
+                .collect(),
+        );
+        w.tick();
+        let a = w.connect(1, 1);
+        w.subscribe(a, 1, "SELECT * FROM item").unwrap();
+        let (mut wire, mut records) = (0usize, 0usize);
+        for _ in 0..100 {
+            w.publisher.charge(a, charge);
+            let (bytes, messages) = w.tick_messages();
+            let sent = bytes.get(&a).copied().unwrap_or(0);
+            let count = messages.iter().filter(|m| m.client == a).count();
+            records += sent;
+            wire += sent + count * framing + charge as usize;
+            if count > 0 {
+                wire += overhead;
+            }
+        }
+        (wire, records)
+    };
+    // 100 ticks of 50 ms: 5 s of budget, plus at most one record and one publish's framing.
+    let allowed = budget as usize * 5 + 100 + overhead + 2 * framing;
+    let (wire, records) = run(0);
+    assert!(wire <= allowed, "{wire} wire bytes > {allowed}");
+    assert!(
+        wire * 10 >= allowed * 9,
+        "{wire}: the client was meant to be budget-bound"
+    );
+    let (charged_wire, charged_records) = run(60);
+    assert!(
+        charged_wire <= allowed,
+        "{charged_wire} wire bytes > {allowed}"
+    );
+    // 60 bytes a tick of replies leave 6,000 fewer bytes for the rows.
+    let fewer = records - charged_records;
+    assert!(
+        (5_000..=7_000).contains(&fewer),
+        "{fewer} fewer record bytes for 6,000 bytes of charged replies"
+    );
+}
+
 #[test]
 fn budget_is_never_exceeded_by_more_than_one_record_and_updates_coalesce() {
     let budget = 2_000u32;
