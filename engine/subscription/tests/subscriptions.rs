@@ -841,6 +841,26 @@ fn moving_rows_are_sent_as_small_quantized_deltas() {
     assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
 }
 
+/// A world of `items` items with 40-character names and one client subscribed to all of them
+/// (more than a small budget sends at once).
+fn subscribed_to_items(config: PublishConfig, items: u32) -> (World, ConnectionId) {
+    let mut w = World::new(config);
+    let name = "x".repeat(40);
+    w.run(
+        (1..=items)
+            .map(|id| Op::PutItem {
+                id,
+                level: 1,
+                name: name.clone(),
+            })
+            .collect(),
+    );
+    w.tick();
+    let a = w.connect(1, 1);
+    w.subscribe(a, 1, "SELECT * FROM item").unwrap();
+    (w, a)
+}
+
 /// The budget bounds the wire, not only the rows: a publish that sends a client anything is
 /// charged the datagram's overhead and each message's framing, and what the server charges for
 /// the client's other messages (its reducer replies) comes out of the same budget.
@@ -857,20 +877,7 @@ fn the_budget_pays_for_framing_and_for_charged_replies() {
     // Returns the wire bytes the publisher accounted for over 100 ticks (records, framing,
     // datagram overhead and `charge` per tick) and the record bytes alone.
     let run = |charge: u32| {
-        let mut w = World::new(config.clone());
-        let name = "x".repeat(40);
-        w.run(
-            (1..=400)
-                .map(|id| Op::PutItem {
-                    id,
-                    level: 1,
-                    name: name.clone(),
-                })
-                .collect(),
-        );
-        w.tick();
-        let a = w.connect(1, 1);
-        w.subscribe(a, 1, "SELECT * FROM item").unwrap();
+        let (mut w, a) = subscribed_to_items(config.clone(), 400);
         let (mut wire, mut records) = (0usize, 0usize);
         for _ in 0..100 {
             w.publisher.charge(a, charge);
@@ -914,20 +921,8 @@ fn budget_is_never_exceeded_by_more_than_one_record_and_updates_coalesce() {
         max_banked: Duration::from_millis(50),
         ..PublishConfig::default()
     };
-    let mut w = World::new(config);
+    let (mut w, a) = subscribed_to_items(config, 300);
     let long_name = "x".repeat(40);
-    w.run(
-        (1..=300)
-            .map(|id| Op::PutItem {
-                id,
-                level: 1,
-                name: long_name.clone(),
-            })
-            .collect(),
-    );
-    w.tick();
-    let a = w.connect(1, 1);
-    w.subscribe(a, 1, "SELECT * FROM item").unwrap();
     let max_record = 60usize;
     let mut sent_total = 0usize;
     let mut budget_total = 0f64;
