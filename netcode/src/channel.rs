@@ -312,9 +312,8 @@ impl Link {
     /// Advances renet's clock, and moves the resend interval with the round trip.
     ///
     /// A fixed interval below the round trip sends every reliable message more than once: a
-    /// peer 150 ms away got everything twice at 100 ms, and when a loaded machine delayed
-    /// acks, the extra sends delayed them further (the 4,096-client test fell into that
-    /// spiral). As TCP does, the interval follows the smoothed round trip (renet's): 1.5 of it
+    /// peer 250 ms away got each one about three times at 200 ms, and late acks (a slow
+    /// client, a loaded machine) turned into extra sends on top of the load. As TCP does, the interval follows the smoothed round trip (renet's): 1.5 of it
     /// plus [`ACK_SLACK`], never below `LinkLimits::resend` (which keeps losses on a fast link
     /// repaired quickly) nor above [`MAX_RESEND`].
     pub(crate) fn update(&mut self, dt: Duration) -> Result<(), DisconnectReason> {
