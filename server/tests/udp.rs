@@ -372,6 +372,25 @@ fn run_for(clients: &mut [Client], d: Duration, calling: bool) {
     }
 }
 
+/// Drives `clients` until every one is connected (within `limit`) and the server has run
+/// `client_connected` for all of them (within half of it); returns both times from the start.
+fn connect_all(
+    clients: &mut [Client],
+    metrics: &orrery_server::metrics::Metrics,
+    limit: Duration,
+) -> (Duration, Duration) {
+    let start = Instant::now();
+    run_until(clients, limit, "connections", |cs| {
+        cs.iter().all(|c| c.connected)
+    });
+    let connect_time = start.elapsed();
+    let n = clients.len() as u64;
+    run_until(clients, limit / 2, "client_connected", |_| {
+        metrics.clients.load(Relaxed) == n
+    });
+    (connect_time, start.elapsed())
+}
+
 fn run_until(
     clients: &mut [Client],
     limit: Duration,
@@ -432,21 +451,8 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
                 c
             })
             .collect();
-        let start = Instant::now();
-        run_until(
-            &mut clients,
-            Duration::from_secs(120),
-            "connections",
-            |cs| cs.iter().all(|c| c.connected),
-        );
-        let connect_time = start.elapsed();
-        run_until(
-            &mut clients,
-            Duration::from_secs(60),
-            "client_connected",
-            |_| metrics.clients.load(Relaxed) == n as u64,
-        );
-        let server_connected_time = start.elapsed();
+        let (connect_time, server_connected_time) =
+            connect_all(&mut clients, &metrics, Duration::from_secs(120));
 
         // Three calls each: every reply once, in order.
         for c in clients.iter_mut() {
@@ -689,21 +695,8 @@ async fn run_connect_idle(n: usize, workers: usize, idle: Duration) -> ConnectRe
         let mut clients: Vec<Client> = tokens.iter().map(|t| Client::new(t, 1)).collect();
         drop(tokens);
         let rss_before = resident_bytes();
-        let start = Instant::now();
-        run_until(
-            &mut clients,
-            Duration::from_secs(300),
-            "connections",
-            |cs| cs.iter().all(|c| c.connected),
-        );
-        let connect_time = start.elapsed();
-        run_until(
-            &mut clients,
-            Duration::from_secs(120),
-            "client_connected",
-            |_| metrics.clients.load(Relaxed) == n as u64,
-        );
-        let server_connected_time = start.elapsed();
+        let (connect_time, server_connected_time) =
+            connect_all(&mut clients, &metrics, Duration::from_secs(300));
         run_for(&mut clients, Duration::from_secs(1), false);
         let rss_after = resident_bytes();
         let busy0: Vec<u64> = metrics

@@ -281,6 +281,21 @@ impl World {
         id
     }
 
+    /// Churn: `gone` disconnects and a new client `next` connects, subscribed to the mobs
+    /// within 40 m of the origin that have more than 1 hp.
+    fn replace_client(&mut self, gone: ConnectionId, next: u64) {
+        self.publisher.disconnect(gone);
+        self.mirrors.remove(&gone);
+        let id = self.connect(next, 3);
+        self.subscribe(
+            id,
+            1,
+            "SELECT * FROM mob WHERE within(pos, :focus, 40) AND hp > 1",
+        )
+        .unwrap();
+        self.publisher.set_focus(id, Vec3::ZERO);
+    }
+
     fn subscribe(
         &mut self,
         client: ConnectionId,
@@ -1291,16 +1306,7 @@ fn publish_output_does_not_depend_on_worker_count() {
                 w.publisher.set_focus(ConnectionId(c), p);
             }
             if churn {
-                w.publisher.disconnect(ConnectionId(gone));
-                w.mirrors.remove(&ConnectionId(gone));
-                let id = w.connect(next_client, 3);
-                w.subscribe(
-                    id,
-                    1,
-                    "SELECT * FROM mob WHERE within(pos, :focus, 40) AND hp > 1",
-                )
-                .unwrap();
-                w.publisher.set_focus(id, Vec3::ZERO);
+                w.replace_client(ConnectionId(gone), next_client);
             }
             outputs.push(w.tick_messages().1);
         }
@@ -1482,21 +1488,8 @@ fn incremental_refresh_publishes_what_a_full_refresh_does() {
                 // The client may have left.
                 let _ = w.subscribe(ConnectionId(c), query, sql);
             }
-            if let Some((c, query, sql)) = added {
-                // The client may have left.
-                let _ = w.subscribe(ConnectionId(c), query, sql);
-            }
             if churn {
-                w.publisher.disconnect(ConnectionId(gone));
-                w.mirrors.remove(&ConnectionId(gone));
-                let id = w.connect(next_client, 3);
-                w.subscribe(
-                    id,
-                    1,
-                    "SELECT * FROM mob WHERE within(pos, :focus, 40) AND hp > 1",
-                )
-                .unwrap();
-                w.publisher.set_focus(id, Vec3::ZERO);
+                w.replace_client(ConnectionId(gone), next_client);
             }
             outputs.push(w.tick_messages().1);
         }
