@@ -19,7 +19,8 @@ pub const ATTACK_EVERY: f64 = 0.85;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Behavior {
-    /// Walk in random directions, turning every 3–8 s, spreading out from town.
+    /// Travel from place to place: walk (or now and then run) to a random point within
+    /// `--wander-radius` of the town the bot entered in, then to the next.
     Wander,
     /// Every bot converges on one spot and mills around it: everyone sees everyone, the worst
     /// case for interest management.
@@ -189,7 +190,8 @@ pub struct BrainParams {
     pub swarm_center: [f32; 2],
     /// How far from the centre swarm bots mill about, metres.
     pub swarm_radius: f32,
-    /// Wandering bots beyond this distance from town turn back towards it, metres.
+    /// Wandering bots travel to points at most this far from the town they entered in,
+    /// metres.
     pub wander_radius: f32,
     /// Chance that a chat line is global.
     pub global_chat: f64,
@@ -269,6 +271,8 @@ pub struct Brain {
     direction: [f32; 2],
     run: bool,
     next_turn_at: f64,
+    home: Option<[f32; 2]>,
+    destination: Option<[f32; 2]>,
     target: Option<([f32; 2], f64)>,
     next_say_at: f64,
     lines: u64,
@@ -292,6 +296,8 @@ impl Brain {
             direction: [0.0, 0.0],
             run: false,
             next_turn_at: 0.0,
+            home: None,
+            destination: None,
             target: None,
             next_say_at,
             lines: 0,
@@ -331,18 +337,28 @@ impl Brain {
         }
     }
 
+    /// Random-waypoint travel: players go places (a quest, a hunting ground, a friend), so a
+    /// population spreads over the land around its towns instead of milling where it entered,
+    /// as a random walk would (one that turns every few seconds drifts only ~90 m a minute).
     fn wander(&mut self, t: f64, sight: &Sight) -> Action {
+        let home = *self.home.get_or_insert(sight.position);
+        let arrived = self
+            .destination
+            .is_none_or(|destination| distance(sight.position, destination) < 3.0);
+        if arrived {
+            let angle = self.rng.range(0.0, std::f64::consts::TAU);
+            // Uniform over the disc around home.
+            let reach = f64::from(self.params.wander_radius) * self.rng.unit().sqrt();
+            self.destination = Some([
+                home[0] + (angle.cos() * reach) as f32,
+                home[1] + (angle.sin() * reach) as f32,
+            ]);
+            self.next_turn_at = t;
+        }
         if t >= self.next_turn_at {
-            let home = [0.0f32, 0.0];
-            let far = distance(sight.position, home) > self.params.wander_radius;
-            let angle = if far {
-                // Back towards town, give or take 60 degrees.
-                let back = unit_towards(sight.position, home);
-                back[1].atan2(back[0]) as f64 + self.rng.range(-1.05, 1.05)
-            } else {
-                self.rng.range(0.0, std::f64::consts::TAU)
-            };
-            self.direction = [angle.cos() as f32, angle.sin() as f32];
+            // Steer again every few seconds, as a player corrects course.
+            let destination = self.destination.unwrap_or(home);
+            self.direction = unit_towards(sight.position, destination);
             self.run = self.rng.unit() < 0.2;
             self.next_turn_at = t + self.rng.range(3.0, 8.0);
         }
@@ -458,15 +474,59 @@ mod tests {
         assert_eq!(share(Role::Swarm), 0);
     }
 
+    /// Moves a sight along `action` for `dt` seconds (walking 4 m/s, running 8).
+    fn walk(sight: &mut Sight, action: &Action, dt: f32) {
+        let Action::SetInput { direction, run } = action else {
+            panic!("wanderers steer, got {action:?}");
+        };
+        let speed = if *run { RUN_SPEED } else { WALK_SPEED };
+        sight.position[0] += direction[0] * speed * dt;
+        sight.position[1] += direction[1] * speed * dt;
+    }
+
     #[test]
-    fn wanderers_turn_back_beyond_their_radius() {
+    fn wanderers_travel_around_their_home_town() {
+        let params = BrainParams {
+            wander_radius: 200.0,
+            ..BrainParams::default()
+        };
+        let home = [1_000.0, -1_000.0];
+        let (mut farthest, mut samples, mut out) = (0.0f32, 0, 0);
+        for seed in 0..40 {
+            let mut b = Brain::new(Role::Wander, seed, params);
+            let mut sight = sight_at(home);
+            for i in 0..1_200 {
+                // One minute at 20 Hz.
+                let action = b.next(f64::from(i) * 0.05, &sight);
+                walk(&mut sight, &action, 0.05);
+                let away = distance(sight.position, home);
+                farthest = farthest.max(away);
+                if i >= 600 {
+                    samples += 1;
+                    out += usize::from(away > 100.0);
+                }
+            }
+        }
+        // In the second half-minute, travellers spend most of their time beyond half the
+        // radius (a random walk turning every 3-8 s: about a fifth), and never leave it.
+        let share = out as f64 / samples as f64;
+        assert!(share > 0.45, "{share} of the time beyond 100 m");
+        assert!(
+            farthest <= 200.0 + 3.0 + 8.0 * 8.0,
+            "{farthest} m from home"
+        );
+    }
+
+    #[test]
+    fn a_wanderer_far_from_home_heads_back() {
         let params = BrainParams {
             wander_radius: 100.0,
             ..BrainParams::default()
         };
         let mut b = Brain::new(Role::Wander, 9, params);
-        for i in 0..50 {
-            let t = f64::from(i) * 10.0; // a new direction each time
+        b.next(0.0, &sight_at([0.0, 0.0]));
+        for i in 1..50 {
+            let t = f64::from(i) * 10.0;
             let Action::SetInput { direction, .. } = b.next(t, &sight_at([500.0, 0.0])) else {
                 panic!("wanderers steer");
             };

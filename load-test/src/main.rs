@@ -165,7 +165,7 @@ struct Args {
     /// How far from that spot swarm bots mill about, metres.
     #[arg(long, default_value_t = 20.0)]
     swarm_radius: f32,
-    /// Wanderers beyond this distance from town turn back, metres.
+    /// Wanderers travel to points at most this far from the town they entered in, metres.
     #[arg(long, default_value_t = 400.0)]
     wander_radius: f32,
     /// Chance that a chat line is global.

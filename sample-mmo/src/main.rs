@@ -40,6 +40,15 @@ struct Args {
     /// Edge of the square world in metres (a new world only).
     #[arg(long, default_value_t = 4_000.0)]
     world_size: f32,
+    /// Distance between towns in metres, where new characters start (a new world only): one
+    /// at the origin and one every this many metres at least 500 m inside the edge; 0: the
+    /// origin's only.
+    #[arg(long, default_value_t = 1_000.0)]
+    town_spacing: f32,
+    /// New characters start in the first town with fewer online avatars than this within
+    /// 100 m (else in the least crowded).
+    #[arg(long, default_value_t = 100)]
+    town_capacity: u32,
     /// Seconds between supply drops.
     #[arg(long, default_value_t = 60.0)]
     supply_drop_every: f64,
@@ -63,6 +72,12 @@ impl Args {
             self.world_size
         );
         anyhow::ensure!(
+            self.town_spacing == 0.0
+                || (self.town_spacing.is_finite() && self.town_spacing >= 500.0),
+            "--town-spacing must be 0 or at least 500 metres, got {}",
+            self.town_spacing
+        );
+        anyhow::ensure!(
             self.supply_drop_every.is_finite() && self.supply_drop_every >= 1.0,
             "--supply-drop-every must be at least 1 second, got {}",
             self.supply_drop_every
@@ -78,6 +93,8 @@ impl Args {
         Ok(WorldSettings {
             npc_count: self.npcs,
             world_size: self.world_size,
+            town_spacing: self.town_spacing,
+            town_capacity: self.town_capacity,
             supply_drop_every: Duration::from_secs_f64(self.supply_drop_every),
             admins,
         })

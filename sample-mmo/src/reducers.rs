@@ -10,10 +10,14 @@ use orrery_engine::prelude::*;
 use crate::WorldSettings;
 use crate::tables::*;
 
-/// Town: where avatars enter the world and come back after being knocked out.
+/// The first town, at the origin; every world has it (`crate::town_sites`).
 pub const TOWN: Vec2 = Vec2::ZERO;
-/// Radius around [`TOWN`] avatars appear in.
+/// Radius around a town's centre avatars appear in.
 pub const TOWN_RADIUS: f32 = 10.0;
+/// Online avatars this close to a town are its crowd (`WorldSettings::town_capacity`).
+pub const TOWN_CROWD_RADIUS: f32 = 100.0;
+/// Wolves' spawn points keep at least this far from every town.
+pub const WOLF_FREE_RADIUS: f32 = 150.0;
 /// NPCs per spawn point in the default world.
 pub const NPCS_PER_SPAWN_POINT: u32 = 25;
 /// Longest chat line, in characters.
@@ -87,6 +91,14 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
     let settings = settings(ctx);
     ctx.db.config().insert(Config::default())?;
     let half = settings.world_size / 2.0;
+    let towns = crate::town_sites(settings.world_size, settings.town_spacing);
+    for &position in &towns {
+        ctx.db.town().insert(Town {
+            id: 0,
+            position,
+            arrivals: 0,
+        })?;
+    }
     let points = settings.npc_count.div_ceil(NPCS_PER_SPAWN_POINT);
     let mut left = settings.npc_count;
     for _ in 0..points {
@@ -99,9 +111,15 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
             ctx.rng.random_range(-half..half),
             ctx.rng.random_range(-half..half),
         );
-        // Keep wolves out of town, or nobody survives entering the world.
-        if kind == NpcKind::Wolf && position.distance(TOWN) < 150.0 {
-            position = TOWN + position.normalize_or(Vec2::X) * 150.0;
+        // Keep wolves out of towns, or nobody survives entering the world. Towns are at
+        // least 500 m apart (`--town-spacing`), so pushing a den out of one cannot push it
+        // into another.
+        if kind == NpcKind::Wolf
+            && let Some(&town) = towns
+                .iter()
+                .find(|town| position.distance(**town) < WOLF_FREE_RADIUS)
+        {
+            position = town + (position - town).normalize_or(Vec2::X) * WOLF_FREE_RADIUS;
         }
         let point = ctx.db.spawn_point().insert(SpawnPoint {
             id: 0,
@@ -181,8 +199,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the caller's character called `name` in town (or, for a caller who has one
-/// already under that name, does nothing).
+/// Creates the caller's character called `name` in the first town (by id) whose crowd, the
+/// online avatars within [`TOWN_CROWD_RADIUS`], is under `WorldSettings::town_capacity`, or
+/// the least crowded when none is; for a caller who has one already under that name, does
+/// nothing. So a handful of players meet in the first town, and a launch-day wave spills
+/// over into the others instead of packing one square.
 #[reducer]
 pub fn enter_world(ctx: &mut ReducerContext, name: String) -> Result<(), String> {
     check_name(&name)?;
@@ -197,7 +218,35 @@ pub fn enter_world(ctx: &mut ReducerContext, name: String) -> Result<(), String>
         return Err(format!("the name {name:?} is taken"));
     }
     let identity = ctx.sender;
-    let position = random_point_in(ctx, TOWN, TOWN_RADIUS);
+    let capacity = settings(ctx).town_capacity as usize;
+    let mut towns: Vec<Town> = ctx.db.town().iter().collect();
+    towns.sort_by_key(|town| town.id);
+    let mut least_crowded: Option<(usize, Town)> = None;
+    for town in towns {
+        let mut crowd = 0;
+        ctx.db
+            .avatar()
+            .position()
+            .for_each_within(town.position, TOWN_CROWD_RADIUS, |avatar| {
+                crowd += usize::from(avatar.online);
+            });
+        if crowd < capacity {
+            least_crowded = Some((crowd, town));
+            break;
+        }
+        if least_crowded
+            .as_ref()
+            .is_none_or(|(fewest, _)| crowd < *fewest)
+        {
+            least_crowded = Some((crowd, town));
+        }
+    }
+    let (_, town) = least_crowded.ok_or("the world has no town")?;
+    let position = random_point_in(ctx, town.position, TOWN_RADIUS);
+    ctx.db.town().id().update(Town {
+        arrivals: town.arrivals + 1,
+        ..town
+    })?;
     let connection = ctx.connection_id;
     let avatar = ctx.db.avatar().insert(Avatar {
         id: 0,
@@ -517,11 +566,13 @@ pub fn supply_drop(ctx: &mut ReducerContext, event: WorldEvent) -> Result<(), St
         return Ok(());
     }
     let half = settings(ctx).world_size / 2.0;
+    let towns: Vec<Vec2> = ctx.db.town().iter().map(|town| town.position).collect();
     let near = ctx.rng.random_range(0..event.potions.max(1));
     for i in 0..event.potions {
-        // One potion lands near town, so new players find some.
-        let position = if i == near {
-            random_point_in(ctx, TOWN, 50.0)
+        // One potion lands near a town, so new players find some.
+        let position = if i == near && !towns.is_empty() {
+            let town = towns[ctx.rng.random_range(0..towns.len())];
+            random_point_in(ctx, town, 50.0)
         } else {
             Vec2::new(
                 ctx.rng.random_range(-half..half),

@@ -1,6 +1,6 @@
 //! What the world does by itself every tick: avatars move by their owners' input at the speed
 //! limit, NPCs wander, wolves chase and bite players, deer flee, knocked-out avatars wake up
-//! in town, and every online player's subscription focus follows its avatar.
+//! in the nearest town, and every online player's subscription focus follows its avatar.
 //!
 //! The systems run in that order (`chain`), single pass each, and decide nothing by hash or
 //! iteration order of floating-point data: the nearest player is chosen by distance, ties by
@@ -13,7 +13,7 @@ use orrery_engine::prelude::*;
 
 use crate::WorldSettings;
 use crate::reducers::{TOWN, TOWN_RADIUS};
-use crate::tables::{Avatar, Config, Npc, NpcKind, Player};
+use crate::tables::{Avatar, Config, Npc, NpcKind, Player, Town};
 
 /// Wolves run at this speed, m/s (a running player is faster).
 pub const WOLF_SPEED: f32 = 6.5;
@@ -151,15 +151,25 @@ pub fn npc_behaviour(
     }
 }
 
-/// Knocked-out avatars wake up in town, healed.
-pub fn revive_avatars(info: Res<TickInfo>, mut avatars: Query<&mut Avatar>) {
+/// Knocked-out avatars wake up in the nearest town (the lowest id among equals), healed.
+pub fn revive_avatars(info: Res<TickInfo>, towns: Query<&Town>, mut avatars: Query<&mut Avatar>) {
     for mut avatar in &mut avatars {
         if avatar.hp > 0 {
             continue;
         }
+        let town = towns
+            .iter()
+            .min_by(|a, b| {
+                let (da, db) = (
+                    a.position.distance_squared(avatar.position),
+                    b.position.distance_squared(avatar.position),
+                );
+                da.total_cmp(&db).then(a.id.cmp(&b.id))
+            })
+            .map_or(TOWN, |town| town.position);
         let roll = mix(avatar.id ^ (u64::from(info.tick.get()) << 24));
         let angle = (roll >> 8) as f32 / (1u64 << 56) as f32 * std::f32::consts::TAU;
-        avatar.position = TOWN + Vec2::from_angle(angle) * TOWN_RADIUS * 0.5;
+        avatar.position = town + Vec2::from_angle(angle) * TOWN_RADIUS * 0.5;
         avatar.velocity = Vec2::ZERO;
         avatar.seeking = false;
         avatar.hp = avatar.max_hp;

@@ -1,5 +1,5 @@
-//! The sample world's tables: what every player sees (`avatar`, `npc`, `item`, `spawn_point`,
-//! `chat`), what only its owner sees (`player`, `inventory`), what nobody sees (`config`) and
+//! The sample world's tables: what every player sees (`avatar`, `npc`, `item`, `town`,
+//! `spawn_point`, `chat`), what only its owner sees (`player`, `inventory`), what nobody sees (`config`) and
 //! the two schedule tables (`npc_respawn`, `world_event`).
 
 use orrery_engine::glam::Vec2;
@@ -158,6 +158,22 @@ pub struct Chat {
     pub position: Vec2,
     /// What was said.
     pub text: String,
+}
+
+/// A town: new characters start in the one that has welcomed the fewest, knocked-out ones
+/// wake up in the nearest. A large world has several (`WorldSettings::town_spacing`), so a
+/// crowd of new players is spread over them instead of filling one square.
+#[table(name = town, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Town {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// Its centre.
+    pub position: Vec2,
+    /// Characters that started here.
+    pub arrivals: u64,
 }
 
 /// Where NPCs live and come back after dying.

@@ -4,7 +4,9 @@
 
 use orrery_engine::glam::Vec2;
 use orrery_engine::{Caller, ConnectionId, Engine, EngineConfig, Identity, Timestamp};
-use sample_mmo::{Avatar, Config, Item, Npc, NpcKind, NpcRespawn, Player, WorldSettings};
+use sample_mmo::{
+    Avatar, Config, Item, Npc, NpcKind, NpcRespawn, Player, Town, WorldSettings, town_sites,
+};
 
 const TICK_MICROS: i64 = 50_000;
 
@@ -257,4 +259,135 @@ fn knocked_out_players_wake_up_in_town() {
         }
     }
     assert!(revived, "never knocked out and revived in town");
+}
+
+fn four_kilometres(town_capacity: u32) -> WorldSettings {
+    WorldSettings {
+        npc_count: 2_000,
+        town_capacity,
+        ..WorldSettings::default()
+    }
+}
+
+/// The index in `sites` of the town `position` lies in.
+fn town_of(sites: &[Vec2], position: Vec2) -> usize {
+    sites
+        .iter()
+        .position(|t| t.distance(position) <= 10.0)
+        .unwrap_or_else(|| panic!("{position} is in no town"))
+}
+
+#[test]
+fn a_large_world_spreads_new_characters_over_its_towns() {
+    assert_eq!(town_sites(600.0, 1_000.0), vec![Vec2::ZERO]);
+    assert_eq!(town_sites(4_000.0, 0.0), vec![Vec2::ZERO]);
+    let sites = town_sites(4_000.0, 1_000.0);
+    assert_eq!(sites.len(), 9);
+    assert_eq!(sites[0], Vec2::ZERO, "the origin's town comes first");
+    assert_eq!(town_sites(100_000.0, 500.0).len(), 81, "capped");
+
+    let mut world = World::new(four_kilometres(3));
+    let towns = world.engine.rows::<Town>();
+    assert_eq!(
+        towns.iter().map(|t| t.position).collect::<Vec<_>>(),
+        sites,
+        "a town on every site"
+    );
+    // No wolf den within reach of any town.
+    for npc in world.engine.rows::<Npc>() {
+        if npc.kind == NpcKind::Wolf {
+            let nearest = sites
+                .iter()
+                .map(|t| t.distance(npc.position))
+                .fold(f32::INFINITY, f32::min);
+            assert!(
+                nearest > 150.0 - 30.0 - 0.01,
+                "wolf {nearest} m from a town"
+            );
+        }
+    }
+    let town_of_player =
+        |world: &World, n: u64| town_of(&sites, world.avatar(&format!("player{n}")).position);
+    // Each town takes three online newcomers, in order; when all are full, the least
+    // crowded (the first among equals) takes the next.
+    let mut callers = Vec::new();
+    for n in 1..=28 {
+        callers.push(world.join(n, &format!("player{n}")));
+    }
+    for n in 1..=27 {
+        assert_eq!(town_of_player(&world, n), (n as usize - 1) / 3, "player{n}");
+    }
+    assert_eq!(town_of_player(&world, 28), 0);
+    // Someone in the fifth town logs off: the fifth town has room again.
+    world.engine.client_disconnected(callers[13]).unwrap();
+    world.join(29, "player29");
+    assert_eq!(town_of_player(&world, 29), 4);
+    let arrivals: Vec<u64> = world
+        .engine
+        .rows::<Town>()
+        .iter()
+        .map(|t| t.arrivals)
+        .collect();
+    assert_eq!(arrivals, vec![4, 3, 3, 3, 4, 3, 3, 3, 3]);
+    world.engine.check_integrity().unwrap();
+}
+
+#[test]
+fn knocked_out_players_wake_up_in_the_nearest_town() {
+    let admin = Identity::from_u64(77);
+    let mut settings = four_kilometres(1);
+    settings.admins = vec![admin];
+    let mut world = World::new(settings);
+    let root = Caller::client(admin, ConnectionId(77));
+    for (key, value) in [("wolf_damage", 1_000.0), ("wolf_aggro_radius", 200.0)] {
+        world
+            .engine
+            .call_reducer("set_config", root, (key.to_owned(), value))
+            .unwrap();
+    }
+    // One newcomer fills a town here: the second starts in the second town.
+    world.join(1, "first");
+    let who = world.join(2, "victim");
+    let start = world.avatar("victim").position;
+    let sites = town_sites(4_000.0, 1_000.0);
+    assert_eq!(town_of(&sites, start), 1);
+    let den = world
+        .engine
+        .rows::<Npc>()
+        .into_iter()
+        .filter(|n| n.kind == NpcKind::Wolf)
+        .min_by(|a, b| {
+            a.position
+                .distance(start)
+                .total_cmp(&b.position.distance(start))
+        })
+        .unwrap()
+        .position;
+    world
+        .engine
+        .call_reducer("move_to", who, (den, true))
+        .unwrap();
+    let nearest_town = |p: Vec2| {
+        *sites
+            .iter()
+            .min_by(|a, b| a.distance(p).total_cmp(&b.distance(p)))
+            .unwrap()
+    };
+    let mut last = world.avatar("victim");
+    for _ in 0..4_000 {
+        world.step(1);
+        let me = world.avatar("victim");
+        if me.hp == me.max_hp && me.velocity == Vec2::ZERO && last.velocity != Vec2::ZERO {
+            let expected = nearest_town(last.position);
+            assert!(
+                me.position.distance(expected) <= 10.0,
+                "knocked out at {} and woke up at {}, not in the town at {expected}",
+                last.position,
+                me.position
+            );
+            return;
+        }
+        last = me;
+    }
+    panic!("never knocked out and revived");
 }

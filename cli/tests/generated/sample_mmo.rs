@@ -439,6 +439,53 @@ impl Chat {
     pub const TABLE_NAME: &'static str = "chat";
 }
 
+/// A row of table `town`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Town {
+    pub id: u64,
+    pub position: [f32; 2],
+    pub arrivals: u64,
+}
+
+impl Town {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(Town {
+            id: <u64 as OrreryType>::decode(input)?,
+            position: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            arrivals: <u64 as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.id, out);
+        for x0 in &self.position { OrreryType::encode(x0, out); }
+        OrreryType::encode(&self.arrivals, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl Town {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 6;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "town";
+}
+
 /// A row of table `spawn_point`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpawnPoint {
@@ -484,7 +531,7 @@ impl SpawnPoint {
 
 impl SpawnPoint {
     /// The table's id on the wire.
-    pub const TABLE_ID: u32 = 6;
+    pub const TABLE_ID: u32 = 7;
     /// The table's name.
     pub const TABLE_NAME: &'static str = "spawn_point";
 }
