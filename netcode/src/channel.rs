@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+#[cfg(test)]
+use renet::MAX_RESEND_BACKOFF;
 use renet::{Bytes, ChannelConfig, ConnectionConfig, RenetClient, SendType};
 
 use crate::error::{DisconnectReason, RejectReason};
@@ -617,5 +619,76 @@ mod tests {
         let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
         resend_overhead(&mut a, &mut b, Duration::from_millis(10), 2);
         assert_eq!(a.resend_interval(), limits().resend);
+    }
+
+    /// A peer that goes silent for three seconds (a stalled process, a congested link) and
+    /// comes back: what the sender sends meanwhile, and how soon everything arrives after.
+    /// Returns (bytes sent during the silence per message byte queued during it, seconds from
+    /// the peer's return until it has every message).
+    fn silent_peer(a: &mut Link, b: &mut Link) -> (f64, f64) {
+        let step = Duration::from_millis(10);
+        let (quiet_from, quiet_until, end) = (100u32, 400u32, 900u32);
+        let (mut sent, mut queued, mut messages, mut received) = (0usize, 0usize, 0usize, 0usize);
+        let mut all_in_at = None;
+        for i in 0..end {
+            let quiet = (quiet_from..quiet_until).contains(&i);
+            if i % 5 == 0 && i < quiet_until {
+                a.send_reliable(Bytes::from(vec![7u8; 100])).unwrap();
+                messages += 1;
+                if quiet {
+                    queued += 100;
+                }
+            }
+            // One-way delay of one step: bundles sent now are handled at the next step.
+            let to_b = a.bundles(1300);
+            if quiet {
+                sent += to_b.iter().map(Vec::len).sum::<usize>();
+            } else {
+                for bundle in &to_b {
+                    b.process_bundle(bundle).unwrap();
+                }
+            }
+            while b.receive(RELIABLE).is_some() {
+                received += 1;
+            }
+            if !quiet {
+                for bundle in b.bundles(1300) {
+                    a.process_bundle(&bundle).unwrap();
+                }
+            }
+            if i >= quiet_until && received == messages && all_in_at.is_none() {
+                all_in_at = Some(i);
+            }
+            a.update(step).unwrap();
+            b.update(step).unwrap();
+        }
+        let back = all_in_at.expect("every message arrives after the peer returns");
+        (
+            sent as f64 / queued as f64,
+            f64::from(back - quiet_until) * step.as_secs_f64(),
+        )
+    }
+
+    /// Resends to a silent peer back off (1, 2, 4, ... resend intervals, at most 2 s apart):
+    /// a fixed 100 ms interval sent each message of a 3 s silence about 16 times (16.2 bytes
+    /// per message byte), the backoff about 4 (4.4). The first acknowledgement after the
+    /// silence starts the backoff over, so the backlog follows within a resend interval
+    /// instead of waiting out the longest wait (1.55 s without that reset).
+    #[test]
+    fn resends_to_a_silent_peer_back_off() {
+        let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
+        let (overhead, recovery) = silent_peer(&mut a, &mut b);
+        assert!(
+            overhead < 6.0,
+            "{overhead:.2} bytes sent per message byte to a silent peer"
+        );
+        assert!(
+            recovery <= 2.0 * limits().resend.as_secs_f64() + 0.05,
+            "everything arrived {recovery:.2} s after the peer came back"
+        );
+        assert!(
+            MAX_RESEND_BACKOFF >= limits().resend * 8,
+            "the test backs off at least 3 times"
+        );
     }
 }

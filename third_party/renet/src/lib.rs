@@ -5,7 +5,7 @@ mod packet;
 mod remote_connection;
 mod server;
 
-pub use channel::{ChannelConfig, DefaultChannel, SendType};
+pub use channel::{ChannelConfig, DefaultChannel, SendType, MAX_RESEND_BACKOFF};
 pub use error::{ChannelError, ClientNotFound, DisconnectReason};
 pub use remote_connection::{ConnectionConfig, NetworkInfo, RenetClient, RenetConnectionStatus};
 pub use server::{RenetServer, ServerEvent};

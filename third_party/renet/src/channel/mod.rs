@@ -5,6 +5,8 @@ pub(crate) mod unreliable;
 use std::time::Duration;
 
 pub(crate) use slice_constructor::SliceConstructor;
+// Orrery patch: the resend backoff ceiling.
+pub use reliable::MAX_RESEND_BACKOFF;
 
 /// Delivery guarantee of a channel
 #[derive(Debug, Clone)]

@@ -16,6 +16,8 @@ enum UnackedMessage {
     Small {
         message: Bytes,
         last_sent: Option<Duration>,
+        // Orrery patch: times sent, for the resend backoff.
+        sends: u32,
     },
     Sliced {
         message: Bytes,
@@ -24,7 +26,22 @@ enum UnackedMessage {
         next_slice_to_send: usize,
         acked: Vec<bool>,
         last_sent: Vec<Option<Duration>>,
+        // Orrery patch: times each slice was sent, for the resend backoff.
+        sends: Vec<u32>,
     },
+}
+
+/// Orrery patch: a resend waits `resend_time` after the first send, then twice as long after
+/// each further one (as TCP backs off its retransmission timer), up to `MAX_RESEND_BACKOFF`
+/// or `resend_time` if that is longer; any acknowledgement starts the backoff over. Without
+/// it a peer that stops acknowledging for a few seconds (a stalled process, a congested
+/// link) gets its whole backlog again every `resend_time`, which is what overflows its
+/// receive buffer and makes the stall worse.
+pub const MAX_RESEND_BACKOFF: Duration = Duration::from_secs(2);
+
+fn resend_wait(resend_time: Duration, sends: u32) -> Duration {
+    let doubled = resend_time.saturating_mul(1u32 << sends.saturating_sub(1).min(16));
+    doubled.min(MAX_RESEND_BACKOFF.max(resend_time))
 }
 
 #[derive(Debug)]
@@ -35,6 +52,9 @@ pub struct SendChannelReliable {
     resend_time: Duration,
     max_memory_usage_bytes: usize,
     memory_usage_bytes: usize,
+    // Orrery patch: an acknowledgement arrived since the last send, so the peer is back and
+    // the backoff starts over (as TCP's does on an ack of new data).
+    backoff_reset: bool,
 }
 
 #[derive(Debug)]
@@ -67,6 +87,7 @@ impl UnackedMessage {
             next_slice_to_send: 0,
             acked: vec![false; num_slices],
             last_sent: vec![None; num_slices],
+            sends: vec![0; num_slices],
         }
     }
 }
@@ -86,6 +107,7 @@ impl SendChannelReliable {
             resend_time,
             max_memory_usage_bytes,
             memory_usage_bytes: 0,
+            backoff_reset: false,
         }
     }
 
@@ -106,17 +128,21 @@ impl SendChannelReliable {
 
         let mut small_messages: Vec<(u64, Bytes)> = vec![];
         let mut small_messages_bytes = 0;
+        let backoff_reset = std::mem::take(&mut self.backoff_reset);
 
         'messages: for (&message_id, unacked_message) in self.unacked_messages.iter_mut() {
             match unacked_message {
-                UnackedMessage::Small { message, last_sent } => {
+                UnackedMessage::Small { message, last_sent, sends } => {
+                    if backoff_reset {
+                        *sends = (*sends).min(1);
+                    }
                     if *available_bytes < message.len() as u64 {
                         // Skip message, no bytes available to send this message
                         continue;
                     }
 
                     if let Some(last_sent) = last_sent {
-                        if current_time - *last_sent < self.resend_time {
+                        if current_time - *last_sent < resend_wait(self.resend_time, *sends) {
                             continue;
                         }
                     }
@@ -138,6 +164,7 @@ impl SendChannelReliable {
                     small_messages_bytes += serialized_size;
                     small_messages.push((message_id, message.clone()));
                     *last_sent = Some(current_time);
+                    *sends = sends.saturating_add(1);
 
                     continue;
                 }
@@ -147,8 +174,12 @@ impl SendChannelReliable {
                     acked,
                     last_sent,
                     next_slice_to_send,
+                    sends,
                     ..
                 } => {
+                    if backoff_reset {
+                        sends.iter_mut().for_each(|sends| *sends = (*sends).min(1));
+                    }
                     let start_index = *next_slice_to_send;
                     for i in 0..*num_slices {
                         if *available_bytes < SLICE_SIZE as u64 {
@@ -162,7 +193,7 @@ impl SendChannelReliable {
                         }
 
                         if let Some(last_sent) = last_sent[i] {
-                            if current_time - last_sent < self.resend_time {
+                            if current_time - last_sent < resend_wait(self.resend_time, sends[i]) {
                                 continue;
                             }
                         }
@@ -188,6 +219,7 @@ impl SendChannelReliable {
 
                         *packet_sequence += 1;
                         last_sent[i] = Some(current_time);
+                        sends[i] = sends[i].saturating_add(1);
                         *next_slice_to_send = i + 1 % *num_slices;
                     }
                 }
@@ -216,7 +248,11 @@ impl SendChannelReliable {
         let unacked_message = if message.len() > SLICE_SIZE {
             UnackedMessage::new_sliced(message)
         } else {
-            UnackedMessage::Small { message, last_sent: None }
+            UnackedMessage::Small {
+                message,
+                last_sent: None,
+                sends: 0,
+            }
         };
 
         self.unacked_messages.insert(self.next_reliable_message_id, unacked_message);
@@ -232,6 +268,7 @@ impl SendChannelReliable {
                 unreachable!("called ack on small message but found sliced");
             };
             self.memory_usage_bytes -= payload.len();
+            self.backoff_reset = true;
         }
     }
 
@@ -257,6 +294,7 @@ impl SendChannelReliable {
 
         acked[slice_index] = true;
         *num_acked_slices += 1;
+        self.backoff_reset = true;
 
         if *num_acked_slices == *num_slices {
             self.memory_usage_bytes -= message.len();
