@@ -291,11 +291,32 @@ impl WireLayout {
         new: (&[u8], &[Range<u32>]),
         out: &mut Vec<u8>,
     ) -> bool {
+        self.delta_body_mask(old, new, out) != 0
+    }
+
+    /// Bit `i` set for each quantized column `i` (`#[quantize]`: positions and other
+    /// continuous values, sent as differences in units).
+    pub fn quantized_columns(&self) -> u64 {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(i, column)| *i < 64 && column.step.is_some())
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
+    /// [`WireLayout::delta_body`], returning the mask of the columns that changed (0 when
+    /// nothing was appended).
+    pub fn delta_body_mask(
+        &self,
+        old: (&[u8], &[Range<u32>]),
+        new: (&[u8], &[Range<u32>]),
+        out: &mut Vec<u8>,
+    ) -> u64 {
         if !self.supports_delta()
             || old.1.len() != self.columns.len()
             || new.1.len() != self.columns.len()
         {
-            return false;
+            return 0;
         }
         fn slice<'r>((row, bounds): (&'r [u8], &[Range<u32>]), i: usize) -> &'r [u8] {
             let r = &bounds[i];
@@ -308,7 +329,7 @@ impl WireLayout {
             }
         }
         if mask == 0 {
-            return false;
+            return 0;
         }
         write_varint(out, DELTA | (mask << 2));
         for (i, column) in self.columns.iter().enumerate() {
@@ -327,7 +348,7 @@ impl WireLayout {
                 None => out.extend_from_slice(slice(new, i)),
             }
         }
-        true
+        mask
     }
 
     // ---- decoding (client side) ----

@@ -16,6 +16,25 @@ use crate::view::{Dirty, ViewEntry, kill};
 /// follows (a player's own avatar: the module moves it and sets the focus to where it now is).
 pub(crate) const FOCUS_ROW_RADIUS: f32 = 0.5;
 
+/// How much more urgent a row with news is (a change to a column other than its quantized
+/// ones, such as a turn or a hit: `SlotMeta::salient`) than one that only moved. Motion a
+/// client can follow by interpolating while the budget refreshes rows in turns; a turn it
+/// cannot, and waiting for its turn in a crowd showed players their neighbours' moves seconds
+/// late.
+pub(crate) const NEWS_URGENCY: f32 = 16.0;
+
+/// The priority of a dirty entry: older and nearer first, deletes twice as urgent, news
+/// [`NEWS_URGENCY`] times.
+fn priority(e: &ViewEntry, tick: u64, news: bool) -> f32 {
+    let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
+    let urgency = match (e.dirty, news) {
+        (Dirty::Delete, _) => 2.0,
+        (_, true) => NEWS_URGENCY,
+        _ => 1.0,
+    };
+    urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0)
+}
+
 /// An ascending sort key for a priority `score` (higher first): the order-preserving map of
 /// the float's bits, inverted. Scores are finite and non-negative.
 pub(crate) fn rank(score: f32) -> u32 {
@@ -99,8 +118,6 @@ impl Flush<'_> {
             if e.dirty == Dirty::Clean {
                 return;
             }
-            let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
-            let urgency = if e.dirty == Dirty::Delete { 2.0 } else { 1.0 };
             // The row the focus follows (the player's own avatar) goes before everything
             // else: a budget that cannot carry the whole view would otherwise rank it barely
             // above its neighbours and show a player its own moves seconds late.
@@ -109,7 +126,7 @@ impl Flush<'_> {
             let score = if at_focus {
                 f32::MAX
             } else {
-                urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0)
+                priority(e, tick, false)
             };
             candidates.push((rank(score), table, slot, position as u32));
             estimate += if e.last_size == 0 {
@@ -138,6 +155,25 @@ impl Flush<'_> {
             }
         }
         if estimate > client.budget {
+            // Rows with news (a column other than the quantized ones changed since the
+            // version the client holds) move up. Looked up only here: a client the budget
+            // covers takes its whole queue, and the lookup is a random load per entry.
+            let at_focus_rank = rank(f32::MAX);
+            for candidate in candidates.iter_mut() {
+                let (table, slot, position) = (candidate.1, candidate.2, candidate.3);
+                let e = &client.views[table as usize].entries[position as usize].1;
+                if candidate.0 == at_focus_rank || e.dirty != Dirty::Upsert || e.sent() == 0 {
+                    continue;
+                }
+                let news = tables
+                    .get(table as usize)
+                    .and_then(Option::as_ref)
+                    .and_then(|t| t.meta.get(slot as usize))
+                    .is_some_and(|meta| meta.salient > e.sent());
+                if news {
+                    candidate.0 = rank(priority(e, tick, true));
+                }
+            }
             // Most urgent first: stale entries, then near ones; ties by table and row (plain
             // integer tuples: this sort runs for every budget-bound client every tick).
             // Only what the budget can reach needs an order (twice as many entries as the budget

@@ -40,6 +40,10 @@ pub(crate) const NO_INLINE_DELTA: u8 = u8::MAX;
 pub(crate) struct SlotMeta {
     /// Tick sequence of the newest change (0: unused slot).
     pub(crate) version: u64,
+    /// The newest version that changed a column other than the quantized ones: an event (a
+    /// turn, a hit, a new state) rather than motion a client can follow by interpolating.
+    /// A client holding an older version is owed news, which the flush ranks first.
+    pub(crate) salient: u64,
     /// Client view entries that reference this slot: counted atomically because clients are
     /// published in parallel, and a row enters and leaves views of clients on several workers.
     views: AtomicU32,
@@ -126,6 +130,8 @@ pub(crate) struct SlotData {
 pub(crate) struct MirrorTable {
     pub(crate) schema: TableSchema,
     pub(crate) layout: WireLayout,
+    /// `layout.quantized_columns()`: changes to these alone are motion, not news.
+    pub(crate) quantized_columns: u64,
     /// Probed only, never iterated; keyed (seeded foldhash) because primary keys may be
     /// client-chosen strings, which an unkeyed hash would let an attacker make collide.
     pub(crate) by_pk: HashMap<PkKey, u32, foldhash::fast::RandomState>,
@@ -212,8 +218,10 @@ impl MirrorTable {
             Visibility::Owner { column } => schema.column(column).map(|(i, _)| i),
             _ => None,
         };
+        let layout = WireLayout::new(schema);
         MirrorTable {
-            layout: WireLayout::new(schema),
+            quantized_columns: layout.quantized_columns(),
+            layout,
             schema: schema.clone(),
             by_pk: HashMap::default(),
             by_entity: Vec::new(),
@@ -342,11 +350,15 @@ impl MirrorTable {
         inline.len = NO_INLINE_DELTA;
         if was_live {
             scratch.delta.clear();
-            let changed_columns = t.layout.delta_body(
+            let mask = t.layout.delta_body_mask(
                 (&d.wire, &d.bounds),
                 (&scratch.wire, &scratch.bounds),
                 &mut scratch.delta,
             );
+            let changed_columns = mask != 0;
+            if mask & !t.quantized_columns != 0 {
+                meta.salient = tick.max(1);
+            }
             if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
                 inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
                 inline.len = scratch.delta.len() as u8;
