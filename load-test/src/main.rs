@@ -120,6 +120,10 @@ struct Args {
     /// World edge of a started server, metres.
     #[arg(long, default_value_t = 4_000.0)]
     world_size: f32,
+    /// Town spacing of a started server, metres (`sample-mmo --town-spacing`); default: 0 (one
+    /// town, where the swarm gathers) for `swarm`, the server's own (1,000) otherwise.
+    #[arg(long)]
+    town_spacing: Option<f32>,
     /// Ticks per second of a started server (and the tick budget's base).
     #[arg(long, default_value_t = 20)]
     tick_rate: u32,
@@ -271,6 +275,11 @@ fn main() -> anyhow::Result<()> {
             binary: args.server_bin.clone().unwrap_or_else(default_binary),
             npcs: args.npcs,
             world_size: args.world_size,
+            // Swarm bots all walk to the origin: from towns 1 km out that would take the whole
+            // run, so they enter where they gather.
+            town_spacing: args
+                .town_spacing
+                .or((args.behavior == Behavior::Swarm).then_some(0.0)),
             tick_rate: args.tick_rate,
             publish_budget: args.publish_budget,
             rate_limit: (args.input_hz * 1.5).max(30.0),

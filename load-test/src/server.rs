@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub npcs: u32,
     /// Edge of the world, metres.
     pub world_size: f32,
+    /// Distance between towns (`--town-spacing`), metres; `None`: the server's default.
+    pub town_spacing: Option<f32>,
     /// Ticks per second.
     pub tick_rate: u32,
     /// Subscription bytes per client per second.
@@ -176,6 +178,10 @@ impl ServerProcess {
             args.push(flag.to_owned());
             args.push(value);
         }
+        if let Some(spacing) = options.town_spacing {
+            args.push("--town-spacing".to_owned());
+            args.push(spacing.to_string());
+        }
         args.extend(options.extra_args.iter().cloned());
         std::fs::create_dir_all(log_dir).map_err(io("creating the log directory"))?;
         let log = log_dir.join("sample-mmo.log");
@@ -277,6 +283,7 @@ mod tests {
             binary: PathBuf::from("/nonexistent/sample-mmo"),
             npcs: 10,
             world_size: 100.0,
+            town_spacing: None,
             tick_rate: 20,
             publish_budget: 8192,
             rate_limit: 30.0,

@@ -370,6 +370,10 @@ pub struct ServerArgs {
     /// Subscription bytes per client per second.
     #[arg(long, default_value_t = 8 * 1024)]
     pub publish_budget: u32,
+    /// How much more urgent a row with news (a change besides its quantized columns: a
+    /// turn, a hit) is than one that only moved, when a client's budget binds (1: alike).
+    #[arg(long, default_value_t = 16.0)]
+    pub news_urgency: f32,
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
@@ -457,6 +461,7 @@ impl ServerArgs {
             max_backlog: self.max_backlog,
             publish: PublishConfig {
                 budget_bytes_per_second: self.publish_budget,
+                news_urgency: self.news_urgency,
                 workers: self.publish_workers,
                 pipeline: self.pipeline_publish,
                 ..defaults.publish.clone()

@@ -19,6 +19,10 @@ pub struct PublishConfig {
     /// header and authentication tag, the reliability layer's packet header and the acks it
     /// carries (default 40 bytes, measured on the sample game).
     pub wire_overhead_bytes: u32,
+    /// How much more urgent a row with news is than one that only moved, when the budget
+    /// binds (default 16; 1 ranks them alike): news is a change to a column other than the
+    /// row's quantized ones, such as a turn or a hit, which a client cannot interpolate.
+    pub news_urgency: f32,
     /// Most budget a client can bank while it has nothing to send.
     pub max_banked: Duration,
     /// Hysteresis margin for `within(..)`: a row enters a view within `radius` and leaves it
@@ -51,6 +55,7 @@ impl Default for PublishConfig {
         PublishConfig {
             budget_bytes_per_second: 8 * 1024,
             wire_overhead_bytes: 40,
+            news_urgency: 16.0,
             max_banked: Duration::from_millis(250),
             hysteresis: 5.0,
             max_message_bytes: 1024,

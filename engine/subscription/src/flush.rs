@@ -16,21 +16,14 @@ use crate::view::{Dirty, ViewEntry, kill};
 /// follows (a player's own avatar: the module moves it and sets the focus to where it now is).
 pub(crate) const FOCUS_ROW_RADIUS: f32 = 0.5;
 
-/// How much more urgent a row with news is (a change to a column other than its quantized
-/// ones, such as a turn or a hit: `SlotMeta::salient`) than one that only moved. Motion a
-/// client can follow by interpolating while the budget refreshes rows in turns; a turn it
-/// cannot, and waiting for its turn in a crowd showed players their neighbours' moves seconds
-/// late.
-pub(crate) const NEWS_URGENCY: f32 = 16.0;
-
-/// The priority of a dirty entry: older and nearer first, deletes twice as urgent, news
-/// [`NEWS_URGENCY`] times.
-fn priority(e: &ViewEntry, tick: u64, news: bool) -> f32 {
+/// The priority of a dirty entry: older and nearer first, deletes twice as urgent, rows with
+/// news `news_urgency` times (`PublishConfig::news_urgency`; 1 for rows without).
+fn priority(e: &ViewEntry, tick: u64, news_urgency: f32) -> f32 {
     let age = ((tick as u32).wrapping_sub(e.since) + 1) as f32;
-    let urgency = match (e.dirty, news) {
-        (Dirty::Delete, _) => 2.0,
-        (_, true) => NEWS_URGENCY,
-        _ => 1.0,
+    let urgency = if e.dirty == Dirty::Delete {
+        2.0
+    } else {
+        news_urgency
     };
     urgency * age / (1.0 + e.distance.min(1.0e6) / 32.0)
 }
@@ -58,6 +51,8 @@ pub(crate) struct Flush<'a> {
     pub(crate) max_message: usize,
     /// Budget charged per flush that sends anything (the datagram around the messages).
     pub(crate) wire_overhead: f64,
+    /// `PublishConfig::news_urgency`.
+    pub(crate) news_urgency: f32,
     /// Records and bytes handed out.
     pub(crate) counters: &'a mut SentCounters,
     /// Buffers reused across clients.
@@ -88,12 +83,14 @@ impl Flush<'_> {
             tick,
             max_message,
             wire_overhead,
+            news_urgency,
             counters,
             scratch,
             release,
             out,
         } = self;
-        let (tick, max_message, wire_overhead) = (*tick, *max_message, *wire_overhead);
+        let (tick, max_message, wire_overhead, news_urgency) =
+            (*tick, *max_message, *wire_overhead, *news_urgency);
         if client.dirty.is_empty() {
             return;
         }
@@ -126,7 +123,7 @@ impl Flush<'_> {
             let score = if at_focus {
                 f32::MAX
             } else {
-                priority(e, tick, false)
+                priority(e, tick, 1.0)
             };
             candidates.push((rank(score), table, slot, position as u32));
             estimate += if e.last_size == 0 {
@@ -156,7 +153,8 @@ impl Flush<'_> {
         }
         if estimate > client.budget {
             // Rows with news (a column other than the quantized ones changed since the
-            // version the client holds) move up. Looked up only here: a client the budget
+            // version the client holds) move up: motion a client can follow by interpolating
+            // while the budget refreshes rows in turns, a turn or a hit it cannot. Looked up only here: a client the budget
             // covers takes its whole queue, and the lookup is a random load per entry.
             let at_focus_rank = rank(f32::MAX);
             for candidate in candidates.iter_mut() {
@@ -171,7 +169,7 @@ impl Flush<'_> {
                     .and_then(|t| t.meta.get(slot as usize))
                     .is_some_and(|meta| meta.salient > e.sent());
                 if news {
-                    candidate.0 = rank(priority(e, tick, true));
+                    candidate.0 = rank(priority(e, tick, news_urgency));
                 }
             }
             // Most urgent first: stale entries, then near ones; ties by table and row (plain

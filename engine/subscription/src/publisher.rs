@@ -667,6 +667,10 @@ impl Publisher {
         let margin = self.config.hysteresis;
         let max_message = self.config.max_message_bytes.max(64);
         let wire_overhead = f64::from(self.config.wire_overhead_bytes);
+        let news_urgency = match self.config.news_urgency {
+            u if u.is_finite() => u.clamp(1.0, 1.0e6),
+            _ => 1.0,
+        };
         if self.config.incremental_refresh {
             for t in self.tables.iter_mut().flatten() {
                 let live = t.data.len() - t.free.len();
@@ -695,6 +699,7 @@ impl Publisher {
                 tick,
                 max_message,
                 wire_overhead,
+                news_urgency,
                 counters,
                 scratch: flush_scratch,
                 release,

@@ -754,66 +754,76 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
 
 /// In a crowd the budget cannot keep up with, a row whose news changed (a column other than its
 /// quantized position: here its hit points) reaches the client within a tick or two, while
-/// rows that only moved wait their turn.
+/// rows that only moved wait their turn; ranked alike (`news_urgency` 1), the hits wait too.
 #[test]
 fn news_goes_before_motion_when_the_budget_binds() {
-    let mut w = World::new(PublishConfig {
-        budget_bytes_per_second: 3_000,
-        max_banked: Duration::from_millis(100),
-        ..PublishConfig::default()
-    });
-    let crowd = |step: u32, hurt: Option<u32>| {
-        (0..80u32)
-            .map(|i| Op::PutMob {
-                id: i,
-                x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
-                y: (i / 10) as f32 * 4.0 - 16.0,
-                hp: if hurt == Some(i) { 5 } else { 10 },
-            })
-            .collect::<Vec<_>>()
-    };
-    w.run(crowd(0, None));
-    w.tick();
-    let a = w.connect(1, 1);
-    w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
-        .unwrap();
-    w.publisher.set_focus(a, Vec3::new(-20.0, -16.0, 0.0));
-    w.settle();
-    let mob = w.engine.schema().table("mob").unwrap().id;
-    let hp_seen = |w: &World, id: u32| {
-        w.mirrors[&a]
-            .rows(mob)
-            .into_iter()
-            .find(|r| r[0] == Value::Unsigned(u64::from(id)))
-            .map(|r| r[2].clone())
-    };
-    let (mut delays, mut lagging_ticks) = (Vec::new(), 0);
-    // Far corners of the crowd, 40-50 m from the focus, each hurt for ten ticks.
-    for (round, hurt) in [79u32, 69, 78, 59].into_iter().enumerate() {
-        let mut seen_after = None;
-        for t in 0..10u32 {
-            let step = 1 + round as u32 * 10 + t;
-            w.run(crowd(step, Some(hurt)));
-            w.tick();
-            if seen_after.is_none() && hp_seen(&w, hurt) == Some(Value::Signed(5)) {
-                seen_after = Some(t + 1);
+    let delays = |news_urgency: f32| {
+        let mut w = World::new(PublishConfig {
+            budget_bytes_per_second: 3_000,
+            max_banked: Duration::from_millis(100),
+            news_urgency,
+            ..PublishConfig::default()
+        });
+        let crowd = |step: u32, hurt: Option<u32>| {
+            (0..80u32)
+                .map(|i| Op::PutMob {
+                    id: i,
+                    x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
+                    y: (i / 10) as f32 * 4.0 - 16.0,
+                    hp: if hurt == Some(i) { 5 } else { 10 },
+                })
+                .collect::<Vec<_>>()
+        };
+        w.run(crowd(0, None));
+        w.tick();
+        let a = w.connect(1, 1);
+        w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
+            .unwrap();
+        w.publisher.set_focus(a, Vec3::new(-20.0, -16.0, 0.0));
+        w.settle();
+        let mob = w.engine.schema().table("mob").unwrap().id;
+        let hp_seen = |w: &World, id: u32| {
+            w.mirrors[&a]
+                .rows(mob)
+                .into_iter()
+                .find(|r| r[0] == Value::Unsigned(u64::from(id)))
+                .map(|r| r[2].clone())
+        };
+        let (mut delays, mut lagging_ticks) = (Vec::new(), 0);
+        // Far corners of the crowd, 40-50 m from the focus, each hurt for ten ticks.
+        for (round, hurt) in [79u32, 69, 78, 59].into_iter().enumerate() {
+            let mut seen_after = 99;
+            for t in 0..10u32 {
+                let step = 1 + round as u32 * 10 + t;
+                w.run(crowd(step, Some(hurt)));
+                w.tick();
+                if seen_after == 99 && hp_seen(&w, hurt) == Some(Value::Signed(5)) {
+                    seen_after = t + 1;
+                }
+                if w.mirrors[&a].rows(mob) != w.server_rows::<Mob>(|_| true) {
+                    lagging_ticks += 1;
+                }
             }
-            if w.mirrors[&a].rows(mob) != w.server_rows::<Mob>(|_| true) {
-                lagging_ticks += 1;
-            }
+            delays.push(seen_after);
         }
-        delays.push(seen_after);
-    }
+        assert!(
+            lagging_ticks >= 30,
+            "the budget was meant to bind: the view lagged in only {lagging_ticks} of 40 ticks"
+        );
+        w.settle();
+        assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
+        delays
+    };
+    let first = delays(16.0);
     assert!(
-        lagging_ticks >= 30,
-        "the budget was meant to bind: the view lagged in only {lagging_ticks} of 40 ticks"
+        first.iter().all(|&ticks| ticks <= 2),
+        "ticks until the hit showed, per round: {first:?}"
     );
+    let alike = delays(1.0);
     assert!(
-        delays.iter().all(|d| d.is_some_and(|ticks| ticks <= 2)),
-        "ticks until the hit showed, per round: {delays:?}"
+        alike.iter().sum::<u32>() > first.iter().sum::<u32>() + 4,
+        "ranked alike, hits showed after {alike:?} ticks; with news first after {first:?}"
     );
-    w.settle();
-    assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
 }
 
 /// Rows keyed by a 32-byte identity move in as few bytes as any other: after its first upsert a
