@@ -19,8 +19,9 @@ use crate::error::EnvelopeDecodeError;
 /// Version of the envelopes below and of the published-row records inside them. Bump on any
 /// change to [`ClientMessage`], [`ServerMessage`] or the record format
 /// (`netcode/ROW_FORMAT.md` §7); a client of another version is refused at connect. Version 3:
-/// records name rows by per-connection handles after their first upsert.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// records name rows by per-connection handles after their first upsert. Version 4: rebase
+/// records (a row's changed columns, whole, for a client too far behind for a delta).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// First four bytes of every hello, "ORRY" little-endian: tells an Orrery peer from noise.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ORRY");

@@ -47,6 +47,10 @@ pub const UPSERT: u64 = 0;
 pub const DELTA: u64 = 1;
 /// Record kind: the row is gone (deleted, or out of the client's view).
 pub const DELETE: u64 = 2;
+/// Record kind: the columns of a row the client holds that changed since the version it
+/// holds, with their whole values (quantized ones as absolute units, as in a full row): for a
+/// client too far behind for a delta, without the columns that never changed (keys, names).
+pub const REBASE: u64 = 3;
 
 /// The handle every event-table record carries (event rows are never held, so bind nothing).
 pub const EVENT_HANDLE: u32 = 0;
@@ -127,6 +131,13 @@ pub enum ColumnChange {
         column: usize,
         /// Per-component differences.
         diff: Units,
+    },
+    /// A quantized column's new units (a [`REBASE`] record: replacing what the client holds).
+    UnitsSet {
+        /// Column index.
+        column: usize,
+        /// Per-component units.
+        units: Units,
     },
 }
 
@@ -294,6 +305,31 @@ impl WireLayout {
         self.delta_body_mask(old, new, out) != 0
     }
 
+    /// Appends a [`REBASE`] record's header and body (all but the client's handle): the
+    /// columns in `mask` of `row` (a wire row with its column bounds) with their whole values.
+    /// Returns false, appending nothing, if `mask` is empty or names columns the table lacks,
+    /// or the table is too wide for a mask.
+    pub fn rebase_body(&self, row: (&[u8], &[Range<u32>]), mask: u64, out: &mut Vec<u8>) -> bool {
+        if mask == 0
+            || !self.supports_delta()
+            || mask >> self.columns.len() != 0
+            || row.1.len() != self.columns.len()
+        {
+            return false;
+        }
+        write_varint(out, REBASE | (mask << 2));
+        for (i, range) in row.1.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                out.extend_from_slice(
+                    row.0
+                        .get(range.start as usize..range.end as usize)
+                        .unwrap_or(&[]),
+                );
+            }
+        }
+        true
+    }
+
     /// Bit `i` set for each quantized column `i` (`#[quantize]`: positions and other
     /// continuous values, sent as differences in units).
     pub fn quantized_columns(&self) -> u64 {
@@ -409,6 +445,17 @@ impl WireLayout {
         mask: u64,
         input: &mut &[u8],
     ) -> Result<Vec<ColumnChange>, RowDecodeError> {
+        self.decode_changes(mask, false, input)
+    }
+
+    /// The columns of a delta (`absolute` false: quantized ones as differences) or a
+    /// [`REBASE`] record (`absolute` true: quantized ones as units).
+    fn decode_changes(
+        &self,
+        mask: u64,
+        absolute: bool,
+        input: &mut &[u8],
+    ) -> Result<Vec<ColumnChange>, RowDecodeError> {
         if !self.supports_delta() {
             return Err(RowDecodeError::Invalid {
                 what: "delta record",
@@ -433,6 +480,10 @@ impl WireLayout {
                 continue;
             }
             changes.push(match column.step {
+                Some(_) if absolute => ColumnChange::UnitsSet {
+                    column: i,
+                    units: read_unit_varints(&column.ty, input)?,
+                },
                 Some(_) => ColumnChange::Units {
                     column: i,
                     diff: read_unit_varints(&column.ty, input)?,
@@ -469,10 +520,10 @@ impl WireLayout {
                         handles.bind(handle, &pk, &mut undo)?;
                         records.push(WireRecord::Upsert { pk, row });
                     }
-                    DELTA => {
+                    kind @ (DELTA | REBASE) => {
                         let pk = handles.named(handle)?.to_vec();
                         let mask = header >> 2;
-                        let changes = self.decode_delta(mask, &mut input)?;
+                        let changes = self.decode_changes(mask, kind == REBASE, &mut input)?;
                         records.push(WireRecord::Delta { pk, mask, changes });
                     }
                     DELETE => {
@@ -678,7 +729,9 @@ impl WireRow {
         let n = self.columns.len().min(self.units.len());
         if let Some(bad) = changes.iter().find_map(|c| {
             let i = match c {
-                ColumnChange::Value { column, .. } | ColumnChange::Units { column, .. } => *column,
+                ColumnChange::Value { column, .. }
+                | ColumnChange::Units { column, .. }
+                | ColumnChange::UnitsSet { column, .. } => *column,
             };
             (i >= n || i >= layout.columns.len()).then_some(i)
         }) {
@@ -699,6 +752,13 @@ impl WireRow {
                     self.units[*column] = units;
                     if let Some(step) = c.step {
                         self.columns[*column] = WireLayout::dequantize(&c.ty, step, units);
+                    }
+                }
+                ColumnChange::UnitsSet { column, units } => {
+                    let c = &layout.columns[*column];
+                    self.units[*column] = *units;
+                    if let Some(step) = c.step {
+                        self.columns[*column] = WireLayout::dequantize(&c.ty, step, *units);
                     }
                 }
             }
@@ -825,19 +885,98 @@ mod tests {
         );
     }
 
+    /// A rebase brings a client holding any older version to the current one with the
+    /// changed columns only, quantized ones as absolute units.
+    #[test]
+    fn a_rebase_replaces_the_changed_columns_whole() {
+        let t = table(vec![
+            ("id", TypeDesc::U32, None),
+            ("pos", TypeDesc::Vec2, Some(0.5)),
+            ("hp", TypeDesc::I32, None),
+            ("name", TypeDesc::String, None),
+        ]);
+        let layout = WireLayout::new(&t);
+        assert_eq!(layout.quantized_columns(), 0b10);
+        let old = vec![
+            Value::Unsigned(7),
+            Value::Vec2(Vec2::new(1.0, -3.0)),
+            Value::Signed(10),
+            Value::String("a long unchanged name".into()),
+        ];
+        let new = vec![
+            Value::Unsigned(7),
+            Value::Vec2(Vec2::new(250.0, 4.0)),
+            Value::Signed(9),
+            Value::String("a long unchanged name".into()),
+        ];
+        let (w1, _) = wire(&layout, &encode_exact(&t, &old).unwrap());
+        let (w2, b2) = wire(&layout, &encode_exact(&t, &new).unwrap());
+        let mut payload = Vec::new();
+        layout.upsert_record(0, &[7], &w1, &mut payload);
+        let upsert_len = payload.len();
+        write_varint(&mut payload, 0);
+        assert!(layout.rebase_body((&w2, &b2), 0b110, &mut payload));
+        let rebase_len = payload.len() - upsert_len;
+        assert!(rebase_len < 10, "{rebase_len} bytes");
+        assert!(
+            !layout.rebase_body((&w2, &b2), 0, &mut payload),
+            "nothing to say"
+        );
+        assert!(
+            !layout.rebase_body((&w2, &b2), 1 << 4, &mut payload),
+            "no such column"
+        );
+        let mut handles = RowHandles::new(false);
+        let records = layout.decode_records(&mut handles, &payload).unwrap();
+        let WireRecord::Upsert { row, .. } = &records[0] else {
+            panic!("upsert expected")
+        };
+        let mut row = row.clone();
+        let WireRecord::Delta { changes, .. } = &records[1] else {
+            panic!("rebase expected")
+        };
+        assert_eq!(
+            changes[0],
+            ColumnChange::UnitsSet {
+                column: 1,
+                units: [500, 8, 0]
+            }
+        );
+        row.apply_delta(&layout, changes).unwrap();
+        assert_eq!(row.columns, new);
+        assert_eq!(row.units(1), Some([500, 8, 0]));
+    }
+
     #[test]
     fn bad_records_are_errors() {
         let layout = WireLayout::new(&table(vec![("id", TypeDesc::U8, None)]));
         let mut handles = RowHandles::new(false);
         // Handle 0 names the row with key 9.
         layout.decode_records(&mut handles, &[0, 0, 9, 9]).unwrap();
-        assert!(matches!(
-            layout.decode_records(&mut handles, &[0, 3, 1]),
-            Err(RowDecodeError::InvalidTag {
-                what: "record kind",
-                tag: 3
-            })
-        ));
+        // A rebase (kind 3) to an unbound handle, or naming a column the table lacks.
+        assert!(
+            layout
+                .decode_records(&mut handles, &[1, 3 | 1 << 2, 5])
+                .is_err()
+        );
+        assert!(
+            layout
+                .decode_records(&mut handles, &[0, 3 | 0b10 << 2, 5])
+                .is_err()
+        );
+        assert_eq!(
+            layout
+                .decode_records(&mut handles, &[0, 3 | 1 << 2, 5])
+                .unwrap(),
+            vec![WireRecord::Delta {
+                pk: vec![9],
+                mask: 1,
+                changes: vec![ColumnChange::Value {
+                    column: 0,
+                    value: Value::Unsigned(5)
+                }]
+            }]
+        );
         // Delta naming column 1 of a one-column table.
         assert!(matches!(
             layout.decode_records(&mut handles, &[0, 1 | (2 << 2), 1]),

@@ -266,7 +266,28 @@ impl Flush<'_> {
                                 payload.truncate(before);
                                 delta = true;
                             }
-                            None => payload.truncate(before),
+                            // Too far behind for the history (a budget-bound client refreshes
+                            // a moving row every few dozen ticks): the columns changed since
+                            // its version, whole, instead of the whole row. An avatar's walk
+                            // costs a few bytes this way, where the full row repeats its
+                            // owner and name.
+                            None => match d.changed_since(sent) {
+                                Some(0) => {
+                                    payload.truncate(before);
+                                    delta = true;
+                                }
+                                Some(mask)
+                                    if t.layout.rebase_body(
+                                        (&d.wire, &d.bounds),
+                                        mask,
+                                        payload,
+                                    ) =>
+                                {
+                                    counters.deltas += 1;
+                                    delta = true;
+                                }
+                                _ => payload.truncate(before),
+                            },
                         }
                     }
                     if !delta {

@@ -119,6 +119,9 @@ pub(crate) struct SlotData {
     pub(crate) bounds: Vec<Range<u32>>,
     /// Earlier versions, newest first.
     pub(crate) history: VecDeque<Version>,
+    /// The version each column last changed in (by its wire bytes): what a client holding an
+    /// older version than the history keeps is owed, as a rebase record.
+    pub(crate) changed_at: Vec<u64>,
     /// Delta records from an earlier version to the current one, encoded when first needed and
     /// shared by every client holding that version (behind a lock: the first client to need one
     /// may be on any publish worker). Empty bytes: nothing visible changed.
@@ -359,6 +362,17 @@ impl MirrorTable {
             if mask & !t.quantized_columns != 0 {
                 meta.salient = tick.max(1);
             }
+            if changed_columns {
+                d.changed_at.resize(t.layout.columns().len(), 0);
+                for (i, at) in d.changed_at.iter_mut().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        *at = tick.max(1);
+                    }
+                }
+            } else if d.wire != scratch.wire {
+                // A table too wide for a mask: no rebase records, only full rows.
+                d.changed_at.clear();
+            }
             if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
                 inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
                 inline.len = scratch.delta.len() as u8;
@@ -381,6 +395,8 @@ impl MirrorTable {
             d.history.push_front(previous);
         } else {
             d.history.clear();
+            d.changed_at.clear();
+            d.changed_at.resize(t.layout.columns().len(), tick.max(1));
         }
         d.exact.clear();
         d.exact.extend_from_slice(exact);
@@ -442,6 +458,21 @@ impl SlotData {
         self.deltas
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The columns that changed after `version` (bit per column), or `None` when that is not
+    /// known (a table too wide for a mask).
+    pub(crate) fn changed_since(&self, version: u64) -> Option<u64> {
+        if self.changed_at.is_empty() || self.changed_at.len() > 64 {
+            return None;
+        }
+        Some(
+            self.changed_at
+                .iter()
+                .enumerate()
+                .filter(|(_, at)| **at > version)
+                .fold(0, |mask, (i, _)| mask | 1 << i),
+        )
     }
 
     /// Appends the delta record's header and body (all but the client's handle) taking a
