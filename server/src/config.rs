@@ -374,6 +374,10 @@ pub struct ServerArgs {
     /// turn, a hit) is than one that only moved, when a client's budget binds (1: alike).
     #[arg(long, default_value_t = 16.0)]
     pub news_urgency: f32,
+    /// Send a client too far behind for a delta the whole row again instead of the columns
+    /// that changed since its version (fewer, larger records).
+    #[arg(long)]
+    pub no_rebase: bool,
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
@@ -462,6 +466,7 @@ impl ServerArgs {
             publish: PublishConfig {
                 budget_bytes_per_second: self.publish_budget,
                 news_urgency: self.news_urgency,
+                rebase: !self.no_rebase,
                 workers: self.publish_workers,
                 pipeline: self.pipeline_publish,
                 ..defaults.publish.clone()

@@ -23,6 +23,11 @@ pub struct PublishConfig {
     /// binds (default 16; 1 ranks them alike): news is a change to a column other than the
     /// row's quantized ones, such as a turn or a hit, which a client cannot interpolate.
     pub news_urgency: f32,
+    /// Send a client further behind than a row's recent history the columns that changed
+    /// since its version (a rebase record) instead of the whole row (default on). Off, a
+    /// budget-bound crowd costs a full row per refresh, about eight times the bytes for an
+    /// identity-keyed avatar, but its clients decode fewer records.
+    pub rebase: bool,
     /// Most budget a client can bank while it has nothing to send.
     pub max_banked: Duration,
     /// Hysteresis margin for `within(..)`: a row enters a view within `radius` and leaves it
@@ -56,6 +61,7 @@ impl Default for PublishConfig {
             budget_bytes_per_second: 8 * 1024,
             wire_overhead_bytes: 40,
             news_urgency: 16.0,
+            rebase: true,
             max_banked: Duration::from_millis(250),
             hysteresis: 5.0,
             max_message_bytes: 1024,

@@ -53,6 +53,8 @@ pub(crate) struct Flush<'a> {
     pub(crate) wire_overhead: f64,
     /// `PublishConfig::news_urgency`.
     pub(crate) news_urgency: f32,
+    /// `PublishConfig::rebase`.
+    pub(crate) rebase: bool,
     /// Records and bytes handed out.
     pub(crate) counters: &'a mut SentCounters,
     /// Buffers reused across clients.
@@ -84,13 +86,14 @@ impl Flush<'_> {
             max_message,
             wire_overhead,
             news_urgency,
+            rebase,
             counters,
             scratch,
             release,
             out,
         } = self;
-        let (tick, max_message, wire_overhead, news_urgency) =
-            (*tick, *max_message, *wire_overhead, *news_urgency);
+        let (tick, max_message, wire_overhead, news_urgency, rebase) =
+            (*tick, *max_message, *wire_overhead, *news_urgency, *rebase);
         if client.dirty.is_empty() {
             return;
         }
@@ -271,7 +274,7 @@ impl Flush<'_> {
                             // its version, whole, instead of the whole row. An avatar's walk
                             // costs a few bytes this way, where the full row repeats its
                             // owner and name.
-                            None => match d.changed_since(sent) {
+                            None => match d.changed_since(sent).filter(|_| rebase) {
                                 Some(0) => {
                                     payload.truncate(before);
                                     delta = true;

@@ -700,6 +700,7 @@ impl Publisher {
                 max_message,
                 wire_overhead,
                 news_urgency,
+                rebase: self.config.rebase,
                 counters,
                 scratch: flush_scratch,
                 release,

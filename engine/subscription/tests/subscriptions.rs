@@ -832,46 +832,56 @@ fn news_goes_before_motion_when_the_budget_binds() {
 /// and a refresh costs the position, not the 32-byte key and owner again.
 #[test]
 fn a_client_far_behind_is_sent_what_changed_not_the_whole_row() {
-    let mut w = World::new(PublishConfig {
-        budget_bytes_per_second: 3_000,
-        max_banked: Duration::from_millis(100),
-        ..PublishConfig::default()
-    });
-    let put = |step: u32| {
-        (0..300u32)
-            .map(|i| Op::PutAvatar {
-                owner: 1000 + u64::from(i),
-                x: (i % 20) as f32 * 2.0 - 20.0 + step as f32 * 0.05,
-                y: (i / 20) as f32 * 2.0 - 15.0,
-            })
-            .collect::<Vec<_>>()
-    };
-    w.run(put(0));
-    w.tick();
-    let a = w.connect(1, 1);
-    w.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
-        .unwrap();
-    w.publisher.set_focus(a, Vec3::ZERO);
-    w.settle();
-    let avatar = w.engine.schema().table("avatar").unwrap().id;
-    let mark = w.mirrors[&a].mark();
-    let mut lagging_ticks = 0;
-    for step in 1..=60 {
-        w.run(put(step));
+    let run = |rebase: bool| {
+        let mut w = World::new(PublishConfig {
+            budget_bytes_per_second: 3_000,
+            max_banked: Duration::from_millis(100),
+            rebase,
+            ..PublishConfig::default()
+        });
+        let put = |step: u32| {
+            (0..300u32)
+                .map(|i| Op::PutAvatar {
+                    owner: 1000 + u64::from(i),
+                    x: (i % 20) as f32 * 2.0 - 20.0 + step as f32 * 0.05,
+                    y: (i / 20) as f32 * 2.0 - 15.0,
+                })
+                .collect::<Vec<_>>()
+        };
+        w.run(put(0));
         w.tick();
-        if w.mirrors[&a].rows(avatar) != w.server_rows::<Avatar>(|_| true) {
-            lagging_ticks += 1;
+        let a = w.connect(1, 1);
+        w.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
+            .unwrap();
+        w.publisher.set_focus(a, Vec3::ZERO);
+        w.settle();
+        let avatar = w.engine.schema().table("avatar").unwrap().id;
+        let mark = w.mirrors[&a].mark();
+        let mut lagging_ticks = 0;
+        for step in 1..=60 {
+            w.run(put(step));
+            w.tick();
+            if w.mirrors[&a].rows(avatar) != w.server_rows::<Avatar>(|_| true) {
+                lagging_ticks += 1;
+            }
         }
-    }
-    let (records, per_record) = w.mirrors[&a].since(mark);
-    assert_eq!(lagging_ticks, 60, "the budget was meant to bind");
+        let (records, per_record) = w.mirrors[&a].since(mark);
+        assert_eq!(lagging_ticks, 60, "the budget was meant to bind");
+        w.settle();
+        assert_eq!(
+            w.mirrors[&a].rows(avatar),
+            w.server_rows::<Avatar>(|_| true)
+        );
+        (records, per_record)
+    };
     // 3 KB/s for 3 s carries ~9 KB: ~130 full rows, or over a thousand rebases.
+    let (records, per_record) = run(true);
     assert!(records > 600, "{records} records in 60 ticks");
     assert!(per_record <= 10.0, "{per_record} bytes per record");
-    w.settle();
-    assert_eq!(
-        w.mirrors[&a].rows(avatar),
-        w.server_rows::<Avatar>(|_| true)
+    let (full_rows, per_full_row) = run(false);
+    assert!(
+        full_rows * 2 < records && per_full_row > 4.0 * per_record,
+        "without rebases {full_rows} records of {per_full_row} bytes, with {records} of {per_record}"
     );
 }
 
