@@ -221,13 +221,11 @@ fn a_wolf_hunts_and_a_fight_ends_in_loot_and_a_scheduled_respawn() {
     assert!(err.client_message().contains("away"), "{err}");
 }
 
-#[test]
-fn knocked_out_players_wake_up_in_town() {
+/// A world of `settings` where a wolf bite knocks a player out and wolves hunt from 200 m.
+fn deadly(mut settings: WorldSettings) -> World {
     let admin = Identity::from_u64(77);
-    let mut settings = small();
     settings.admins = vec![admin];
     let mut world = World::new(settings);
-    // Make wolves deadly and everyone aggressive, then stand in a den.
     let root = Caller::client(admin, ConnectionId(77));
     for (key, value) in [("wolf_damage", 1_000.0), ("wolf_aggro_radius", 200.0)] {
         world
@@ -235,6 +233,13 @@ fn knocked_out_players_wake_up_in_town() {
             .call_reducer("set_config", root, (key.to_owned(), value))
             .unwrap();
     }
+    world
+}
+
+#[test]
+fn knocked_out_players_wake_up_in_town() {
+    // Wolves deadly and everyone aggressive; then the player stands in a den.
+    let mut world = deadly(small());
     let who = world.join(1, "victim");
     let den = world
         .engine
@@ -334,17 +339,7 @@ fn a_large_world_spreads_new_characters_over_its_towns() {
 
 #[test]
 fn knocked_out_players_wake_up_in_the_nearest_town() {
-    let admin = Identity::from_u64(77);
-    let mut settings = four_kilometres(1);
-    settings.admins = vec![admin];
-    let mut world = World::new(settings);
-    let root = Caller::client(admin, ConnectionId(77));
-    for (key, value) in [("wolf_damage", 1_000.0), ("wolf_aggro_radius", 200.0)] {
-        world
-            .engine
-            .call_reducer("set_config", root, (key.to_owned(), value))
-            .unwrap();
-    }
+    let mut world = deadly(four_kilometres(1));
     // One newcomer fills a town here: the second starts in the second town.
     world.join(1, "first");
     let who = world.join(2, "victim");

@@ -684,11 +684,7 @@ fn spatial_subscriptions_receive_event_rows_in_range_once() {
 /// others take turns.
 #[test]
 fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
-    let mut w = World::new(PublishConfig {
-        budget_bytes_per_second: 3_000,
-        max_banked: Duration::from_millis(100),
-        ..PublishConfig::default()
-    });
+    let mut w = World::new(tight());
     const OWN: u32 = 1_000;
     let crowd = |step: u32| {
         (0..80u32)
@@ -752,6 +748,15 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
     assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
 }
 
+/// A budget a crowd of moving rows outruns: 3 KB/s, little banked.
+fn tight() -> PublishConfig {
+    PublishConfig {
+        budget_bytes_per_second: 3_000,
+        max_banked: Duration::from_millis(100),
+        ..PublishConfig::default()
+    }
+}
+
 /// In a crowd the budget cannot keep up with, a row whose news changed (a column other than its
 /// quantized position: here its hit points) reaches the client within a tick or two, while
 /// rows that only moved wait their turn; ranked alike (`news_urgency` 1), the hits wait too.
@@ -759,10 +764,8 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
 fn news_goes_before_motion_when_the_budget_binds() {
     let delays = |news_urgency: f32| {
         let mut w = World::new(PublishConfig {
-            budget_bytes_per_second: 3_000,
-            max_banked: Duration::from_millis(100),
             news_urgency,
-            ..PublishConfig::default()
+            ..tight()
         });
         let crowd = |step: u32, hurt: Option<u32>| {
             (0..80u32)
@@ -833,12 +836,7 @@ fn news_goes_before_motion_when_the_budget_binds() {
 #[test]
 fn a_client_far_behind_is_sent_what_changed_not_the_whole_row() {
     let run = |rebase: bool| {
-        let mut w = World::new(PublishConfig {
-            budget_bytes_per_second: 3_000,
-            max_banked: Duration::from_millis(100),
-            rebase,
-            ..PublishConfig::default()
-        });
+        let mut w = World::new(PublishConfig { rebase, ..tight() });
         let put = |step: u32| {
             (0..300u32)
                 .map(|i| Op::PutAvatar {
