@@ -274,6 +274,16 @@ impl World {
         }
     }
 
+    /// A client (1) watching every avatar within 100 m of the origin, its view settled.
+    fn watch_avatars(&mut self) -> ConnectionId {
+        let a = self.connect(1, 1);
+        self.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
+            .unwrap();
+        self.publisher.set_focus(a, Vec3::ZERO);
+        self.settle();
+        a
+    }
+
     fn connect(&mut self, client: u64, identity: u64) -> ConnectionId {
         let id = ConnectionId(client);
         self.publisher.connect(id, Identity::from_u64(identity));
@@ -848,11 +858,7 @@ fn a_client_far_behind_is_sent_what_changed_not_the_whole_row() {
         };
         w.run(put(0));
         w.tick();
-        let a = w.connect(1, 1);
-        w.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
-            .unwrap();
-        w.publisher.set_focus(a, Vec3::ZERO);
-        w.settle();
+        let a = w.watch_avatars();
         let avatar = w.engine.schema().table("avatar").unwrap().id;
         let mark = w.mirrors[&a].mark();
         let mut lagging_ticks = 0;
@@ -899,11 +905,7 @@ fn identity_keyed_rows_move_in_a_few_bytes_by_handle() {
     };
     w.run(put(0, 0.0));
     w.tick();
-    let a = w.connect(1, 1);
-    w.subscribe(a, 1, "SELECT * FROM avatar WHERE within(pos, :focus, 100)")
-        .unwrap();
-    w.publisher.set_focus(a, Vec3::ZERO);
-    w.settle();
+    let a = w.watch_avatars();
     let avatar = w.engine.schema().table("avatar").unwrap().id;
     assert_eq!(w.mirrors[&a].rows(avatar).len(), 60);
     let mark = w.mirrors[&a].mark();
