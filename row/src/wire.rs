@@ -318,13 +318,9 @@ impl WireLayout {
             return false;
         }
         write_varint(out, REBASE | (mask << 2));
-        for (i, range) in row.1.iter().enumerate() {
+        for i in 0..self.columns.len() {
             if mask & (1 << i) != 0 {
-                out.extend_from_slice(
-                    row.0
-                        .get(range.start as usize..range.end as usize)
-                        .unwrap_or(&[]),
-                );
+                out.extend_from_slice(column_bytes(row, i));
             }
         }
         true
@@ -354,13 +350,9 @@ impl WireLayout {
         {
             return 0;
         }
-        fn slice<'r>((row, bounds): (&'r [u8], &[Range<u32>]), i: usize) -> &'r [u8] {
-            let r = &bounds[i];
-            row.get(r.start as usize..r.end as usize).unwrap_or(&[])
-        }
         let mut mask = 0u64;
         for i in 0..self.columns.len() {
-            if slice(old, i) != slice(new, i) {
+            if column_bytes(old, i) != column_bytes(new, i) {
                 mask |= 1 << i;
             }
         }
@@ -374,14 +366,14 @@ impl WireLayout {
             }
             match column.step {
                 Some(_) => {
-                    let (mut a, mut b) = (slice(old, i), slice(new, i));
+                    let (mut a, mut b) = (column_bytes(old, i), column_bytes(new, i));
                     for _ in 0..column.ty.float_components().unwrap_or(0) {
                         let before = read_varint(&mut a, "quantized").map(unzigzag).unwrap_or(0);
                         let after = read_varint(&mut b, "quantized").map(unzigzag).unwrap_or(0);
                         write_varint(out, zigzag(after.wrapping_sub(before)));
                     }
                 }
-                None => out.extend_from_slice(slice(new, i)),
+                None => out.extend_from_slice(column_bytes(new, i)),
             }
         }
         mask
@@ -664,6 +656,12 @@ impl RowHandles {
             }
         }
     }
+}
+
+/// Column `i` of a wire row with its column bounds (empty if the bounds do not fit the row).
+fn column_bytes<'r>((row, bounds): (&'r [u8], &[Range<u32>]), i: usize) -> &'r [u8] {
+    let r = &bounds[i];
+    row.get(r.start as usize..r.end as usize).unwrap_or(&[])
 }
 
 fn read_unit_varints(ty: &TypeDesc, input: &mut &[u8]) -> Result<Units, RowDecodeError> {

@@ -362,16 +362,11 @@ impl MirrorTable {
             if mask & !t.quantized_columns != 0 {
                 meta.salient = tick.max(1);
             }
-            if changed_columns {
-                d.changed_at.resize(t.layout.columns().len(), 0);
-                for (i, at) in d.changed_at.iter_mut().enumerate() {
-                    if mask & (1 << i) != 0 {
-                        *at = tick.max(1);
-                    }
+            // A set mask means the table takes deltas, so `changed_at` has a slot per column.
+            for (i, at) in d.changed_at.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *at = tick.max(1);
                 }
-            } else if d.wire != scratch.wire {
-                // A table too wide for a mask: no rebase records, only full rows.
-                d.changed_at.clear();
             }
             if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
                 inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
@@ -396,7 +391,10 @@ impl MirrorTable {
         } else {
             d.history.clear();
             d.changed_at.clear();
-            d.changed_at.resize(t.layout.columns().len(), tick.max(1));
+            // A table too wide for a delta mask gets no rebase records either: full rows only.
+            if t.layout.supports_delta() {
+                d.changed_at.resize(t.layout.columns().len(), tick.max(1));
+            }
         }
         d.exact.clear();
         d.exact.extend_from_slice(exact);
@@ -461,9 +459,9 @@ impl SlotData {
     }
 
     /// The columns that changed after `version` (bit per column), or `None` when that is not
-    /// known (a table too wide for a mask).
+    /// known (a table too wide for a mask keeps no `changed_at`).
     pub(crate) fn changed_since(&self, version: u64) -> Option<u64> {
-        if self.changed_at.is_empty() || self.changed_at.len() > 64 {
+        if self.changed_at.is_empty() {
             return None;
         }
         Some(
