@@ -3,12 +3,16 @@
 //!
 //! [`Mirror`] needs no network: feed it `(table_id, payload)` pairs with [`Mirror::apply`]
 //! and it returns what changed ([`MirrorChange`]); [`Callbacks::dispatch`] runs the callbacks
-//! registered for those tables. Rows are keyed by their encoded primary key. Event tables
+//! registered for those tables. Rows are found by their encoded primary key. Event tables
 //! (`"event": true`) are never stored: their upserts come back as inserts only.
 //!
 //! Records name rows by per-connection handles after their first upsert
-//! (`netcode/ROW_FORMAT.md` §7): the mirror keeps each table's [`RowHandles`], so one mirror
-//! follows one connection (a new connection starts from [`Mirror::clear`]).
+//! (`netcode/ROW_FORMAT.md` §7): the mirror keeps each table's [`RowHandles`] and stores rows
+//! by handle, so a delta resolves its row with one index and copies no key (a moving crowd is
+//! mostly deltas); one mirror follows one connection (a new connection starts from
+//! [`Mirror::clear`]). An update costs one copy of the row (its old version stays valid for
+//! the callbacks): `benches/mirror.rs` counts three allocations per delta of an avatar-shaped
+//! row (the row, its values and its one string), against six before rows were kept by handle.
 //!
 //! A payload is applied all or nothing: if any record fails to decode or names a handle the
 //! connection was not given, the mirror is left unchanged and an error returned. A delta or delete for a row the mirror does not hold
@@ -19,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use orrery_row::wire::{RowHandles, WireLayout, WireRecord, WireRow};
+use orrery_row::wire::{DecodedPayload, HandleRecord, RowHandles, WireLayout, WireRow};
 use orrery_row::{ModuleSchema, TableSchema, Value, values_to_json};
 use serde::de::DeserializeOwned;
 
@@ -34,7 +38,8 @@ struct TableInfo {
 
 #[derive(Debug)]
 struct RowData {
-    pk: Vec<u8>,
+    /// Shared with the table's key index and with the row's later versions.
+    pk: Arc<[u8]>,
     wire: WireRow,
 }
 
@@ -166,11 +171,90 @@ pub struct MirrorStats {
     pub bytes: u64,
 }
 
+/// One table's rows, stored by the handle the connection names them with (records resolve
+/// with one index, and a delta never touches the key index), plus the key index for lookups
+/// and ordered iteration.
 #[derive(Debug)]
 struct MirrorTable {
     info: Arc<TableInfo>,
-    rows: BTreeMap<Vec<u8>, Arc<RowData>>,
+    by_handle: Vec<Option<Arc<RowData>>>,
+    by_pk: BTreeMap<Arc<[u8]>, u32>,
     handles: RowHandles,
+}
+
+impl MirrorTable {
+    fn new(table: &TableSchema) -> Self {
+        MirrorTable {
+            info: Arc::new(TableInfo {
+                layout: WireLayout::new(table),
+                schema: table.clone(),
+            }),
+            by_handle: Vec::new(),
+            by_pk: BTreeMap::new(),
+            handles: RowHandles::new(table.event),
+        }
+    }
+
+    fn snapshot(&self, data: Arc<RowData>) -> Row {
+        Row {
+            table: self.info.clone(),
+            data,
+        }
+    }
+
+    fn rows(&self) -> impl Iterator<Item = Row> + '_ {
+        self.by_pk.values().filter_map(|&handle| {
+            let data = self.by_handle.get(handle as usize)?.clone()?;
+            Some(self.snapshot(data))
+        })
+    }
+
+    fn get(&self, pk: &[u8]) -> Option<Row> {
+        let &handle = self.by_pk.get(pk)?;
+        let data = self.by_handle.get(handle as usize)?.clone()?;
+        Some(self.snapshot(data))
+    }
+
+    /// Stores `wire` as the row named `pk`, now held under `handle`; returns the version it
+    /// replaces. A correct server names a held row by one handle at a time; should a hostile
+    /// one bind a second handle to it, the row moves to the new handle and the old one names
+    /// nothing the mirror holds.
+    fn upsert(
+        &mut self,
+        handle: u32,
+        pk: Vec<u8>,
+        wire: WireRow,
+    ) -> (Arc<RowData>, Option<Arc<RowData>>) {
+        let index = handle as usize;
+        if self.by_handle.len() <= index {
+            self.by_handle.resize(index + 1, None);
+        }
+        let stale = self.by_handle[index].take();
+        let (key, old) = match self.by_pk.get_key_value(pk.as_slice()) {
+            Some((key, &held)) => {
+                let old = if held == handle {
+                    stale.clone()
+                } else {
+                    self.by_handle[held as usize].take()
+                };
+                (key.clone(), old)
+            }
+            None => (Arc::from(pk), None),
+        };
+        if let Some(stale) = stale.filter(|s| s.pk != key) {
+            self.by_pk.remove(&stale.pk);
+        }
+        self.by_pk.insert(key.clone(), handle);
+        let data = Arc::new(RowData { pk: key, wire });
+        self.by_handle[index] = Some(data.clone());
+        (data, old)
+    }
+
+    fn clear(&mut self) {
+        self.by_handle.clear();
+        self.by_pk.clear();
+        self.handles = RowHandles::new(self.info.schema.event);
+    }
 }
 
 /// The client's cache of subscribed rows (see the module docs).
@@ -181,23 +265,14 @@ pub struct Mirror {
     by_id: HashMap<u32, usize>,
     by_name: HashMap<String, usize>,
     stats: MirrorStats,
+    /// Reused by every payload, so decoding stops allocating once it has grown.
+    decoded: DecodedPayload,
 }
 
 impl Mirror {
     /// An empty mirror for `schema`.
     pub fn new(schema: Arc<ModuleSchema>) -> Self {
-        let tables: Vec<MirrorTable> = schema
-            .tables
-            .iter()
-            .map(|t| MirrorTable {
-                info: Arc::new(TableInfo {
-                    layout: WireLayout::new(t),
-                    schema: t.clone(),
-                }),
-                rows: BTreeMap::new(),
-                handles: RowHandles::new(t.event),
-            })
-            .collect();
+        let tables: Vec<MirrorTable> = schema.tables.iter().map(MirrorTable::new).collect();
         let by_id = schema
             .tables
             .iter()
@@ -216,6 +291,7 @@ impl Mirror {
             by_id,
             by_name,
             stats: MirrorStats::default(),
+            decoded: DecodedPayload::default(),
         }
     }
 
@@ -260,90 +336,100 @@ impl Mirror {
             return Err(MirrorError::UnknownTableId(table_id));
         };
         let table = &mut self.tables[index];
-        let records = match table
-            .info
-            .layout
-            .decode_records(&mut table.handles, payload)
-        {
-            Ok(records) => records,
-            Err(error) => {
-                self.stats.rejected_payloads += 1;
-                return Err(MirrorError::Decode {
-                    table: table.info.schema.name.clone(),
-                    table_id,
-                    len: payload.len(),
-                    error,
-                });
-            }
-        };
+        let layout = &table.info.layout;
+        if let Err(error) = layout.decode_payload(&mut table.handles, payload, &mut self.decoded) {
+            self.stats.rejected_payloads += 1;
+            return Err(MirrorError::Decode {
+                table: table.info.schema.name.clone(),
+                table_id,
+                len: payload.len(),
+                error,
+            });
+        }
         self.stats.payloads += 1;
         self.stats.bytes += payload.len() as u64;
         let event = table.info.schema.event;
-        let row = |data: Arc<RowData>| Row {
-            table: table.info.clone(),
-            data,
-        };
+        let (records, column_changes) = self.decoded.drain();
         let mut changes = Vec::with_capacity(records.len());
         for record in records {
             match record {
-                WireRecord::Upsert { pk, row: wire } => {
+                HandleRecord::Upsert { handle, pk, row } => {
                     self.stats.upserts += 1;
-                    let data = Arc::new(RowData { pk, wire });
                     if event {
-                        changes.push(MirrorChange::Insert(row(data)));
+                        let data = Arc::new(RowData {
+                            pk: pk.into(),
+                            wire: row,
+                        });
+                        changes.push(MirrorChange::Insert(table.snapshot(data)));
                         continue;
                     }
-                    match table.rows.insert(data.pk.clone(), data.clone()) {
-                        Some(old) => changes.push(MirrorChange::Update {
-                            old: row(old),
-                            new: row(data),
+                    match table.upsert(handle, pk, row) {
+                        (new, Some(old)) => changes.push(MirrorChange::Update {
+                            old: table.snapshot(old),
+                            new: table.snapshot(new),
                         }),
-                        None => changes.push(MirrorChange::Insert(row(data))),
+                        (new, None) => changes.push(MirrorChange::Insert(table.snapshot(new))),
                     }
                 }
-                WireRecord::Delta {
-                    pk, changes: delta, ..
+                HandleRecord::Delta {
+                    handle,
+                    changes: range,
+                    ..
                 } => {
-                    let Some(slot) = table.rows.get_mut(&pk).filter(|_| !event) else {
+                    let Some(slot) = table
+                        .by_handle
+                        .get_mut(handle as usize)
+                        .and_then(Option::as_mut)
+                    else {
                         self.stats.skipped_records += 1;
                         tracing::warn!(
                             table = table.info.schema.name,
-                            pk = ?pk,
+                            handle,
                             "delta for a row the mirror does not hold; skipped"
                         );
                         continue;
                     };
-                    let old = slot.clone();
-                    let mut wire = old.wire.clone();
-                    if let Err(error) = wire.apply_delta(&table.info.layout, &delta) {
+                    let mut wire = slot.wire.clone();
+                    let delta = column_changes.get(range).unwrap_or_default();
+                    if let Err(error) = wire.apply_delta(&table.info.layout, delta) {
                         self.stats.skipped_records += 1;
                         tracing::warn!(table = table.info.schema.name, %error, "delta skipped");
                         continue;
                     }
                     self.stats.deltas += 1;
-                    let new = Arc::new(RowData { pk, wire });
-                    *slot = new.clone();
+                    let new = Arc::new(RowData {
+                        pk: slot.pk.clone(),
+                        wire,
+                    });
+                    let old = std::mem::replace(slot, new.clone());
                     changes.push(MirrorChange::Update {
-                        old: row(old),
-                        new: row(new),
+                        old: table.snapshot(old),
+                        new: table.snapshot(new),
                     });
                 }
-                WireRecord::Delete { pk } => match table.rows.remove(&pk) {
-                    Some(old) => {
-                        self.stats.deletes += 1;
-                        changes.push(MirrorChange::Delete(row(old)));
-                    }
-                    None => {
-                        self.stats.skipped_records += 1;
-                        if !event {
-                            tracing::warn!(
-                                table = table.info.schema.name,
-                                pk = ?pk,
-                                "delete for a row the mirror does not hold; skipped"
-                            );
+                HandleRecord::Delete { handle, pk } => {
+                    let held = table
+                        .by_handle
+                        .get_mut(handle as usize)
+                        .and_then(Option::take);
+                    match held {
+                        Some(old) => {
+                            self.stats.deletes += 1;
+                            table.by_pk.remove(&old.pk);
+                            changes.push(MirrorChange::Delete(table.snapshot(old)));
+                        }
+                        None => {
+                            self.stats.skipped_records += 1;
+                            if !event {
+                                tracing::warn!(
+                                    table = table.info.schema.name,
+                                    pk = ?pk,
+                                    "delete for a row the mirror does not hold; skipped"
+                                );
+                            }
                         }
                     }
-                },
+                }
             }
         }
         Ok(changes)
@@ -351,30 +437,22 @@ impl Mirror {
 
     /// Rows held for the table named `table`.
     pub fn count(&self, table: &str) -> Result<usize, MirrorError> {
-        Ok(self.table(table)?.rows.len())
+        Ok(self.table(table)?.by_pk.len())
     }
 
     /// Rows held across all tables.
     pub fn total_rows(&self) -> usize {
-        self.tables.iter().map(|t| t.rows.len()).sum()
+        self.tables.iter().map(|t| t.by_pk.len()).sum()
     }
 
     /// The rows of the table named `table`, ordered by encoded primary key.
     pub fn iter(&self, table: &str) -> Result<impl Iterator<Item = Row> + '_, MirrorError> {
-        let t = self.table(table)?;
-        Ok(t.rows.values().map(|data| Row {
-            table: t.info.clone(),
-            data: data.clone(),
-        }))
+        Ok(self.table(table)?.rows())
     }
 
     /// The rows of table `table_id` (for the FFI layer, which speaks table ids).
     pub fn iter_by_id(&self, table_id: u32) -> Result<impl Iterator<Item = Row> + '_, MirrorError> {
-        let t = self.table_by_id(table_id)?;
-        Ok(t.rows.values().map(|data| Row {
-            table: t.info.clone(),
-            data: data.clone(),
-        }))
+        Ok(self.table_by_id(table_id)?.rows())
     }
 
     /// Every row of `table` deserialized into `T` (see [`Row::deserialize`]).
@@ -384,11 +462,7 @@ impl Mirror {
 
     /// The row of `table` whose primary key encodes to `pk` (row format).
     pub fn get_by_pk_bytes(&self, table_id: u32, pk: &[u8]) -> Result<Option<Row>, MirrorError> {
-        let t = self.table_by_id(table_id)?;
-        Ok(t.rows.get(pk).map(|data| Row {
-            table: t.info.clone(),
-            data: data.clone(),
-        }))
+        Ok(self.table_by_id(table_id)?.get(pk))
     }
 
     /// The row of `table` whose primary key is `pk` (JSON, in the key column's mapping:
@@ -400,10 +474,7 @@ impl Mirror {
     ) -> Result<Option<Row>, MirrorError> {
         let t = self.table(table)?;
         let key = pk_bytes(&t.info.schema, pk)?;
-        Ok(t.rows.get(&key).map(|data| Row {
-            table: t.info.clone(),
-            data: data.clone(),
-        }))
+        Ok(t.get(&key))
     }
 
     /// [`Mirror::find_row`] deserialized into `T`.
@@ -420,8 +491,7 @@ impl Mirror {
     /// Forgets every row and row handle (before mirroring a new connection).
     pub fn clear(&mut self) {
         for t in &mut self.tables {
-            t.rows.clear();
-            t.handles = RowHandles::new(t.info.schema.event);
+            t.clear();
         }
     }
 }

@@ -243,8 +243,9 @@ fn bad_payloads_change_nothing() {
         Err(MirrorError::Decode { table_id: NPC, .. })
     ));
     assert_eq!(mirror.count("npc").unwrap(), 1);
-    // A hostile server naming one row by two handles, then deleting it by one: a delta by the
-    // other names a row the mirror no longer holds, and is skipped; the rest applies.
+    // A hostile server naming one row by a second handle: the row moves to the new handle, so
+    // a delete by the old one names nothing the mirror holds and is skipped, while a delta by
+    // the new one applies; the rest applies too.
     let layout = WireLayout::new(&schema().tables[NPC as usize]);
     let (pk, wire, _) = e.wire(&npc(1, "a", [0.0, 0.0], 1));
     let mut payload = Vec::new();
@@ -255,7 +256,16 @@ fn bad_payloads_change_nothing() {
     layout.upsert_record(2, &pk, &wire, &mut payload);
     let changes = mirror.apply(NPC, &payload).unwrap();
     assert_eq!(changes.len(), 3, "{changes:?}");
-    assert_eq!(mirror.count("npc").unwrap(), 1);
+    assert!(
+        matches!(&changes[1], MirrorChange::Update { old, new }
+            if old.get("hp") == Some(&Value::Signed(1)) && new.get("hp") == Some(&Value::Signed(2))),
+        "{changes:?}"
+    );
+    assert!(
+        matches!(&changes[2], MirrorChange::Insert(_)),
+        "{changes:?}"
+    );
+    assert_eq!(mirror.count("npc").unwrap(), 2);
     assert_eq!(mirror.stats().skipped_records, 1);
     assert_eq!(mirror.stats().rejected_payloads, 3);
     assert!(matches!(mirror.count("nope"), Err(MirrorError::UnknownTable(t)) if t == "nope"));

@@ -44,4 +44,7 @@ pub use value::{
     Value, ValueError, decode_args, decode_row, encode_args_json, encode_row, row_to_json,
     row_values_from_json, values_to_json,
 };
-pub use wire::{ColumnChange, RowHandles, WireColumn, WireLayout, WireRecord, WireRow};
+pub use wire::{
+    ColumnChange, DecodedPayload, HandleRecord, RowHandles, WireColumn, WireLayout, WireRecord,
+    WireRow,
+};

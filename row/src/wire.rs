@@ -30,10 +30,13 @@
 //! so a delta's header and body are shared by every such client ([`WireLayout::delta_body`]);
 //! only the handle in front is the client's own. Others get an upsert. The publisher encodes with
 //! [`WireLayout::encode_row`] and the record builders; clients decode with
-//! [`WireLayout::decode_records`], and [`WireRow`] keeps each quantized column's units so
+//! [`WireLayout::decode_records`] (records carry keys) or [`WireLayout::decode_payload`]
+//! (records carry handles, into reused buffers), and [`WireRow`] keeps each quantized column's units so
 //! deltas apply exactly. Specified for client authors in `netcode/ROW_FORMAT.md`.
 
 use std::ops::Range;
+
+use smallvec::SmallVec;
 
 use crate::codec::{
     OrreryType, RowDecodeError, TypeDesc, read_varint, unzigzag, write_varint, zigzag,
@@ -112,7 +115,11 @@ pub struct WireLayout {
 pub struct WireRow {
     /// Column values in declaration order.
     pub columns: Vec<Value>,
-    units: Vec<Units>,
+    /// Bit `i` set for each quantized column `i` (of the first 64: wider tables get no deltas).
+    quantized: u64,
+    /// The units of each quantized column, in column order: kept inline for up to two such
+    /// columns, so copying a row (a client's snapshot per update) allocates only its values.
+    units: SmallVec<[Units; 2]>,
 }
 
 /// One changed column of a delta record.
@@ -419,14 +426,18 @@ impl WireLayout {
 
     /// Decodes one full wire row from the front of `input`.
     pub fn decode_row(&self, input: &mut &[u8]) -> Result<WireRow, RowDecodeError> {
+        let quantized = self.quantized_columns();
         let mut row = WireRow {
             columns: Vec::with_capacity(self.columns.len()),
-            units: Vec::with_capacity(self.columns.len()),
+            quantized,
+            units: SmallVec::new(),
         };
         for i in 0..self.columns.len() {
             let (value, units) = self.read_column(i, input)?;
             row.columns.push(value);
-            row.units.push(units);
+            if WireRow::holds_units(quantized, i) {
+                row.units.push(units);
+            }
         }
         Ok(row)
     }
@@ -437,17 +448,20 @@ impl WireLayout {
         mask: u64,
         input: &mut &[u8],
     ) -> Result<Vec<ColumnChange>, RowDecodeError> {
-        self.decode_changes(mask, false, input)
+        let mut changes = Vec::with_capacity(mask.count_ones() as usize);
+        self.decode_changes(mask, false, input, &mut changes)?;
+        Ok(changes)
     }
 
-    /// The columns of a delta (`absolute` false: quantized ones as differences) or a
-    /// [`REBASE`] record (`absolute` true: quantized ones as units).
+    /// Appends to `out` the columns of a delta (`absolute` false: quantized ones as
+    /// differences) or a [`REBASE`] record (`absolute` true: quantized ones as units).
     fn decode_changes(
         &self,
         mask: u64,
         absolute: bool,
         input: &mut &[u8],
-    ) -> Result<Vec<ColumnChange>, RowDecodeError> {
+        out: &mut Vec<ColumnChange>,
+    ) -> Result<(), RowDecodeError> {
         if !self.supports_delta() {
             return Err(RowDecodeError::Invalid {
                 what: "delta record",
@@ -466,12 +480,12 @@ impl WireLayout {
                 ),
             });
         }
-        let mut changes = Vec::with_capacity(mask.count_ones() as usize);
-        for (i, column) in self.columns.iter().enumerate() {
-            if mask & (1 << i) == 0 {
-                continue;
-            }
-            changes.push(match column.step {
+        let mut rest = mask;
+        while rest != 0 {
+            let i = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let column = &self.columns[i];
+            out.push(match column.step {
                 Some(_) if absolute => ColumnChange::UnitsSet {
                     column: i,
                     units: read_unit_varints(&column.ty, input)?,
@@ -486,7 +500,7 @@ impl WireLayout {
                 },
             });
         }
-        Ok(changes)
+        Ok(())
     }
 
     /// Decodes a whole table update payload into its records, resolving row handles through
@@ -494,12 +508,67 @@ impl WireLayout {
     /// them). Either every record decodes and `handles` moves on, or the payload is refused and
     /// `handles` is unchanged; never panics on any input, and `handles` grows by at most one
     /// entry per record.
+    ///
+    /// Each delta and delete carries its row's key, copied out of `handles`; a client that keeps
+    /// its rows by handle decodes with [`WireLayout::decode_payload`] instead, which copies
+    /// nothing per delta.
     pub fn decode_records(
         &self,
         handles: &mut RowHandles,
-        mut input: &[u8],
+        input: &[u8],
     ) -> Result<Vec<WireRecord>, RowDecodeError> {
         let mut records = Vec::new();
+        let mut changes = Vec::new();
+        self.decode_each(handles, input, &mut changes, |record, handles, changes| {
+            records.push(match record {
+                HandleRecord::Upsert { pk, row, .. } => WireRecord::Upsert { pk, row },
+                HandleRecord::Delta {
+                    handle,
+                    mask,
+                    changes: range,
+                } => WireRecord::Delta {
+                    pk: handles.named(handle.into()).unwrap_or_default().to_vec(),
+                    mask,
+                    changes: changes.drain(range).collect(),
+                },
+                HandleRecord::Delete { pk, .. } => WireRecord::Delete { pk },
+            })
+        })?;
+        Ok(records)
+    }
+
+    /// [`WireLayout::decode_records`] for a client that keeps its rows by handle: the records
+    /// name rows by handle and deltas' changes go to one buffer, so with `out` reused from
+    /// payload to payload a delta allocates nothing. On error `out` holds no records and
+    /// `handles` is unchanged.
+    pub fn decode_payload(
+        &self,
+        handles: &mut RowHandles,
+        input: &[u8],
+        out: &mut DecodedPayload,
+    ) -> Result<(), RowDecodeError> {
+        out.records.clear();
+        out.changes.clear();
+        let records = &mut out.records;
+        let result = self.decode_each(handles, input, &mut out.changes, |record, _, _| {
+            records.push(record)
+        });
+        if result.is_err() {
+            out.records.clear();
+            out.changes.clear();
+        }
+        result
+    }
+
+    /// The one decoding loop: hands each record to `record` with the handles as they stand
+    /// after it and the change buffer its delta's range points into.
+    fn decode_each(
+        &self,
+        handles: &mut RowHandles,
+        mut input: &[u8],
+        changes: &mut Vec<ColumnChange>,
+        mut record: impl FnMut(HandleRecord, &RowHandles, &mut Vec<ColumnChange>),
+    ) -> Result<(), RowDecodeError> {
         let mut undo = Vec::new();
         let result = (|| {
             while !input.is_empty() {
@@ -510,17 +579,24 @@ impl WireLayout {
                         let pk = self.read_pk(&mut input)?;
                         let row = self.decode_row(&mut input)?;
                         handles.bind(handle, &pk, &mut undo)?;
-                        records.push(WireRecord::Upsert { pk, row });
+                        let handle = handle as u32;
+                        record(HandleRecord::Upsert { handle, pk, row }, handles, changes);
                     }
                     kind @ (DELTA | REBASE) => {
-                        let pk = handles.named(handle)?.to_vec();
-                        let mask = header >> 2;
-                        let changes = self.decode_changes(mask, kind == REBASE, &mut input)?;
-                        records.push(WireRecord::Delta { pk, mask, changes });
+                        handles.named(handle)?;
+                        let start = changes.len();
+                        self.decode_changes(header >> 2, kind == REBASE, &mut input, changes)?;
+                        let delta = HandleRecord::Delta {
+                            handle: handle as u32,
+                            mask: header >> 2,
+                            changes: start..changes.len(),
+                        };
+                        record(delta, handles, changes);
                     }
                     DELETE => {
                         let pk = handles.free(handle, &mut undo)?;
-                        records.push(WireRecord::Delete { pk });
+                        let handle = handle as u32;
+                        record(HandleRecord::Delete { handle, pk }, handles, changes);
                     }
                     kind => {
                         return Err(RowDecodeError::InvalidTag {
@@ -532,13 +608,67 @@ impl WireLayout {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => Ok(records),
-            Err(error) => {
-                handles.undo(undo);
-                Err(error)
-            }
+        if result.is_err() {
+            handles.undo(undo);
         }
+        result
+    }
+}
+
+/// One record of a payload decoded by [`WireLayout::decode_payload`], naming its row by the
+/// client's handle (valid: the decoder checked it against the client's [`RowHandles`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HandleRecord {
+    /// The row (new to the client, or replacing what it holds), now named by `handle`.
+    Upsert {
+        /// The row's handle.
+        handle: u32,
+        /// Encoded primary key (row format).
+        pk: Vec<u8>,
+        /// The row.
+        row: WireRow,
+    },
+    /// Changes to the row the client holds as `handle`.
+    Delta {
+        /// The row's handle.
+        handle: u32,
+        /// The mask of changed columns (bit `i` = column `i`).
+        mask: u64,
+        /// Where the changed columns are in [`DecodedPayload::changes`], in column order.
+        changes: Range<usize>,
+    },
+    /// The row the client held as `handle` is gone; the handle is free again.
+    Delete {
+        /// The handle it had.
+        handle: u32,
+        /// Encoded primary key (row format).
+        pk: Vec<u8>,
+    },
+}
+
+/// A payload's records decoded by [`WireLayout::decode_payload`]; keep one and reuse it, so
+/// its buffers stop growing.
+#[derive(Clone, Debug, Default)]
+pub struct DecodedPayload {
+    records: Vec<HandleRecord>,
+    changes: Vec<ColumnChange>,
+}
+
+impl DecodedPayload {
+    /// The records, in payload order.
+    pub fn records(&self) -> &[HandleRecord] {
+        &self.records
+    }
+
+    /// The changed columns of every delta; a [`HandleRecord::Delta`] names its range.
+    pub fn changes(&self) -> &[ColumnChange] {
+        &self.changes
+    }
+
+    /// Takes the records out in order (upserts' rows by move), with the change buffer their
+    /// ranges point into.
+    pub fn drain(&mut self) -> (std::vec::Drain<'_, HandleRecord>, &[ColumnChange]) {
+        (self.records.drain(..), &self.changes)
     }
 }
 
@@ -691,11 +821,14 @@ impl WireRow {
     /// A row from column values (quantized columns' units recomputed from the values with
     /// [`quantize_f32`]/[`quantize_f64`]).
     pub fn from_values(layout: &WireLayout, columns: Vec<Value>) -> Self {
+        let quantized = layout.quantized_columns();
         let units = layout
             .columns
             .iter()
             .zip(&columns)
-            .map(|(c, v)| match (c.step, v) {
+            .enumerate()
+            .filter(|(i, _)| Self::holds_units(quantized, *i))
+            .map(|(_, (c, v))| match (c.step, v) {
                 (Some(step), Value::F32(x)) => [quantize_f32(*x, step), 0, 0],
                 (Some(step), Value::F64(x)) => [quantize_f64(*x, step), 0, 0],
                 (Some(step), Value::Vec2(v)) => {
@@ -709,12 +842,33 @@ impl WireRow {
                 _ => [0; 3],
             })
             .collect();
-        WireRow { columns, units }
+        WireRow {
+            columns,
+            quantized,
+            units,
+        }
     }
 
-    /// The quantized units column `i` holds (zeros for unquantized columns).
+    fn holds_units(quantized: u64, i: usize) -> bool {
+        i < 64 && quantized & (1 << i) != 0
+    }
+
+    /// Where column `i`'s units are kept, if it is quantized.
+    fn units_slot(&self, i: usize) -> Option<usize> {
+        Self::holds_units(self.quantized, i)
+            .then(|| (self.quantized & ((1u64 << i) - 1)).count_ones() as usize)
+    }
+
+    /// The quantized units column `i` holds (zeros for unquantized columns); `None` past the
+    /// last column.
     pub fn units(&self, i: usize) -> Option<Units> {
-        self.units.get(i).copied()
+        if i >= self.columns.len() {
+            return None;
+        }
+        Some(match self.units_slot(i) {
+            Some(slot) => self.units.get(slot).copied().unwrap_or_default(),
+            None => [0; 3],
+        })
     }
 
     /// Applies a delta record's changes. Fails (changing nothing) if a change names a column
@@ -724,7 +878,7 @@ impl WireRow {
         layout: &WireLayout,
         changes: &[ColumnChange],
     ) -> Result<(), RowDecodeError> {
-        let n = self.columns.len().min(self.units.len());
+        let n = self.columns.len();
         if let Some(bad) = changes.iter().find_map(|c| {
             let i = match c {
                 ColumnChange::Value { column, .. }
@@ -742,26 +896,28 @@ impl WireRow {
             match change {
                 ColumnChange::Value { column, value } => self.columns[*column] = value.clone(),
                 ColumnChange::Units { column, diff } => {
-                    let c = &layout.columns[*column];
-                    let mut units = self.units[*column];
+                    let mut units = self.units(*column).unwrap_or_default();
                     for (unit, d) in units.iter_mut().zip(diff) {
                         *unit = unit.wrapping_add(*d);
                     }
-                    self.units[*column] = units;
-                    if let Some(step) = c.step {
-                        self.columns[*column] = WireLayout::dequantize(&c.ty, step, units);
-                    }
+                    self.set_units(layout, *column, units);
                 }
-                ColumnChange::UnitsSet { column, units } => {
-                    let c = &layout.columns[*column];
-                    self.units[*column] = *units;
-                    if let Some(step) = c.step {
-                        self.columns[*column] = WireLayout::dequantize(&c.ty, step, *units);
-                    }
-                }
+                ColumnChange::UnitsSet { column, units } => self.set_units(layout, *column, *units),
             }
         }
         Ok(())
+    }
+
+    /// Sets a quantized column's units and its dequantized value (a column the layout does not
+    /// quantize keeps its value: its changes are sent as values).
+    fn set_units(&mut self, layout: &WireLayout, i: usize, units: Units) {
+        let (Some(slot), Some(column)) = (self.units_slot(i), layout.columns.get(i)) else {
+            return;
+        };
+        if let (Some(held), Some(step)) = (self.units.get_mut(slot), column.step) {
+            *held = units;
+            self.columns[i] = WireLayout::dequantize(&column.ty, step, units);
+        }
     }
 
     /// The row in the exact row format (quantized columns as their dequantized floats): what

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use orrery_row::wire::{RowHandles, WireLayout, WireRecord};
+use orrery_row::wire::{DecodedPayload, HandleRecord, RowHandles, WireLayout, WireRecord};
 use orrery_row::{
     ColumnSchema, ConnectionId, Durability, FieldDesc, Identity, ScheduleAt, TableSchema,
     Timestamp, TypeDesc, Value, VariantDesc, Visibility, decode_row, encode_row,
@@ -266,18 +266,46 @@ proptest! {
         payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..96), 1..4),
     ) {
         let layout = WireLayout::new(&table(columns));
-        // Several payloads through one handle table, as a connection receives them.
+        // Several payloads through one handle table, as a connection receives them; the same
+        // payloads through a second one decoded by handle must agree record for record.
         let mut handles = RowHandles::new(event);
+        let mut by_handle = RowHandles::new(event);
+        let mut decoded = DecodedPayload::default();
         for bytes in payloads {
             let before = format!("{handles:?}");
             let given = handles.given();
-            let Ok(records) = layout.decode_records(&mut handles, &bytes) else {
+            let result = layout.decode_records(&mut handles, &bytes);
+            let by_handle_result = layout.decode_payload(&mut by_handle, &bytes, &mut decoded);
+            prop_assert_eq!(result.is_ok(), by_handle_result.is_ok());
+            prop_assert_eq!(format!("{handles:?}"), format!("{by_handle:?}"));
+            let Ok(records) = result else {
                 // A refused payload leaves the handles as they were.
                 prop_assert_eq!(format!("{handles:?}"), before);
+                prop_assert!(decoded.records().is_empty());
                 continue;
             };
             // Handles grow by at most one per record.
             prop_assert!(handles.given() <= given + records.len());
+            prop_assert_eq!(records.len(), decoded.records().len());
+            for (r, h) in records.iter().zip(decoded.records()) {
+                match (r, h) {
+                    (WireRecord::Upsert { pk, row }, HandleRecord::Upsert { pk: p, row: w, .. }) => {
+                        prop_assert_eq!(pk, p);
+                        prop_assert_eq!(row, w);
+                    }
+                    (
+                        WireRecord::Delta { mask, changes, .. },
+                        HandleRecord::Delta { mask: m, changes: range, .. },
+                    ) => {
+                        prop_assert_eq!(mask, m);
+                        prop_assert_eq!(&changes[..], &decoded.changes()[range.clone()]);
+                    }
+                    (WireRecord::Delete { pk }, HandleRecord::Delete { pk: p, .. }) => {
+                        prop_assert_eq!(pk, p);
+                    }
+                    (r, h) => prop_assert!(false, "{r:?} decoded by handle as {h:?}"),
+                }
+            }
             // Whatever decoded can be applied without panicking.
             let mut held = None;
             for r in records {
