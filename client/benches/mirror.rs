@@ -3,8 +3,9 @@
 //! payloads of 100 records each, with an `on_update` callback that reads old and new velocity
 //! (what the load test's bots register). Three record mixes: position deltas with one turn in
 //! ten (a crowd walking), rebases (a budget-bound crowd refreshed from far behind), and full
-//! upserts (no deltas at all). Each iteration applies one payload and dispatches its changes;
-//! throughput is in records.
+//! upserts (no deltas at all). Each iteration applies one payload, dispatches its changes and
+//! gives them back to the mirror for reuse (`Mirror::recycle`, as the `Client` driver does;
+//! `deltas_not_recycled` drops them instead); throughput is in records.
 //!
 //! Before the measurement, each mix also prints how many heap allocations one record costs,
 //! counted by `stats_alloc`'s instrumented global allocator (a count, so it does not move with the machine).
@@ -195,27 +196,37 @@ fn setup(mix: Mix) -> (Mirror, Callbacks, Vec<Vec<u8>>) {
     (mirror, callbacks, payloads)
 }
 
-fn apply_all(mirror: &mut Mirror, callbacks: &mut Callbacks, payloads: &[Vec<u8>]) {
-    for payload in payloads {
-        let changes = mirror.apply(0, payload).expect("payload");
-        callbacks.dispatch(&changes);
+/// Applies a payload and runs its callbacks, then gives the changes back (`Mirror::recycle`,
+/// as the `Client` driver does) or drops them.
+fn apply(mirror: &mut Mirror, callbacks: &mut Callbacks, payload: &[u8], recycle: bool) -> usize {
+    let changes = mirror.apply(0, payload).expect("payload");
+    callbacks.dispatch(&changes);
+    let n = changes.len();
+    if recycle {
+        mirror.recycle(changes);
     }
+    n
 }
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("mirror");
     group.throughput(Throughput::Elements(RECORDS_PER_PAYLOAD as u64));
-    for (name, mix) in [
-        ("deltas", Mix::Deltas),
-        ("rebases", Mix::Rebases),
-        ("upserts", Mix::Upserts),
+    for (name, mix, recycle) in [
+        ("deltas", Mix::Deltas, true),
+        ("deltas_not_recycled", Mix::Deltas, false),
+        ("rebases", Mix::Rebases, true),
+        ("upserts", Mix::Upserts, true),
     ] {
         let (mut mirror, mut callbacks, payloads) = setup(mix);
         // Payloads can be applied again: deltas move rows further, rebases and upserts
         // set the same values. Warm up once, then count one pass.
-        apply_all(&mut mirror, &mut callbacks, &payloads);
+        for payload in &payloads {
+            apply(&mut mirror, &mut callbacks, payload, recycle);
+        }
         let region = Region::new(GLOBAL);
-        apply_all(&mut mirror, &mut callbacks, &payloads);
+        for payload in &payloads {
+            apply(&mut mirror, &mut callbacks, payload, recycle);
+        }
         let allocations = region.change().allocations;
         eprintln!(
             "mirror/{name}: {:.2} allocations per record ({} bytes per record)",
@@ -225,10 +236,9 @@ fn bench(c: &mut Criterion) {
         let mut next = 0;
         group.bench_function(name, |b| {
             b.iter(|| {
-                let changes = mirror.apply(0, &payloads[next]).expect("payload");
-                callbacks.dispatch(&changes);
+                let n = apply(&mut mirror, &mut callbacks, &payloads[next], recycle);
                 next = (next + 1) % payloads.len();
-                changes.len()
+                n
             })
         });
     }

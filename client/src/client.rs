@@ -23,7 +23,7 @@ use crate::core::{ClientCore, Event};
 use crate::error::{CallError, ClientError};
 use crate::http::ControlPlane;
 use crate::link::{Direction, LinkSim, LinkStats};
-use crate::mirror::{CallbackId, Callbacks, Mirror, MirrorStats, Row};
+use crate::mirror::{CallbackId, Callbacks, Mirror, MirrorChange, MirrorStats, Row};
 
 /// How [`Client::connect`] connects and how the client behaves.
 #[derive(Clone, Debug)]
@@ -621,6 +621,9 @@ async fn drive(
     let mut stopping = false;
     let mut ready = Vec::new();
     let mut outgoing = Vec::new();
+    // Change lists whose callbacks ran and that no `events()` receiver took: the mirror
+    // reuses their old rows (`Mirror::recycle`).
+    let mut spent: Vec<Vec<MirrorChange>> = Vec::new();
     loop {
         // With a simulated link, also wake when its next held datagram is due.
         let link_wait = link
@@ -646,6 +649,9 @@ async fn drive(
         let mut events = Vec::new();
         {
             let mut core = lock(&shared.core);
+            for changes in spent.drain(..) {
+                core.mirror_mut().recycle(changes);
+            }
             if stopping && !matches!(core.state(), orrery_netcode::ClientState::Disconnected(_)) {
                 core.disconnect();
             }
@@ -684,7 +690,11 @@ async fn drive(
         for event in events {
             closed |= matches!(event, Event::Disconnected { .. });
             shared.handle(&event);
-            let _ = shared.events.send(event);
+            if let Err(broadcast::error::SendError(Event::TableUpdate { changes, .. })) =
+                shared.events.send(event)
+            {
+                spent.push(changes);
+            }
         }
         if closed {
             if let Some(link) = &mut link {

@@ -180,7 +180,14 @@ struct MirrorTable {
     by_handle: Vec<Option<Arc<RowData>>>,
     by_pk: BTreeMap<Arc<[u8]>, u32>,
     handles: RowHandles,
+    /// Old versions given back by [`Mirror::recycle`] that nobody else holds: the next
+    /// updates copy into them instead of allocating.
+    spare: Vec<Arc<RowData>>,
 }
+
+/// Spare rows kept per table: enough for a payload's updates, without holding on to memory a
+/// burst once needed.
+const MAX_SPARE_ROWS: usize = 128;
 
 impl MirrorTable {
     fn new(table: &TableSchema) -> Self {
@@ -192,6 +199,29 @@ impl MirrorTable {
             by_handle: Vec::new(),
             by_pk: BTreeMap::new(),
             handles: RowHandles::new(table.event),
+            spare: Vec::new(),
+        }
+    }
+
+    /// A copy of `current` to change: a spare row overwritten in place if there is one.
+    fn copy_of(spare: &mut Vec<Arc<RowData>>, current: &RowData) -> Arc<RowData> {
+        while let Some(mut row) = spare.pop() {
+            if let Some(data) = Arc::get_mut(&mut row) {
+                data.pk.clone_from(&current.pk);
+                data.wire.clone_from(&current.wire);
+                return row;
+            }
+        }
+        Arc::new(RowData {
+            pk: current.pk.clone(),
+            wire: current.wire.clone(),
+        })
+    }
+
+    fn keep_spare(&mut self, row: Row) {
+        let mut data = row.data;
+        if self.spare.len() < MAX_SPARE_ROWS && Arc::get_mut(&mut data).is_some() {
+            self.spare.push(data);
         }
     }
 
@@ -253,6 +283,7 @@ impl MirrorTable {
     fn clear(&mut self) {
         self.by_handle.clear();
         self.by_pk.clear();
+        self.spare.clear();
         self.handles = RowHandles::new(self.info.schema.event);
     }
 }
@@ -267,6 +298,8 @@ pub struct Mirror {
     stats: MirrorStats,
     /// Reused by every payload, so decoding stops allocating once it has grown.
     decoded: DecodedPayload,
+    /// A change list given back by [`Mirror::recycle`], for the next payload.
+    spare_changes: Vec<MirrorChange>,
 }
 
 impl Mirror {
@@ -292,6 +325,7 @@ impl Mirror {
             by_name,
             stats: MirrorStats::default(),
             decoded: DecodedPayload::default(),
+            spare_changes: Vec::new(),
         }
     }
 
@@ -350,7 +384,8 @@ impl Mirror {
         self.stats.bytes += payload.len() as u64;
         let event = table.info.schema.event;
         let (records, column_changes) = self.decoded.drain();
-        let mut changes = Vec::with_capacity(records.len());
+        let mut changes = std::mem::take(&mut self.spare_changes);
+        changes.reserve(records.len());
         for record in records {
             match record {
                 HandleRecord::Upsert { handle, pk, row } => {
@@ -389,18 +424,18 @@ impl Mirror {
                         );
                         continue;
                     };
-                    let mut wire = slot.wire.clone();
+                    let mut new = MirrorTable::copy_of(&mut table.spare, slot);
                     let delta = column_changes.get(range).unwrap_or_default();
-                    if let Err(error) = wire.apply_delta(&table.info.layout, delta) {
+                    let applied = match Arc::get_mut(&mut new) {
+                        Some(data) => data.wire.apply_delta(&table.info.layout, delta),
+                        None => Ok(()), // unreachable: `copy_of` returns a row no one shares
+                    };
+                    if let Err(error) = applied {
                         self.stats.skipped_records += 1;
                         tracing::warn!(table = table.info.schema.name, %error, "delta skipped");
                         continue;
                     }
                     self.stats.deltas += 1;
-                    let new = Arc::new(RowData {
-                        pk: slot.pk.clone(),
-                        wire,
-                    });
                     let old = std::mem::replace(slot, new.clone());
                     changes.push(MirrorChange::Update {
                         old: table.snapshot(old),
@@ -433,6 +468,32 @@ impl Mirror {
             }
         }
         Ok(changes)
+    }
+
+    /// Gives back changes returned by [`Mirror::apply`] once their callbacks ran: the
+    /// replaced and removed rows no one else holds (a [`Row`] kept by a callback stays valid)
+    /// become spare rows that later updates overwrite instead of allocating, so a mirror
+    /// following a moving crowd stops allocating per delta. Optional: changes simply dropped
+    /// cost an allocation per update instead.
+    pub fn recycle(&mut self, mut changes: Vec<MirrorChange>) {
+        for change in changes.drain(..) {
+            let old = match change {
+                MirrorChange::Update { old, new } => {
+                    drop(new);
+                    old
+                }
+                MirrorChange::Delete(old) => old,
+                MirrorChange::Insert(_) => continue,
+            };
+            if let Some(&index) = self.by_id.get(&old.table_id())
+                && Arc::ptr_eq(&self.tables[index].info, &old.table)
+            {
+                self.tables[index].keep_spare(old);
+            }
+        }
+        if changes.capacity() > self.spare_changes.capacity() {
+            self.spare_changes = changes;
+        }
     }
 
     /// Rows held for the table named `table`.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use orrery_client::row::wire::{EVENT_HANDLE, WireLayout};
-use orrery_client::row::{Value, encode_row};
+use orrery_client::row::{TypeDesc, Value, encode_row};
 use orrery_client::{Callbacks, Mirror, MirrorChange, MirrorError};
 use serde_json::json;
 use support::{HIT, NPC, schema};
@@ -193,6 +193,62 @@ fn upserts_deltas_and_deletes_drive_changes_and_callbacks() {
         (s.upserts, s.deltas, s.deletes, s.skipped_records),
         (3, 2, 1, 0)
     );
+}
+
+#[test]
+fn recycled_rows_are_overwritten_only_when_no_one_holds_them() {
+    let mut mirror = Mirror::new(schema());
+    let mut e = Enc::new(NPC);
+    let mut a = npc(1, "a", [0.0, 0.0], 100);
+    let mut b = npc(2, "a much longer name than the other", [5.0, 5.0], 100);
+    let mut payload = e.upsert(&a);
+    payload.extend(e.upsert(&b));
+    let changes = mirror.apply(NPC, &payload).unwrap();
+    mirror.recycle(changes);
+    // A row a callback kept: its snapshot must survive every later recycling.
+    let mut kept = None;
+    for step in 0..20 {
+        // The two rows take turns, so a spare from one row is reused for the other.
+        let (row, other) = if step % 2 == 0 {
+            (&mut a, &b)
+        } else {
+            (&mut b, &a)
+        };
+        let next = {
+            let mut next = row.clone();
+            next[3] = Value::Signed(99 - step);
+            next[2] = Value::Vec2([step as f32, 1.0].into());
+            next
+        };
+        let changes = mirror.apply(NPC, &e.delta(row, &next)).unwrap();
+        *row = next;
+        let [MirrorChange::Update { old, new }] = &changes[..] else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(new.values(), &row[..]);
+        assert_eq!(
+            old.get("hp"),
+            Some(&Value::Signed(if step < 2 { 100 } else { 101 - step }))
+        );
+        if step == 4 {
+            kept = Some(old.clone());
+        }
+        mirror.recycle(changes);
+        for held in [&*row, other] {
+            let id = held[0].as_u64().unwrap();
+            let got = mirror.find_row("npc", &json!(id)).unwrap().unwrap();
+            assert_eq!(got.values(), &held[..]);
+            assert_eq!(
+                got.pk_bytes(),
+                &held[0].to_bytes(&TypeDesc::U64).unwrap()[..]
+            );
+        }
+    }
+    let kept = kept.unwrap();
+    assert_eq!(kept.get("id"), Some(&Value::Unsigned(1)));
+    assert_eq!(kept.get("hp"), Some(&Value::Signed(97)));
+    assert_eq!(kept.get("name"), Some(&Value::String("a".into())));
+    assert_eq!(mirror.count("npc").unwrap(), 2);
 }
 
 #[test]

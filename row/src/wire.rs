@@ -111,7 +111,7 @@ pub struct WireLayout {
 
 /// A row as a client holds it: each column decoded (quantized columns dequantized), plus the
 /// quantized units the next delta is relative to.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct WireRow {
     /// Column values in declaration order.
     pub columns: Vec<Value>,
@@ -815,6 +815,32 @@ fn read_units(ty: &TypeDesc, step: f32, input: &mut &[u8]) -> Result<Units, RowD
         _ => {}
     }
     Ok(units)
+}
+
+impl Clone for WireRow {
+    fn clone(&self) -> Self {
+        WireRow {
+            columns: self.columns.clone(),
+            quantized: self.quantized,
+            units: self.units.clone(),
+        }
+    }
+
+    /// Copies `source` into this row's buffers: strings and the column list keep their
+    /// allocations when they are large enough (a client copying rows into spare ones).
+    fn clone_from(&mut self, source: &Self) {
+        self.columns.truncate(source.columns.len());
+        let held = self.columns.len();
+        for (mine, theirs) in self.columns.iter_mut().zip(&source.columns) {
+            match (mine, theirs) {
+                (Value::String(mine), Value::String(theirs)) => mine.clone_from(theirs),
+                (mine, theirs) => *mine = theirs.clone(),
+            }
+        }
+        self.columns.extend_from_slice(&source.columns[held..]);
+        self.quantized = source.quantized;
+        self.units.clone_from(&source.units);
+    }
 }
 
 impl WireRow {

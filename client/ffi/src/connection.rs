@@ -199,7 +199,7 @@ impl OwnedEvent {
 }
 
 /// Flattens one client event into C events (one per row change) at the back of `out`.
-fn flatten(event: Event, out: &mut VecDeque<OwnedEvent>) {
+fn flatten(event: Event, out: &mut VecDeque<OwnedEvent>) -> Option<Vec<MirrorChange>> {
     use OrreryEventKind as K;
     match event {
         Event::Connected {
@@ -247,18 +247,21 @@ fn flatten(event: Event, out: &mut VecDeque<OwnedEvent>) {
             ..OwnedEvent::new(K::UpdateRejected)
         }),
         Event::TableUpdate { tick, changes, .. } => {
-            for change in changes {
+            for change in &changes {
                 out.push_back(match change {
-                    MirrorChange::Insert(row) => OwnedEvent::row(K::RowInsert, tick, &row),
-                    MirrorChange::Delete(row) => OwnedEvent::row(K::RowDelete, tick, &row),
+                    MirrorChange::Insert(row) => OwnedEvent::row(K::RowInsert, tick, row),
+                    MirrorChange::Delete(row) => OwnedEvent::row(K::RowDelete, tick, row),
                     MirrorChange::Update { old, new } => OwnedEvent {
                         old_row: old.to_bytes(),
-                        ..OwnedEvent::row(K::RowUpdate, tick, &new)
+                        ..OwnedEvent::row(K::RowUpdate, tick, new)
                     },
                 });
             }
+            // Copied out: the mirror may reuse the old rows.
+            return Some(changes);
         }
     }
+    None
 }
 
 /// A client connection (see the module docs).
@@ -352,7 +355,9 @@ impl Connection {
         self.core.update(now);
         self.flush()?;
         while let Some(event) = self.core.poll_event() {
-            flatten(event, &mut self.queue);
+            if let Some(changes) = flatten(event, &mut self.queue) {
+                self.core.mirror_mut().recycle(changes);
+            }
         }
         Ok(self.queue.len())
     }
@@ -428,7 +433,9 @@ impl Connection {
         self.core.disconnect();
         self.flush()?;
         while let Some(event) = self.core.poll_event() {
-            flatten(event, &mut self.queue);
+            if let Some(changes) = flatten(event, &mut self.queue) {
+                self.core.mirror_mut().recycle(changes);
+            }
         }
         Ok(())
     }
