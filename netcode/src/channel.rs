@@ -306,6 +306,11 @@ impl Link {
             .saturating_sub(self.conn.channel_available_memory(RELIABLE))
     }
 
+    /// Reliable message bytes sent again (resends) since the link began.
+    pub(crate) fn resent_bytes(&self) -> u64 {
+        self.conn.resent_bytes()
+    }
+
     /// The configured backlog limit.
     pub(crate) fn backlog_limit(&self) -> usize {
         self.limits.send_backlog
@@ -690,5 +695,34 @@ mod tests {
             MAX_RESEND_BACKOFF >= limits().resend * 8,
             "the test backs off at least 3 times"
         );
+    }
+
+    /// Resent bytes count each message byte sent again, and nothing sent once.
+    #[test]
+    fn resent_bytes_count_what_was_sent_again() {
+        let (mut a, mut b) = (Link::new(limits()), Link::new(limits()));
+        for _ in 0..10 {
+            a.send_reliable(Bytes::from(vec![7u8; 100])).unwrap();
+        }
+        assert!(!a.bundles(1300).is_empty());
+        assert_eq!(a.resent_bytes(), 0, "a first send is not a resend");
+        // No acknowledgement within the resend interval: everything goes again, once.
+        a.update(limits().resend).unwrap();
+        let again = a.bundles(1300);
+        assert_eq!(a.resent_bytes(), 1_000);
+        for bundle in &again {
+            b.process_bundle(bundle).unwrap();
+        }
+        b.update(limits().ack_delay).unwrap();
+        for bundle in b.bundles(1300) {
+            a.process_bundle(&bundle).unwrap();
+        }
+        // Acknowledged: nothing more is resent.
+        for _ in 0..5 {
+            a.update(limits().resend).unwrap();
+            let _ = a.bundles(1300);
+        }
+        assert_eq!(a.resent_bytes(), 1_000);
+        assert_eq!(a.backlog(), 0);
     }
 }

@@ -171,6 +171,8 @@ pub struct ClientStats {
     pub messages_out: u64,
     /// Unacknowledged reliable bytes.
     pub backlog_bytes: usize,
+    /// Reliable message bytes sent again (resends).
+    pub resent_bytes: u64,
     /// Round-trip time estimate.
     pub rtt: Duration,
     /// How long an unacknowledged reliable packet waits before it is sent again (follows
@@ -247,6 +249,8 @@ struct Conn {
     state: ConnState,
     link: Link,
     stats: ClientStats,
+    /// The link's resent bytes last reported by [`ServerSession::drain_resent`].
+    resent_reported: u64,
 }
 
 #[derive(Debug)]
@@ -280,6 +284,8 @@ pub struct ServerSession {
     denied_sequence: u64,
     events: VecDeque<ServerEvent>,
     transmits: Vec<Transmit>,
+    /// Bytes each connection resent since the last [`ServerSession::drain_resent`].
+    resent: Vec<(ConnectionId, u64)>,
     scratch: Vec<u8>,
     out: Vec<u8>,
     stats: ServerStats,
@@ -315,6 +321,7 @@ impl ServerSession {
             denied_sequence: 1 << 62,
             events: VecDeque::new(),
             transmits: Vec::new(),
+            resent: Vec::new(),
             scratch: Vec::with_capacity(MAX_PACKET_BYTES),
             out: Vec::with_capacity(MAX_PACKET_BYTES),
             stats: ServerStats::default(),
@@ -785,6 +792,7 @@ impl ServerSession {
             state: ConnState::AwaitHello { since: now },
             link: Link::new(limits),
             stats: ClientStats::default(),
+            resent_reported: 0,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -987,6 +995,11 @@ impl ServerSession {
             let Some(conn) = self.slots[slot].as_mut() else {
                 continue;
             };
+            let resent = conn.link.resent_bytes();
+            if resent > conn.resent_reported {
+                self.resent.push((conn.id, resent - conn.resent_reported));
+                conn.resent_reported = resent;
+            }
             if conn.stats.datagrams_out == before && keepalive_due {
                 let ka = Packet::KeepAlive {
                     client_index: slot as u32,
@@ -1000,6 +1013,14 @@ impl ServerSession {
     /// Moves the datagrams to send into `out` (appending).
     pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
         out.append(&mut self.transmits);
+    }
+
+    /// Moves into `out` (appending) the reliable message bytes each connection sent again
+    /// since the last call, one entry per connection that resent anything: what a sender with
+    /// a per-client bandwidth budget charges to it, so a lossy or slow client's downstream
+    /// stays within its budget resends included.
+    pub fn drain_resent(&mut self, out: &mut Vec<(ConnectionId, u64)>) {
+        out.append(&mut self.resent);
     }
 
     /// The next event, if any.
@@ -1121,6 +1142,7 @@ impl ServerSession {
         let conn = self.slots.get(*self.by_id.get(&client.0)?)?.as_ref()?;
         let mut s = conn.stats.clone();
         s.backlog_bytes = conn.link.backlog();
+        s.resent_bytes = conn.link.resent_bytes();
         s.rtt = Duration::from_secs_f64(conn.link.rtt().clamp(0.0, 3600.0));
         s.resend = conn.link.resend_interval();
         s.packet_loss = conn.link.packet_loss();

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub netcode_rejections: AtomicU64,
     /// Clients disconnected because their reliable backlog was full.
     pub backlog_disconnects: AtomicU64,
+    /// Reliable message bytes sent again (resends), charged to their clients' budgets.
+    pub resent_bytes: AtomicU64,
     /// Subscriptions applied.
     pub subscriptions_applied: AtomicU64,
     /// Subscriptions refused.
@@ -151,6 +153,7 @@ impl Metrics {
             connections_refused: z(),
             netcode_rejections: z(),
             backlog_disconnects: z(),
+            resent_bytes: z(),
             subscriptions_applied: z(),
             subscription_errors: z(),
             subscriptions_active: z(),
@@ -439,6 +442,12 @@ impl Metrics {
             "counter",
             "Clients disconnected because their reliable backlog was full.",
             &[("", g(&self.backlog_disconnects))],
+        );
+        metric(
+            "orrery_resent_bytes_total",
+            "counter",
+            "Reliable message bytes sent again (resends), charged to their clients' budgets.",
+            &[("", g(&self.resent_bytes))],
         );
         metric(
             "orrery_subscriptions_total",

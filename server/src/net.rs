@@ -42,6 +42,14 @@ pub enum NetEvent {
         /// Why.
         reason: DisconnectReason,
     },
+    /// The session resent reliable bytes to a client (charged to its publish budget, so a
+    /// lossy or lagging client's downstream stays within the budget, resends included).
+    Resent {
+        /// The connection.
+        client: ConnectionId,
+        /// Message bytes sent again since the last report.
+        bytes: u64,
+    },
 }
 
 /// Something the tick side wants done on the network.
@@ -108,8 +116,15 @@ pub fn session_config(
     c
 }
 
-/// Moves the session's events into `out` (and counts backlog disconnects).
+/// Moves the session's events into `out`, then its resend reports (and counts backlog
+/// disconnects and resent bytes).
 pub fn drain_events(session: &mut ServerSession, out: &mut Vec<NetEvent>, metrics: &Metrics) {
+    let mut resent = Vec::new();
+    session.drain_resent(&mut resent);
+    for (client, bytes) in resent {
+        metrics.resent_bytes.fetch_add(bytes, Relaxed);
+        out.push(NetEvent::Resent { client, bytes });
+    }
     while let Some(event) = session.poll_event() {
         match event {
             ServerEvent::Connected {

@@ -185,6 +185,9 @@ pub struct TickCore {
     holding: BTreeSet<ConnectionId>,
     /// Clients that became ready with deferred messages.
     undeferred: Vec<ConnectionId>,
+    /// Resent bytes reported by the network since the last publish, per client, charged to
+    /// its budget with the tick's replies.
+    resent_charges: Vec<(ConnectionId, u32)>,
     subscription_messages: Vec<(ConnectionId, ClientMessage)>,
     http_pending: FxHashMap<u64, oneshot::Sender<CallOutcome>>,
     /// Reads answered after this tick's publish phase.
@@ -286,6 +289,7 @@ impl TickCore {
             clients: BTreeMap::new(),
             holding: BTreeSet::new(),
             undeferred: Vec::new(),
+            resent_charges: Vec::new(),
             subscription_messages: Vec::new(),
             http_pending: FxHashMap::default(),
             sql_reads: Vec::new(),
@@ -511,6 +515,7 @@ impl TickCore {
         }
         self.release_held(&mut replies);
 
+        let mut resent = std::mem::take(&mut self.resent_charges);
         let publisher = self.publisher_mut();
         // The replies go to the same clients as the updates: their bytes come out of the same
         // budget, which then bounds each client's whole downstream.
@@ -518,6 +523,11 @@ impl TickCore {
             if let NetCommand::Send { client, msg } = command {
                 publisher.charge(*client, wire_estimate(msg));
             }
+        }
+        // So do resends: a lossy or lagging client's budget bounds what it is sent, resends
+        // included, instead of resends coming on top of a full budget.
+        for (client, bytes) in resent.drain(..) {
+            publisher.charge(client, bytes);
         }
         publisher.apply(&step.changes);
         for (connection, point) in step.focus {
@@ -581,7 +591,7 @@ impl TickCore {
     fn input_meets_publish(&self, events: &[NetEvent]) -> bool {
         !self.undeferred.is_empty()
             || events.iter().any(|event| match event {
-                NetEvent::Connected { .. } => false,
+                NetEvent::Connected { .. } | NetEvent::Resent { .. } => false,
                 NetEvent::Disconnected { .. } => true,
                 NetEvent::Message { client, msg } => {
                     matches!(msg, ClientMessage::ConfirmedReads { .. })
@@ -725,6 +735,14 @@ impl TickCore {
                 self.drop_client(client);
                 self.metrics.disconnects.fetch_add(1, Relaxed);
                 self.engine.enqueue(Input::Disconnect { caller });
+            }
+            NetEvent::Resent { client, bytes } => {
+                // Charged with the tick's replies: the publisher may be busy with the
+                // pipelined publish now.
+                if self.clients.contains_key(&client) {
+                    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+                    self.resent_charges.push((client, bytes));
+                }
             }
         }
     }

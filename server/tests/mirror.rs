@@ -385,6 +385,9 @@ struct Peer {
     refused: Vec<(u32, &'static str)>,
     /// Where the walker is (the focus once the walk has run).
     at: [f32; 2],
+    /// A stalled client's process does not run: what arrives waits in its socket.
+    stalled: bool,
+    waiting: Vec<(Duration, SocketAddr, Vec<u8>)>,
 }
 
 struct World {
@@ -459,6 +462,8 @@ impl World {
                 tally: Tally::default(),
                 refused: Vec::new(),
                 at: [0.0, 0.0],
+                stalled: false,
+                waiting: Vec::new(),
             });
         }
         world
@@ -479,7 +484,12 @@ impl World {
             if to == self.server_addr {
                 self.core.handle_datagram(at, from, &bytes);
             } else if let Some(&i) = self.by_addr.get(&to) {
-                self.peers[i].core.handle_datagram(at, from, &bytes);
+                let peer = &mut self.peers[i];
+                if peer.stalled {
+                    peer.waiting.push((at, from, bytes));
+                } else {
+                    peer.core.handle_datagram(at, from, &bytes);
+                }
             }
         }
         self.now = until;
@@ -491,6 +501,12 @@ impl World {
                 .send(self.now, self.server_addr, t, &self.conditions);
         }
         for p in &mut self.peers {
+            if p.stalled {
+                continue;
+            }
+            for (at, from, bytes) in p.waiting.drain(..) {
+                p.core.handle_datagram(at, from, &bytes);
+            }
             p.core.update(self.now);
             while let Some(event) = p.core.poll_event() {
                 record(&mut p.tally, event);
@@ -1263,4 +1279,85 @@ fn a_refused_unsubscribe_does_not_leave_an_orphan_subscription() {
         listed || problems.is_empty(),
         "the client holds no subscription yet receives rows: {problems:#?}"
     );
+}
+
+/// A stalled client's resends come out of its publish budget. A watcher whose 2 KiB/s cannot
+/// carry the NPCs moving in its view stops running for 4 s (a starved process: it neither
+/// reads nor acknowledges). The server resends what it holds unacknowledged (backing off),
+/// and charges those bytes to the watcher's budget, so it stops queueing new updates on top:
+/// what it sent in the stall stays near the budget, where before the resends came on top of a
+/// full budget (measured on this test: 2.6× the budget before, 1.08× with the charge), and
+/// the watcher, once back, converges.
+#[test]
+fn a_stalled_clients_resends_come_out_of_its_budget() {
+    const BUDGET: u32 = 2048;
+    const NPCS: u64 = 40;
+    const STALL: u32 = 4;
+    let mut world = World::new(41, 2, LinkConditions::PERFECT, |c| {
+        c.publish.budget_bytes_per_second = BUDGET;
+        c.rate_limit.calls_per_second = 100_000.0;
+        c.rate_limit.burst = 100_000;
+    });
+    assert!(world.run_until(Duration::from_secs(10), |w| {
+        w.peers.iter().all(|p| p.core.is_connected())
+    }));
+    let (driver, watcher) = (0, 1);
+    for id in 0..NPCS {
+        world.call(driver, "npc_put", json!([id, id as f32, 0.0, 10]));
+    }
+    world.peers[watcher]
+        .core
+        .subscribe("SELECT * FROM npc")
+        .expect("subscribe");
+    assert!(world.run_until(Duration::from_secs(10), |w| w.calls_answered()));
+
+    let watcher_id = orrery_netcode::ConnectionId(watcher as u64 + 1);
+    let sent = |w: &World| {
+        let stats = w.core.session().client_stats(watcher_id).expect("watcher");
+        (stats.bytes_out, stats.resent_bytes)
+    };
+    let step = std::cell::Cell::new(0u32);
+    let at = |id: u64, step: u32| [id as f32 + (step % 50) as f32 * 0.5, step as f32 * 0.1];
+    let walk = |w: &mut World, seconds: u32| {
+        for _ in 0..seconds * 20 {
+            step.set(step.get() + 1);
+            for id in 0..NPCS {
+                let [x, y] = at(id, step.get());
+                w.call(driver, "npc_move", json!([id, x, y]));
+            }
+            w.step(Duration::from_millis(50));
+        }
+    };
+    // Until the budget binds, then the stall.
+    walk(&mut world, 3);
+    let (bytes_before, resent_before) = sent(&world);
+    world.peers[watcher].stalled = true;
+    walk(&mut world, STALL);
+    world.peers[watcher].stalled = false;
+    let (bytes_after, resent_after) = sent(&world);
+    let per_second = (bytes_after - bytes_before) as f64 / f64::from(STALL);
+    let resent = resent_after - resent_before;
+    assert!(
+        resent > u64::from(BUDGET),
+        "the stall made the server resend ({resent} bytes)"
+    );
+    assert!(
+        per_second <= 1.5 * f64::from(BUDGET),
+        "{per_second:.0} bytes/s sent to a stalled {BUDGET} bytes/s client, {resent} of them resent"
+    );
+    // Back: the watcher converges on the NPCs' last positions.
+    assert!(world.run_until(Duration::from_secs(30), |w| w.quiet()));
+    let mirror = world.peers[watcher].core.mirror();
+    assert_eq!(mirror.count("npc").unwrap(), NPCS as usize);
+    for id in 0..NPCS {
+        let row = mirror.find_row("npc", &json!(id)).unwrap().unwrap();
+        let Some(Value::Vec2(pos)) = row.get("pos") else {
+            panic!("npc {id}: {row:?}");
+        };
+        let want = at(id, step.get());
+        assert!(
+            (pos.x - want[0]).abs() <= 0.01 && (pos.y - want[1]).abs() <= 0.01,
+            "npc {id} at {pos:?}, expected {want:?}"
+        );
+    }
 }

@@ -359,6 +359,12 @@ impl RenetClient {
         }
     }
 
+    /// Orrery patch: message bytes the reliable channels have sent again (resends) since the
+    /// connection began, so the caller can count them against the peer's bandwidth budget.
+    pub fn resent_bytes(&self) -> u64 {
+        self.send_reliable_channels.values().map(|c| c.resent_bytes()).sum()
+    }
+
     /// Advances the client by the duration.
     /// Should be called every tick
     pub fn update(&mut self, duration: Duration) {

@@ -55,6 +55,9 @@ pub struct SendChannelReliable {
     // Orrery patch: an acknowledgement arrived since the last send, so the peer is back and
     // the backoff starts over (as TCP's does on an ack of new data).
     backoff_reset: bool,
+    // Orrery patch: message bytes sent again (resends), so the sender can count them against
+    // the peer's bandwidth budget.
+    resent_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -99,6 +102,11 @@ impl SendChannelReliable {
         self.resend_time = resend_time;
     }
 
+    /// Orrery patch: message bytes this channel has sent again (resends) since it was made.
+    pub fn resent_bytes(&self) -> u64 {
+        self.resent_bytes
+    }
+
     pub fn new(channel_id: u8, resend_time: Duration, max_memory_usage_bytes: usize) -> Self {
         Self {
             channel_id,
@@ -108,6 +116,7 @@ impl SendChannelReliable {
             max_memory_usage_bytes,
             memory_usage_bytes: 0,
             backoff_reset: false,
+            resent_bytes: 0,
         }
     }
 
@@ -145,6 +154,7 @@ impl SendChannelReliable {
                         if current_time - *last_sent < resend_wait(self.resend_time, *sends) {
                             continue;
                         }
+                        self.resent_bytes += message.len() as u64;
                     }
 
                     *available_bytes -= message.len() as u64;
@@ -192,16 +202,19 @@ impl SendChannelReliable {
                             continue;
                         }
 
-                        if let Some(last_sent) = last_sent[i] {
-                            if current_time - last_sent < resend_wait(self.resend_time, sends[i]) {
-                                continue;
-                            }
-                        }
+                        let resend = match last_sent[i] {
+                            Some(last_sent) if current_time - last_sent < resend_wait(self.resend_time, sends[i]) => continue,
+                            Some(_) => true,
+                            None => false,
+                        };
 
                         let start = i * SLICE_SIZE;
                         let end = if i == *num_slices - 1 { message.len() } else { (i + 1) * SLICE_SIZE };
 
                         let payload = message.slice(start..end);
+                        if resend {
+                            self.resent_bytes += payload.len() as u64;
+                        }
                         *available_bytes -= payload.len() as u64;
 
                         let slice = Slice {
