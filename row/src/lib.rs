@@ -11,9 +11,9 @@
 //! and decodes reducer arguments with it; the publisher builds wire records with it; the Rust
 //! client, the FFI and the CLI decode them with it.
 //!
-//! Dependency rule: this crate is a leaf. It depends on serde, serde_json, glam and thiserror
-//! only, never on the engine, bevy, netcode, tokio or any I/O, so a client can use it without
-//! pulling in the server (see `docs/architecture.md`; `tests/tests/layering.rs` checks it).
+//! Dependency rule: this crate is a leaf. It depends on serde, serde_json, glam, smallvec and
+//! thiserror only, never on the engine, bevy, netcode, tokio or any I/O, so a client can use it
+//! without pulling in the server (see `docs/architecture.md`; `tests/tests/layering.rs` checks it).
 //!
 //! Every decoder takes hostile input: it returns a [`RowDecodeError`], never panics, and
 //! never allocates more than the input could describe.

@@ -59,9 +59,10 @@ const BIN_ONLY: &str = "mimalloc tracy-client clap";
 /// What no client-side crate may reach (client, FFI, CLI, load test, profiler).
 const NOT_CLIENT: &str = "orrery-engine orrery-subscription orrery-server bevy_ecs sqlparser";
 /// Everything `orrery-row` may reach: serde, serde_json, glam, thiserror and what they pull in
-/// today. Grow it deliberately: every client links this crate.
+/// today, and smallvec (no dependencies; a client's row keeps its quantized units inline with
+/// it). Grow it deliberately: every client links this crate.
 const ROW_ALLOWED: &str = "serde serde_core serde_derive serde_json glam thiserror \
-    thiserror-impl proc-macro2 quote syn unicode-ident itoa memchr ryu zmij";
+    thiserror-impl proc-macro2 quote syn unicode-ident itoa memchr ryu zmij smallvec";
 const MACROS_ALLOWED: &str = "proc-macro2 quote syn unicode-ident";
 const ENGINE_FORBIDDEN: &str = "orrery-netcode orrery-server orrery-client orrery-subscription \
     tokio axum hyper sqlparser renet";
