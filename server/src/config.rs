@@ -378,6 +378,11 @@ pub struct ServerArgs {
     /// that changed since its version (fewer, larger records).
     #[arg(long)]
     pub no_rebase: bool,
+    /// Publish a client the budget cannot keep up with once it has banked this many bytes,
+    /// and only the row its focus follows in the ticks between (0: every tick). Ranks a
+    /// crowd's queues less often, for news later by up to the ticks waited.
+    #[arg(long, default_value_t = 0)]
+    pub bound_flush_bytes: u32,
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
@@ -467,6 +472,7 @@ impl ServerArgs {
                 budget_bytes_per_second: self.publish_budget,
                 news_urgency: self.news_urgency,
                 rebase: !self.no_rebase,
+                bound_flush_bytes: self.bound_flush_bytes,
                 workers: self.publish_workers,
                 pipeline: self.pipeline_publish,
                 ..defaults.publish.clone()

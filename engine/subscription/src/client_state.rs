@@ -35,6 +35,10 @@ pub(crate) struct ClientState {
     pub(crate) identity: Identity,
     pub(crate) focus: Option<Vec3>,
     pub(crate) budget: f64,
+    /// The budget did not cover the queue at the last full flush.
+    pub(crate) bound: bool,
+    /// (table, slot) of the row the focus followed at the last full flush.
+    pub(crate) focus_row: Option<(u32, u32)>,
     pub(crate) subs: Vec<Sub>,
     /// Views by table id.
     pub(crate) views: Vec<View>,

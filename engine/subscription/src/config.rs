@@ -28,6 +28,13 @@ pub struct PublishConfig {
     /// budget-bound crowd costs a full row per refresh, about eight times the bytes for an
     /// identity-keyed avatar, but its clients decode fewer records.
     pub rebase: bool,
+    /// A client the budget could not keep up with at its last publish is published again
+    /// once it has banked this many bytes (capped by `max_banked`), and only the row its
+    /// focus follows goes out in the ticks between. Ranking a budget-bound client's queue (its
+    /// whole crowd) is most of a crowded publish; this ranks it once per so many bytes instead
+    /// of every tick, in fuller datagrams, but a turn or a hit in its view may wait as many
+    /// ticks. Default 0: every tick.
+    pub bound_flush_bytes: u32,
     /// Most budget a client can bank while it has nothing to send.
     pub max_banked: Duration,
     /// Hysteresis margin for `within(..)`: a row enters a view within `radius` and leaves it
@@ -62,6 +69,7 @@ impl Default for PublishConfig {
             wire_overhead_bytes: 40,
             news_urgency: 16.0,
             rebase: true,
+            bound_flush_bytes: 0,
             max_banked: Duration::from_millis(250),
             hysteresis: 5.0,
             max_message_bytes: 1024,

@@ -55,6 +55,8 @@ pub(crate) struct Flush<'a> {
     pub(crate) news_urgency: f32,
     /// `PublishConfig::rebase`.
     pub(crate) rebase: bool,
+    /// `PublishConfig::bound_flush_bytes`, at most what a client can bank.
+    pub(crate) bound_flush: f64,
     /// Records and bytes handed out.
     pub(crate) counters: &'a mut SentCounters,
     /// Buffers reused across clients.
@@ -87,6 +89,7 @@ impl Flush<'_> {
             wire_overhead,
             news_urgency,
             rebase,
+            bound_flush,
             counters,
             scratch,
             release,
@@ -99,6 +102,23 @@ impl Flush<'_> {
         }
         let candidates = &mut scratch.candidates;
         candidates.clear();
+        // A client the budget cannot keep up with banks a message's worth before its queue is
+        // ranked again; until then only the row its focus follows goes out.
+        let focus_only = client.bound && client.budget < *bound_flush;
+        if focus_only {
+            let Some((table, slot)) = client.focus_row else {
+                return;
+            };
+            let Some(view) = client.views.get(table as usize) else {
+                return;
+            };
+            match view.find(slot) {
+                Ok(position) if view.entries[position].1.dirty != Dirty::Clean => {
+                    candidates.push((rank(f32::MAX), table, slot, position as u32));
+                }
+                _ => return,
+            }
+        }
         // Per table, the bits of the client's spatial subscriptions: only their rows have a
         // distance (rows of other subscriptions carry 0).
         let spatial = &mut scratch.spatial_bits;
@@ -114,6 +134,7 @@ impl Flush<'_> {
         // A cheap estimate of what sending everything would cost (each entry's last record size);
         // when the budget covers it, the queue goes out in its (deterministic) order unranked.
         let mut estimate = 0f64;
+        let mut focus_row = None;
         let mut consider = |table: u32, slot: u32, position: usize, e: &ViewEntry| {
             if e.dirty == Dirty::Clean {
                 return;
@@ -124,6 +145,7 @@ impl Flush<'_> {
             let at_focus = e.distance < FOCUS_ROW_RADIUS
                 && e.mask & spatial.get(table as usize).copied().unwrap_or(0) != 0;
             let score = if at_focus {
+                focus_row = Some((table, slot));
                 f32::MAX
             } else {
                 priority(e, tick, 1.0)
@@ -137,7 +159,9 @@ impl Flush<'_> {
         };
         let viewed: usize = client.views.iter().map(|v| v.entries.len()).sum();
         let scan = client.dirty.len() * 4 >= viewed;
-        if scan {
+        if focus_only {
+            // The one candidate is chosen above.
+        } else if scan {
             // Most of the view is queued (a client the budget cannot keep up with): one pass over
             // the views beats a binary search per queued entry. Every dirty entry is queued, so
             // both ways find the same set.
@@ -154,7 +178,14 @@ impl Flush<'_> {
                 }
             }
         }
-        if estimate > client.budget {
+        if !focus_only {
+            client.bound = estimate > client.budget;
+            // Kept while the row is clean (only queued entries are considered).
+            if focus_row.is_some() {
+                client.focus_row = focus_row;
+            }
+        }
+        if client.bound && !focus_only {
             // Rows with news (a column other than the quantized ones changed since the
             // version the client holds) move up: motion a client can follow by interpolating
             // while the budget refreshes rows in turns, a turn or a hit it cannot. Looked up only here: a client the budget
@@ -343,6 +374,11 @@ impl Flush<'_> {
         if messages > 0 {
             let framing = f64::from(MESSAGE_FRAMING_BYTES) * messages as f64;
             client.budget -= wire_overhead + framing;
+        }
+        if focus_only {
+            // The queue stays as it was (the focus row's entry, now clean, is skipped when
+            // the queue is next considered).
+            return;
         }
         // What was not reached stays queued, once: an entry that went clean and dirty again
         // between flushes can have been queued twice (a scan of the views finds each entry once).

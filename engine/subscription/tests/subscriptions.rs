@@ -758,6 +758,88 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
     assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
 }
 
+/// With `bound_flush_bytes`, a client the budget cannot keep up with has its queue ranked and
+/// sent once it has banked that much (here every fourth tick), not every tick, while the row
+/// its focus follows still goes out every tick; once the crowd stops, it converges.
+#[test]
+fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
+    const OWN: u32 = 1_000;
+    let crowd = |step: u32| {
+        (0..80u32)
+            .map(|i| Op::PutMob {
+                id: i,
+                x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
+                y: (i / 10) as f32 * 4.0 - 16.0,
+                hp: 10,
+            })
+            .collect::<Vec<_>>()
+    };
+    // Ticks (of 40) in which the crowd's rows in the mirror changed, for each setting.
+    let mut crowd_ticks = Vec::new();
+    for bound_flush_bytes in [0, 600] {
+        let mut w = World::new(PublishConfig {
+            budget_bytes_per_second: 3_000,
+            max_banked: Duration::from_millis(500),
+            bound_flush_bytes,
+            ..PublishConfig::default()
+        });
+        let mut ops = crowd(0);
+        ops.push(Op::PutMob {
+            id: OWN,
+            x: 1.0,
+            y: 1.0,
+            hp: 10,
+        });
+        w.run(ops);
+        w.tick();
+        let a = w.connect(1, 1);
+        w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
+            .unwrap();
+        w.publisher.set_focus(a, Vec3::new(1.0, 1.0, 0.0));
+        w.settle();
+        let mob = w.engine.schema().table("mob").unwrap().id;
+        let is_own = |r: &Vec<Value>| r[0] == Value::Unsigned(u64::from(OWN));
+        let crowd_rows = |w: &World| -> Vec<Vec<Value>> {
+            w.mirrors[&a]
+                .rows(mob)
+                .into_iter()
+                .filter(|r| !is_own(r))
+                .collect()
+        };
+        let mut changed = 0;
+        for step in 1..=40u32 {
+            let (x, y) = (1.0 + step as f32 * 0.25, 1.0);
+            let mut ops = crowd(step);
+            ops.push(Op::PutMob {
+                id: OWN,
+                x,
+                y,
+                hp: 10,
+            });
+            w.run(ops);
+            w.publisher.set_focus(a, Vec3::new(x, y, 0.0));
+            let before = crowd_rows(&w);
+            w.tick();
+            let server = w.server_rows::<Mob>(|m| m.id == OWN);
+            let mirror: Vec<_> = w.mirrors[&a].rows(mob).into_iter().filter(is_own).collect();
+            assert_eq!(
+                mirror, server,
+                "bound_flush_bytes {bound_flush_bytes}, tick {step}: the client's own row lags"
+            );
+            if crowd_rows(&w) != before {
+                changed += 1;
+            }
+        }
+        w.settle();
+        assert_eq!(w.mirrors[&a].rows(mob), w.server_rows::<Mob>(|_| true));
+        crowd_ticks.push(changed);
+    }
+    assert!(
+        crowd_ticks[0] >= 35 && crowd_ticks[1] <= 15,
+        "ticks in which the crowd was published, every tick / in batches: {crowd_ticks:?}"
+    );
+}
+
 /// A budget a crowd of moving rows outruns: 3 KB/s, little banked.
 fn tight() -> PublishConfig {
     PublishConfig {
