@@ -689,31 +689,34 @@ fn spatial_subscriptions_receive_event_rows_in_range_once() {
     assert_eq!(w.publisher.stats().dirty, 0);
 }
 
-/// A client whose budget cannot carry its whole view still sees the row its focus follows (its
-/// own avatar) change every tick: that row goes before every other queued one, while the
-/// others take turns.
-#[test]
-fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
-    let mut w = World::new(tight());
-    const OWN: u32 = 1_000;
-    let crowd = |step: u32| {
-        (0..80u32)
-            .map(|i| Op::PutMob {
-                id: i,
-                x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
-                y: (i / 10) as f32 * 4.0 - 16.0,
-                hp: 10,
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut ops = crowd(0);
+/// The mob a crowd test's client follows with its focus (its own avatar).
+const OWN: u32 = 1_000;
+
+/// A crowd's tick: 80 mobs on a 4 m grid around the origin, shifted east by 3 cm a step, and
+/// the client's own mob at `own`.
+fn crowd_step(step: u32, own: (f32, f32)) -> Vec<Op> {
+    let mut ops: Vec<Op> = (0..80u32)
+        .map(|i| Op::PutMob {
+            id: i,
+            x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
+            y: (i / 10) as f32 * 4.0 - 16.0,
+            hp: 10,
+        })
+        .collect();
     ops.push(Op::PutMob {
         id: OWN,
-        x: 1.0,
-        y: 1.0,
+        x: own.0,
+        y: own.1,
         hp: 10,
     });
-    w.run(ops);
+    ops
+}
+
+/// A world publishing under `config` that holds the crowd, with client 1 subscribed to every
+/// mob within 100 m of its focus (on its own mob), settled; with the client and the mob table.
+fn crowd_world(config: PublishConfig) -> (World, ConnectionId, u32) {
+    let mut w = World::new(config);
+    w.run(crowd_step(0, (1.0, 1.0)));
     w.tick();
     let a = w.connect(1, 1);
     w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
@@ -721,6 +724,15 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
     w.publisher.set_focus(a, Vec3::new(1.0, 1.0, 0.0));
     w.settle();
     let mob = w.engine.schema().table("mob").unwrap().id;
+    (w, a, mob)
+}
+
+/// A client whose budget cannot carry its whole view still sees the row its focus follows (its
+/// own avatar) change every tick: that row goes before every other queued one, while the
+/// others take turns.
+#[test]
+fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
+    let (mut w, a, mob) = crowd_world(tight());
     let own_row = |w: &World| {
         let server = w.server_rows::<Mob>(|m| m.id == OWN);
         let mirror: Vec<_> = w.mirrors[&a]
@@ -734,14 +746,7 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
     for step in 1..=40u32 {
         // The whole crowd moves, and so does the client's own row, with the focus on it.
         let (x, y) = (1.0 + step as f32 * 0.25, 1.0);
-        let mut ops = crowd(step);
-        ops.push(Op::PutMob {
-            id: OWN,
-            x,
-            y,
-            hp: 10,
-        });
-        w.run(ops);
+        w.run(crowd_step(step, (x, y)));
         w.publisher.set_focus(a, Vec3::new(x, y, 0.0));
         w.tick();
         let (server, mirror) = own_row(&w);
@@ -763,41 +768,15 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
 /// its focus follows still goes out every tick; once the crowd stops, it converges.
 #[test]
 fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
-    const OWN: u32 = 1_000;
-    let crowd = |step: u32| {
-        (0..80u32)
-            .map(|i| Op::PutMob {
-                id: i,
-                x: (i % 10) as f32 * 4.0 - 20.0 + step as f32 * 0.03,
-                y: (i / 10) as f32 * 4.0 - 16.0,
-                hp: 10,
-            })
-            .collect::<Vec<_>>()
-    };
     // Ticks (of 40) in which the crowd's rows in the mirror changed, for each setting.
     let mut crowd_ticks = Vec::new();
     for bound_flush_bytes in [0, 600] {
-        let mut w = World::new(PublishConfig {
+        let (mut w, a, mob) = crowd_world(PublishConfig {
             budget_bytes_per_second: 3_000,
             max_banked: Duration::from_millis(500),
             bound_flush_bytes,
             ..PublishConfig::default()
         });
-        let mut ops = crowd(0);
-        ops.push(Op::PutMob {
-            id: OWN,
-            x: 1.0,
-            y: 1.0,
-            hp: 10,
-        });
-        w.run(ops);
-        w.tick();
-        let a = w.connect(1, 1);
-        w.subscribe(a, 1, "SELECT * FROM mob WHERE within(pos, :focus, 100)")
-            .unwrap();
-        w.publisher.set_focus(a, Vec3::new(1.0, 1.0, 0.0));
-        w.settle();
-        let mob = w.engine.schema().table("mob").unwrap().id;
         let is_own = |r: &Vec<Value>| r[0] == Value::Unsigned(u64::from(OWN));
         let crowd_rows = |w: &World| -> Vec<Vec<Value>> {
             w.mirrors[&a]
@@ -809,14 +788,7 @@ fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
         let mut changed = 0;
         for step in 1..=40u32 {
             let (x, y) = (1.0 + step as f32 * 0.25, 1.0);
-            let mut ops = crowd(step);
-            ops.push(Op::PutMob {
-                id: OWN,
-                x,
-                y,
-                hp: 10,
-            });
-            w.run(ops);
+            w.run(crowd_step(step, (x, y)));
             w.publisher.set_focus(a, Vec3::new(x, y, 0.0));
             let before = crowd_rows(&w);
             w.tick();
