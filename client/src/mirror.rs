@@ -11,8 +11,10 @@
 //! by handle, so a delta resolves its row with one index and copies no key (a moving crowd is
 //! mostly deltas); one mirror follows one connection (a new connection starts from
 //! [`Mirror::clear`]). An update costs one copy of the row (its old version stays valid for
-//! the callbacks): `benches/mirror.rs` counts three allocations per delta of an avatar-shaped
-//! row (the row, its values and its one string), against six before rows were kept by handle.
+//! the callbacks), into a spare row when the changes came back through [`Mirror::recycle`]:
+//! `benches/mirror.rs` counts no allocation per delta of an avatar-shaped row that way, three
+//! without recycling (the row, its values and its one string), six before rows were kept by
+//! handle.
 //!
 //! A payload is applied all or nothing: if any record fails to decode or names a handle the
 //! connection was not given, the mirror is left unchanged and an error returned. A delta or delete for a row the mirror does not hold
@@ -164,8 +166,8 @@ pub struct MirrorStats {
     pub deltas: u64,
     /// Delete records applied.
     pub deletes: u64,
-    /// Records skipped: deltas or deletes for rows the mirror does not hold, deltas or deletes
-    /// on event tables.
+    /// Records skipped: deltas or deletes through a handle whose row the mirror does not hold
+    /// (a hostile server's: see the module docs), deltas that do not fit their row.
     pub skipped_records: u64,
     /// Bytes of payloads applied.
     pub bytes: u64,

@@ -251,6 +251,8 @@ struct Conn {
     stats: ClientStats,
     /// The link's resent bytes last reported by [`ServerSession::drain_resent`].
     resent_reported: u64,
+    /// Listed in `ServerSession::resent` (once per connection until drained).
+    resent_listed: bool,
 }
 
 #[derive(Debug)]
@@ -284,8 +286,9 @@ pub struct ServerSession {
     denied_sequence: u64,
     events: VecDeque<ServerEvent>,
     transmits: Vec<Transmit>,
-    /// Bytes each connection resent since the last [`ServerSession::drain_resent`].
-    resent: Vec<(ConnectionId, u64)>,
+    /// Connections that resent since the last [`ServerSession::drain_resent`] (each once, so
+    /// the list stays within the connections even if nobody drains it).
+    resent: Vec<ConnectionId>,
     scratch: Vec<u8>,
     out: Vec<u8>,
     stats: ServerStats,
@@ -793,6 +796,7 @@ impl ServerSession {
             link: Link::new(limits),
             stats: ClientStats::default(),
             resent_reported: 0,
+            resent_listed: false,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -995,10 +999,9 @@ impl ServerSession {
             let Some(conn) = self.slots[slot].as_mut() else {
                 continue;
             };
-            let resent = conn.link.resent_bytes();
-            if resent > conn.resent_reported {
-                self.resent.push((conn.id, resent - conn.resent_reported));
-                conn.resent_reported = resent;
+            if !conn.resent_listed && conn.link.resent_bytes() > conn.resent_reported {
+                conn.resent_listed = true;
+                self.resent.push(conn.id);
             }
             if conn.stats.datagrams_out == before && keepalive_due {
                 let ka = Packet::KeepAlive {
@@ -1020,7 +1023,20 @@ impl ServerSession {
     /// a per-client bandwidth budget charges to it, so a lossy or slow client's downstream
     /// stays within its budget resends included.
     pub fn drain_resent(&mut self, out: &mut Vec<(ConnectionId, u64)>) {
-        out.append(&mut self.resent);
+        for client in self.resent.drain(..) {
+            let Some(conn) = self
+                .by_id
+                .get(&client.0)
+                .and_then(|&slot| self.slots.get_mut(slot))
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            let resent = conn.link.resent_bytes();
+            out.push((client, resent.saturating_sub(conn.resent_reported)));
+            conn.resent_reported = resent;
+            conn.resent_listed = false;
+        }
     }
 
     /// The next event, if any.

@@ -885,7 +885,8 @@ impl WireRow {
             .then(|| (self.quantized & ((1u64 << i) - 1)).count_ones() as usize)
     }
 
-    /// The quantized units column `i` holds (zeros for unquantized columns); `None` past the
+    /// The quantized units column `i` holds (zeros for unquantized columns, and for columns
+    /// from the 65th on, which keep none: tables that wide get no deltas); `None` past the
     /// last column.
     pub fn units(&self, i: usize) -> Option<Units> {
         if i >= self.columns.len() {

@@ -378,7 +378,7 @@ pub struct ServerArgs {
     /// that changed since its version (fewer, larger records).
     #[arg(long)]
     pub no_rebase: bool,
-    /// Publish a client the budget cannot keep up with once it has banked this many bytes,
+    /// Publish a client the budget cannot keep up with once it has accrued this many bytes,
     /// and only the row its focus follows in the ticks between (0: every tick). Ranks a
     /// crowd's queues less often, for news later by up to the ticks waited.
     #[arg(long, default_value_t = 0)]

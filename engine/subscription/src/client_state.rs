@@ -39,6 +39,8 @@ pub(crate) struct ClientState {
     pub(crate) bound: bool,
     /// (table, slot) of the row the focus followed at the last full flush.
     pub(crate) focus_row: Option<(u32, u32)>,
+    /// Budget accrued since the last full flush (`PublishConfig::bound_flush_bytes`).
+    pub(crate) accrued_since_flush: f64,
     pub(crate) subs: Vec<Sub>,
     /// Views by table id.
     pub(crate) views: Vec<View>,

@@ -29,8 +29,8 @@ pub struct PublishConfig {
     /// identity-keyed avatar, but its clients decode fewer records.
     pub rebase: bool,
     /// A client the budget could not keep up with at its last publish is published again
-    /// once it has banked this many bytes (capped by `max_banked`), and only the row its
-    /// focus follows goes out in the ticks between. Ranking a budget-bound client's queue (its
+    /// once it has accrued this many bytes of budget since (capped by `max_banked`), and only
+    /// the row its focus follows goes out in the ticks between. Ranking a budget-bound client's queue (its
     /// whole crowd) is most of a crowded publish; this ranks it once per so many bytes instead
     /// of every tick, in fuller datagrams, but a turn or a hit in its view may wait as many
     /// ticks. Default 0: every tick.

@@ -102,23 +102,6 @@ impl Flush<'_> {
         }
         let candidates = &mut scratch.candidates;
         candidates.clear();
-        // A client the budget cannot keep up with banks a message's worth before its queue is
-        // ranked again; until then only the row its focus follows goes out.
-        let focus_only = client.bound && client.budget < *bound_flush;
-        if focus_only {
-            let Some((table, slot)) = client.focus_row else {
-                return;
-            };
-            let Some(view) = client.views.get(table as usize) else {
-                return;
-            };
-            match view.find(slot) {
-                Ok(position) if view.entries[position].1.dirty != Dirty::Clean => {
-                    candidates.push((rank(f32::MAX), table, slot, position as u32));
-                }
-                _ => return,
-            }
-        }
         // Per table, the bits of the client's spatial subscriptions: only their rows have a
         // distance (rows of other subscriptions carry 0).
         let spatial = &mut scratch.spatial_bits;
@@ -131,21 +114,50 @@ impl Flush<'_> {
                 *bits |= 1 << sub.bit;
             }
         }
+        let at_focus = |table: u32, e: &ViewEntry| {
+            e.distance < FOCUS_ROW_RADIUS
+                && e.mask & spatial.get(table as usize).copied().unwrap_or(0) != 0
+        };
+        // A client the budget cannot keep up with is ranked again once it has accrued
+        // `bound_flush` since its last full flush (accrued, not banked: the focus row's sends
+        // must not keep it from ever getting there); until then only the row its focus follows
+        // goes out.
+        let focus_only = client.bound && client.accrued_since_flush < *bound_flush;
+        if focus_only {
+            let Some((table, slot)) = client.focus_row else {
+                return;
+            };
+            let Some(view) = client.views.get(table as usize) else {
+                return;
+            };
+            match view.find(slot) {
+                Ok(position)
+                    if view.entries[position].1.dirty != Dirty::Clean
+                        && at_focus(table, &view.entries[position].1) =>
+                {
+                    candidates.push((rank(f32::MAX), table, slot, position as u32));
+                }
+                _ => return,
+            }
+        } else {
+            client.accrued_since_flush = 0.0;
+        }
         // A cheap estimate of what sending everything would cost (each entry's last record size);
         // when the budget covers it, the queue goes out in its (deterministic) order unranked.
         let mut estimate = 0f64;
         let mut focus_row = None;
         let mut consider = |table: u32, slot: u32, position: usize, e: &ViewEntry| {
-            if e.dirty == Dirty::Clean {
-                return;
-            }
             // The row the focus follows (the player's own avatar) goes before everything
             // else: a budget that cannot carry the whole view would otherwise rank it barely
             // above its neighbours and show a player its own moves seconds late.
-            let at_focus = e.distance < FOCUS_ROW_RADIUS
-                && e.mask & spatial.get(table as usize).copied().unwrap_or(0) != 0;
-            let score = if at_focus {
+            let at_focus = at_focus(table, e);
+            if at_focus {
                 focus_row = Some((table, slot));
+            }
+            if e.dirty == Dirty::Clean {
+                return;
+            }
+            let score = if at_focus {
                 f32::MAX
             } else {
                 priority(e, tick, 1.0)
@@ -180,8 +192,10 @@ impl Flush<'_> {
         }
         if !focus_only {
             client.bound = estimate > client.budget;
-            // Kept while the row is clean (only queued entries are considered).
-            if focus_row.is_some() {
+            // A scan sees every entry, so it also finds a clean focus row, or none; a pass
+            // over the queue only sees queued ones, so it keeps the last one found (which the
+            // focus-only path checks is still at the focus).
+            if scan || focus_row.is_some() {
                 client.focus_row = focus_row;
             }
         }

@@ -419,6 +419,7 @@ impl Publisher {
             budget: 0.0,
             bound: false,
             focus_row: None,
+            accrued_since_flush: 0.0,
             subs: Vec::new(),
             views: (0..tables).map(|_| View::default()).collect(),
             dirty: Vec::new(),
@@ -718,6 +719,7 @@ impl Publisher {
                     refresh_spatial(client, tables, margin, tick, refresh, flush.release);
                 }
                 client.budget = (client.budget + accrued).min(cap);
+                client.accrued_since_flush += accrued;
                 flush.client(*client_id, client);
             }
             *busy += start.elapsed();

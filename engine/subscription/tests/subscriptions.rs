@@ -764,15 +764,16 @@ fn the_row_the_focus_follows_goes_first_when_the_budget_binds() {
 }
 
 /// With `bound_flush_bytes`, a client the budget cannot keep up with has its queue ranked and
-/// sent once it has banked that much (here every fourth tick), not every tick, while the row
-/// its focus follows still goes out every tick; once the crowd stops, it converges.
+/// sent once it has accrued that much (here every fourth tick or so), not every tick, while the row
+/// its focus follows still goes out every tick; once the crowd stops, it converges. A budget
+/// so small that the own row's sends eat what it accrues still gets the crowd now and then.
 #[test]
 fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
     // Ticks (of 40) in which the crowd's rows in the mirror changed, for each setting.
     let mut crowd_ticks = Vec::new();
-    for bound_flush_bytes in [0, 600] {
+    for (budget_bytes_per_second, bound_flush_bytes) in [(3_000, 0), (3_000, 600), (1_000, 600)] {
         let (mut w, a, mob) = crowd_world(PublishConfig {
-            budget_bytes_per_second: 3_000,
+            budget_bytes_per_second,
             max_banked: Duration::from_millis(500),
             bound_flush_bytes,
             ..PublishConfig::default()
@@ -794,10 +795,13 @@ fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
             w.tick();
             let server = w.server_rows::<Mob>(|m| m.id == OWN);
             let mirror: Vec<_> = w.mirrors[&a].rows(mob).into_iter().filter(is_own).collect();
-            assert_eq!(
-                mirror, server,
-                "bound_flush_bytes {bound_flush_bytes}, tick {step}: the client's own row lags"
-            );
+            // (1,000 bytes/s is less than the own row alone costs a tick with its datagram.)
+            if budget_bytes_per_second >= 3_000 {
+                assert_eq!(
+                    mirror, server,
+                    "bound_flush_bytes {bound_flush_bytes}, tick {step}: the client's own row lags"
+                );
+            }
             if crowd_rows(&w) != before {
                 changed += 1;
             }
@@ -807,8 +811,9 @@ fn a_budget_bound_client_is_published_in_batches_but_its_own_row_every_tick() {
         crowd_ticks.push(changed);
     }
     assert!(
-        crowd_ticks[0] >= 35 && crowd_ticks[1] <= 15,
-        "ticks in which the crowd was published, every tick / in batches: {crowd_ticks:?}"
+        crowd_ticks[0] >= 35 && crowd_ticks[1] <= 20 && crowd_ticks[2] >= 2,
+        "ticks in which the crowd was published, every tick / in batches / in batches on a \
+         small budget: {crowd_ticks:?}"
     );
 }
 
