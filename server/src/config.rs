@@ -381,7 +381,7 @@ pub struct ServerArgs {
     /// Publish a client the budget cannot keep up with once it has accrued this many bytes,
     /// and only the row its focus follows in the ticks between (0: every tick). Ranks a
     /// crowd's queues less often, for news later by up to the ticks waited.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 1024)]
     pub bound_flush_bytes: u32,
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
