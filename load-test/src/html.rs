@@ -459,6 +459,14 @@ code{{background:#f4f4f4;padding:1px 4px}}</style></head><body>"#,
         );
         row(
             &mut out,
+            "published / resent per client (both part of UDP out)",
+            format!(
+                "{} / {} B/s",
+                v.published_per_client_s, v.resent_per_client_s
+            ),
+        );
+        row(
+            &mut out,
             "calls refused by the rate limit / backlog disconnects",
             format!("{} / {}", v.calls_rate_limited, v.backlog_disconnects),
         );

@@ -406,6 +406,10 @@ fn main() -> anyhow::Result<()> {
             v.cpu_pct.map_or("n/a".into(), |c| format!("{c:.0}")),
             v.phases.get("publish").map_or(0.0, |p| p.p99_ms)
         );
+        println!(
+            "server UDP out per client {} B/s: published {} B/s, resent {} B/s",
+            v.udp_out_per_client_s, v.published_per_client_s, v.resent_per_client_s
+        );
     }
     println!(
         "CPU (% of one core): bots {}%, whole machine {} (load average up to {})",

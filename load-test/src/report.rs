@@ -195,6 +195,13 @@ pub struct ServerSummary {
     pub udp_out_per_client_s: f64,
     /// UDP bytes received per second per client while every bot played.
     pub udp_in_per_client_s: f64,
+    /// Subscription payload bytes published per second per client while every bot played.
+    #[serde(default)]
+    pub published_per_client_s: f64,
+    /// Reliable bytes resent per second per client while every bot played (part of
+    /// `udp_out_per_client_s`, and charged to the clients' budgets).
+    #[serde(default)]
+    pub resent_per_client_s: f64,
     /// Calls refused by the rate limit during the run.
     pub calls_rate_limited: f64,
     /// Clients disconnected for a full backlog during the run.
@@ -538,6 +545,12 @@ pub fn build(
             ),
             udp_in_per_client_s: round3(
                 rate(&|s| s.server.as_ref().map(|v| v.udp_bytes_in)).unwrap_or(0.0) / clients,
+            ),
+            published_per_client_s: round3(
+                rate(&|s| s.server.as_ref().map(|v| v.publisher_bytes)).unwrap_or(0.0) / clients,
+            ),
+            resent_per_client_s: round3(
+                rate(&|s| s.server.as_ref().map(|v| v.resent_bytes)).unwrap_or(0.0) / clients,
             ),
             calls_rate_limited: v.calls_rate_limited,
             backlog_disconnects: v.backlog_disconnects,

@@ -100,6 +100,9 @@ pub struct ServerSample {
     pub publisher_bytes: f64,
     /// Clients disconnected for a full backlog so far.
     pub backlog_disconnects: f64,
+    /// Reliable message bytes resent so far (charged to their clients' budgets).
+    #[serde(default)]
+    pub resent_bytes: f64,
     /// Process CPU seconds so far (user + system), if known.
     pub cpu_seconds: Option<f64>,
     /// Resident memory, bytes, if known.
@@ -152,6 +155,7 @@ impl ServerSample {
                 .unwrap_or(0.0),
             publisher_bytes: g("orrery_publisher_bytes_total"),
             backlog_disconnects: g("orrery_backlog_disconnects_total"),
+            resent_bytes: g("orrery_resent_bytes_total"),
             cpu_seconds: e.get("orrery_process_cpu_seconds_total", &[]),
             resident_bytes: e.get("orrery_process_resident_bytes", &[]),
         }
@@ -283,6 +287,7 @@ orrery_tick_window_overruns 0
 orrery_udp_bytes_total{direction=\"in\"} 1000
 orrery_udp_bytes_total{direction=\"out\"} 5000
 orrery_reducer_calls_rejected_total{reason=\"rate_limit\"} 3
+orrery_resent_bytes_total 700
 orrery_process_cpu_seconds_total 1.5
 not a sample line
 ";
@@ -306,6 +311,7 @@ not a sample line
         assert_eq!(s.phases["publish"].p99_ms, 10.0);
         assert_eq!((s.udp_bytes_in, s.udp_bytes_out), (1000.0, 5000.0));
         assert_eq!(s.calls_rate_limited, 3.0);
+        assert_eq!(s.resent_bytes, 700.0);
         assert_eq!(s.cpu_seconds, Some(1.5));
         assert_eq!(s.resident_bytes, None);
     }
