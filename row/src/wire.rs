@@ -107,6 +107,8 @@ pub struct WireColumn {
 pub struct WireLayout {
     columns: Vec<WireColumn>,
     pk_column: usize,
+    /// [`WireLayout::quantized_columns`], computed once: every decoded row carries it.
+    quantized: u64,
 }
 
 /// A row as a client holds it: each column decoded (quantized columns dequantized), plus the
@@ -188,16 +190,23 @@ impl WireRecord {
 impl WireLayout {
     /// The layout of `table`.
     pub fn new(table: &TableSchema) -> Self {
+        let columns: Vec<WireColumn> = table
+            .columns
+            .iter()
+            .map(|c| WireColumn {
+                step: c.quantize.filter(|_| c.ty.float_components().is_some()),
+                ty: c.ty.clone(),
+            })
+            .collect();
+        let quantized = columns
+            .iter()
+            .enumerate()
+            .filter(|(i, column)| *i < 64 && column.step.is_some())
+            .fold(0, |mask, (i, _)| mask | 1 << i);
         WireLayout {
-            columns: table
-                .columns
-                .iter()
-                .map(|c| WireColumn {
-                    step: c.quantize.filter(|_| c.ty.float_components().is_some()),
-                    ty: c.ty.clone(),
-                })
-                .collect(),
+            columns,
             pk_column: table.primary_key,
+            quantized,
         }
     }
 
@@ -336,11 +345,7 @@ impl WireLayout {
     /// Bit `i` set for each quantized column `i` (`#[quantize]`: positions and other
     /// continuous values, sent as differences in units).
     pub fn quantized_columns(&self) -> u64 {
-        self.columns
-            .iter()
-            .enumerate()
-            .filter(|(i, column)| *i < 64 && column.step.is_some())
-            .fold(0, |mask, (i, _)| mask | 1 << i)
+        self.quantized
     }
 
     /// [`WireLayout::delta_body`], returning the mask of the columns that changed (0 when
