@@ -26,7 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use orrery_row::wire::{DecodedPayload, HandleRecord, RowHandles, WireLayout, WireRow};
-use orrery_row::{ModuleSchema, TableSchema, Value, values_to_json};
+use orrery_row::{ModuleSchema, RowDecodeError, TableSchema, Value, values_to_json};
 use serde::de::DeserializeOwned;
 
 use crate::error::MirrorError;
@@ -205,19 +205,27 @@ impl MirrorTable {
         }
     }
 
-    /// A copy of `current` to change: a spare row overwritten in place if there is one.
-    fn copy_of(spare: &mut Vec<Arc<RowData>>, current: &RowData) -> Arc<RowData> {
+    /// A copy of `current` with `change` made to it: a spare row overwritten in place if
+    /// there is one, else a new one.
+    fn changed_copy(
+        spare: &mut Vec<Arc<RowData>>,
+        current: &RowData,
+        change: impl FnOnce(&mut WireRow) -> Result<(), RowDecodeError>,
+    ) -> Result<Arc<RowData>, RowDecodeError> {
         while let Some(mut row) = spare.pop() {
             if let Some(data) = Arc::get_mut(&mut row) {
                 data.pk.clone_from(&current.pk);
                 data.wire.clone_from(&current.wire);
-                return row;
+                change(&mut data.wire)?;
+                return Ok(row);
             }
         }
-        Arc::new(RowData {
+        let mut wire = current.wire.clone();
+        change(&mut wire)?;
+        Ok(Arc::new(RowData {
             pk: current.pk.clone(),
-            wire: current.wire.clone(),
-        })
+            wire,
+        }))
     }
 
     fn keep_spare(&mut self, row: Row) {
@@ -426,17 +434,18 @@ impl Mirror {
                         );
                         continue;
                     };
-                    let mut new = MirrorTable::copy_of(&mut table.spare, slot);
                     let delta = column_changes.get(range).unwrap_or_default();
-                    let applied = match Arc::get_mut(&mut new) {
-                        Some(data) => data.wire.apply_delta(&table.info.layout, delta),
-                        None => Ok(()), // unreachable: `copy_of` returns a row no one shares
+                    let layout = &table.info.layout;
+                    let new = match MirrorTable::changed_copy(&mut table.spare, slot, |wire| {
+                        wire.apply_delta(layout, delta)
+                    }) {
+                        Ok(new) => new,
+                        Err(error) => {
+                            self.stats.skipped_records += 1;
+                            tracing::warn!(table = table.info.schema.name, %error, "delta skipped");
+                            continue;
+                        }
                     };
-                    if let Err(error) = applied {
-                        self.stats.skipped_records += 1;
-                        tracing::warn!(table = table.info.schema.name, %error, "delta skipped");
-                        continue;
-                    }
                     self.stats.deltas += 1;
                     let old = std::mem::replace(slot, new.clone());
                     changes.push(MirrorChange::Update {
@@ -456,14 +465,13 @@ impl Mirror {
                             changes.push(MirrorChange::Delete(table.snapshot(old)));
                         }
                         None => {
+                            // (Not an event table's: the decoder refuses deletes there.)
                             self.stats.skipped_records += 1;
-                            if !event {
-                                tracing::warn!(
-                                    table = table.info.schema.name,
-                                    pk = ?pk,
-                                    "delete for a row the mirror does not hold; skipped"
-                                );
-                            }
+                            tracing::warn!(
+                                table = table.info.schema.name,
+                                pk = ?pk,
+                                "delete for a row the mirror does not hold; skipped"
+                            );
                         }
                     }
                 }
