@@ -24,6 +24,7 @@
 //! tokio or any I/O. The engine does not depend on it. See `docs/architecture.md` and
 //! `docs/subscriptions.md`.
 
+mod apply;
 mod client_state;
 mod config;
 pub(crate) mod eval;

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use bevy_ecs::entity::Entity;
 use glam::Vec3;
 use orrery_row::wire::WireLayout;
-use orrery_row::{IndexKind, TableSchema, TypeDesc, Value, Visibility};
+use orrery_row::{ColumnSchema, IndexKind, TableSchema, TypeDesc, Value, Visibility};
 use std::collections::HashMap;
 
 use crate::grid::MirrorGrid;
@@ -158,6 +158,10 @@ pub(crate) struct MirrorTable {
     /// Event rows of the tick being published: live (in the grids, so spatial views find
     /// them) until the publish that delivers them ends.
     pub(crate) events: Vec<u32>,
+    /// By slot: the batch of changes being applied that has the slot (see `apply`).
+    pub(crate) batch_marks: Vec<u64>,
+    /// The batch being applied.
+    pub(crate) batch_epoch: u64,
 }
 
 /// Buffers reused by every [`MirrorTable::upsert`].
@@ -167,6 +171,190 @@ pub(crate) struct EncodeScratch {
     bounds: Vec<Range<u32>>,
     starts: Vec<u32>,
     delta: Vec<u8>,
+}
+
+/// Grids whose positions [`MirrorTable::upsert`] keeps on the stack (tables have one or two
+/// position columns).
+const MAX_INLINE_GRIDS: usize = 4;
+
+/// One row's storage in the dense per-slot arrays, borrowed together: what storing a version
+/// writes, and nothing another row's storage shares (so rows are stored in parallel).
+pub(crate) struct SlotParts<'s> {
+    pub(crate) data: &'s mut SlotData,
+    pub(crate) meta: &'s mut SlotMeta,
+    pub(crate) inline: &'s mut InlineDelta,
+}
+
+/// A run of consecutive slots of a table's dense per-slot arrays, from slot `base`: split
+/// in two, each half can be written by another worker.
+pub(crate) struct SlotArrays<'s> {
+    base: u32,
+    data: &'s mut [SlotData],
+    meta: &'s mut [SlotMeta],
+    inline: &'s mut [InlineDelta],
+}
+
+impl<'s> SlotArrays<'s> {
+    /// The storage of `slot`, which must be in this run.
+    pub(crate) fn parts(&mut self, slot: u32) -> SlotParts<'_> {
+        let i = (slot - self.base) as usize;
+        SlotParts {
+            data: &mut self.data[i],
+            meta: &mut self.meta[i],
+            inline: &mut self.inline[i],
+        }
+    }
+
+    /// The slots below `slot` and those from `slot` on (`slot` within the run or at its end).
+    pub(crate) fn split_at(self, slot: u32) -> (SlotArrays<'s>, SlotArrays<'s>) {
+        let i = (slot - self.base) as usize;
+        let (data, data_after) = self.data.split_at_mut(i);
+        let (meta, meta_after) = self.meta.split_at_mut(i);
+        let (inline, inline_after) = self.inline.split_at_mut(i);
+        (
+            SlotArrays {
+                base: self.base,
+                data,
+                meta,
+                inline,
+            },
+            SlotArrays {
+                base: slot,
+                data: data_after,
+                meta: meta_after,
+                inline: inline_after,
+            },
+        )
+    }
+}
+
+/// The read-only part of a table that storing a row's version needs.
+pub(crate) struct StoreContext<'t> {
+    name: &'t str,
+    columns: &'t [ColumnSchema],
+    layout: &'t WireLayout,
+    quantized_columns: u64,
+    grids: &'t [(usize, MirrorGrid)],
+    /// The version being stored (at least 1).
+    tick: u64,
+}
+
+impl StoreContext<'_> {
+    /// Encodes `exact` into `scratch` (wire form, column bounds, column starts in `exact`);
+    /// false (logged) if it does not match the table's schema.
+    pub(crate) fn encode(&self, exact: &[u8], scratch: &mut EncodeScratch) -> bool {
+        scratch.wire.clear();
+        match self.layout.encode_row_offsets(
+            exact,
+            &mut scratch.wire,
+            &mut scratch.bounds,
+            &mut scratch.starts,
+        ) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(table = self.name, %error, "row does not match its table's schema");
+                false
+            }
+        }
+    }
+
+    /// Grids of the table (the length of a row's `positions`).
+    pub(crate) fn grids(&self) -> usize {
+        self.grids.len()
+    }
+
+    /// Encodes `exact` and stores it as its row's newest version (see
+    /// [`StoreContext::store_encoded`]); false (logged) if it does not match the schema, in
+    /// which case nothing was stored.
+    pub(crate) fn store(
+        &self,
+        exact: &[u8],
+        slot: SlotParts<'_>,
+        scratch: &mut EncodeScratch,
+        positions: &mut [Option<Vec3>],
+    ) -> bool {
+        if !self.encode(exact, scratch) {
+            return false;
+        }
+        self.store_encoded(exact, slot, scratch, positions);
+        true
+    }
+
+    /// Stores `exact`, already encoded in `scratch`, as its row's newest version: the delta
+    /// from the version before (inline when short), which becomes history, and writes the
+    /// row's position in each grid's column to `positions` (by grid) for [`MirrorTable::place`].
+    pub(crate) fn store_encoded(
+        &self,
+        exact: &[u8],
+        slot: SlotParts<'_>,
+        scratch: &mut EncodeScratch,
+        positions: &mut [Option<Vec3>],
+    ) {
+        let (t, tick) = (self, self.tick);
+        let SlotParts {
+            data: d,
+            meta,
+            inline,
+        } = slot;
+        d.deltas_mut().clear();
+        let was_live = meta.live;
+        inline.len = NO_INLINE_DELTA;
+        if was_live {
+            scratch.delta.clear();
+            let mask = t.layout.delta_body_mask(
+                (&d.wire, &d.bounds),
+                (&scratch.wire, &scratch.bounds),
+                &mut scratch.delta,
+            );
+            let changed_columns = mask != 0;
+            if mask & !t.quantized_columns != 0 {
+                meta.salient = tick;
+            }
+            // A set mask means the table takes deltas, so `changed_at` has a slot per column.
+            for (i, at) in d.changed_at.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *at = tick;
+                }
+            }
+            if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
+                inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
+                inline.len = scratch.delta.len() as u8;
+                inline.from = meta.version;
+            }
+            // The current version becomes history; the oldest one's buffers are reused.
+            let (old_wire, old_bounds) = if d.history.len() >= HISTORY {
+                d.history
+                    .pop_back()
+                    .map(|v| (v.wire, v.bounds))
+                    .unwrap_or_default()
+            } else {
+                Default::default()
+            };
+            let previous = Version {
+                version: meta.version,
+                wire: std::mem::replace(&mut d.wire, old_wire),
+                bounds: std::mem::replace(&mut d.bounds, old_bounds),
+            };
+            d.history.push_front(previous);
+        } else {
+            d.history.clear();
+            d.changed_at.clear();
+            // A table too wide for a delta mask gets no rebase records either: full rows only.
+            if t.layout.supports_delta() {
+                d.changed_at.resize(t.layout.columns().len(), tick);
+            }
+        }
+        d.exact.clear();
+        d.exact.extend_from_slice(exact);
+        std::mem::swap(&mut d.wire, &mut scratch.wire);
+        std::mem::swap(&mut d.bounds, &mut scratch.bounds);
+        d.values = OnceLock::new();
+        meta.version = tick;
+        meta.live = true;
+        for ((column, _), position) in t.grids.iter().zip(positions) {
+            *position = read_position(&t.columns[*column].ty, exact, scratch.starts[*column]);
+        }
+    }
 }
 
 fn read_position(ty: &TypeDesc, exact: &[u8], start: u32) -> Option<Vec3> {
@@ -239,6 +427,8 @@ impl MirrorTable {
             owner_column,
             release: Vec::new(),
             events: Vec::new(),
+            batch_marks: Vec::new(),
+            batch_epoch: 0,
         }
     }
 
@@ -304,23 +494,54 @@ impl MirrorTable {
         tick: u64,
         scratch: &mut EncodeScratch,
     ) {
-        let t = self;
-        scratch.wire.clear();
-        if let Err(error) = t.layout.encode_row_offsets(
-            exact,
-            &mut scratch.wire,
-            &mut scratch.bounds,
-            &mut scratch.starts,
-        ) {
-            tracing::error!(table = t.schema.name, %error, "row does not match its table's schema");
+        if !self.split(tick).0.encode(exact, scratch) {
             return;
         }
-        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
-            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
-            _ => None,
-        });
-        let slot = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
-            Some(slot) => slot,
+        let (slot, _) = self.resolve(pk, entity);
+        let mut inline_positions = [None; MAX_INLINE_GRIDS];
+        let mut spilled = Vec::new();
+        let positions = if self.grids.len() <= MAX_INLINE_GRIDS {
+            &mut inline_positions[..self.grids.len()]
+        } else {
+            spilled.resize(self.grids.len(), None);
+            &mut spilled[..]
+        };
+        let (store, mut slots) = self.split(tick);
+        store.store_encoded(exact, slots.parts(slot), scratch, positions);
+        self.place(slot, positions);
+        if changed {
+            self.changed.push(slot);
+        }
+    }
+
+    /// The table split into what storing rows' versions reads (shared by every worker) and the
+    /// per-slot arrays it writes.
+    pub(crate) fn split(&mut self, tick: u64) -> (StoreContext<'_>, SlotArrays<'_>) {
+        (
+            StoreContext {
+                name: &self.schema.name,
+                columns: &self.schema.columns,
+                layout: &self.layout,
+                quantized_columns: self.quantized_columns,
+                grids: &self.grids,
+                tick: tick.max(1),
+            },
+            SlotArrays {
+                base: 0,
+                data: &mut self.data,
+                meta: &mut self.meta,
+                inline: &mut self.inline,
+            },
+        )
+    }
+
+    /// The slot of the row with primary key `pk` on `entity`, allocated if the row is new
+    /// (`true`: fresh, not live until a version is stored).
+    pub(crate) fn resolve(&mut self, pk: &[u8], entity: Option<Entity>) -> (u32, bool) {
+        let by_entity = self.by_entity(entity);
+        let t = self;
+        let (slot, fresh) = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
+            Some(slot) => (slot, false),
             None => {
                 let slot = t.free.pop().unwrap_or(t.data.len() as u32);
                 if slot as usize == t.data.len() {
@@ -332,7 +553,7 @@ impl MirrorTable {
                 d.pk = pk.into();
                 d.allocated = true;
                 t.by_pk.insert(PkKey::new(pk), slot);
-                slot
+                (slot, true)
             }
         };
         if let Some(e) = entity
@@ -345,71 +566,31 @@ impl MirrorTable {
             t.by_entity[index] = Some((e, slot));
             t.data[slot as usize].entity = Some(e);
         }
-        let meta = &mut t.meta[slot as usize];
-        let inline = &mut t.inline[slot as usize];
-        let d = &mut t.data[slot as usize];
-        d.deltas_mut().clear();
-        let was_live = meta.live;
-        inline.len = NO_INLINE_DELTA;
-        if was_live {
-            scratch.delta.clear();
-            let mask = t.layout.delta_body_mask(
-                (&d.wire, &d.bounds),
-                (&scratch.wire, &scratch.bounds),
-                &mut scratch.delta,
-            );
-            let changed_columns = mask != 0;
-            if mask & !t.quantized_columns != 0 {
-                meta.salient = tick.max(1);
-            }
-            // A set mask means the table takes deltas, so `changed_at` has a slot per column.
-            for (i, at) in d.changed_at.iter_mut().enumerate() {
-                if mask & (1 << i) != 0 {
-                    *at = tick.max(1);
-                }
-            }
-            if scratch.delta.len() <= INLINE_DELTA && (changed_columns || d.wire == scratch.wire) {
-                inline.bytes[..scratch.delta.len()].copy_from_slice(&scratch.delta);
-                inline.len = scratch.delta.len() as u8;
-                inline.from = meta.version;
-            }
-            // The current version becomes history; the oldest one's buffers are reused.
-            let (old_wire, old_bounds) = if d.history.len() >= HISTORY {
-                d.history
-                    .pop_back()
-                    .map(|v| (v.wire, v.bounds))
-                    .unwrap_or_default()
-            } else {
-                Default::default()
-            };
-            let previous = Version {
-                version: meta.version,
-                wire: std::mem::replace(&mut d.wire, old_wire),
-                bounds: std::mem::replace(&mut d.bounds, old_bounds),
-            };
-            d.history.push_front(previous);
-        } else {
-            d.history.clear();
-            d.changed_at.clear();
-            // A table too wide for a delta mask gets no rebase records either: full rows only.
-            if t.layout.supports_delta() {
-                d.changed_at.resize(t.layout.columns().len(), tick.max(1));
-            }
-        }
-        d.exact.clear();
-        d.exact.extend_from_slice(exact);
-        std::mem::swap(&mut d.wire, &mut scratch.wire);
-        std::mem::swap(&mut d.bounds, &mut scratch.bounds);
-        d.values = OnceLock::new();
-        meta.version = tick.max(1);
-        meta.live = true;
-        let cap = t.moves_cap();
-        for ((column, grid), moves) in t.grids.iter_mut().zip(&mut t.moves) {
-            let Some(p) = read_position(
-                &t.schema.columns[*column].ty,
-                exact,
-                scratch.starts[*column],
-            ) else {
+        (slot, fresh)
+    }
+
+    /// The slot of the live or owed row with primary key `pk` on `entity`, if any.
+    pub(crate) fn find(&self, pk: &[u8], entity: Option<Entity>) -> Option<u32> {
+        self.by_entity(entity)
+            .or_else(|| self.by_pk.get(&PkKey::new(pk)).copied())
+    }
+
+    /// The slot the entity map gives for a row on `entity`, if any.
+    pub(crate) fn by_entity(&self, entity: Option<Entity>) -> Option<u32> {
+        entity.and_then(|e| match self.by_entity.get(e.index_u32() as usize) {
+            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
+            _ => None,
+        })
+    }
+
+    /// Moves `slot` in the grids to `positions` (by grid; `None`: no valid position, taken
+    /// out), recording the cells it left and entered for incremental refreshes.
+    pub(crate) fn place(&mut self, slot: u32, positions: &[Option<Vec3>]) {
+        let cap = self.moves_cap();
+        for (((_, grid), moves), position) in
+            self.grids.iter_mut().zip(&mut self.moves).zip(positions)
+        {
+            let Some(p) = *position else {
                 let old = grid.remove(slot);
                 moves.record(slot, old, None, cap);
                 continue;
@@ -422,21 +603,12 @@ impl MirrorTable {
                 }
             }
         }
-        if changed {
-            t.changed.push(slot);
-        }
     }
 
-    /// Marks the row deleted at `tick`; its slot lives on while a client still holds it.
-    pub(crate) fn delete(&mut self, pk: &[u8], entity: Option<Entity>, tick: u64) {
+    /// Marks the row in `slot` deleted at `tick` (no-op if it is not live); its slot lives on
+    /// while a client still holds it.
+    pub(crate) fn delete_slot(&mut self, slot: u32, tick: u64) {
         let t = self;
-        let by_entity = entity.and_then(|e| match t.by_entity.get(e.index_u32() as usize) {
-            Some(Some((mapped, slot))) if *mapped == e => Some(*slot),
-            _ => None,
-        });
-        let Some(slot) = by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) else {
-            return;
-        };
         let meta = &mut t.meta[slot as usize];
         if !meta.live {
             return;

@@ -6,10 +6,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use glam::Vec3;
-use orrery_engine::{ChangeKind, ChangeSet};
+use orrery_engine::ChangeSet;
 use orrery_row::{ConnectionId, Identity, ModuleSchema, Visibility};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::apply::{ApplyWorkers, apply_changes};
 use crate::client_state::{ClientState, SpatialSub, Sub, SubKind};
 use crate::config::{PublishConfig, SubscribeError};
 use crate::flush::{Flush, FlushScratch};
@@ -74,6 +75,11 @@ pub struct SentCounters {
 /// worker let a worker that finished early take over part of a crowded region.
 const CHUNKS_PER_WORKER: usize = 4;
 
+/// Upserts of one table one worker stores in a row during [`Publisher::apply`]: a tick with
+/// up to twice this many is stored on the calling thread, where waking the workers would cost
+/// more than it saves.
+const APPLY_RUN: usize = 1024;
+
 /// One publish worker's buffers and what its share of a publish produced besides payloads.
 /// Aligned to two cache lines so that one worker's counters and buffer lengths, written for
 /// every record, never share a line (and the adjacent-line prefetcher's pair) with another's.
@@ -81,6 +87,8 @@ const CHUNKS_PER_WORKER: usize = 4;
 #[repr(align(128))]
 struct Worker {
     flush: FlushScratch,
+    /// Rows' versions stored by this worker during `apply`.
+    encode: EncodeScratch,
     refresh: RefreshScratch,
     /// Slots to free once every worker is done, by table id.
     release: Vec<Vec<u32>>,
@@ -203,6 +211,8 @@ pub struct Publisher {
     sent: SentCounters,
     encode: EncodeScratch,
     workers: Workers,
+    /// Upserts of a table one worker stores in a row during `apply` (see `apply`).
+    apply_run: usize,
     /// Time spatial refreshes apart from the rest of a client's publish.
     time_refresh: bool,
 }
@@ -223,6 +233,7 @@ impl Publisher {
             sent: SentCounters::default(),
             encode: EncodeScratch::default(),
             workers: Workers::new(config.workers),
+            apply_run: APPLY_RUN,
             time_refresh: false,
             config,
         }
@@ -246,6 +257,13 @@ impl Publisher {
     #[doc(hidden)]
     pub fn set_refresh_timing(&mut self, timed: bool) {
         self.time_refresh = timed;
+    }
+
+    /// Stores rows' new versions on the workers in runs of `run` upserts (at least 1), for
+    /// tests that exercise the split on small ticks. Output does not depend on it.
+    #[doc(hidden)]
+    pub fn set_apply_run(&mut self, run: usize) {
+        self.apply_run = run.max(1);
     }
 
     /// Time spent refreshing spatial views while timed, by worker, since start.
@@ -333,20 +351,31 @@ impl Publisher {
         // Events of a tick applied but never published end here.
         self.retire_events();
         self.tick = self.tick.max(1) + 1;
-        let (tick, encode) = (self.tick, &mut self.encode);
+        let tick = self.tick;
+        let state = &self.workers.state;
+        let with_scratch = |f: &mut dyn FnMut(&mut EncodeScratch)| {
+            let index = rayon::current_thread_index().unwrap_or(0);
+            f(&mut lock(&state[index.min(state.len() - 1)]).encode);
+        };
+        let workers = match &self.workers.pool {
+            Some(pool) if self.workers.parallel => Some(ApplyWorkers {
+                pool,
+                with_scratch: &with_scratch,
+                run: self.apply_run,
+            }),
+            _ => None,
+        };
         for table_changes in &changes.tables {
             let Some(Some(t)) = self.tables.get_mut(table_changes.table().0 as usize) else {
                 continue;
             };
-            for change in table_changes.iter() {
-                match (change.kind, change.row) {
-                    (ChangeKind::Delete, _) => t.delete(change.pk, change.entity, tick),
-                    (_, Some(row)) => {
-                        t.upsert(change.pk, row, true, change.entity, tick, encode);
-                    }
-                    (_, None) => {}
-                }
-            }
+            apply_changes(
+                t,
+                table_changes.iter(),
+                tick,
+                &mut self.encode,
+                workers.as_ref(),
+            );
         }
         for table in 0..self.tables.len() as u32 {
             self.evaluate_shared(table);
@@ -695,6 +724,7 @@ impl Publisher {
                 counters,
                 busy,
                 refreshing,
+                ..
             } = worker;
             release.resize_with(tables.len(), Vec::new);
             let mut flush = Flush {

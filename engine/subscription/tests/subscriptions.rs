@@ -1432,9 +1432,10 @@ fn rows_brought_back_by_a_rollback_keep_publishing() {
     assert_eq!(w.mirrors[&a].rows(mob).len(), 1);
 }
 
-/// Clients are published in parallel chunks: the messages, their order and every counter must
-/// be the same whatever the worker count, through moves, deletes, events, budget-bound ranking
-/// and clients coming and going.
+/// Clients are published in parallel chunks and rows' versions stored in parallel runs: the
+/// messages, their order and every counter must be the same whatever the worker count, through
+/// moves, deletes (and rows deleted and put back in one tick), events, budget-bound ranking and
+/// clients coming and going.
 #[test]
 fn publish_output_does_not_depend_on_worker_count() {
     let config = |workers| PublishConfig {
@@ -1446,6 +1447,9 @@ fn publish_output_does_not_depend_on_worker_count() {
     let mut worlds = [World::new(config(1)), World::new(config(3))];
     assert_eq!(worlds[0].publisher.workers(), 1);
     assert_eq!(worlds[1].publisher.workers(), 3);
+    // Ticks this small are applied on the calling thread by default: store rows on the
+    // workers in runs of two, so the split by slot is exercised too.
+    worlds[1].publisher.set_apply_run(2);
     let mut state = 7u64;
     let mut next = move |n: u32| {
         state = state
