@@ -5,8 +5,8 @@
 //! payloads. The simulation tick that produces the change set runs outside the timing.
 //! Reports bytes per client per second and bytes per moving-entity update.
 //!
-//! Measured in the same run, tick by tick interleaved so that the machine's drift hits all
-//! alike: the phase with 1 publish worker and with `WORKERS` (default 2) workers, and the floor
+//! Measured in the same run, interleaved in blocks of ticks so that the machine's drift hits
+//! all alike: the phase with 1 publish worker and with `WORKERS` (default 2) workers, and the floor
 //! of its work: appending each client's visible, already-encoded deltas to its buffer with no
 //! spatial refresh, ranking or budget (`Publisher::publish_floor`). The ratios are the numbers
 //! to compare across days; this machine's speed varies 2-3x from one day to the next.
@@ -20,6 +20,12 @@
 //! entities that move, default 1), `STILL` (share of the clients whose focus stays put,
 //! default 0). E.g. the server's 4,096-client UDP load test is
 //! `ENTITIES=4096 WORLD=580 RADIUS=50` (~95 rows in view).
+//!
+//! And for the sampling: `ROUNDS` (sampled ticks, default 160, a quarter per variant) and
+//! `BLOCK` (ticks in a row with one worker count and refresh mode, default 10). Switching the
+//! worker count every tick (`BLOCK=1`, this bench's first method) starves the two-worker ticks
+//! on this VM: the same binary measured 0.95-1.08x for `apply` switching every tick and
+//! 1.46-1.53x switching every ten, and a server never switches.
 
 #![allow(missing_docs)]
 #![allow(clippy::print_stderr)] // reports workload numbers next to criterion's output
@@ -254,21 +260,23 @@ fn bench(c: &mut Criterion) {
         let changes = scenario.simulate();
         scenario.publish(&changes, workers);
     }
-    // Per-tick samples outside criterion, worker counts alternating tick by tick and full and
-    // incremental refreshes every two ticks: medians shrug off preemption on a shared machine
-    // better than a mean.
+    // Per-tick samples outside criterion, worker counts alternating every `block` ticks and full
+    // and incremental refreshes every two blocks: medians shrug off preemption on a shared
+    // machine better than a mean.
     let mut buffers = Vec::new();
     scenario.publisher.set_refresh_timing(true);
     // By [full, incremental] then [1 worker, `workers`].
-    let mut apply: [Vec<Duration>; 2] = Default::default();
+    let mut apply: [[Vec<Duration>; 2]; 2] = Default::default();
     let mut floor: [Vec<Duration>; 2] = Default::default();
     let mut clients: [[Vec<Duration>; 2]; 2] = Default::default();
     let mut refresh: [[Vec<Duration>; 2]; 2] = Default::default();
     let (full_before, incremental_before) = scenario.publisher.refreshes();
     let mut busy = vec![Duration::ZERO; workers];
-    for round in 0..80 {
-        let many = round % 2;
-        let incremental = (round / 2) % 2;
+    let block: usize = env_or("BLOCK", 10usize).max(1);
+    let rounds: usize = env_or("ROUNDS", 160usize).max(4 * block);
+    for round in 0..rounds {
+        let many = (round / block) % 2;
+        let incremental = (round / (2 * block)) % 2;
         let count = if many == 0 { 1 } else { workers };
         scenario.publisher.set_incremental_refresh(incremental == 1);
         let changes = scenario.simulate();
@@ -276,7 +284,7 @@ fn bench(c: &mut Criterion) {
         let refresh_before: Duration = scenario.publisher.refresh_busy().iter().sum();
         let [a, f, p] = scenario.phases(&changes, count, &mut buffers);
         let refreshed = scenario.publisher.refresh_busy().iter().sum::<Duration>() - refresh_before;
-        apply[incremental].push(a);
+        apply[incremental][many].push(a);
         floor[incremental].push(f);
         clients[incremental][many].push(p);
         refresh[incremental][many].push(refreshed);
@@ -292,18 +300,22 @@ fn bench(c: &mut Criterion) {
     scenario.publisher.set_incremental_refresh(true);
     let (full_after, incremental_after) = scenario.publisher.refreshes();
     for (incremental, name) in [(0, "full"), (1, "incremental")] {
-        let apply = median(&mut apply[incremental]);
+        let apply_one = median(&mut apply[incremental][0]);
+        let apply_many = median(&mut apply[incremental][1]);
         let floor = median(&mut floor[incremental]);
         let one = median(&mut clients[incremental][0]);
         let many = median(&mut clients[incremental][1]);
         let refresh_one = median(&mut refresh[incremental][0]);
         let refresh_many = median(&mut refresh[incremental][1]);
-        let (full_one, full_many) = (apply + one, apply + many);
+        let (full_one, full_many) = (apply_one + one, apply_many + many);
         eprintln!(
-            "publish, {name} refresh (medians of 20 ticks each): apply {:.2} ms; clients on \
-             1 worker {:.2} ms (refresh {:.2}), on {workers} workers {:.2} ms (refresh {:.2} \
-             summed over workers); whole phase {:.2} ms vs {:.2} ms",
-            ms(apply),
+            "publish, {name} refresh (medians of {} ticks each): apply on 1 worker {:.2} ms, on \
+             {workers} workers {:.2} ms; clients on 1 worker {:.2} ms (refresh {:.2}), on \
+             {workers} workers {:.2} ms (refresh {:.2} summed over workers); whole phase {:.2} ms \
+             vs {:.2} ms",
+            rounds / 4,
+            ms(apply_one),
+            ms(apply_many),
             ms(one),
             ms(refresh_one),
             ms(many),
@@ -312,9 +324,10 @@ fn bench(c: &mut Criterion) {
             ms(full_many),
         );
         eprintln!(
-            "publish scaling, {name} refresh: clients {:.2}x, whole phase {:.2}x on {workers} \
-             workers; per client {:.2} us on 1 worker (refresh {:.2} us); floor {:.2} ms = \
-             {:.2} of the 1-worker phase",
+            "publish scaling, {name} refresh: apply {:.2}x, clients {:.2}x, whole phase {:.2}x \
+             on {workers} workers; per client {:.2} us on 1 worker (refresh {:.2} us); floor \
+             {:.2} ms = {:.2} of the 1-worker phase",
+            apply_one.as_secs_f64() / apply_many.as_secs_f64(),
             one.as_secs_f64() / many.as_secs_f64(),
             full_one.as_secs_f64() / full_many.as_secs_f64(),
             one.as_secs_f64() * 1e6 / CLIENTS as f64,
@@ -333,7 +346,7 @@ fn bench(c: &mut Criterion) {
     eprintln!(
         "publish workers: busy per tick {:?} ms",
         busy.iter()
-            .map(|b| format!("{:.2}", ms(*b) / 40.0))
+            .map(|b| format!("{:.2}", ms(*b) / (rounds / 2) as f64))
             .collect::<Vec<_>>(),
     );
     let before = scenario.publisher.stats().sent;
