@@ -1,4 +1,5 @@
 mod channel;
+mod channel_map;
 mod connection_stats;
 mod error;
 mod packet;

@@ -1,13 +1,14 @@
 use crate::channel::reliable::{ReceiveChannelReliable, SendChannelReliable};
 use crate::channel::unreliable::{ReceiveChannelUnreliable, SendChannelUnreliable};
 use crate::channel::{ChannelConfig, DefaultChannel, SendType};
+use crate::channel_map::ChannelMap;
 use crate::connection_stats::ConnectionStats;
 use crate::error::DisconnectReason;
 use crate::packet::{Packet, Payload};
 use bytes::Bytes;
 use octets::OctetsMut;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -85,10 +86,10 @@ pub struct RenetClient {
     sent_packets: BTreeMap<u64, PacketSent>,
     pending_acks: Vec<Range<u64>>,
     channel_send_order: Vec<ChannelOrder>,
-    send_unreliable_channels: HashMap<u8, SendChannelUnreliable>,
-    receive_unreliable_channels: HashMap<u8, ReceiveChannelUnreliable>,
-    send_reliable_channels: HashMap<u8, SendChannelReliable>,
-    receive_reliable_channels: HashMap<u8, ReceiveChannelReliable>,
+    send_unreliable_channels: ChannelMap<SendChannelUnreliable>,
+    receive_unreliable_channels: ChannelMap<ReceiveChannelUnreliable>,
+    send_reliable_channels: ChannelMap<SendChannelReliable>,
+    receive_reliable_channels: ChannelMap<ReceiveChannelReliable>,
     stats: ConnectionStats,
     available_bytes_per_tick: u64,
     connection_status: RenetConnectionStatus,
@@ -130,8 +131,8 @@ impl RenetClient {
         send_channels_config: Vec<ChannelConfig>,
         receive_channels_config: Vec<ChannelConfig>,
     ) -> Self {
-        let mut send_unreliable_channels = HashMap::new();
-        let mut send_reliable_channels = HashMap::new();
+        let mut send_unreliable_channels = ChannelMap::new();
+        let mut send_reliable_channels = ChannelMap::new();
         let mut channel_send_order: Vec<ChannelOrder> = Vec::with_capacity(send_channels_config.len());
         for channel_config in send_channels_config.iter() {
             match channel_config.send_type {
@@ -152,8 +153,8 @@ impl RenetClient {
             }
         }
 
-        let mut receive_unreliable_channels = HashMap::new();
-        let mut receive_reliable_channels = HashMap::new();
+        let mut receive_unreliable_channels = ChannelMap::new();
+        let mut receive_reliable_channels = ChannelMap::new();
         for channel_config in receive_channels_config.iter() {
             match channel_config.send_type {
                 SendType::Unreliable => {
