@@ -6,8 +6,13 @@
 //! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs, `UDP_PIPELINE=1`
 //! pipelines the publish, `UDP_ACK_DELAY_MS` sets the clients' ack delay)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
+//! The test binary uses the allocator the shipped server (`sample-mmo`) uses, so that the
+//! server's CPU per tick is what a deployment would see.
 
 mod common;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
