@@ -25,7 +25,7 @@ use crate::schema::{ParamSchema, TableSchema};
 use crate::time::{ScheduleAt, Timestamp};
 
 /// A decoded value of any column type.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum Value {
     /// `bool`.
     Bool(bool),
@@ -95,6 +95,69 @@ pub enum ValueError {
         /// Arguments.
         got: usize,
     },
+}
+
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        match self {
+            Value::Bool(v) => Value::Bool(*v),
+            Value::Unsigned(v) => Value::Unsigned(*v),
+            Value::Signed(v) => Value::Signed(*v),
+            Value::F32(v) => Value::F32(*v),
+            Value::F64(v) => Value::F64(*v),
+            Value::String(v) => Value::String(v.clone()),
+            Value::Identity(v) => Value::Identity(*v),
+            Value::ConnectionId(v) => Value::ConnectionId(*v),
+            Value::Timestamp(v) => Value::Timestamp(*v),
+            Value::Duration(v) => Value::Duration(*v),
+            Value::ScheduleAt(v) => Value::ScheduleAt(*v),
+            Value::Vec2(v) => Value::Vec2(*v),
+            Value::Vec3(v) => Value::Vec3(*v),
+            Value::Option(v) => Value::Option(v.clone()),
+            Value::Array(v) => Value::Array(v.clone()),
+            Value::Struct(v) => Value::Struct(v.clone()),
+            Value::Enum { tag, fields } => Value::Enum {
+                tag: *tag,
+                fields: fields.clone(),
+            },
+        }
+    }
+
+    /// A value of the same kind as `source` is overwritten in place: scalars are copied and
+    /// strings, arrays and fields keep their allocations (a client copying a row into a spare
+    /// one for each update would otherwise free and allocate every column).
+    fn clone_from(&mut self, source: &Self) {
+        match (&mut *self, source) {
+            (Value::Bool(v), Value::Bool(s)) => *v = *s,
+            (Value::Unsigned(v), Value::Unsigned(s)) => *v = *s,
+            (Value::Signed(v), Value::Signed(s)) => *v = *s,
+            (Value::F32(v), Value::F32(s)) => *v = *s,
+            (Value::F64(v), Value::F64(s)) => *v = *s,
+            (Value::String(v), Value::String(s)) => v.clone_from(s),
+            (Value::Identity(v), Value::Identity(s)) => *v = *s,
+            (Value::ConnectionId(v), Value::ConnectionId(s)) => *v = *s,
+            (Value::Timestamp(v), Value::Timestamp(s)) => *v = *s,
+            (Value::Duration(v), Value::Duration(s)) => *v = *s,
+            (Value::ScheduleAt(v), Value::ScheduleAt(s)) => *v = *s,
+            (Value::Vec2(v), Value::Vec2(s)) => *v = *s,
+            (Value::Vec3(v), Value::Vec3(s)) => *v = *s,
+            (Value::Option(v), Value::Option(s)) => v.clone_from(s),
+            (Value::Array(v), Value::Array(s)) | (Value::Struct(v), Value::Struct(s)) => {
+                v.clone_from(s)
+            }
+            (
+                Value::Enum { tag, fields },
+                Value::Enum {
+                    tag: source_tag,
+                    fields: source_fields,
+                },
+            ) => {
+                *tag = *source_tag;
+                fields.clone_from(source_fields);
+            }
+            (value, source) => *value = source.clone(),
+        }
+    }
 }
 
 impl Value {
@@ -710,6 +773,58 @@ pub fn row_values_from_json(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `clone_from` between any two kinds of value gives the source, and a string overwritten
+    /// by a string keeps its buffer.
+    #[test]
+    fn clone_from_gives_the_source_and_keeps_string_buffers() {
+        let values = vec![
+            Value::Bool(true),
+            Value::Unsigned(7),
+            Value::Signed(-7),
+            Value::F32(1.5),
+            Value::F64(-2.5),
+            Value::String("a long enough string".into()),
+            Value::String(String::new()),
+            Value::Identity(Identity([9; 32])),
+            Value::ConnectionId(ConnectionId(3)),
+            Value::Timestamp(Timestamp::from_micros(5)),
+            Value::Duration(Duration::from_micros(6)),
+            Value::ScheduleAt(ScheduleAt::Interval(Duration::from_millis(50))),
+            Value::Vec2(Vec2::new(1.0, 2.0)),
+            Value::Vec3(Vec3::new(1.0, 2.0, 3.0)),
+            Value::Option(None),
+            Value::Option(Some(Box::new(Value::String("inner".into())))),
+            Value::Array(vec![Value::Unsigned(1), Value::String("x".into())]),
+            Value::Array(Vec::new()),
+            Value::Struct(vec![Value::F32(0.5), Value::Option(None)]),
+            Value::Enum {
+                tag: 2,
+                fields: vec![Value::String("field".into())],
+            },
+            Value::Enum {
+                tag: 0,
+                fields: Vec::new(),
+            },
+        ];
+        for from in &values {
+            for to in &values {
+                let mut value = from.clone();
+                value.clone_from(to);
+                assert_eq!(&value, to, "{from:?} overwritten by {to:?}");
+            }
+        }
+        let mut held = Value::String(String::with_capacity(64));
+        let Value::String(buffer) = &held else {
+            unreachable!()
+        };
+        let before = buffer.as_ptr();
+        held.clone_from(&Value::String("short".into()));
+        let Value::String(buffer) = &held else {
+            unreachable!()
+        };
+        assert_eq!((buffer.as_ptr(), buffer.as_str()), (before, "short"));
+    }
 
     fn bytes(ty: &TypeDesc, json: serde_json::Value) -> Vec<u8> {
         Value::from_json(ty, &json, "v")

@@ -834,15 +834,8 @@ impl Clone for WireRow {
     /// Copies `source` into this row's buffers: strings and the column list keep their
     /// allocations when they are large enough (a client copying rows into spare ones).
     fn clone_from(&mut self, source: &Self) {
-        self.columns.truncate(source.columns.len());
-        let held = self.columns.len();
-        for (mine, theirs) in self.columns.iter_mut().zip(&source.columns) {
-            match (mine, theirs) {
-                (Value::String(mine), Value::String(theirs)) => mine.clone_from(theirs),
-                (mine, theirs) => *mine = theirs.clone(),
-            }
-        }
-        self.columns.extend_from_slice(&source.columns[held..]);
+        // Element by element (`Value::clone_from`): strings keep their buffers.
+        self.columns.clone_from(&source.columns);
         self.quantized = source.quantized;
         self.units.clone_from(&source.units);
     }
