@@ -82,7 +82,7 @@ pub(crate) fn apply_changes<'c>(
                 if !mapped && !t.split(tick).0.encode(row, scratch) {
                     continue;
                 }
-                (t.resolve(change.pk, change.entity).0, Some(row))
+                (t.resolve(change.pk, change.entity), Some(row))
             }
             (_, None) => continue,
         };

@@ -497,7 +497,7 @@ impl MirrorTable {
         if !self.split(tick).0.encode(exact, scratch) {
             return;
         }
-        let (slot, _) = self.resolve(pk, entity);
+        let slot = self.resolve(pk, entity);
         let mut inline_positions = [None; MAX_INLINE_GRIDS];
         let mut spilled = Vec::new();
         let positions = if self.grids.len() <= MAX_INLINE_GRIDS {
@@ -535,13 +535,13 @@ impl MirrorTable {
         )
     }
 
-    /// The slot of the row with primary key `pk` on `entity`, allocated if the row is new
-    /// (`true`: fresh, not live until a version is stored).
-    pub(crate) fn resolve(&mut self, pk: &[u8], entity: Option<Entity>) -> (u32, bool) {
+    /// The slot of the row with primary key `pk` on `entity`, allocated if the row is new (not
+    /// live until a version is stored).
+    pub(crate) fn resolve(&mut self, pk: &[u8], entity: Option<Entity>) -> u32 {
         let by_entity = self.by_entity(entity);
         let t = self;
-        let (slot, fresh) = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
-            Some(slot) => (slot, false),
+        let slot = match by_entity.or_else(|| t.by_pk.get(&PkKey::new(pk)).copied()) {
+            Some(slot) => slot,
             None => {
                 let slot = t.free.pop().unwrap_or(t.data.len() as u32);
                 if slot as usize == t.data.len() {
@@ -553,7 +553,7 @@ impl MirrorTable {
                 d.pk = pk.into();
                 d.allocated = true;
                 t.by_pk.insert(PkKey::new(pk), slot);
-                (slot, true)
+                slot
             }
         };
         if let Some(e) = entity
@@ -566,7 +566,7 @@ impl MirrorTable {
             t.by_entity[index] = Some((e, slot));
             t.data[slot as usize].entity = Some(e);
         }
-        (slot, fresh)
+        slot
     }
 
     /// The slot of the live or owed row with primary key `pk` on `entity`, if any.
