@@ -386,10 +386,10 @@ pub struct ServerArgs {
     /// Threads that publish subscriptions to clients in parallel (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub publish_workers: usize,
-    /// Publish each tick on the publish thread while the next tick simulates (off by default:
-    /// every update and reply then leaves one tick later).
+    /// Publish each tick on the tick thread instead of the publish thread (which runs it while
+    /// the tick loop waits for, or simulates, the next tick; the messages are the same).
     #[arg(long)]
-    pub pipeline_publish: bool,
+    pub no_pipeline_publish: bool,
     /// Fsync policy: `every-tick`, `never`, or an interval in milliseconds.
     #[arg(long, default_value = "every-tick")]
     pub fsync: String,
@@ -474,7 +474,7 @@ impl ServerArgs {
                 rebase: !self.no_rebase,
                 bound_flush_bytes: self.bound_flush_bytes,
                 workers: self.publish_workers,
-                pipeline: self.pipeline_publish,
+                pipeline: !self.no_pipeline_publish,
                 ..defaults.publish.clone()
             },
             storage: if self.in_memory {

@@ -111,6 +111,16 @@ impl ServerCore {
             // Sends that overflowed a backlog produced events; they belong to the next tick.
             net::drain_events(&mut self.session, &mut self.events, &self.metrics);
         }
+        // A pipelined publish's messages leave once it is done, as in the real server's idle
+        // time between ticks (here deterministically: before the next poll).
+        if due.run > 0
+            && self
+                .tick
+                .route_finished_publish(Duration::MAX, &mut self.commands)
+        {
+            net::apply_commands(&mut self.session, self.commands.drain(..));
+            net::drain_events(&mut self.session, &mut self.events, &self.metrics);
+        }
         self.session.update(now);
         net::drain_events(&mut self.session, &mut self.events, &self.metrics);
         self.metrics

@@ -2,7 +2,9 @@
 //!
 //! - the **tick thread** (a std thread, `orrery-tick`): a [`TickCore`] stepped by a
 //!   [`FixedClock`]; each tick it drains the event and HTTP-call channels, runs the tick and
-//!   sends the tick's commands as one batch;
+//!   sends the tick's commands as one batch. With a pipelined publish it waits for the next
+//!   tick on the publish in flight and sends that publish's messages as soon as it is done
+//!   ([`TickCore::route_finished_publish`]);
 //! - the **network workers** (`orrery-net-<i>`, [`ServerConfig::net_workers`] std threads, each
 //!   running a single-threaded tokio runtime): each owns a netcode `ServerSession` and a UDP
 //!   socket of its own (its own port) and the clients the token issuer assigned to it
@@ -356,7 +358,7 @@ pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle,
 
     let (event_tx, event_rx) = mpsc::channel::<Vec<NetEvent>>(EVENT_BATCHES);
     let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|_| mpsc::channel::<Vec<NetCommand>>(COMMAND_BATCHES))
+        .map(|_| mpsc::channel::<CommandBatch>(COMMAND_BATCHES))
         .unzip();
     let (call_tx, call_rx) = mpsc::channel::<HttpRequest>(HTTP_CALL_QUEUE);
     let (admin_txs, admin_rxs): (Vec<_>, Vec<_>) = (0..workers)
@@ -532,7 +534,7 @@ fn tick_loop(
     mut clock: FixedClock,
     mut events: mpsc::Receiver<Vec<NetEvent>>,
     mut calls: mpsc::Receiver<HttpRequest>,
-    commands: Vec<mpsc::Sender<Vec<NetCommand>>>,
+    commands: Vec<mpsc::Sender<CommandBatch>>,
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServerError> {
@@ -540,6 +542,9 @@ fn tick_loop(
     let mut batch_calls = Vec::new();
     // UDP bytes sent as of the previous tick, for the bytes-out plot.
     let mut bytes_out = metrics.bytes_out.load(Relaxed);
+    // Handing a pipelined publish routed between ticks to the network, counted with the next
+    // tick's flush phase.
+    let mut flushed_between_ticks = Duration::ZERO;
     'run: while !stop.load(Relaxed) {
         let due = clock.poll(Instant::now());
         if due.skipped > 0 {
@@ -570,16 +575,17 @@ fn tick_loop(
             );
             let mut timer = PhaseTimer::start();
             let zone = profiling::phase(Phase::Flush);
-            // Every worker gets a batch each tick (maybe empty): it updates its session then.
-            let mut batches = split_commands(out, commands.len());
-            for (sender, batch) in commands.iter().zip(batches.drain(..)) {
-                if sender.blocking_send(batch).is_err() {
-                    break 'run; // a network worker is gone
-                }
+            // With the publish in flight routed between ticks, this tick's own commands (its
+            // input phase's) leave with it: one send pass per tick, whose datagrams carry the
+            // acks, instead of an extra pass of ack-only datagrams.
+            let send_now = !core.commands_wait_for_publish();
+            if !hand_to_network(out, &commands, send_now) {
+                break 'run; // a network worker is gone
             }
             drop(zone);
             timer.lap(Phase::Flush);
             timing.add(Phase::Flush, timer.finish().get(Phase::Flush));
+            timing.add(Phase::Flush, std::mem::take(&mut flushed_between_ticks));
             core.record_timing(&timing);
             drop(tick_zone);
             profiling::frame_mark();
@@ -592,11 +598,56 @@ fn tick_loop(
         }
         let wait = clock
             .next_deadline()
-            .saturating_duration_since(Instant::now());
-        std::thread::sleep(wait.min(Duration::from_millis(100)));
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        // A pipelined publish's messages leave as soon as it is done, not with the next tick.
+        let mut out = Vec::new();
+        if core.route_finished_publish(wait, &mut out) {
+            let start = Instant::now();
+            let zone = profiling::phase(Phase::Flush);
+            if !hand_to_network(out, &commands, true) {
+                break 'run;
+            }
+            drop(zone);
+            flushed_between_ticks += start.elapsed();
+            continue;
+        }
+        std::thread::sleep(
+            clock
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
     }
     core.close()?;
     Ok(())
+}
+
+/// A network worker's share of commands from the tick thread.
+#[derive(Debug)]
+struct CommandBatch {
+    commands: Vec<NetCommand>,
+    /// Update the session and send now; otherwise the commands only queue their messages,
+    /// which leave with the next batch that sends (or the worker's own interval update).
+    send_now: bool,
+}
+
+/// Hands commands to the network workers, each its share (maybe empty: a worker sends on
+/// every batch with `send_now`). Returns false when a worker is gone.
+fn hand_to_network(
+    out: Vec<NetCommand>,
+    workers: &[mpsc::Sender<CommandBatch>],
+    send_now: bool,
+) -> bool {
+    let batches = split_commands(out, workers.len());
+    workers.iter().zip(batches).all(|(sender, commands)| {
+        if commands.is_empty() && !send_now {
+            return true;
+        }
+        sender
+            .blocking_send(CommandBatch { commands, send_now })
+            .is_ok()
+    })
 }
 
 /// Splits one tick's commands by the network worker that owns each client.
@@ -621,7 +672,7 @@ struct NetWorker {
     index: usize,
     session: ServerSession,
     udp: TokioUdpEndpoint,
-    commands: mpsc::Receiver<Vec<NetCommand>>,
+    commands: mpsc::Receiver<CommandBatch>,
     events: mpsc::Sender<Vec<NetEvent>>,
     admin: mpsc::Receiver<AdminRequest>,
     stop: watch::Receiver<bool>,
@@ -632,7 +683,7 @@ struct NetWorker {
 /// What woke a network worker.
 enum Wake<'a> {
     Stop,
-    Commands(Option<Vec<NetCommand>>),
+    Commands(Option<CommandBatch>),
     Permit(Result<mpsc::Permit<'a, Vec<NetEvent>>, mpsc::error::SendError<()>>),
     Readable(std::io::Result<()>),
     Admin(AdminRequest),
@@ -685,11 +736,13 @@ async fn net_loop(worker: NetWorker) {
             Wake::Commands(received) => {
                 let Some(received) = received else { break };
                 let zone = profiling::zone(Work::NetCommands);
-                net::apply_commands(&mut session, received);
-                session.update(unix_now());
-                last_update = Instant::now();
-                drop(zone);
-                flush(&mut udp, &mut session);
+                net::apply_commands(&mut session, received.commands);
+                if received.send_now {
+                    session.update(unix_now());
+                    last_update = Instant::now();
+                    drop(zone);
+                    flush(&mut udp, &mut session);
+                }
             }
             Wake::Permit(permit) => match permit {
                 Ok(permit) => permit.send(std::mem::take(&mut pending)),

@@ -15,10 +15,13 @@
 //! 4. **publish**: the tick's changes go into the publisher, focus updates are applied,
 //!    subscriptions are registered (`SubscriptionApplied` / `SubscriptionError`), and each
 //!    client's budgeted deltas become `TableUpdate` messages. With a pipelined publish
-//!    ([`orrery_subscription::PublishConfig::pipeline`]) the last step runs on the publish
-//!    thread while the next tick's input and engine phases run; its messages are routed right
-//!    after that engine step, before anything else of the next tick, so the command stream
-//!    is the unpipelined one, one call later.
+//!    ([`orrery_subscription::PublishConfig::pipeline`], the default) the last step runs on
+//!    the publish thread after [`TickCore::tick`] returns. A tick loop routes its messages as
+//!    soon as it is done ([`TickCore::route_finished_publish`], while it waits for the next
+//!    tick): the command stream is then the unpipelined one, call for call. A publish still
+//!    running when the next tick starts overlaps that tick's input and engine phases and is
+//!    routed right after its engine step, before anything else of it: the unpipelined stream,
+//!    one call later.
 //!
 //! A tick's messages leave in this order: its subscription answers, its `TableUpdate`s, then
 //! its reducer replies (and the disconnects of refused connections). So a client whose call
@@ -208,6 +211,11 @@ pub struct TickCore {
     ticks: u64,
     /// `ticks` when the publisher gauges were last sampled.
     publisher_sampled: Option<u64>,
+    /// Whether the last tick call routed a publish (one that was still in flight when it began).
+    routed_in_last_tick: bool,
+    /// Tick-thread time spent routing a finished publish between ticks
+    /// ([`TickCore::route_finished_publish`]), counted in the next tick's publish phase.
+    routed_between_ticks: Duration,
 }
 
 impl std::fmt::Debug for TickCore {
@@ -305,6 +313,8 @@ impl TickCore {
             subscriptions: 0,
             ticks: 0,
             publisher_sampled: None,
+            routed_between_ticks: Duration::ZERO,
+            routed_in_last_tick: false,
         })
     }
 
@@ -341,26 +351,82 @@ impl TickCore {
         self.pipeline.is_some()
     }
 
+    /// Whether the commands of the last [`TickCore::tick`] call are only its input phase's,
+    /// with the tick's publish in flight: the previous publish was routed between ticks
+    /// ([`TickCore::route_finished_publish`]). They may then wait to leave with this publish's
+    /// messages.
+    pub fn commands_wait_for_publish(&self) -> bool {
+        self.pending.is_some() && !self.routed_in_last_tick
+    }
+
     /// The publisher, back from the publish thread if it was there.
     fn publisher_mut(&mut self) -> &mut Publisher {
         if self.publisher.is_none()
-            && let (Some(pipeline), Some(pending)) = (&self.pipeline, &mut self.pending)
+            && let Some(pipeline) = &self.pipeline
+            && self.pending.is_some()
         {
             let start = std::time::Instant::now();
-            let (publisher, outgoing, took) = pipeline.wait();
-            let waited = start.elapsed();
-            self.metrics
-                .publish_offloaded_us
-                .fetch_add(took.as_micros() as u64, Relaxed);
-            self.metrics
-                .publish_wait_us
-                .fetch_add(waited.as_micros() as u64, Relaxed);
-            pending.outgoing = Some(outgoing);
-            self.publisher = Some(publisher);
+            let published = pipeline.wait();
+            self.take_back(published, start.elapsed());
         }
         self.publisher
             .as_deref_mut()
             .unwrap_or_else(|| unreachable!("the publisher is on the tick thread or pending"))
+    }
+
+    /// Takes the publisher and its payloads back from the publish thread (`waited`: how long
+    /// the tick thread stalled for them).
+    fn take_back(&mut self, (publisher, outgoing, took): Published, waited: Duration) {
+        self.metrics
+            .publish_offloaded_us
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.metrics
+            .publish_wait_us
+            .fetch_add(waited.as_micros() as u64, Relaxed);
+        if let Some(pending) = &mut self.pending {
+            pending.outgoing = Some(outgoing);
+        }
+        self.publisher = Some(publisher);
+    }
+
+    /// Whether the publisher is back from the publish in flight, waiting at most `timeout`
+    /// for it (idle time, not counted as a stall).
+    fn publish_done_within(&mut self, timeout: Duration) -> bool {
+        if self.pending.is_none() {
+            return false;
+        }
+        if self.publisher.is_some() {
+            return true;
+        }
+        let Some(pipeline) = &self.pipeline else {
+            return false;
+        };
+        match pipeline.wait_for(timeout) {
+            Some(published) => {
+                self.take_back(published, Duration::ZERO);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Routes the messages of the pipelined publish in flight as soon as it is done, waiting
+    /// at most `timeout` for it; returns whether it routed them (into `out`). A tick loop
+    /// calls this while it waits for the next tick, so a pipelined tick's updates leave when
+    /// its publish finishes, as an unpipelined tick's would, instead of with the next tick
+    /// ([`TickCore::tick`] routes whatever is still in flight). The commands are those the
+    /// next tick would have started with; the tick-thread time routing them takes is counted
+    /// in the next tick's publish phase.
+    pub fn route_finished_publish(&mut self, timeout: Duration, out: &mut Vec<NetCommand>) -> bool {
+        if !self.publish_done_within(timeout) {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        let zone = profiling::phase(Phase::Publish);
+        self.flush_publish(out);
+        drop(zone);
+        self.routed_between_ticks += start.elapsed();
+        true
     }
 
     /// Sends the messages of the last pipelined publish (waiting for it if it is still
@@ -439,10 +505,11 @@ impl TickCore {
     /// [`TickCore::record_timing`]).
     ///
     /// With a pipelined publish ([`orrery_subscription::PublishConfig::pipeline`]) the tick's
-    /// publish runs on the publish thread after this returns, and its messages come out of the
-    /// next call, once that tick's simulation has run: first in `out`, so that the stream of
-    /// commands is the one an unpipelined core produces, one call later (see
-    /// [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
+    /// publish runs on the publish thread after this returns. Its messages come out of
+    /// [`TickCore::route_finished_publish`] once it is done or, if that was not called, out of
+    /// the next call: first in `out` (after that tick's simulation, unless it was done before),
+    /// so that the stream of commands is the one an unpipelined core produces, one call later
+    /// (see [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
     /// share (apply, subscriptions, waiting for and routing the previous publish); the time
     /// the publish took off the tick thread is in the metrics.
     pub fn tick(
@@ -454,10 +521,15 @@ impl TickCore {
     ) -> TickTiming {
         let mut timer = PhaseTimer::start();
         let events: Vec<NetEvent> = events.into_iter().collect();
+        self.routed_in_last_tick = self.pending.is_some();
         // Input that changes what the publish in flight's messages meet when they are routed
         // (a client leaving, confirmed reads, replies queued behind held ones) waits for them.
         if self.pending.is_some() && self.input_meets_publish(&events) {
             self.metrics.publish_early_joins.fetch_add(1, Relaxed);
+            self.flush_publish(out);
+        } else if self.publish_done_within(Duration::ZERO) {
+            // Done already: its messages leave now, before this tick's input-phase commands
+            // as always.
             self.flush_publish(out);
         }
         let mut input_out = Vec::new();
@@ -567,6 +639,10 @@ impl TickCore {
         drop(zone);
         timer.lap(Phase::Publish);
         timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
+        timing.add(
+            Phase::Publish,
+            std::mem::take(&mut self.routed_between_ticks),
+        );
 
         self.ticks += 1;
         let m = &self.metrics;
@@ -1191,6 +1267,17 @@ impl Pipeline {
         match self.done.recv() {
             Ok(published) => published,
             Err(_) => panic!("the publish thread died while publishing"),
+        }
+    }
+
+    /// Waits at most `timeout` for the publish in flight.
+    fn wait_for(&self, timeout: Duration) -> Option<Published> {
+        match self.done.recv_timeout(timeout) {
+            Ok(published) => Some(published),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the publish thread died while publishing")
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! CI runs 1,100 clients on two network workers. `cargo test --release -p orrery-server --test
 //! udp -- --ignored --nocapture` runs 4,096 (the default worker count, then one worker with
-//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs, `UDP_PIPELINE=1`
-//! pipelines the publish, `UDP_ACK_DELAY_MS` sets the clients' ack delay)
+//! and without batched I/O, in one run; `UDP_RUNS=2:on,1:off` picks the runs, `UDP_PIPELINE=0`
+//! publishes on the tick thread instead of the publish thread, `UDP_ACK_DELAY_MS` sets the clients' ack delay)
 //! and 10,000 (connect time, idle CPU per tick, memory per client) and prints the numbers.
 //! The test binary uses the allocator the shipped server (`sample-mmo`) uses, so that the
 //! server's CPU per tick is what a deployment would see.
@@ -78,6 +78,9 @@ struct Report {
     load_udp_bytes_per_client_second: f64,
     /// UDP datagrams received per client per second in the load phase (calls and acks).
     load_datagrams_in_per_client_second: f64,
+    /// UDP datagrams sent per client per tick period in the load phase: one send pass per tick
+    /// puts a client's updates, replies and acks in one datagram while they fit.
+    load_datagrams_out_per_client_tick: f64,
     replies: u64,
     updates: u64,
     /// Walker records the clients decoded over the whole run: upserts, deltas, deletes.
@@ -425,9 +428,10 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
     let mut config = ServerConfig::for_tests(dir.path());
     config.net_workers = workers;
     config.udp_batching = batching;
-    // `UDP_PIPELINE=1` publishes pipelined with the next tick (`PublishConfig::pipeline`).
-    config.publish.pipeline = std::env::var("UDP_PIPELINE").is_ok_and(|v| v == "1");
+    // `UDP_PIPELINE=0` publishes on the tick thread (`PublishConfig::pipeline`, on by default).
+    config.publish.pipeline = std::env::var("UDP_PIPELINE").map_or(true, |v| v != "0");
     let pipeline = config.publish.pipeline;
+    let tick_period = config.tick_duration();
     config.max_pending = n.max(4096);
     // Every client of this test shares one loopback address.
     config.max_pending_per_ip = n;
@@ -529,6 +533,7 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
                 metrics.publisher_records.load(Relaxed),
                 metrics.bytes_out.load(Relaxed),
                 metrics.datagrams_in.load(Relaxed),
+                metrics.datagrams_out.load(Relaxed),
             )
         };
         let (sent2, at2) = (sent(&mut clients), Instant::now());
@@ -588,6 +593,9 @@ async fn run_load(n: usize, steady: Duration, workers: usize, batching: bool) ->
             load_records_per_client_second: per_client_second(sent3.1 - sent2.1),
             load_udp_bytes_per_client_second: per_client_second(sent3.2 - sent2.2),
             load_datagrams_in_per_client_second: per_client_second(sent3.3 - sent2.3),
+            load_datagrams_out_per_client_tick: (sent3.4 - sent2.4) as f64
+                / n as f64
+                / (load_seconds / tick_period.as_secs_f64()),
             replies: clients.iter().map(|c| c.replies.len() as u64).sum(),
             updates: clients.iter().map(|c| c.updates).sum(),
             walker_records: clients.iter().filter_map(|c| c.walkers.as_ref()).fold(
