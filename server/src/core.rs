@@ -33,6 +33,9 @@ pub struct ServerCore {
     events: Vec<NetEvent>,
     requests: Vec<HttpRequest>,
     commands: Vec<NetCommand>,
+    /// Handing a pipelined publish routed after a poll's ticks to the session, counted in the
+    /// next tick's flush phase.
+    flushed_between_polls: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -68,6 +71,7 @@ impl ServerCore {
             events: Vec::new(),
             requests: Vec::new(),
             commands: Vec::new(),
+            flushed_between_polls: Duration::ZERO,
             metrics,
         })
     }
@@ -107,6 +111,10 @@ impl ServerCore {
             net::apply_commands(&mut self.session, self.commands.drain(..));
             timer.lap(Phase::Flush);
             timing.add(Phase::Flush, timer.finish().get(Phase::Flush));
+            timing.add(
+                Phase::Flush,
+                std::mem::take(&mut self.flushed_between_polls),
+            );
             self.tick.record_timing(&timing);
             // Sends that overflowed a backlog produced events; they belong to the next tick.
             net::drain_events(&mut self.session, &mut self.events, &self.metrics);
@@ -118,7 +126,9 @@ impl ServerCore {
                 .tick
                 .route_finished_publish(Duration::MAX, &mut self.commands)
         {
+            let start = Instant::now();
             net::apply_commands(&mut self.session, self.commands.drain(..));
+            self.flushed_between_polls += start.elapsed();
             net::drain_events(&mut self.session, &mut self.events, &self.metrics);
         }
         self.session.update(now);

@@ -619,6 +619,10 @@ fn tick_loop(
                 .min(Duration::from_millis(100)),
         );
     }
+    // The last pipelined publish's messages, to workers that may still be sending.
+    let mut out = Vec::new();
+    core.flush_publish(&mut out);
+    let _ = hand_to_network(out, &commands, true);
     core.close()?;
     Ok(())
 }
@@ -835,5 +839,62 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orrery_engine::ConnectionId;
+    use orrery_netcode::ServerMessage;
+
+    fn send(client: u64) -> NetCommand {
+        NetCommand::Send {
+            client: ConnectionId(client),
+            msg: ServerMessage::SubscriptionApplied {
+                query_id: 1,
+                tick: 1,
+                tables: Vec::new(),
+            },
+        }
+    }
+
+    fn drain(receivers: &mut [mpsc::Receiver<CommandBatch>]) -> Vec<Vec<(usize, bool)>> {
+        receivers
+            .iter_mut()
+            .map(|r| {
+                let mut batches = Vec::new();
+                while let Ok(batch) = r.try_recv() {
+                    batches.push((batch.commands.len(), batch.send_now));
+                }
+                batches
+            })
+            .collect()
+    }
+
+    /// Commands that may wait for the publish's send pass reach only the workers they are
+    /// for, marked to queue; a batch that sends reaches every worker, so each updates its
+    /// session once.
+    #[test]
+    fn commands_that_wait_only_queue_and_a_sending_batch_reaches_every_worker() {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) =
+            (0..3).map(|_| mpsc::channel::<CommandBatch>(8)).unzip();
+        let owner = net::shard_of(ConnectionId(7), 3);
+        assert!(hand_to_network(vec![send(7)], &senders, false));
+        let expected: Vec<Vec<(usize, bool)>> = (0..3)
+            .map(|w| if w == owner { vec![(1, false)] } else { vec![] })
+            .collect();
+        assert_eq!(drain(&mut receivers), expected);
+        assert!(hand_to_network(vec![send(7), send(7)], &senders, true));
+        let expected: Vec<Vec<(usize, bool)>> = (0..3)
+            .map(|w| vec![(if w == owner { 2 } else { 0 }, true)])
+            .collect();
+        assert_eq!(drain(&mut receivers), expected);
+        // Nothing to queue: no batch at all.
+        assert!(hand_to_network(Vec::new(), &senders, false));
+        assert_eq!(drain(&mut receivers), vec![Vec::new(); 3]);
+        // A worker that is gone stops the tick loop.
+        drop(receivers);
+        assert!(!hand_to_network(vec![send(7)], &senders, true));
     }
 }

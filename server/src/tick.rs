@@ -213,9 +213,10 @@ pub struct TickCore {
     publisher_sampled: Option<u64>,
     /// Whether the last tick call routed a publish (one that was still in flight when it began).
     routed_in_last_tick: bool,
-    /// Tick-thread time spent routing a finished publish between ticks
-    /// ([`TickCore::route_finished_publish`]), counted in the next tick's publish phase.
-    routed_between_ticks: Duration,
+    /// Tick-thread time spent routing a publish outside the publish phase (between ticks,
+    /// [`TickCore::route_finished_publish`], or joined before a tick's input), counted in the
+    /// publish phase of the tick that follows or contains it.
+    routing_outside_publish_phase: Duration,
 }
 
 impl std::fmt::Debug for TickCore {
@@ -313,7 +314,7 @@ impl TickCore {
             subscriptions: 0,
             ticks: 0,
             publisher_sampled: None,
-            routed_between_ticks: Duration::ZERO,
+            routing_outside_publish_phase: Duration::ZERO,
             routed_in_last_tick: false,
         })
     }
@@ -425,7 +426,7 @@ impl TickCore {
         let zone = profiling::phase(Phase::Publish);
         self.flush_publish(out);
         drop(zone);
-        self.routed_between_ticks += start.elapsed();
+        self.routing_outside_publish_phase += start.elapsed();
         true
     }
 
@@ -519,19 +520,19 @@ impl TickCore {
         requests: impl IntoIterator<Item = HttpRequest>,
         out: &mut Vec<NetCommand>,
     ) -> TickTiming {
-        let mut timer = PhaseTimer::start();
         let events: Vec<NetEvent> = events.into_iter().collect();
         self.routed_in_last_tick = self.pending.is_some();
         // Input that changes what the publish in flight's messages meet when they are routed
         // (a client leaving, confirmed reads, replies queued behind held ones) waits for them.
         if self.pending.is_some() && self.input_meets_publish(&events) {
             self.metrics.publish_early_joins.fetch_add(1, Relaxed);
+            let start = std::time::Instant::now();
+            let zone = profiling::phase(Phase::Publish);
             self.flush_publish(out);
-        } else if self.publish_done_within(Duration::ZERO) {
-            // Done already: its messages leave now, before this tick's input-phase commands
-            // as always.
-            self.flush_publish(out);
+            drop(zone);
+            self.routing_outside_publish_phase += start.elapsed();
         }
+        let mut timer = PhaseTimer::start();
         let mut input_out = Vec::new();
         let zone = profiling::phase(Phase::Input);
         let durable = self.durable_up_to();
@@ -641,7 +642,7 @@ impl TickCore {
         timing.add(Phase::Publish, timer.finish().get(Phase::Publish));
         timing.add(
             Phase::Publish,
-            std::mem::take(&mut self.routed_between_ticks),
+            std::mem::take(&mut self.routing_outside_publish_phase),
         );
 
         self.ticks += 1;
