@@ -520,19 +520,22 @@ impl TickCore {
         requests: impl IntoIterator<Item = HttpRequest>,
         out: &mut Vec<NetCommand>,
     ) -> TickTiming {
+        let mut timer = PhaseTimer::start();
         let events: Vec<NetEvent> = events.into_iter().collect();
         self.routed_in_last_tick = self.pending.is_some();
         // Input that changes what the publish in flight's messages meet when they are routed
         // (a client leaving, confirmed reads, replies queued behind held ones) waits for them.
+        // That is publish work: it moves from the input phase's time to the publish phase's.
+        let mut joined_before_input = Duration::ZERO;
         if self.pending.is_some() && self.input_meets_publish(&events) {
             self.metrics.publish_early_joins.fetch_add(1, Relaxed);
             let start = std::time::Instant::now();
             let zone = profiling::phase(Phase::Publish);
             self.flush_publish(out);
             drop(zone);
-            self.routing_outside_publish_phase += start.elapsed();
+            joined_before_input = start.elapsed();
+            self.routing_outside_publish_phase += joined_before_input;
         }
-        let mut timer = PhaseTimer::start();
         let mut input_out = Vec::new();
         let zone = profiling::phase(Phase::Input);
         let durable = self.durable_up_to();
@@ -556,7 +559,10 @@ impl TickCore {
         }
         drop(zone);
         timer.lap(Phase::Input);
-        let input_time = timer.finish().get(Phase::Input);
+        let input_time = timer
+            .finish()
+            .get(Phase::Input)
+            .saturating_sub(joined_before_input);
 
         let at = self.grid_next;
         self.grid_next = at + self.tick_duration;
