@@ -596,13 +596,15 @@ fn tick_loop(
                 bytes_out = sent;
             }
         }
-        let wait = clock
-            .next_deadline()
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
+        let until_due = || {
+            clock
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100))
+        };
         // A pipelined publish's messages leave as soon as it is done, not with the next tick.
         let mut out = Vec::new();
-        if core.route_finished_publish(wait, &mut out) {
+        if core.route_finished_publish(until_due(), &mut out) {
             let start = Instant::now();
             let zone = profiling::phase(Phase::Flush);
             if !hand_to_network(out, &commands, true) {
@@ -612,12 +614,7 @@ fn tick_loop(
             flushed_between_ticks += start.elapsed();
             continue;
         }
-        std::thread::sleep(
-            clock
-                .next_deadline()
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100)),
-        );
+        std::thread::sleep(until_due());
     }
     // The last pipelined publish's messages, to workers that may still be sending.
     let mut out = Vec::new();

@@ -422,12 +422,20 @@ impl TickCore {
         if !self.publish_done_within(timeout) {
             return false;
         }
+        self.route_outside_publish_phase(out);
+        true
+    }
+
+    /// Routes the publish in flight (waiting for it) outside a tick's publish phase, counting
+    /// the time in the next publish phase; returns that time.
+    fn route_outside_publish_phase(&mut self, out: &mut Vec<NetCommand>) -> Duration {
         let start = std::time::Instant::now();
         let zone = profiling::phase(Phase::Publish);
         self.flush_publish(out);
         drop(zone);
-        self.routing_outside_publish_phase += start.elapsed();
-        true
+        let took = start.elapsed();
+        self.routing_outside_publish_phase += took;
+        took
     }
 
     /// Sends the messages of the last pipelined publish (waiting for it if it is still
@@ -508,8 +516,8 @@ impl TickCore {
     /// With a pipelined publish ([`orrery_subscription::PublishConfig::pipeline`]) the tick's
     /// publish runs on the publish thread after this returns. Its messages come out of
     /// [`TickCore::route_finished_publish`] once it is done or, if that was not called, out of
-    /// the next call: first in `out` (after that tick's simulation, unless it was done before),
-    /// so that the stream of commands is the one an unpipelined core produces, one call later
+    /// the next call: first in `out` (after that tick's simulation, or before its input when
+    /// the input would change how they are routed), so that the stream of commands is the one an unpipelined core produces, one call later
     /// (see [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
     /// share (apply, subscriptions, waiting for and routing the previous publish); the time
     /// the publish took off the tick thread is in the metrics.
@@ -529,12 +537,7 @@ impl TickCore {
         let mut joined_before_input = Duration::ZERO;
         if self.pending.is_some() && self.input_meets_publish(&events) {
             self.metrics.publish_early_joins.fetch_add(1, Relaxed);
-            let start = std::time::Instant::now();
-            let zone = profiling::phase(Phase::Publish);
-            self.flush_publish(out);
-            drop(zone);
-            joined_before_input = start.elapsed();
-            self.routing_outside_publish_phase += joined_before_input;
+            joined_before_input = self.route_outside_publish_phase(out);
         }
         let mut input_out = Vec::new();
         let zone = profiling::phase(Phase::Input);
