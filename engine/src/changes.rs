@@ -96,13 +96,22 @@ struct LogEntry {
 /// Where a row's entry is in a table's change log, kept with the row in the primary index so
 /// that a second write of the row in the same tick merges into that entry (see
 /// [`ChangeLog::write_row`]). It may be stale (from an earlier tick, or a rolled-back write):
-/// it is used only if the entry it names holds the same entity.
+/// it is used only if it is of the log's current tick and the entry it names holds the same
+/// entity. The tick check comes first so that a row's first write of a tick does not load a
+/// stale entry (a cache miss) only to find it belongs to another row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LogSlot(u32);
+pub(crate) struct LogSlot {
+    at: u32,
+    /// The log's [`ChangeLog::epoch`] when the entry was written.
+    epoch: u32,
+}
 
 impl LogSlot {
     /// No entry.
-    pub(crate) const NONE: LogSlot = LogSlot(u32::MAX);
+    pub(crate) const NONE: LogSlot = LogSlot {
+        at: u32::MAX,
+        epoch: 0,
+    };
 }
 
 /// Where a transaction's entries begin, to drop them again on rollback.
@@ -121,7 +130,6 @@ pub(crate) struct LogMark {
 /// taken at write time; rows that only systems changed are not folded unless reducers also
 /// touched them. The byte arena leaves with the tick's [`TableChanges`] (the fold copies no
 /// key or row); the other buffers are reused tick after tick.
-#[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
@@ -138,6 +146,26 @@ pub(crate) struct ChangeLog {
     /// Scratch of `take`, kept for its capacity: folded position per key, by key hash.
     slots: HashTable<u32>,
     folded: Vec<Folded>,
+    /// Counts the ticks the log was taken at, so that slots of earlier ticks are told apart
+    /// without reading their entries. Never 0 ([`LogSlot::NONE`]'s); after wrapping around,
+    /// an old slot may match again, and then the entity check decides.
+    epoch: u32,
+}
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        ChangeLog {
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            systems_from: None,
+            unmerged: false,
+            tx_entries: 0,
+            merged: Vec::new(),
+            slots: HashTable::new(),
+            folded: Vec::new(),
+            epoch: 1,
+        }
+    }
 }
 
 /// A primary key's net change while a log is folded.
@@ -204,7 +232,10 @@ impl ChangeLog {
             row: Some(row),
             entity,
         });
-        LogSlot(at as u32)
+        LogSlot {
+            at: at as u32,
+            epoch: self.epoch,
+        }
     }
 
     /// Logs a reducer's update of the row of `T` held by `entity`: merged into the row's entry
@@ -218,11 +249,12 @@ impl ChangeLog {
         entity: Entity,
         logged: &mut LogSlot,
     ) {
-        let at = logged.0 as usize;
+        let at = logged.at as usize;
         // Only one row holds an entity at a time and a row's entity never changes, so an entry
         // with this entity is this row's entry of this tick (a delete, which ends an entity, is
         // never merged into).
-        if let Some(entry) = self.entries.get(at)
+        if logged.epoch == self.epoch
+            && let Some(entry) = self.entries.get(at)
             && entry.entity == Some(entity)
             && entry.op != ChangeKind::Delete
         {
@@ -285,6 +317,7 @@ impl ChangeLog {
     /// Folds the tick's writes into net changes per primary key, moves them out as a
     /// [`TableChanges`] (in first-touch order) over the log's own bytes and clears the log.
     pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
+        self.epoch = self.epoch.checked_add(1).unwrap_or(1);
         if self.entries.is_empty() {
             self.systems_from = None;
             self.unmerged = false;

@@ -35,7 +35,7 @@ use crate::time::Timestamp;
 
 /// Queued calls per look-ahead batch: enough rows in flight to overlap their memory waits, few
 /// enough that they are all still in cache when their calls run.
-const LOOK_AHEAD_BATCH: usize = 16;
+const LOOK_AHEAD_BATCH: usize = 32;
 
 /// How the systems phase executes the module's schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,6 +273,8 @@ pub struct Engine {
     pub(crate) queue: VecDeque<Input>,
     /// Scratch of the reducers phase's look-ahead, kept for its capacity.
     looked_ahead: Vec<prefetch::Found>,
+    /// The look-ahead's hashed keys (kept to reuse the allocation).
+    named_keys: Vec<prefetch::Named>,
     /// Scratch of the look-ahead: the reducer each call of the batch names, looked up once for
     /// the look-ahead and the call.
     resolved: Vec<Option<usize>>,
@@ -394,6 +396,7 @@ impl Engine {
             touched: Vec::new(),
             queue: VecDeque::new(),
             looked_ahead: Vec::new(),
+            named_keys: Vec::new(),
             resolved: Vec::new(),
             stats,
             counters: EngineCounters::default(),
@@ -896,16 +899,17 @@ impl Engine {
     fn run_inputs(&mut self) -> Vec<InputOutcome> {
         let mut outcomes = Vec::with_capacity(self.queue.len());
         let mut found = std::mem::take(&mut self.looked_ahead);
+        let mut named = std::mem::take(&mut self.named_keys);
         let mut resolved = std::mem::take(&mut self.resolved);
         while !self.queue.is_empty() {
             // Each call still runs alone, in order, as its own transaction; the batch only
             // shares the look-ahead that brings the rows its calls name into cache.
             let batch = self.queue.len().min(LOOK_AHEAD_BATCH);
-            found.clear();
+            named.clear();
             resolved.clear();
-            self.look_ahead(batch, &mut found, &mut resolved);
-            if !found.is_empty() {
-                prefetch::touch(&self.world, &self.tables, &found);
+            self.look_ahead(batch, &mut named, &mut resolved);
+            if !named.is_empty() {
+                prefetch::look_up(&self.world, &self.tables, &named, &mut found);
             }
             for &reducer in &resolved {
                 let Some(input) = self.queue.pop_front() else {
@@ -915,6 +919,7 @@ impl Engine {
             }
         }
         self.looked_ahead = found;
+        self.named_keys = named;
         self.resolved = resolved;
         outcomes
     }
@@ -924,10 +929,10 @@ impl Engine {
     fn look_ahead(
         &self,
         batch: usize,
-        found: &mut Vec<prefetch::Found>,
+        named: &mut Vec<prefetch::Named>,
         resolved: &mut Vec<Option<usize>>,
     ) {
-        let mut prefetch = Prefetch::new(&self.tables, found);
+        let mut prefetch = Prefetch::new(&self.tables, named);
         for input in self.queue.range(..batch) {
             let index = match input {
                 Input::Call { reducer, .. } => self.reducer_named(reducer),

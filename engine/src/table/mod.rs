@@ -9,6 +9,7 @@ mod guard;
 mod handle;
 mod index;
 mod key_map;
+mod pk_index;
 mod spatial;
 mod store;
 
@@ -29,7 +30,7 @@ pub use handle::{
 pub use index::{BTreeIndex, IndexRange, UniqueIndex};
 pub use spatial::{CellMove, SpatialIndex};
 pub use store::{CaptureStats, TableStore};
-pub(crate) use store::{DueFire, ErasedStore, take_store_from_world};
+pub(crate) use store::{DueFire, ErasedStore, KeyHasher, take_store_from_world};
 
 use crate::codec::OrreryType;
 use crate::schema::TableSchema;

@@ -23,6 +23,7 @@ use bevy_ecs::world::World;
 
 use super::guard::{GuardTx, RowMut};
 use super::key_map::KeyMap;
+use super::pk_index::PkIndex;
 use super::{CellMove, RemovedRows, RowKeys, Table, TableError, TableId, TableIndexes};
 use crate::changes::{ChangeKind, ChangeLog, LogMark, LogSlot, TableChanges};
 use crate::schema::TableSchema;
@@ -180,7 +181,7 @@ impl<T: Table> Changes<'_, T> {
 pub struct TableStore<T: Table> {
     id: TableId,
     schema: TableSchema,
-    pub(crate) pk: KeyMap<T::Pk, RowSlot>,
+    pub(crate) pk: PkIndex<T::Pk>,
     pub(crate) indexes: T::Indexes,
     sequences: Vec<u64>,
     saved_sequences: Vec<u64>,
@@ -214,7 +215,7 @@ impl<T: Table> TableStore<T> {
         TableStore {
             id,
             schema,
-            pk: KeyMap::default(),
+            pk: PkIndex::default(),
             indexes: T::Indexes::default(),
             sequences: vec![1; T::AUTO_INC_COLUMNS],
             saved_sequences: Vec::with_capacity(T::AUTO_INC_COLUMNS),
@@ -348,10 +349,16 @@ impl<T: Table> TableStore<T> {
         Ok(row)
     }
 
+    /// The primary index's seeded hasher.
+    #[inline]
+    pub(crate) fn pk_hasher(&self) -> &KeyHasher {
+        self.pk.hasher()
+    }
+
     /// The primary key's hash under this table's seeded hasher.
     #[inline]
     pub(crate) fn hash(&self, pk: &T::Pk) -> u64 {
-        self.pk.hasher().hash_one(pk)
+        self.pk.hash(pk)
     }
 
     /// Replaces the row whose primary key equals `row`'s with `row`; if `entity` is given, the
@@ -365,10 +372,10 @@ impl<T: Table> TableStore<T> {
     ) -> Result<T, TableError> {
         debug_assert!(self.in_tx);
         self.sync_shadows(world);
-        let hash = self.pk.hasher().hash_one(row.pk());
+        let hash = self.pk.hash(row.pk());
         // The index entry stays borrowed for the whole write: it records where the row's
         // change-log entry is, so a later write in the tick merges into it.
-        let Some(slot) = self.pk.get_mut(row.pk()) else {
+        let Some(slot) = self.pk.get_mut_hashed(hash, row.pk()) else {
             return Err(not_found::<T>(T::PRIMARY_KEY, row.pk()));
         };
         if entity.is_some_and(|entity| entity != slot.entity) {
@@ -412,14 +419,14 @@ impl<T: Table> TableStore<T> {
         // is when the write is logged.
         let (row, hash, slot) = match (pk, entity) {
             (Some(pk), _) => {
-                let hash = self.pk.hasher().hash_one(pk);
-                let slot = self.pk.get_mut(pk)?;
+                let hash = self.pk.hash(pk);
+                let slot = self.pk.get_mut_hashed(hash, pk)?;
                 (world.get_mut::<T>(slot.entity)?, hash, slot)
             }
             (None, Some(entity)) => {
                 let row = world.get_mut::<T>(entity)?;
-                let hash = self.pk.hasher().hash_one(row.pk());
-                let slot = self.pk.get_mut(row.pk())?;
+                let hash = self.pk.hash(row.pk());
+                let slot = self.pk.get_mut_hashed(hash, row.pk())?;
                 (row, hash, slot)
             }
             (None, None) => return None,
@@ -728,7 +735,7 @@ impl<T: Table> TableStore<T> {
     }
 
     fn check_integrity(&self, world: &mut World) -> Result<(), String> {
-        for (pk, &RowSlot { entity, .. }) in &self.pk {
+        for (pk, &RowSlot { entity, .. }) in self.pk.iter() {
             let row = world
                 .get::<T>(entity)
                 .ok_or_else(|| format!("{}: pk {pk:?} maps to an entity without a row", T::NAME))?;
@@ -795,6 +802,12 @@ pub(crate) trait ErasedStore: Any + Send + Sync {
     /// The constraint violation a dropped row guard left for the running transaction.
     fn take_error(&mut self) -> Option<TableError>;
     /// Brings rows and their change ticks into cache (batched look-ahead).
+    /// The look-ahead's probe stage: the entity each hash most likely keys.
+    fn guess_entities(
+        &self,
+        named: &[crate::prefetch::Named],
+        out: &mut Vec<crate::prefetch::Found>,
+    );
     fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]);
     fn commit(&mut self, world: &mut World, now: Timestamp);
     /// Commits, unless a dropped row guard left a constraint violation: then returns it and
@@ -839,12 +852,28 @@ impl<T: Table> ErasedStore for TableStore<T> {
     fn take_error(&mut self) -> Option<TableError> {
         self.deferred_error.take()
     }
+    fn guess_entities(
+        &self,
+        named: &[crate::prefetch::Named],
+        out: &mut Vec<crate::prefetch::Found>,
+    ) {
+        // Two loops: every key's control bytes first, then every key's bucket, so that no
+        // iteration waits on a miss of its own and the misses of a whole batch overlap.
+        for key in named {
+            self.pk.touch_control(key.hash);
+        }
+        for key in named {
+            if let Some(entity) = self.pk.entity_by_hash(key.hash) {
+                out.push(crate::prefetch::Found::new(key.table, entity));
+            }
+        }
+    }
     fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]) {
         for found in rows {
             match self.touch_query.get_manual(world, found.entity()) {
-                Ok(row) => crate::prefetch::touch_ref(&row),
+                Ok(row) => crate::prefetch::touch_ref(&row, self.pk.hasher()),
                 // A row in an archetype that appeared since the query was last refreshed.
-                Err(_) => crate::prefetch::touch_row::<T>(world, found.entity()),
+                Err(_) => crate::prefetch::touch_row::<T>(world, found.entity(), self.pk.hasher()),
             }
         }
     }

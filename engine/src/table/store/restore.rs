@@ -162,7 +162,7 @@ impl<T: Table> TableStore<T> {
         };
         queue.due.clear();
         queue.by_pk.clear();
-        for (pk, &RowSlot { entity, .. }) in &self.pk {
+        for (pk, &RowSlot { entity, .. }) in self.pk.iter() {
             if let Some(at) = world.get::<T>(entity).and_then(T::schedule_at) {
                 queue.set(pk.clone(), at.first_due(now));
             }
