@@ -134,18 +134,37 @@ impl<K: Hash + Eq> PkIndex<K> {
         std::hint::black_box(self.table.find(hash, |_| false).is_some());
     }
 
-    /// For the look-ahead: the entity of the key whose hash is `hash`, found by comparing
-    /// hashes instead of keys (the look-ahead keeps no typed keys). Two keys of one table with
-    /// the same 64-bit hash would only bring the wrong row into cache. It reads the whole
-    /// bucket (key, entity, log position: a 24-byte bucket can straddle two cache lines), as
-    /// the call will.
+    /// For the look-ahead: the bucket `hash` most likely names (the first in its probe
+    /// sequence whose tag bits match), found from the control bytes alone: nothing of the
+    /// bucket is read yet, so a loop of these issues no cache miss of its own.
     #[inline(always)]
+    pub(crate) fn bucket_guess(&self, hash: u64) -> Option<&(K, RowSlot)> {
+        self.table.find(hash, |_| true)
+    }
+
+    /// For the look-ahead: reads a bucket from [`PkIndex::bucket_guess`] whole (key, entity,
+    /// log position: a 24-byte bucket can straddle two cache lines), as a write will, and
+    /// returns its entity if its key's hash is `hash`; otherwise (another key's tag bits
+    /// matched first, a few in a hundred) probes properly.
+    #[inline(always)]
+    pub(crate) fn entity_in(&self, bucket: &(K, RowSlot), hash: u64) -> Option<Entity> {
+        let (key, slot) = bucket;
+        if self.hasher.hash_one(key) == hash {
+            std::hint::black_box(slot.logged);
+            Some(slot.entity)
+        } else {
+            self.entity_by_hash(hash)
+        }
+    }
+
+    /// The entity of the key whose hash is `hash`, found by comparing hashes instead of keys
+    /// (the look-ahead keeps no typed keys). Two keys of one table with the same 64-bit hash
+    /// would only bring the wrong row into cache.
+    #[inline(never)]
     pub(crate) fn entity_by_hash(&self, hash: u64) -> Option<Entity> {
-        let (_, slot) = self
-            .table
-            .find(hash, |(stored, _)| self.hasher.hash_one(stored) == hash)?;
-        std::hint::black_box(slot.logged);
-        Some(slot.entity)
+        self.table
+            .find(hash, |(stored, _)| self.hasher.hash_one(stored) == hash)
+            .map(|(_, slot)| slot.entity)
     }
 }
 
@@ -177,9 +196,14 @@ mod tests {
             // The look-ahead's probe finds the same entity from the hash alone.
             index.touch_control(hash);
             assert_eq!(index.entity_by_hash(hash), Some(entity));
+            let bucket = index.bucket_guess(hash).unwrap();
+            assert_eq!(index.entity_in(bucket, hash), Some(entity));
         }
         let absent = index.hash(&1);
         assert!(index.get(&1).is_none() && index.entity_by_hash(absent).is_none());
+        // A guessed bucket whose key does not hash alike falls back to a real probe.
+        let other = index.bucket_guess(index.hash(&7)).unwrap();
+        assert_eq!(index.entity_in(other, index.hash(&21)), Some(entities[3]));
         assert_eq!(index.remove(&14).unwrap().entity, entities[2]);
         assert!(index.remove(&14).is_none() && !index.contains_key(&14));
         assert_eq!(index.iter().count(), 99);

@@ -529,9 +529,19 @@ impl<T: Table> TableStore<T> {
                     }
                 }
                 Undo::Update { old, .. } => {
+                    // By key: a later delete in the transaction, undone first, respawned the
+                    // row under another entity.
                     let Some(&RowSlot { entity, .. }) = self.pk.get(old.pk()) else {
                         continue;
                     };
+                    // The shadows are in sync, so the row's keys are its shadow's; comparing
+                    // with the row (just written, in cache) spares reading the shadow.
+                    if let Some(mut row) = world.get_mut::<T>(entity)
+                        && old.same_keys_as(&row)
+                    {
+                        *row = old;
+                        continue;
+                    }
                     if let Some(mut shadow) = world.get_mut::<RowKeys<T>>(entity)
                         && !old.same_keys(&shadow.0)
                     {
@@ -857,24 +867,35 @@ impl<T: Table> ErasedStore for TableStore<T> {
         named: &[crate::prefetch::Named],
         out: &mut Vec<crate::prefetch::Found>,
     ) {
-        // Two loops: every key's control bytes first, then every key's bucket, so that no
-        // iteration waits on a miss of its own and the misses of a whole batch overlap.
+        // Three loops: every key's control bytes, then every key's bucket address (control
+        // bytes in cache), then every bucket's contents. No iteration waits on a miss of its
+        // own, and the loop that reads buckets is short, so the misses of a whole batch overlap.
         for key in named {
             self.pk.touch_control(key.hash);
         }
-        for key in named {
-            if let Some(entity) = self.pk.entity_by_hash(key.hash) {
+        let buckets: Vec<_> = named
+            .iter()
+            .filter_map(|key| Some((key, self.pk.bucket_guess(key.hash)?)))
+            .collect();
+        for (key, bucket) in buckets {
+            if let Some(entity) = self.pk.entity_in(bucket, key.hash) {
                 out.push(crate::prefetch::Found::new(key.table, entity));
             }
         }
     }
     fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]) {
+        // Two loops, as in `guess_entities`: where each row and change tick is (entity
+        // records in cache), then reading them.
+        let mut refs = Vec::with_capacity(rows.len());
         for found in rows {
             match self.touch_query.get_manual(world, found.entity()) {
-                Ok(row) => crate::prefetch::touch_ref(&row, self.pk.hasher()),
+                Ok(row) => refs.push(row),
                 // A row in an archetype that appeared since the query was last refreshed.
                 Err(_) => crate::prefetch::touch_row::<T>(world, found.entity(), self.pk.hasher()),
             }
+        }
+        for row in &refs {
+            crate::prefetch::touch_ref(row, self.pk.hasher());
         }
     }
     fn commit(&mut self, world: &mut World, now: Timestamp) {
