@@ -873,10 +873,12 @@ impl<T: Table> ErasedStore for TableStore<T> {
         for key in named {
             self.pk.touch_control(key.hash);
         }
-        let buckets: Vec<_> = named
-            .iter()
-            .filter_map(|key| Some((key, self.pk.bucket_guess(key.hash)?)))
-            .collect();
+        let mut buckets = Vec::with_capacity(named.len());
+        for key in named {
+            if let Some(bucket) = self.pk.bucket_guess(key.hash) {
+                buckets.push((key, bucket));
+            }
+        }
         for (key, bucket) in buckets {
             if let Some(entity) = self.pk.entity_in(bucket, key.hash) {
                 out.push(crate::prefetch::Found::new(key.table, entity));
