@@ -217,19 +217,7 @@ impl RawBank {
         for &id in &ids {
             index.insert(id, world.spawn(RawAccount { balance: 1_000_000 }).id());
         }
-        let mut state = 7;
-        let pairs: Vec<(u64, u64, i64)> = (0..1 << 20)
-            .map(|_| {
-                let from = ids[(splitmix(&mut state) % ids.len() as u64) as usize];
-                let to = ids[(splitmix(&mut state) % ids.len() as u64) as usize];
-                let amount: i64 = if splitmix(&mut state).is_multiple_of(10) {
-                    i64::MAX / 2
-                } else {
-                    1
-                };
-                (from, to, amount)
-            })
-            .collect();
+        let pairs = transfer_triples(&ids, 1 << 20);
         RawBank {
             world,
             index,
@@ -359,10 +347,7 @@ fn bench_queued(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
-                    let payload = &args[next & (args.len() - 1)];
-                    next += 1;
-                    engine.enqueue(call_input(next as u64, reducer, payload));
-                    if engine.queued() as u64 == CALLS_PER_TICK {
+                    if queue_call(&mut engine, &args, &mut next, reducer) {
                         let start = Instant::now();
                         let out = engine.step(Timestamp::from_micros(tick * 50_000));
                         let reducers = out.timing.get(Phase::Reducers);
@@ -422,10 +407,7 @@ fn bench_interleaved(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iters {
-                let payload = &args[next & (args.len() - 1)];
-                next += 1;
-                engine.enqueue(call_input(next as u64, reducer, payload));
-                if engine.queued() as u64 == CALLS_PER_TICK {
+                if queue_call(&mut engine, &args, &mut next, reducer) {
                     let start = Instant::now();
                     let mut done = 0u64;
                     for _ in 0..CALLS_PER_TICK {
@@ -473,6 +455,14 @@ fn bench_interleaved(c: &mut Criterion) {
         (0.05..0.15).contains(&failure_rate),
         "the workload must include ~10% overdrafts"
     );
+}
+
+/// Queues the next pre-encoded call of `reducer`; true when a tick's worth is queued.
+fn queue_call(engine: &mut Engine, args: &[Vec<u8>], next: &mut usize, reducer: &str) -> bool {
+    let payload = &args[*next & (args.len() - 1)];
+    *next += 1;
+    engine.enqueue(call_input(*next as u64, reducer, payload));
+    engine.queued() as u64 == CALLS_PER_TICK
 }
 
 const QUEUED_REDUCERS: [&str; 3] = ["transfer", "transfer_writes_first", "transfer_find_mut"];

@@ -5,13 +5,14 @@
 //! A reducer call is a long chain of work; when the rows it touches are out of cache, each of its
 //! lookups waits for memory in turn (index bucket, entity record, row, change tick) and nothing
 //! overlaps the next call's. Here the lookups of a whole batch run stage by stage in short loops
-//! whose iterations do not depend on each other, so the processor has many of them in flight at
-//! once: first every call's key arguments are decoded and hashed (no cache misses), then the
-//! index is probed for all the hashes (control bytes and bucket), then the entity records are
-//! read, then the rows and their change ticks. Each stage's loop body is a few dozen
-//! instructions at most, so the processor's reorder window spans many iterations and their
-//! misses overlap; decoding and probing in one loop spanned only one or two calls. Look-ahead only reads: it changes no state, so outcomes, order and rollbacks are the
-//! same with and without it.
+//! whose iterations do not depend on each other: every call's keys are decoded and hashed (no
+//! cache misses); every key's control bytes are loaded; every bucket's address is found, then
+//! every bucket read; every entity record is read; every row's and change tick's address is
+//! found, then every row and change tick read. A processor overlaps misses only within its
+//! reorder window of a few hundred instructions, so a loop that finds an address *and* reads it
+//! (~50 instructions an iteration) has only a few misses in flight, while a loop that only
+//! reads (~10) has a whole batch's. Look-ahead only reads: it changes no state, so outcomes,
+//! order and rollbacks are the same with and without it.
 
 use std::any::TypeId;
 use std::hash::BuildHasher;

@@ -48,8 +48,9 @@ pub fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Pre-encoded argument payloads: random pairs, about 10% asking for more than any balance.
-pub fn transfer_args(ids: &[u64], n: usize) -> Vec<Vec<u8>> {
+/// `n` random transfers as (from, to, amount), about 10% asking for more than any balance; the
+/// raw baseline draws the same ones.
+pub fn transfer_triples(ids: &[u64], n: usize) -> Vec<(u64, u64, i64)> {
     let mut state = 7;
     (0..n)
         .map(|_| {
@@ -60,6 +61,16 @@ pub fn transfer_args(ids: &[u64], n: usize) -> Vec<Vec<u8>> {
             } else {
                 1
             };
+            (from, to, amount)
+        })
+        .collect()
+}
+
+/// Pre-encoded argument payloads of [`transfer_triples`].
+pub fn transfer_args(ids: &[u64], n: usize) -> Vec<Vec<u8>> {
+    transfer_triples(ids, n)
+        .into_iter()
+        .map(|(from, to, amount)| {
             let mut bytes = from.to_bytes();
             to.encode(&mut bytes);
             amount.encode(&mut bytes);
