@@ -130,6 +130,7 @@ pub(crate) struct LogMark {
 /// taken at write time; rows that only systems changed are not folded unless reducers also
 /// touched them. The byte arena leaves with the tick's [`TableChanges`] (the fold copies no
 /// key or row); the other buffers are reused tick after tick.
+#[derive(Default)]
 pub(crate) struct ChangeLog {
     bytes: Vec<u8>,
     entries: Vec<LogEntry>,
@@ -147,25 +148,9 @@ pub(crate) struct ChangeLog {
     slots: HashTable<u32>,
     folded: Vec<Folded>,
     /// Counts the ticks the log was taken at, so that slots of earlier ticks are told apart
-    /// without reading their entries. Never 0 ([`LogSlot::NONE`]'s); after wrapping around,
-    /// an old slot may match again, and then the entity check decides.
+    /// without reading their entries. After wrapping around an old slot may match again, and
+    /// then the entity check decides ([`LogSlot::NONE`] names no entry whatever the count).
     epoch: u32,
-}
-
-impl Default for ChangeLog {
-    fn default() -> Self {
-        ChangeLog {
-            bytes: Vec::new(),
-            entries: Vec::new(),
-            systems_from: None,
-            unmerged: false,
-            tx_entries: 0,
-            merged: Vec::new(),
-            slots: HashTable::new(),
-            folded: Vec::new(),
-            epoch: 1,
-        }
-    }
 }
 
 /// A primary key's net change while a log is folded.
@@ -317,7 +302,7 @@ impl ChangeLog {
     /// Folds the tick's writes into net changes per primary key, moves them out as a
     /// [`TableChanges`] (in first-touch order) over the log's own bytes and clears the log.
     pub(crate) fn take(&mut self, table: TableId, name: &'static str) -> Option<TableChanges> {
-        self.epoch = self.epoch.checked_add(1).unwrap_or(1);
+        self.epoch = self.epoch.wrapping_add(1);
         if self.entries.is_empty() {
             self.systems_from = None;
             self.unmerged = false;

@@ -517,8 +517,8 @@ impl TickCore {
     /// publish runs on the publish thread after this returns. Its messages come out of
     /// [`TickCore::route_finished_publish`] once it is done or, if that was not called, out of
     /// the next call: first in `out` (after that tick's simulation, or before its input when
-    /// the input would change how they are routed), so that the stream of commands is the one an unpipelined core produces, one call later
-    /// (see [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
+    /// the input would change how they are routed), so that the stream of commands is the one
+    /// an unpipelined core produces, one call later (see [`TickCore::flush_publish`]). The publish phase's timing is then the tick thread's
     /// share (apply, subscriptions, waiting for and routing the previous publish); the time
     /// the publish took off the tick thread is in the metrics.
     pub fn tick(

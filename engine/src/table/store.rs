@@ -811,13 +811,13 @@ pub(crate) trait ErasedStore: Any + Send + Sync {
     fn begin(&mut self) -> bool;
     /// The constraint violation a dropped row guard left for the running transaction.
     fn take_error(&mut self) -> Option<TableError>;
-    /// Brings rows and their change ticks into cache (batched look-ahead).
     /// The look-ahead's probe stage: the entity each hash most likely keys.
     fn guess_entities(
         &self,
         named: &[crate::prefetch::Named],
         out: &mut Vec<crate::prefetch::Found>,
     );
+    /// Brings rows and their change ticks into cache (batched look-ahead).
     fn touch_rows(&self, world: &World, rows: &[crate::prefetch::Found]);
     fn commit(&mut self, world: &mut World, now: Timestamp);
     /// Commits, unless a dropped row guard left a constraint violation: then returns it and
