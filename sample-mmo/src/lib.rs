@@ -35,6 +35,7 @@ mod local;
 pub mod reducers;
 pub mod systems;
 pub mod tables;
+pub mod zone;
 
 pub use local::{LocalServer, LocalServerError};
 pub use tables::*;
@@ -61,6 +62,29 @@ pub struct WorldSettings {
     pub supply_drop_every: Duration,
     /// Identities that may call `set_config`.
     pub admins: Vec<Identity>,
+    /// The zoned world this process is one zone of (`--zone-map`, `--zone`); `None`: the
+    /// whole world is this process's.
+    pub zone: Option<zone::ZoneRules>,
+}
+
+impl WorldSettings {
+    /// The rectangle this process's NPCs, towns and spawn points keep to: the world, cut to
+    /// this zone's region in a zoned world.
+    pub fn home_bounds(&self) -> (orrery_engine::glam::Vec2, orrery_engine::glam::Vec2) {
+        let half = orrery_engine::glam::Vec2::splat(self.world_size / 2.0);
+        let (min, max) = (-half, half);
+        match self.zone.as_ref().and_then(zone::ZoneRules::own_region) {
+            Some(region) => {
+                let (lo, hi) = (min.max(region.min), max.min(region.max));
+                if lo.cmplt(hi).all() {
+                    (lo, hi)
+                } else {
+                    (min, max)
+                }
+            }
+            None => (min, max),
+        }
+    }
 }
 
 impl Default for WorldSettings {
@@ -74,6 +98,7 @@ impl Default for WorldSettings {
             town_capacity: 100,
             supply_drop_every: Duration::from_secs(60),
             admins: Vec::new(),
+            zone: None,
         }
     }
 }
@@ -121,6 +146,9 @@ pub fn module_with(settings: WorldSettings) -> Module {
         .table::<NpcRespawn>()
         .table::<WorldEvent>()
         .table::<Config>()
+        .table::<HandoffOut>()
+        .table::<HandoffIn>()
+        .table::<BorderWatch>()
         .reducers(reducers![
             init,
             client_connected,
@@ -135,6 +163,9 @@ pub fn module_with(settings: WorldSettings) -> Module {
             set_config,
             respawn_npc,
             supply_drop,
+            crate::zone::hand_off_border_crossers,
+            crate::zone::accept_handoff,
+            crate::zone::handoff_delivered,
         ])
         .resource(settings)
         .add_systems((move_avatars, npc_behaviour, revive_avatars, follow_focus).chain())

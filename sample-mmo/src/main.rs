@@ -55,6 +55,20 @@ struct Args {
     /// An identity (64 hex characters) allowed to call `set_config`; repeatable.
     #[arg(long = "admin", value_name = "IDENTITY")]
     admins: Vec<String>,
+    /// Run as one zone of a zoned world: the map of zones (TOML, `docs/zones.md`). The
+    /// zone's addresses come from the map; the data directory defaults to
+    /// `./orrery-data/zone-N` and the shared secret directory to the map's directory.
+    #[arg(long, requires = "zone")]
+    zone_map: Option<std::path::PathBuf>,
+    /// The zone of `--zone-map` this process is.
+    #[arg(long, requires = "zone_map")]
+    zone: Option<u32>,
+}
+
+/// The zone this process is, when it is one.
+struct Zoning {
+    map: orrery_server::zone::ZoneMap,
+    zone: orrery_server::zone::ZoneId,
 }
 
 /// What to do instead of serving.
@@ -97,6 +111,7 @@ impl Args {
             town_capacity: self.town_capacity,
             supply_drop_every: Duration::from_secs_f64(self.supply_drop_every),
             admins,
+            zone: None,
         })
     }
 }
@@ -159,18 +174,56 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(outcome.matched(), "the replay diverged");
         return Ok(());
     }
-    let config = args.server.into_config()?;
+    let mut world = world;
+    let mut server_args = args.server;
+    let zoning = match (&args.zone_map, args.zone) {
+        (Some(path), Some(zone)) => {
+            let map = orrery_server::zone::ZoneMap::load(path)?;
+            let spec = map.get(zone)?.clone();
+            if server_args.data_dir == std::path::Path::new("./orrery-data") {
+                server_args.data_dir = format!("./orrery-data/zone-{zone}").into();
+            }
+            let secret_dir = server_args.secret_dir.get_or_insert_with(|| {
+                path.parent()
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_owned()
+            });
+            let relay = orrery_server::Secrets::load_or_create(secret_dir)?.zone_peer();
+            server_args.http = spec.http;
+            server_args.udp = spec.udp;
+            // Other zones find this one at the map's addresses, so no fallback port.
+            server_args.strict_ports = true;
+            world.zone = Some(sample_mmo::zone::ZoneRules {
+                zone: spec.id,
+                regions: map
+                    .zones()
+                    .iter()
+                    .map(|z| sample_mmo::zone::ZoneRegion {
+                        zone: z.id,
+                        min: z.min.into(),
+                        max: z.max.into(),
+                    })
+                    .collect(),
+                relay,
+            });
+            Some(Zoning { map, zone: spec.id })
+        }
+        _ => None,
+    };
+    let config = server_args.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("orrery-net")
         .enable_all()
         .build()?;
-    runtime.block_on(run(world, config, args.duration, args.stats_every))
+    runtime.block_on(run(world, config, zoning, args.duration, args.stats_every))
 }
 
 async fn run(
     world: WorldSettings,
     config: orrery_server::ServerConfig,
+    zoning: Option<Zoning>,
     duration: Option<f64>,
     stats_every: f64,
 ) -> anyhow::Result<()> {
@@ -182,6 +235,14 @@ async fn run(
         fresh_world = server.fresh,
         "sample-mmo ready"
     );
+    let relay = zoning.map(|Zoning { map, zone }| {
+        tracing::info!(
+            zone,
+            zones = map.zones().len(),
+            "relaying handoffs to the other zones"
+        );
+        orrery_server::zone::Relay::start(&server, orrery_server::zone::RelayConfig::new(zone, map))
+    });
     tracing::info!(
         "play: cargo run --release -p sample-mmo --example walk -- {}   (README: Play with it)",
         server.http_url
@@ -207,6 +268,9 @@ async fn run(
         }
     }
     tracing::info!("shutting down");
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
     server.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())

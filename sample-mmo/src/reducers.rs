@@ -64,7 +64,8 @@ fn my_character(ctx: &mut ReducerContext) -> Result<(Player, Avatar), String> {
 }
 
 fn spawn_npc_at(ctx: &mut ReducerContext, point: &SpawnPoint) -> Result<(), String> {
-    let position = random_point_in(ctx, point.position, point.radius);
+    let (min, max) = settings(ctx).home_bounds();
+    let position = random_point_in(ctx, point.position, point.radius).clamp(min, max);
     let angle = ctx.rng.random_range(0.0..std::f32::consts::TAU);
     let speed = ctx.rng.random_range(0.5..2.0);
     let max_hp = match point.kind {
@@ -90,8 +91,16 @@ fn spawn_npc_at(ctx: &mut ReducerContext, point: &SpawnPoint) -> Result<(), Stri
 pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
     let settings = settings(ctx);
     ctx.db.config().insert(Config::default())?;
-    let half = settings.world_size / 2.0;
-    let towns = crate::town_sites(settings.world_size, settings.town_spacing);
+    // A zone founds the towns and spawn points of its own region (the whole world unzoned).
+    let (min, max) = settings.home_bounds();
+    let inside = |point: Vec2| point.cmpge(min).all() && point.cmplt(max).all();
+    let mut towns: Vec<Vec2> = crate::town_sites(settings.world_size, settings.town_spacing)
+        .into_iter()
+        .filter(|&site| inside(site))
+        .collect();
+    if towns.is_empty() {
+        towns.push((min + max) / 2.0);
+    }
     for &position in &towns {
         ctx.db.town().insert(Town {
             id: 0,
@@ -108,8 +117,8 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
             NpcKind::Deer
         };
         let mut position = Vec2::new(
-            ctx.rng.random_range(-half..half),
-            ctx.rng.random_range(-half..half),
+            ctx.rng.random_range(min.x..max.x),
+            ctx.rng.random_range(min.y..max.y),
         );
         // Keep wolves out of towns, or nobody survives entering the world. Towns are at
         // least 500 m apart (`--town-spacing`), so pushing a den out of one cannot push it
@@ -137,6 +146,12 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
         scheduled_at: ScheduleAt::Interval(settings.supply_drop_every),
         potions: 20,
     })?;
+    if settings.zone.is_some() {
+        ctx.db.border_watch().insert(BorderWatch {
+            scheduled_id: 0,
+            scheduled_at: ScheduleAt::Interval(crate::zone::BORDER_WATCH_PERIOD),
+        })?;
+    }
     Ok(())
 }
 
@@ -432,8 +447,10 @@ pub fn pick_up(ctx: &mut ReducerContext, item: u64) -> Result<(), String> {
         ));
     }
     ctx.db.item().id().delete(&item);
+    // An inventory item may travel to other zones with its owner: its id carries this zone.
+    let zone = settings(ctx).zone.map_or(0, |rules| rules.zone);
     ctx.db.inventory().insert(InventoryItem {
-        id: found.id,
+        id: crate::zone::zoned_id(zone, found.id),
         owner: player.identity,
         kind: found.kind,
     })?;
@@ -565,7 +582,7 @@ pub fn supply_drop(ctx: &mut ReducerContext, event: WorldEvent) -> Result<(), St
     if ctx.db.item().count() >= MAX_GROUND_ITEMS {
         return Ok(());
     }
-    let half = settings(ctx).world_size / 2.0;
+    let (min, max) = settings(ctx).home_bounds();
     let towns: Vec<Vec2> = ctx.db.town().iter().map(|town| town.position).collect();
     let near = ctx.rng.random_range(0..event.potions.max(1));
     for i in 0..event.potions {
@@ -575,8 +592,8 @@ pub fn supply_drop(ctx: &mut ReducerContext, event: WorldEvent) -> Result<(), St
             random_point_in(ctx, town, 50.0)
         } else {
             Vec2::new(
-                ctx.rng.random_range(-half..half),
-                ctx.rng.random_range(-half..half),
+                ctx.rng.random_range(min.x..max.x),
+                ctx.rng.random_range(min.y..max.y),
             )
         };
         ctx.db.item().insert(Item {

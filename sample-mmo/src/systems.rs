@@ -28,11 +28,12 @@ fn config_of(config: &Query<&Config>) -> Config {
     config.iter().next().cloned().unwrap_or_default()
 }
 
-fn keep_inside(position: Vec2, velocity: Vec2, half: f32) -> (Vec2, Vec2) {
+/// Clamps `position` into `min..=max`, turning `velocity` back on every axis it left by.
+fn keep_inside(position: Vec2, velocity: Vec2, (min, max): (Vec2, Vec2)) -> (Vec2, Vec2) {
     let (mut position, mut velocity) = (position, velocity);
     for axis in 0..2 {
-        if position[axis].abs() > half {
-            position[axis] = position[axis].clamp(-half, half);
+        if position[axis] < min[axis] || position[axis] > max[axis] {
+            position[axis] = position[axis].clamp(min[axis], max[axis]);
             velocity[axis] = -velocity[axis];
         }
     }
@@ -49,7 +50,7 @@ pub fn move_avatars(
 ) {
     let dt = info.dt.as_secs_f32();
     let limit = config_of(&config).run_speed;
-    let half = settings.world_size / 2.0;
+    let world = Vec2::splat(settings.world_size / 2.0);
     for mut avatar in &mut avatars {
         if avatar.velocity == Vec2::ZERO || avatar.hp <= 0 {
             continue;
@@ -62,7 +63,7 @@ pub fn move_avatars(
             avatar.seeking = false;
             continue;
         }
-        let (position, _) = keep_inside(avatar.position + step, velocity, half);
+        let (position, _) = keep_inside(avatar.position + step, velocity, (-world, world));
         avatar.position = position;
         if velocity != avatar.velocity {
             avatar.velocity = velocity;
@@ -93,7 +94,8 @@ pub fn npc_behaviour(
     let dt = info.dt.as_secs_f32();
     let now = info.timestamp;
     let config = config_of(&config);
-    let half = settings.world_size / 2.0;
+    // NPCs stay in this zone's region: only characters cross zones.
+    let home = settings.home_bounds();
     let index = avatar_store.indexes().position();
     for mut npc in &mut npcs {
         let radius = match npc.kind {
@@ -143,7 +145,7 @@ pub fn npc_behaviour(
                 }
             }
         }
-        let (position, velocity) = keep_inside(npc.position + velocity * dt, velocity, half);
+        let (position, velocity) = keep_inside(npc.position + velocity * dt, velocity, home);
         npc.position = position;
         if velocity != npc.velocity {
             npc.velocity = velocity;

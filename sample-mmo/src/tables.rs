@@ -269,3 +269,55 @@ impl Default for Config {
         }
     }
 }
+
+/// A character on its way to another zone: written in the tick its avatar crossed the
+/// border (the avatar, its player row and its inventory deleted in the same tick), deleted
+/// once the next zone holds the character durably (`handoff_delivered`). Only the zones'
+/// relay identity sees it (`docs/zones.md`).
+#[table(name = handoff_out, owner = relay)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandoffOut {
+    /// The handoff's number in this zone (with the zone, its id across the world).
+    #[primary_key]
+    #[auto_inc]
+    pub id: u64,
+    /// The zones' relay identity (`orrery_server::Secrets::zone_peer`).
+    pub relay: Identity,
+    /// The zone that takes the character.
+    pub target_zone: u32,
+    /// When the avatar crossed the border.
+    pub started_at: Timestamp,
+    /// The character ([`crate::zone::HandoffCharacter`] in the row format).
+    pub character: Vec<u8>,
+}
+
+/// A handoff this zone has applied: a delivery repeated after a crash or a lost reply finds
+/// it here and is acknowledged without applying the character twice.
+#[table(name = handoff_in, owner = relay)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandoffIn {
+    /// The handoff's id across the world ([`crate::zone::zoned_id`] of the source zone and
+    /// its `handoff_out` id).
+    #[primary_key]
+    pub id: u64,
+    /// The zones' relay identity.
+    pub relay: Identity,
+    /// Whose character arrived.
+    pub character: Identity,
+    /// When its avatar crossed the border in the source zone.
+    pub started_at: Timestamp,
+    /// When this zone applied it.
+    pub arrived_at: Timestamp,
+}
+
+/// Looks for avatars outside this zone's region every tick (zoned worlds only).
+#[table(name = border_watch, scheduled(hand_off_border_crossers))]
+#[derive(Clone, Debug, PartialEq)]
+pub struct BorderWatch {
+    /// Row id.
+    #[primary_key]
+    #[auto_inc]
+    pub scheduled_id: u64,
+    /// Every tick.
+    pub scheduled_at: ScheduleAt,
+}

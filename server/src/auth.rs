@@ -239,6 +239,16 @@ impl Secrets {
         Ok(claims)
     }
 
+    /// The identity zone processes act as towards each other (handoffs, `docs/zones.md`).
+    /// It is derived from the token key, so every process sharing the key agrees on it, and
+    /// nobody holds a bearer token for it without the key.
+    pub fn zone_peer(&self) -> Identity {
+        let tag = hmac::sign(&self.key, b"orrery zone peer v1");
+        let mut identity = [0u8; 32];
+        identity.copy_from_slice(&tag.as_ref()[..32]);
+        Identity(identity)
+    }
+
     /// Whether `token` is the admin token (constant-time comparison).
     pub fn is_admin(&self, token: &str) -> bool {
         let (a, b) = (token.trim().as_bytes(), self.admin_token.as_bytes());
@@ -282,6 +292,10 @@ mod tests {
         assert!(again.verify(&t, now).is_ok());
         assert!(again.is_admin(s.admin_token()));
         assert!(!again.is_admin("nope"));
+        // Zones sharing the secret agree on the peer identity; another secret's differs.
+        assert_eq!(again.zone_peer(), s.zone_peer());
+        assert_ne!(s2.zone_peer(), s.zone_peer());
+        assert_ne!(s.zone_peer(), Identity::ZERO);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

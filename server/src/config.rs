@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// Data directory (created): the commit log (`db/`), the token secret (`server-secret`) and
     /// the admin token (`admin-token`), both written with mode 0600 at first start.
     pub data_dir: PathBuf,
+    /// Where the token secret and the admin token are kept, if not in `data_dir`. The zones
+    /// of one world share it, so an identity's bearer token is good in every zone and the
+    /// zones agree on the identity they hand characters over as (`Secrets::zone_peer`).
+    pub secret_dir: Option<PathBuf>,
     /// Ticks per second (1..=1000).
     pub tick_rate: u32,
     /// What the tick clock does when a tick runs late.
@@ -161,6 +165,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("./orrery-data"),
+            secret_dir: None,
             tick_rate: 20,
             overrun: OverrunPolicy::Burst {
                 max_ticks_per_poll: 3,
@@ -323,6 +328,10 @@ pub struct ServerArgs {
     /// Data directory (commit log, secrets, admin token).
     #[arg(long, default_value = "./orrery-data")]
     pub data_dir: PathBuf,
+    /// Directory of the token secret and admin token, shared by the zones of one world
+    /// (default: the data directory).
+    #[arg(long)]
+    pub secret_dir: Option<PathBuf>,
     /// Simulation ticks per second.
     #[arg(long, default_value_t = 20)]
     pub tick_rate: u32,
@@ -443,6 +452,7 @@ impl ServerArgs {
         let defaults = ServerConfig::default();
         let config = ServerConfig {
             data_dir: self.data_dir,
+            secret_dir: self.secret_dir,
             tick_rate: self.tick_rate,
             udp_bind: self.udp,
             udp_public: self.public_addr,

@@ -39,6 +39,7 @@ pub mod replay;
 pub mod runtime;
 pub mod tick;
 pub mod tls;
+pub mod zone;
 
 pub use crate::core::ServerCore;
 pub use auth::{AuthError, BearerClaims, Secrets};

@@ -227,7 +227,9 @@ async fn bind_tcp(
 /// tick thread and the network and HTTP tasks. See the module docs.
 pub async fn start(module: Module, config: ServerConfig) -> Result<ServerHandle, ServerError> {
     config.validate()?;
-    let secrets = Arc::new(Secrets::load_or_create(&config.data_dir)?);
+    let secrets = Arc::new(Secrets::load_or_create(
+        config.secret_dir.as_ref().unwrap_or(&config.data_dir),
+    )?);
     let engine_config = EngineConfig {
         seed: config.seed,
         tick_budget: config.tick_duration(),

@@ -1,0 +1,240 @@
+//! Zones: the sample world split over several processes, each owning a rectangle of it.
+//!
+//! This module owns the module's half of a handoff: what a character is when it travels
+//! ([`HandoffCharacter`]: its avatar, player row and inventory), taking it out of this zone
+//! when its avatar crosses the border (`hand_off_border_crossers`, every tick, one
+//! transaction: the rows go, a `handoff_out` row comes), applying it in the next zone exactly
+//! once (`accept_handoff`, deduplicated by `handoff_in`) and forgetting it here once the next
+//! zone holds it durably (`handoff_delivered`). Carrying `handoff_out` rows to the next zone
+//! is the server's relay (`orrery_server::zone::relay`); the protocol is in `docs/zones.md`.
+//!
+//! Keys that cross zones carry their zone: a handoff's id and an inventory item's id are
+//! [`zoned_id`]s. An avatar's row id is this zone's own: the next zone gives it a new one
+//! (the owner's identity is the character's key across zones).
+
+use orrery_engine::glam::Vec2;
+use orrery_engine::prelude::*;
+
+use crate::WorldSettings;
+use crate::tables::*;
+
+/// A handoff's character at most, bytes (a character with a full inventory is a few KiB).
+pub const MAX_HANDOFF_BYTES: usize = 64 * 1024;
+/// Items a travelling character may carry at most; a larger inventory stays behind whole
+/// (the avatar does not cross) rather than travel in part.
+pub const MAX_HANDOFF_ITEMS: usize = 1_000;
+/// Characters one zone hands over in one tick at most; the rest go in the next ticks.
+pub const MAX_HANDOFFS_PER_TICK: usize = 256;
+/// How often `hand_off_border_crossers` looks (every tick at the default 20 Hz).
+pub const BORDER_WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// One zone's rectangle (`min` inclusive, `max` exclusive, like `orrery_server::zone`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneRegion {
+    /// The zone owning it.
+    pub zone: u16,
+    /// Lower corner.
+    pub min: Vec2,
+    /// Upper corner.
+    pub max: Vec2,
+}
+
+impl ZoneRegion {
+    /// Whether `point` lies in the region.
+    pub fn contains(&self, point: Vec2) -> bool {
+        point.cmpge(self.min).all() && point.cmplt(self.max).all()
+    }
+}
+
+/// What a zone process knows of the zoned world (`WorldSettings::zone`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneRules {
+    /// This process's zone.
+    pub zone: u16,
+    /// Every zone's region, this one's included.
+    pub regions: Vec<ZoneRegion>,
+    /// The identity the zones' relays act as (the only caller of the handoff reducers).
+    pub relay: Identity,
+}
+
+impl ZoneRules {
+    /// The zone owning `point`: the one whose region holds it, or this one when none does.
+    pub fn owner_of(&self, point: Vec2) -> u16 {
+        self.regions
+            .iter()
+            .find(|region| region.contains(point))
+            .map_or(self.zone, |region| region.zone)
+    }
+
+    /// This zone's region, if the map gives it one.
+    pub fn own_region(&self) -> Option<&ZoneRegion> {
+        self.regions.iter().find(|region| region.zone == self.zone)
+    }
+}
+
+/// A key that crosses zones: the zone in the top 16 bits, the zone's own number below
+/// (row ids stay far below 2^48). Zone 0's keys are its plain numbers, so an unzoned world's
+/// ids are unchanged.
+pub fn zoned_id(zone: u16, local: u64) -> u64 {
+    (u64::from(zone) << 48) | (local & ((1 << 48) - 1))
+}
+
+/// A character travelling between zones.
+#[derive(OrreryType, Clone, Debug, PartialEq)]
+pub struct HandoffCharacter {
+    /// Its avatar as it crossed (the next zone gives it a new row id).
+    pub avatar: Avatar,
+    /// Its private side.
+    pub player: Player,
+    /// What it carries.
+    pub inventory: Vec<InventoryItem>,
+}
+
+fn rules(ctx: &ReducerContext) -> Result<ZoneRules, String> {
+    ctx.setting::<WorldSettings>()
+        .and_then(|settings| settings.zone.clone())
+        .ok_or_else(|| "this world is not zoned".to_owned())
+}
+
+fn relay_only(ctx: &ReducerContext) -> Result<ZoneRules, String> {
+    let rules = rules(ctx)?;
+    if ctx.sender != rules.relay {
+        return Err("only the zone relay hands characters over".into());
+    }
+    Ok(rules)
+}
+
+/// Moves every avatar that stands in another zone's region into `handoff_out`, with its
+/// player row and inventory, in one transaction. Avatars are taken in id order, at most
+/// [`MAX_HANDOFFS_PER_TICK`] a tick.
+#[reducer]
+pub fn hand_off_border_crossers(
+    ctx: &mut ReducerContext,
+    _watch: BorderWatch,
+) -> Result<(), String> {
+    let Ok(rules) = rules(ctx) else {
+        return Ok(());
+    };
+    let mut leaving: Vec<(Avatar, u16)> = ctx
+        .db
+        .avatar()
+        .iter()
+        .filter_map(|avatar| {
+            let owner = rules.owner_of(avatar.position);
+            (owner != rules.zone).then_some((avatar, owner))
+        })
+        .collect();
+    leaving.sort_by_key(|(avatar, _)| avatar.id);
+    leaving.truncate(MAX_HANDOFFS_PER_TICK);
+    for (avatar, target) in leaving {
+        let identity = avatar.owner;
+        let Some(player) = ctx.db.player().identity().find(&identity) else {
+            tracing::warn!(avatar = avatar.id, "an avatar without a player row stays");
+            continue;
+        };
+        let inventory: Vec<InventoryItem> = ctx.db.inventory().owner().filter(&identity).collect();
+        if inventory.len() > MAX_HANDOFF_ITEMS {
+            tracing::warn!(
+                avatar = avatar.id,
+                items = inventory.len(),
+                "too much to carry across"
+            );
+            continue;
+        }
+        ctx.db.avatar().id().delete(&avatar.id);
+        ctx.db.player().identity().delete(&identity);
+        for item in &inventory {
+            ctx.db.inventory().id().delete(&item.id);
+        }
+        let character = HandoffCharacter {
+            avatar,
+            player,
+            inventory,
+        };
+        ctx.db.handoff_out().insert(HandoffOut {
+            id: 0,
+            relay: rules.relay,
+            target_zone: u32::from(target),
+            started_at: ctx.timestamp,
+            character: character.to_bytes(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies a character handed over by `source_zone` (relay only). Idempotent: a handoff
+/// applied before (`handoff_in`) succeeds without writing anything.
+#[reducer]
+pub fn accept_handoff(
+    ctx: &mut ReducerContext,
+    source_zone: u32,
+    handoff: u64,
+    started_at: Timestamp,
+    character: Vec<u8>,
+) -> Result<(), String> {
+    let rules = relay_only(ctx)?;
+    let source = u16::try_from(source_zone)
+        .ok()
+        .filter(|&zone| zone != rules.zone)
+        .ok_or_else(|| format!("zone {source_zone} cannot hand over to zone {}", rules.zone))?;
+    let id = zoned_id(source, handoff);
+    if ctx.db.handoff_in().id().find(&id).is_some() {
+        return Ok(());
+    }
+    if character.len() > MAX_HANDOFF_BYTES {
+        return Err(format!(
+            "a handoff of {} bytes is over the {MAX_HANDOFF_BYTES} allowed",
+            character.len()
+        ));
+    }
+    let HandoffCharacter {
+        avatar,
+        player,
+        inventory,
+    } = HandoffCharacter::from_bytes(&character).map_err(|e| format!("bad character: {e}"))?;
+    let identity = player.identity;
+    if avatar.owner != identity || inventory.iter().any(|item| item.owner != identity) {
+        return Err("the character's rows belong to different identities".into());
+    }
+    if inventory.len() > MAX_HANDOFF_ITEMS {
+        return Err(format!(
+            "{} items is more than a character carries",
+            inventory.len()
+        ));
+    }
+    if ctx.db.player().identity().find(&identity).is_some() {
+        return Err(format!(
+            "{identity} already has a character in zone {}",
+            rules.zone
+        ));
+    }
+    let avatar = ctx.db.avatar().insert(Avatar {
+        id: 0,
+        online: false,
+        ..avatar
+    })?;
+    ctx.db.player().insert(Player {
+        avatar_id: avatar.id,
+        connection: 0,
+        ..player
+    })?;
+    for item in inventory {
+        ctx.db.inventory().insert(item)?;
+    }
+    ctx.db.handoff_in().insert(HandoffIn {
+        id,
+        relay: rules.relay,
+        character: identity,
+        started_at,
+        arrived_at: ctx.timestamp,
+    })?;
+    Ok(())
+}
+
+/// Forgets a handoff the next zone holds durably (relay only; a repeat finds nothing).
+#[reducer]
+pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), String> {
+    relay_only(ctx)?;
+    ctx.db.handoff_out().id().delete(&handoff);
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! The handoff relay: carries a zone's outgoing characters to the zones that take them.
+//!
+//! A module that hands characters over keeps an outbox table, `handoff_out`, visible only to
+//! the zones' peer identity ([`Secrets::zone_peer`]), with the columns `id` (primary key),
+//! `target_zone`, `started_at` and `character`, and two reducers callable by that identity:
+//! `accept_handoff(source_zone, id, started_at, character)` applies a character exactly once
+//! (it remembers the handoffs it applied), `handoff_delivered(id)` deletes the outbox row.
+//!
+//! The relay reads the outbox as the peer identity, waits until the tick it read is durable
+//! (a handoff written in a tick that a crash undoes is never sent), calls `accept_handoff` on
+//! the target zone's control plane (answered once the target's tick is durable), and then
+//! `handoff_delivered` here. A failure anywhere leaves the outbox row in place; it is sent
+//! again, with backoff, until the target acknowledges it. A crash of either side repeats at
+//! most the delivery, which the target recognises. So each character is applied once.
+//!
+//! The relay holds no state that matters across a restart: the outbox is in the commit log.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::body::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use super::map::{ZoneId, ZoneMap};
+use crate::runtime::ServerHandle;
+
+/// The largest response the relay reads, bytes (an outbox page of [`MAX_BATCH`] handoffs).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Handoffs the relay reads and sends per poll at most.
+pub const MAX_BATCH: usize = 1_000;
+
+/// What went wrong with one request of the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The peer could not be reached or the exchange broke.
+    #[error("zone at {addr}: {message}")]
+    Transport {
+        /// The peer.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The peer answered with an error.
+    #[error("{path} answered {status}: {body}")]
+    Refused {
+        /// The request.
+        path: String,
+        /// The answer's status.
+        status: u16,
+        /// The answer.
+        body: String,
+    },
+    /// An answer that is not what the control plane sends.
+    #[error("unexpected answer from {path}: {message}")]
+    BadAnswer {
+        /// The request.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The map names no zone for an outbox row's `target_zone`.
+    #[error("handoff {id} is for zone {zone}, which is not in the zone map")]
+    UnknownZone {
+        /// The handoff.
+        id: u64,
+        /// Its target.
+        zone: u64,
+    },
+}
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The zone this process is.
+    pub zone: ZoneId,
+    /// Every zone's control plane.
+    pub map: ZoneMap,
+    /// How often the outbox is read.
+    pub poll: Duration,
+    /// A request not answered in this time is abandoned and retried.
+    pub request_timeout: Duration,
+    /// The first retry's delay; it doubles per failure up to `max_backoff`.
+    pub backoff: Duration,
+    /// The longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl RelayConfig {
+    /// A relay for `zone` of `map`: reads the outbox every 50 ms, gives up on a request
+    /// after 5 s, retries after 100 ms doubling up to 5 s.
+    pub fn new(zone: ZoneId, map: ZoneMap) -> Self {
+        RelayConfig {
+            zone,
+            map,
+            poll: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a relay has done (shared with whoever watches it).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Handoffs the target acknowledged and this zone forgot.
+    pub delivered: AtomicU64,
+    /// Deliveries or acknowledgements that failed (each is retried).
+    pub failures: AtomicU64,
+    /// Outbox reads.
+    pub polls: AtomicU64,
+}
+
+/// A running relay; dropping it stops it.
+#[derive(Debug)]
+pub struct Relay {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stats: Arc<RelayStats>,
+}
+
+impl Relay {
+    /// Starts relaying `server`'s outbox on the current tokio runtime.
+    pub fn start(server: &ServerHandle, config: RelayConfig) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(RelayStats::default());
+        let local = Local {
+            router: server.router(),
+            metrics: server.metrics().clone(),
+            secrets: server.secrets().clone(),
+        };
+        let task = tokio::spawn(run(local, config, stats.clone(), stopped));
+        Relay {
+            stop,
+            task: Some(task),
+            stats,
+        }
+    }
+
+    /// What it has done so far.
+    pub fn stats(&self) -> &Arc<RelayStats> {
+        &self.stats
+    }
+
+    /// Stops it and waits for its deliveries in flight to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// This process's side: its control plane in-process, its durability watermark, its keys.
+#[derive(Clone)]
+struct Local {
+    router: axum::Router,
+    metrics: Arc<crate::Metrics>,
+    secrets: Arc<crate::Secrets>,
+}
+
+impl Local {
+    fn token(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.secrets
+            .issue(&self.secrets.zone_peer(), now, Duration::from_secs(3600))
+    }
+
+    async fn post(&self, path: &str, token: &str, body: String) -> Result<Bytes, RelayError> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(body))
+            .map_err(|e| transport("local", e))?;
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| transport("local", e))?;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| transport("local", e))?;
+        answer(path, status, body)
+    }
+}
+
+fn transport(addr: impl ToString, error: impl std::fmt::Display) -> RelayError {
+    RelayError::Transport {
+        addr: addr.to_string(),
+        message: error.to_string(),
+    }
+}
+
+fn answer(path: &str, status: StatusCode, body: Bytes) -> Result<Bytes, RelayError> {
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(RelayError::Refused {
+            path: path.to_owned(),
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        })
+    }
+}
+
+/// One POST to another zone's control plane, on a connection of its own.
+async fn post_remote(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: String,
+) -> Result<Bytes, RelayError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| transport(addr, e))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| transport(addr, e))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| transport(addr, e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| transport(addr, e))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| transport(addr, e))?
+        .to_bytes();
+    driver.abort();
+    answer(path, status, body)
+}
+
+/// An outbox row, as the relay needs it.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    id: u64,
+    target_zone: u64,
+    started_at: serde_json::Value,
+    character: serde_json::Value,
+}
+
+fn parse_outbox(body: &[u8]) -> Result<(u64, Vec<Outgoing>), RelayError> {
+    let bad = |message: String| RelayError::BadAnswer {
+        path: "/v1/sql".into(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let tick = value["tick"]
+        .as_u64()
+        .ok_or_else(|| bad("no tick".into()))?;
+    let rows = value["rows"]
+        .as_array()
+        .ok_or_else(|| bad("no rows".into()))?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(Outgoing {
+                id: row["id"]
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("no id in {row}")))?,
+                target_zone: row["target_zone"]
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("no target_zone in {row}")))?,
+                started_at: row["started_at"].clone(),
+                character: row["character"].clone(),
+            })
+        })
+        .collect::<Result<_, RelayError>>()?;
+    Ok((tick, rows))
+}
+
+/// When a failed handoff may be tried again.
+struct Retry {
+    at: Instant,
+    delay: Duration,
+}
+
+async fn run(
+    local: Local,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut poll = tokio::time::interval(config.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight: JoinSet<(u64, Result<(), RelayError>)> = JoinSet::new();
+    let mut busy: HashSet<u64> = HashSet::new();
+    let mut retries: HashMap<u64, Retry> = HashMap::new();
+    let mut token = local.token();
+    let mut token_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            Some(done) = in_flight.join_next() => {
+                let Ok((id, outcome)) = done else { continue };
+                busy.remove(&id);
+                match outcome {
+                    Ok(()) => {
+                        retries.remove(&id);
+                        stats.delivered.fetch_add(1, Relaxed);
+                    }
+                    Err(error) => {
+                        stats.failures.fetch_add(1, Relaxed);
+                        let delay = retries
+                            .get(&id)
+                            .map_or(config.backoff, |r| (r.delay * 2).min(config.max_backoff));
+                        tracing::warn!(handoff = id, %error, retry_in = ?delay, "handoff not delivered");
+                        retries.insert(id, Retry { at: Instant::now() + delay, delay });
+                    }
+                }
+            }
+            _ = poll.tick() => {
+                if token_at.elapsed() > Duration::from_secs(600) {
+                    token = local.token();
+                    token_at = Instant::now();
+                }
+                stats.polls.fetch_add(1, Relaxed);
+                let sql = format!("SELECT * FROM handoff_out LIMIT {MAX_BATCH}");
+                let outbox = match local.post("/v1/sql", &token, sql).await {
+                    Ok(body) => parse_outbox(&body),
+                    Err(error) => Err(error),
+                };
+                let (tick, rows) = match outbox {
+                    Ok(read) => read,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the handoff outbox");
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                retries.retain(|id, _| rows.iter().any(|row| row.id == *id));
+                let ready: Vec<Outgoing> = rows
+                    .into_iter()
+                    .filter(|row| !busy.contains(&row.id))
+                    .filter(|row| retries.get(&row.id).is_none_or(|r| r.at <= now))
+                    .collect();
+                if ready.is_empty() {
+                    continue;
+                }
+                // Never send what a crash could still undo here.
+                while local.metrics.durable_seq.load(Relaxed) < tick {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        () = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    }
+                }
+                for row in ready {
+                    busy.insert(row.id);
+                    let (local, token, map, zone, timeout) =
+                        (local.clone(), token.clone(), config.map.clone(), config.zone, config.request_timeout);
+                    in_flight.spawn(async move {
+                        let id = row.id;
+                        let outcome = tokio::time::timeout(timeout, deliver(&local, &token, &map, zone, row))
+                            .await
+                            .unwrap_or_else(|_| Err(transport("zone", format!("no answer in {timeout:?}"))));
+                        (id, outcome)
+                    });
+                }
+            }
+        }
+    }
+    in_flight.shutdown().await;
+}
+
+async fn deliver(
+    local: &Local,
+    token: &str,
+    map: &ZoneMap,
+    zone: ZoneId,
+    row: Outgoing,
+) -> Result<(), RelayError> {
+    let target = u32::try_from(row.target_zone)
+        .ok()
+        .and_then(|id| map.get(id).ok())
+        .ok_or(RelayError::UnknownZone {
+            id: row.id,
+            zone: row.target_zone,
+        })?;
+    let args = serde_json::json!([zone, row.id, row.started_at, row.character]).to_string();
+    post_remote(target.http, "/v1/call/accept_handoff", token, args).await?;
+    local
+        .post(
+            "/v1/call/handoff_delivered",
+            token,
+            serde_json::json!([row.id]).to_string(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_page_is_read_and_a_malformed_one_refused() {
+        let body = br#"{"table":"handoff_out","tick":42,"rows":[
+            {"id":7,"relay":"00","target_zone":3,"started_at":1000,"character":[1,2,3]}]}"#;
+        let (tick, rows) = parse_outbox(body).unwrap();
+        assert_eq!(tick, 42);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].id, rows[0].target_zone), (7, 3));
+        assert_eq!(rows[0].character, serde_json::json!([1, 2, 3]));
+        for bad in [
+            &b"not json"[..],
+            br#"{"rows":[]}"#,
+            br#"{"tick":1}"#,
+            br#"{"tick":1,"rows":[{"target_zone":1}]}"#,
+            br#"{"tick":1,"rows":[{"id":1}]}"#,
+        ] {
+            assert!(matches!(
+                parse_outbox(bad),
+                Err(RelayError::BadAnswer { .. })
+            ));
+        }
+    }
+}
