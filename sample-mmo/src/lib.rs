@@ -149,6 +149,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
         .table::<HandoffOut>()
         .table::<HandoffIn>()
         .table::<BorderWatch>()
+        .table::<Sequence>()
         .reducers(reducers![
             init,
             client_connected,
@@ -166,6 +167,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
             crate::zone::hand_off_border_crossers,
             crate::zone::accept_handoff,
             crate::zone::handoff_delivered,
+            crate::zone::handoff_refused,
         ])
         .resource(settings)
         .add_systems((move_avatars, npc_behaviour, revive_avatars, follow_focus).chain())

@@ -60,6 +60,12 @@ fn my_character(ctx: &mut ReducerContext) -> Result<(Player, Avatar), String> {
         .id()
         .find(&player.avatar_id)
         .ok_or("your character has no avatar")?;
+    if let Some(leaving) = ctx.db.handoff_out().owner().find(&identity) {
+        return Err(format!(
+            "your character is moving to zone {}",
+            leaving.target_zone
+        ));
+    }
     Ok((player, avatar))
 }
 
@@ -222,7 +228,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[reducer]
 pub fn enter_world(ctx: &mut ReducerContext, name: String) -> Result<(), String> {
     check_name(&name)?;
-    if let Ok((_, avatar)) = my_character(ctx) {
+    if ctx.db.player().identity().find(&ctx.sender).is_some() {
+        let (_, avatar) = my_character(ctx)?;
         return if avatar.name == name {
             Ok(())
         } else {
@@ -263,8 +270,10 @@ pub fn enter_world(ctx: &mut ReducerContext, name: String) -> Result<(), String>
         ..town
     })?;
     let connection = ctx.connection_id;
+    let zone = settings(ctx).zone.map_or(0, |rules| rules.zone);
+    let number = crate::zone::next_number(ctx, "avatar")?;
     let avatar = ctx.db.avatar().insert(Avatar {
-        id: 0,
+        id: crate::zone::zoned_id(zone, number),
         owner: identity,
         name,
         position,

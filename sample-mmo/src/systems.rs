@@ -13,7 +13,7 @@ use orrery_engine::prelude::*;
 
 use crate::WorldSettings;
 use crate::reducers::{TOWN, TOWN_RADIUS};
-use crate::tables::{Avatar, Config, Npc, NpcKind, Player, Town};
+use crate::tables::{Avatar, Config, HandoffOut, Npc, NpcKind, Player, Town};
 
 /// Wolves run at this speed, m/s (a running player is faster).
 pub const WOLF_SPEED: f32 = 6.5;
@@ -23,6 +23,14 @@ pub const DEER_FLEE_SPEED: f32 = 7.0;
 pub const WOLF_BITE_RANGE: f32 = 2.0;
 /// Time between a wolf's bites, ms.
 pub const WOLF_BITE_COOLDOWN_MS: u64 = 1_500;
+
+/// The owners of characters in transit to another zone (frozen here: no system moves, bites
+/// or revives them). Usually none, so the check costs nothing.
+fn in_transit(handoffs: &Query<&HandoffOut>) -> Vec<Identity> {
+    let mut owners: Vec<Identity> = handoffs.iter().map(|handoff| handoff.owner).collect();
+    owners.sort_unstable();
+    owners
+}
 
 fn config_of(config: &Query<&Config>) -> Config {
     config.iter().next().cloned().unwrap_or_default()
@@ -46,13 +54,18 @@ pub fn move_avatars(
     info: Res<TickInfo>,
     settings: Res<WorldSettings>,
     config: Query<&Config>,
+    handoffs: Query<&HandoffOut>,
     mut avatars: Query<&mut Avatar>,
 ) {
     let dt = info.dt.as_secs_f32();
     let limit = config_of(&config).run_speed;
     let world = Vec2::splat(settings.world_size / 2.0);
+    let leaving = in_transit(&handoffs);
     for mut avatar in &mut avatars {
         if avatar.velocity == Vec2::ZERO || avatar.hp <= 0 {
+            continue;
+        }
+        if !leaving.is_empty() && leaving.binary_search(&avatar.owner).is_ok() {
             continue;
         }
         let velocity = avatar.velocity.clamp_length_max(limit);
@@ -90,9 +103,11 @@ pub fn npc_behaviour(
     avatar_store: Res<TableStore<Avatar>>,
     mut avatars: Query<&mut Avatar>,
     mut npcs: Query<&mut Npc>,
+    handoffs: Query<&HandoffOut>,
 ) {
     let dt = info.dt.as_secs_f32();
     let now = info.timestamp;
+    let leaving = in_transit(&handoffs);
     let config = config_of(&config);
     // NPCs stay in this zone's region: only characters cross zones.
     let home = settings.home_bounds();
@@ -109,6 +124,9 @@ pub fn npc_behaviour(
                     return;
                 };
                 if !avatar.online || avatar.hp <= 0 {
+                    return;
+                }
+                if !leaving.is_empty() && leaving.binary_search(&avatar.owner).is_ok() {
                     return;
                 }
                 let distance = position.distance(npc.position);
@@ -154,9 +172,18 @@ pub fn npc_behaviour(
 }
 
 /// Knocked-out avatars wake up in the nearest town (the lowest id among equals), healed.
-pub fn revive_avatars(info: Res<TickInfo>, towns: Query<&Town>, mut avatars: Query<&mut Avatar>) {
+pub fn revive_avatars(
+    info: Res<TickInfo>,
+    towns: Query<&Town>,
+    handoffs: Query<&HandoffOut>,
+    mut avatars: Query<&mut Avatar>,
+) {
+    let leaving = in_transit(&handoffs);
     for mut avatar in &mut avatars {
         if avatar.hp > 0 {
+            continue;
+        }
+        if !leaving.is_empty() && leaving.binary_search(&avatar.owner).is_ok() {
             continue;
         }
         let town = towns

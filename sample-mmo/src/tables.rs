@@ -9,9 +9,9 @@ use orrery_engine::prelude::*;
 #[table(name = avatar, public)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Avatar {
-    /// Row id.
+    /// Row id, the same in every zone the character visits: a [`crate::zone::zoned_id`] of
+    /// the zone it was created in.
     #[primary_key]
-    #[auto_inc]
     pub id: u64,
     /// The owning identity.
     #[unique]
@@ -271,9 +271,9 @@ impl Default for Config {
 }
 
 /// A character on its way to another zone: written in the tick its avatar crossed the
-/// border (the avatar, its player row and its inventory deleted in the same tick), deleted
-/// once the next zone holds the character durably (`handoff_delivered`). Only the zones'
-/// relay identity sees it (`docs/zones.md`).
+/// border, with a copy of the character; deleted with the character's rows here once the
+/// next zone holds it durably (`handoff_delivered`), or alone if the next zone refuses it
+/// (`handoff_refused`). Only the zones' relay identity sees it (`docs/zones.md`).
 #[table(name = handoff_out, owner = relay)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct HandoffOut {
@@ -283,6 +283,10 @@ pub struct HandoffOut {
     pub id: u64,
     /// The zones' relay identity (`orrery_server::Secrets::zone_peer`).
     pub relay: Identity,
+    /// The travelling character's identity; while the row exists the character is in
+    /// transit here: frozen, its owner's calls refused.
+    #[unique]
+    pub owner: Identity,
     /// The zone that takes the character.
     pub target_zone: u32,
     /// When the avatar crossed the border.
@@ -320,4 +324,16 @@ pub struct BorderWatch {
     pub scheduled_id: u64,
     /// Every tick.
     pub scheduled_at: ScheduleAt,
+}
+
+/// Numbers this zone hands out for keys that cross zones ([`crate::zone::zoned_id`]), by
+/// what they number.
+#[table(name = sequence)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequence {
+    /// What the numbers are for (`"avatar"`).
+    #[primary_key]
+    pub name: String,
+    /// The next number.
+    pub next: u64,
 }

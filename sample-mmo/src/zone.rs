@@ -1,16 +1,17 @@
 //! Zones: the sample world split over several processes, each owning a rectangle of it.
 //!
 //! This module owns the module's half of a handoff: what a character is when it travels
-//! ([`HandoffCharacter`]: its avatar, player row and inventory), taking it out of this zone
-//! when its avatar crosses the border (`hand_off_border_crossers`, every tick, one
-//! transaction: the rows go, a `handoff_out` row comes), applying it in the next zone exactly
-//! once (`accept_handoff`, deduplicated by `handoff_in`) and forgetting it here once the next
-//! zone holds it durably (`handoff_delivered`). Carrying `handoff_out` rows to the next zone
-//! is the server's relay (`orrery_server::zone::relay`); the protocol is in `docs/zones.md`.
+//! ([`HandoffCharacter`]: its avatar, player row and inventory), starting a handoff when its
+//! avatar crosses the border (`hand_off_border_crossers`, every tick: a `handoff_out` row with
+//! a copy of the character, which stays here frozen), applying it in the next zone exactly
+//! once (`accept_handoff`, deduplicated by `handoff_in`), and ending it here once the next
+//! zone holds it durably (`handoff_delivered` deletes the character's rows) or refused it
+//! (`handoff_refused` lets it go on here). Carrying `handoff_out` rows to the next zone is the
+//! server's relay (`orrery_server::zone::relay`); the protocol is in `docs/zones.md`.
 //!
-//! Keys that cross zones carry their zone: a handoff's id and an inventory item's id are
-//! [`zoned_id`]s. An avatar's row id is this zone's own: the next zone gives it a new one
-//! (the owner's identity is the character's key across zones).
+//! A character is live in the zone that holds it without a `handoff_out` row: in exactly one
+//! zone at any time, whatever crashes. Keys that cross zones carry their zone: avatar ids,
+//! handoff ids and inventory item ids are [`zoned_id`]s.
 
 use orrery_engine::glam::Vec2;
 use orrery_engine::prelude::*;
@@ -104,9 +105,29 @@ fn relay_only(ctx: &ReducerContext) -> Result<ZoneRules, String> {
     Ok(rules)
 }
 
-/// Moves every avatar that stands in another zone's region into `handoff_out`, with its
-/// player row and inventory, in one transaction. Avatars are taken in id order, at most
-/// [`MAX_HANDOFFS_PER_TICK`] a tick.
+/// The next number of `name` in this zone's [`Sequence`] (from 1).
+pub fn next_number(ctx: &mut ReducerContext, name: &str) -> Result<u64, String> {
+    let name = name.to_owned();
+    match ctx.db.sequence().name().find(&name) {
+        Some(row) => {
+            let number = row.next;
+            ctx.db.sequence().name().update(Sequence {
+                next: number + 1,
+                ..row
+            })?;
+            Ok(number)
+        }
+        None => {
+            ctx.db.sequence().insert(Sequence { name, next: 2 })?;
+            Ok(1)
+        }
+    }
+}
+
+/// Starts a handoff for every avatar that stands in another zone's region: a `handoff_out`
+/// row with a copy of the character. The character stays here, frozen (systems skip it, its
+/// owner's calls are refused), until the next zone holds it. Avatars are taken in id order,
+/// at most [`MAX_HANDOFFS_PER_TICK`] a tick.
 #[reducer]
 pub fn hand_off_border_crossers(
     ctx: &mut ReducerContext,
@@ -125,9 +146,15 @@ pub fn hand_off_border_crossers(
         })
         .collect();
     leaving.sort_by_key(|(avatar, _)| avatar.id);
-    leaving.truncate(MAX_HANDOFFS_PER_TICK);
+    let mut started = 0;
     for (avatar, target) in leaving {
+        if started == MAX_HANDOFFS_PER_TICK {
+            break;
+        }
         let identity = avatar.owner;
+        if ctx.db.handoff_out().owner().find(&identity).is_some() {
+            continue;
+        }
         let Some(player) = ctx.db.player().identity().find(&identity) else {
             tracing::warn!(avatar = avatar.id, "an avatar without a player row stays");
             continue;
@@ -141,11 +168,6 @@ pub fn hand_off_border_crossers(
             );
             continue;
         }
-        ctx.db.avatar().id().delete(&avatar.id);
-        ctx.db.player().identity().delete(&identity);
-        for item in &inventory {
-            ctx.db.inventory().id().delete(&item.id);
-        }
         let character = HandoffCharacter {
             avatar,
             player,
@@ -154,10 +176,12 @@ pub fn hand_off_border_crossers(
         ctx.db.handoff_out().insert(HandoffOut {
             id: 0,
             relay: rules.relay,
+            owner: identity,
             target_zone: u32::from(target),
             started_at: ctx.timestamp,
             character: character.to_bytes(),
         })?;
+        started += 1;
     }
     Ok(())
 }
@@ -193,7 +217,10 @@ pub fn accept_handoff(
         inventory,
     } = HandoffCharacter::from_bytes(&character).map_err(|e| format!("bad character: {e}"))?;
     let identity = player.identity;
-    if avatar.owner != identity || inventory.iter().any(|item| item.owner != identity) {
+    if avatar.owner != identity
+        || player.avatar_id != avatar.id
+        || inventory.iter().any(|item| item.owner != identity)
+    {
         return Err("the character's rows belong to different identities".into());
     }
     if inventory.len() > MAX_HANDOFF_ITEMS {
@@ -208,13 +235,11 @@ pub fn accept_handoff(
             rules.zone
         ));
     }
-    let avatar = ctx.db.avatar().insert(Avatar {
-        id: 0,
+    ctx.db.avatar().insert(Avatar {
         online: false,
         ..avatar
     })?;
     ctx.db.player().insert(Player {
-        avatar_id: avatar.id,
         connection: 0,
         ..player
     })?;
@@ -231,10 +256,65 @@ pub fn accept_handoff(
     Ok(())
 }
 
-/// Forgets a handoff the next zone holds durably (relay only; a repeat finds nothing).
+/// Ends a handoff the next zone holds durably (relay only): the character's rows here go
+/// with the `handoff_out` row. A repeat finds nothing to do.
 #[reducer]
 pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), String> {
     relay_only(ctx)?;
+    let Some(row) = ctx.db.handoff_out().id().find(&handoff) else {
+        return Ok(());
+    };
+    let identity = row.owner;
+    if let Some(player) = ctx.db.player().identity().find(&identity) {
+        ctx.db.avatar().id().delete(&player.avatar_id);
+        ctx.db.player().identity().delete(&identity);
+    }
+    let items: Vec<u64> = ctx
+        .db
+        .inventory()
+        .owner()
+        .filter(&identity)
+        .map(|item| item.id)
+        .collect();
+    for item in items {
+        ctx.db.inventory().id().delete(&item);
+    }
     ctx.db.handoff_out().id().delete(&handoff);
+    Ok(())
+}
+
+/// Cancels a handoff the next zone refused for good (relay only): the character stays here,
+/// stopped just inside this zone's border. A repeat finds nothing to do.
+#[reducer]
+pub fn handoff_refused(
+    ctx: &mut ReducerContext,
+    handoff: u64,
+    reason: String,
+) -> Result<(), String> {
+    let rules = relay_only(ctx)?;
+    let Some(row) = ctx.db.handoff_out().id().find(&handoff) else {
+        return Ok(());
+    };
+    tracing::warn!(handoff, zone = row.target_zone, %reason, "handoff refused; the character stays");
+    ctx.db.handoff_out().id().delete(&handoff);
+    let Some(player) = ctx.db.player().identity().find(&row.owner) else {
+        return Ok(());
+    };
+    let Some(avatar) = ctx.db.avatar().id().find(&player.avatar_id) else {
+        return Ok(());
+    };
+    let position = match rules.own_region() {
+        // Half a metre inside, so the next border check does not send it again at once.
+        Some(region) if (region.max - region.min).min_element() > 1.0 => avatar
+            .position
+            .clamp(region.min + Vec2::splat(0.5), region.max - Vec2::splat(0.5)),
+        _ => avatar.position,
+    };
+    ctx.db.avatar().id().update(Avatar {
+        position,
+        velocity: Vec2::ZERO,
+        seeking: false,
+        ..avatar
+    })?;
     Ok(())
 }

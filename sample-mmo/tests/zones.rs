@@ -108,11 +108,15 @@ impl Zones {
     }
 
     fn step(&mut self) {
+        self.step_without_relay();
+        self.relay(true);
+    }
+
+    fn step_without_relay(&mut self) {
         self.tick += 1;
         for engine in &mut self.engines {
             engine.step(ts(self.tick));
         }
-        self.relay(true);
     }
 
     /// Delivers every zone's outbox; with `faults`, repeats some deliveries and drops some
@@ -163,20 +167,30 @@ impl Zones {
         }
     }
 
-    /// Every character (by identity) with the zones holding it and its inventory.
+    /// Every character (by identity) with the zones it is live in (held and not in transit)
+    /// and what it carries there.
     fn census(&self) -> BTreeMap<Identity, (Vec<usize>, Vec<u64>)> {
         let mut census: BTreeMap<Identity, (Vec<usize>, Vec<u64>)> = BTreeMap::new();
         for (zone, engine) in self.engines.iter().enumerate() {
             let players = engine.rows::<Player>();
             let avatars = engine.rows::<Avatar>();
             assert_eq!(players.len(), avatars.len(), "zone {zone}");
+            let leaving: Vec<Identity> = engine
+                .rows::<HandoffOut>()
+                .iter()
+                .map(|row| row.owner)
+                .collect();
             for player in players {
                 let avatar = engine.find::<Avatar>(&player.avatar_id).unwrap();
                 assert_eq!(avatar.owner, player.identity);
-                census.entry(player.identity).or_default().0.push(zone);
+                if !leaving.contains(&player.identity) {
+                    census.entry(player.identity).or_default().0.push(zone);
+                }
             }
             for item in engine.rows::<InventoryItem>() {
-                census.entry(item.owner).or_default().1.push(item.id);
+                if !leaving.contains(&item.owner) {
+                    census.entry(item.owner).or_default().1.push(item.id);
+                }
             }
         }
         for (_, items) in census.values_mut() {
@@ -190,7 +204,7 @@ fn character(n: u64, items: u64) -> HandoffCharacter {
     let identity = Identity::from_u64(n);
     HandoffCharacter {
         avatar: Avatar {
-            id: 0,
+            id: zoned_id(9, n),
             owner: identity,
             name: format!("walker{n}"),
             position: Vec2::new(-50.0, -50.0),
@@ -204,7 +218,7 @@ fn character(n: u64, items: u64) -> HandoffCharacter {
         },
         player: Player {
             identity,
-            avatar_id: 0,
+            avatar_id: zoned_id(9, n),
             connection: 0,
             xp: 0,
             kills: 0,
@@ -355,6 +369,49 @@ fn only_the_relay_hands_over_and_a_bad_character_is_refused_whole() {
     assert_eq!(zone0.rows::<Player>().len(), 1);
     assert_eq!(zone0.rows::<InventoryItem>().len(), 2);
     assert_eq!(zone0.rows::<HandoffIn>().len(), 1);
+    // A character in transit is frozen and its owner's calls refused until the handoff ends;
+    // a refused handoff lets it go on where it is, just inside the border.
+    let who = Caller::from(Identity::from_u64(1));
+    zone0
+        .call_reducer("move_to", who, (Vec2::new(10.0, -50.0), true))
+        .unwrap();
+    for _ in 0..200 {
+        zones.step_without_relay();
+        if !zones.engines[0].rows::<HandoffOut>().is_empty() {
+            break;
+        }
+    }
+    let zone0 = &mut zones.engines[0];
+    let leaving = zone0.rows::<HandoffOut>();
+    assert_eq!(leaving.len(), 1);
+    assert_eq!(leaving[0].target_zone, 1);
+    let frozen = zone0.rows::<Avatar>()[0].clone();
+    zones.step_without_relay();
+    let zone0 = &mut zones.engines[0];
+    assert_eq!(
+        zone0.rows::<Avatar>()[0],
+        frozen,
+        "a character in transit moved"
+    );
+    let err = zone0
+        .call_reducer("set_input", who, (Vec2::X, false))
+        .unwrap_err()
+        .client_message();
+    assert!(err.contains("moving to zone 1"), "{err}");
+    zone0
+        .call_reducer(
+            "handoff_refused",
+            Caller::from(RELAY),
+            (leaving[0].id, "test".to_owned()),
+        )
+        .unwrap();
+    let resumed = zone0.rows::<Avatar>()[0].clone();
+    assert!(resumed.position.x < 0.0 && resumed.velocity == Vec2::ZERO);
+    assert!(zone0.rows::<HandoffOut>().is_empty());
+    zone0
+        .call_reducer("set_input", who, (Vec2::X, false))
+        .unwrap();
+
     // An unzoned world has no handoffs at all.
     let mut plain = Engine::new(sample_mmo::module(), EngineConfig::default()).unwrap();
     let err = plain

@@ -4,7 +4,9 @@
 //! the zones' peer identity ([`Secrets::zone_peer`]), with the columns `id` (primary key),
 //! `target_zone`, `started_at` and `character`, and two reducers callable by that identity:
 //! `accept_handoff(source_zone, id, started_at, character)` applies a character exactly once
-//! (it remembers the handoffs it applied), `handoff_delivered(id)` deletes the outbox row.
+//! (it remembers the handoffs it applied), `handoff_delivered(id)` ends the handoff at the
+//! source (the character's rows there go with the outbox row), `handoff_refused(id, reason)`
+//! cancels one the target refused for good (400 or 422: nothing was written there).
 //!
 //! The relay reads the outbox as the peer identity, waits until the tick it read is durable
 //! (a handoff written in a tick that a crash undoes is never sent), calls `accept_handoff` on
@@ -33,10 +35,11 @@ use tower::ServiceExt as _;
 use super::map::{ZoneId, ZoneMap};
 use crate::runtime::ServerHandle;
 
-/// The largest response the relay reads, bytes (an outbox page of [`MAX_BATCH`] handoffs).
+/// The largest response the relay reads, bytes (an outbox read is at most the server's
+/// `max_sql_rows` handoffs of a few KiB each).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
-/// Handoffs the relay reads and sends per poll at most.
-pub const MAX_BATCH: usize = 1_000;
+/// Deliveries under way at once at most; the rest wait for the next poll.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// What went wrong with one request of the relay.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +117,8 @@ impl RelayConfig {
 pub struct RelayStats {
     /// Handoffs the target acknowledged and this zone forgot.
     pub delivered: AtomicU64,
+    /// Handoffs the target refused for good (cancelled here).
+    pub refused: AtomicU64,
     /// Deliveries or acknowledgements that failed (each is retried).
     pub failures: AtomicU64,
     /// Outbox reads.
@@ -316,7 +321,7 @@ async fn run(
 ) {
     let mut poll = tokio::time::interval(config.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight: JoinSet<(u64, Result<(), RelayError>)> = JoinSet::new();
+    let mut in_flight: JoinSet<(u64, Result<Delivery, RelayError>)> = JoinSet::new();
     let mut busy: HashSet<u64> = HashSet::new();
     let mut retries: HashMap<u64, Retry> = HashMap::new();
     let mut token = local.token();
@@ -328,9 +333,13 @@ async fn run(
                 let Ok((id, outcome)) = done else { continue };
                 busy.remove(&id);
                 match outcome {
-                    Ok(()) => {
+                    Ok(Delivery::Delivered) => {
                         retries.remove(&id);
                         stats.delivered.fetch_add(1, Relaxed);
+                    }
+                    Ok(Delivery::Refused) => {
+                        retries.remove(&id);
+                        stats.refused.fetch_add(1, Relaxed);
                     }
                     Err(error) => {
                         stats.failures.fetch_add(1, Relaxed);
@@ -348,7 +357,7 @@ async fn run(
                     token_at = Instant::now();
                 }
                 stats.polls.fetch_add(1, Relaxed);
-                let sql = format!("SELECT * FROM handoff_out LIMIT {MAX_BATCH}");
+                let sql = "SELECT * FROM handoff_out".to_owned();
                 let outbox = match local.post("/v1/sql", &token, sql).await {
                     Ok(body) => parse_outbox(&body),
                     Err(error) => Err(error),
@@ -366,6 +375,7 @@ async fn run(
                     .into_iter()
                     .filter(|row| !busy.contains(&row.id))
                     .filter(|row| retries.get(&row.id).is_none_or(|r| r.at <= now))
+                    .take(MAX_IN_FLIGHT.saturating_sub(busy.len()))
                     .collect();
                 if ready.is_empty() {
                     continue;
@@ -401,7 +411,7 @@ async fn deliver(
     map: &ZoneMap,
     zone: ZoneId,
     row: Outgoing,
-) -> Result<(), RelayError> {
+) -> Result<Delivery, RelayError> {
     let target = u32::try_from(row.target_zone)
         .ok()
         .and_then(|id| map.get(id).ok())
@@ -410,7 +420,19 @@ async fn deliver(
             zone: row.target_zone,
         })?;
     let args = serde_json::json!([zone, row.id, row.started_at, row.character]).to_string();
-    post_remote(target.http, "/v1/call/accept_handoff", token, args).await?;
+    match post_remote(target.http, "/v1/call/accept_handoff", token, args).await {
+        Ok(_) => {}
+        // The target refused the character for good (its reducer failed or the arguments are
+        // not its handoff's): nothing was written there, so the handoff is cancelled here and
+        // the character goes on in this zone.
+        Err(RelayError::Refused { status, body, .. }) if status == 400 || status == 422 => {
+            tracing::warn!(handoff = row.id, zone = target.id, status, %body, "handoff refused");
+            let args = serde_json::json!([row.id, body]).to_string();
+            local.post("/v1/call/handoff_refused", token, args).await?;
+            return Ok(Delivery::Refused);
+        }
+        Err(error) => return Err(error),
+    }
     local
         .post(
             "/v1/call/handoff_delivered",
@@ -418,7 +440,16 @@ async fn deliver(
             serde_json::json!([row.id]).to_string(),
         )
         .await?;
-    Ok(())
+    Ok(Delivery::Delivered)
+}
+
+/// How a handoff ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The target holds the character.
+    Delivered,
+    /// The target refused it; it stays here.
+    Refused,
 }
 
 #[cfg(test)]
