@@ -56,6 +56,10 @@ pub struct ClientOptions {
     /// Seed of the link simulation's decisions: the same seed and traffic give the same drops
     /// and delays.
     pub link_seed: u64,
+    /// After a zone move, how long the mirror keeps rows the new zone has not sent again
+    /// (default [`crate::core::DEFAULT_ZONE_MOVE_SETTLE`], see
+    /// [`ClientCore::set_zone_move_settle`]).
+    pub zone_move_settle: Duration,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +75,7 @@ impl Default for ClientOptions {
             root_certificates_pem: None,
             link: None,
             link_seed: 0,
+            zone_move_settle: crate::core::DEFAULT_ZONE_MOVE_SETTLE,
         }
     }
 }
@@ -222,7 +227,7 @@ impl Client {
             })?;
         tracing::debug!(%server, local = %udp.local_addr(), client_id = connect.client_id, "connecting");
         let client = Self::start(
-            ClientCore::new(schema.clone(), session),
+            ClientCore::new(schema.clone(), session).with_session_config(options.session.clone()),
             udp,
             http,
             token,
@@ -241,6 +246,8 @@ impl Client {
         token: String,
         options: &ClientOptions,
     ) -> Client {
+        let mut core = core;
+        core.set_zone_move_settle(options.zone_move_settle);
         let schema = core.schema().clone();
         let (events, _) = broadcast::channel(options.event_capacity.max(1));
         let (state, _) = watch::channel(ConnState::Connecting);
@@ -782,7 +789,7 @@ impl Shared {
                 let added = std::mem::replace(&mut *guard, running);
                 guard.merge(added);
             }
-            Event::UpdateRejected { .. } => {}
+            Event::UpdateRejected { .. } | Event::ZoneMove { .. } => {}
             Event::Disconnected { reason } => {
                 self.state.send_replace(ConnState::Closed(reason.clone()));
                 let mut waiters = lock(&self.waiters);

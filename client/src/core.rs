@@ -86,12 +86,43 @@ pub enum Event {
         /// Why.
         reason: DisconnectReason,
     },
+    /// The character moved to another zone: the client is connecting there with the token
+    /// the server sent, subscribing again with the same queries; [`Event::Connected`] follows.
+    /// The mirror keeps its rows meanwhile (see [`ClientCore::set_zone_move_settle`]).
+    ZoneMove {
+        /// The zone the character is in now.
+        zone: u32,
+    },
 }
+
+/// A zone move under way (see [`Event::ZoneMove`]).
+#[derive(Debug)]
+struct Moving {
+    zone: u32,
+    /// When the new connection came up.
+    connected_at: Option<Duration>,
+}
+
+/// How long after a zone move's new connection is up the mirror keeps rows the new zone has
+/// not sent again, by default: its subscriptions' initial rows arrive over a few ticks
+/// (bandwidth-budgeted, nearest first).
+pub const DEFAULT_ZONE_MOVE_SETTLE: Duration = Duration::from_secs(3);
 
 /// One client connection without I/O (see the module docs).
 #[derive(Debug)]
 pub struct ClientCore {
     session: ClientSession,
+    session_config: ClientSessionConfig,
+    /// The previous zone's connection during a zone move: it still answers the calls made on
+    /// it, and closes once the new connection is up.
+    retiring: Option<ClientSession>,
+    /// Calls made on `retiring`, answered with an error if it closes first.
+    retiring_calls: Vec<u32>,
+    moving: Option<Moving>,
+    zone_move_settle: Duration,
+    confirmed_reads: bool,
+    now: Duration,
+    last_tick: u64,
     schema: Arc<ModuleSchema>,
     mirror: Mirror,
     next_request_id: u32,
@@ -106,6 +137,14 @@ impl ClientCore {
     pub fn new(schema: Arc<ModuleSchema>, session: ClientSession) -> Self {
         ClientCore {
             session,
+            session_config: ClientSessionConfig::default(),
+            retiring: None,
+            retiring_calls: Vec::new(),
+            moving: None,
+            zone_move_settle: DEFAULT_ZONE_MOVE_SETTLE,
+            confirmed_reads: false,
+            now: Duration::ZERO,
+            last_tick: 0,
             mirror: Mirror::new(schema.clone()),
             schema,
             next_request_id: 1,
@@ -124,10 +163,27 @@ impl ClientCore {
         token: &[u8],
         now: Duration,
     ) -> Result<Self, ClientError> {
-        Ok(Self::new(
-            schema,
-            ClientSession::from_token_bytes(config, token, now)?,
-        ))
+        let session = ClientSession::from_token_bytes(config.clone(), token, now)?;
+        Ok(Self::new(schema, session).with_session_config(config))
+    }
+
+    /// Uses `config` for the connections a zone move opens (those of [`ClientCore::new`]'s
+    /// session are its own).
+    pub fn with_session_config(mut self, config: ClientSessionConfig) -> Self {
+        self.session_config = config;
+        self
+    }
+
+    /// How long after a zone move's new connection is up the mirror keeps the rows the new
+    /// zone has not sent again ([`DEFAULT_ZONE_MOVE_SETTLE`]); then they are deleted (they are
+    /// out of view there, or gone). Rows sent again in time are updates, or no change at all.
+    pub fn set_zone_move_settle(&mut self, settle: Duration) {
+        self.zone_move_settle = settle;
+    }
+
+    /// Whether a zone move is under way (its rows not settled yet).
+    pub fn is_moving(&self) -> bool {
+        self.moving.is_some()
     }
 
     /// The schema.
@@ -172,19 +228,33 @@ impl ClientCore {
 
     /// Processes one received datagram (anything not authentic from the server is dropped).
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
-        self.session.handle_datagram(now, from, bytes);
+        self.now = now;
+        match &mut self.retiring {
+            Some(old) if old.server_addr() == from && self.session.server_addr() != from => {
+                old.handle_datagram(now, from, bytes);
+            }
+            _ => self.session.handle_datagram(now, from, bytes),
+        }
         self.pump();
     }
 
     /// Advances time: handshake, keep-alives, resends, timeouts; queued messages become
     /// datagrams.
     pub fn update(&mut self, now: Duration) {
+        self.now = now;
         self.session.update(now);
+        if let Some(old) = &mut self.retiring {
+            old.update(now);
+        }
         self.pump();
+        self.settle_zone_move(now);
     }
 
     /// Moves the datagrams to send into `out` (appending).
     pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        if let Some(old) = &mut self.retiring {
+            old.drain_transmits(out);
+        }
         self.session.drain_transmits(out);
     }
 
@@ -295,7 +365,94 @@ impl ClientCore {
     pub fn set_confirmed_reads(&mut self, enabled: bool) -> Result<(), ClientError> {
         self.session
             .send(&ClientMessage::ConfirmedReads { enabled })?;
+        self.confirmed_reads = enabled;
         Ok(())
+    }
+
+    /// Starts a zone move: a new connection with `token`, the same subscriptions (same query
+    /// ids) and settings on it, the mirror detached from the old connection's row handles.
+    fn start_zone_move(&mut self, zone: u32, token: &[u8]) {
+        let session = match ClientSession::from_token_bytes(
+            self.session_config.clone(),
+            token,
+            self.now,
+        ) {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(zone, %error, "zone move with an unusable connect token; staying");
+                return;
+            }
+        };
+        tracing::debug!(zone, server = %session.server_addr(), "moving to another zone");
+        let old = std::mem::replace(&mut self.session, session);
+        if let Some(mut previous) = self.retiring.replace(old) {
+            // A second move before the first settled: the first zone's connection goes now.
+            previous.disconnect();
+            self.answer_retiring_calls(zone);
+        }
+        self.retiring_calls = self.pending_calls.keys().copied().collect();
+        self.mirror.detach();
+        let mut queries: Vec<(u32, String)> = self
+            .queries
+            .iter()
+            .map(|(id, sql)| (*id, sql.clone()))
+            .collect();
+        queries.sort_unstable();
+        for (query_id, sql) in queries {
+            if let Err(error) = self
+                .session
+                .send(&ClientMessage::Subscribe { query_id, sql })
+            {
+                tracing::warn!(query_id, %error, "could not subscribe again after a zone move");
+            }
+        }
+        if self.confirmed_reads {
+            let _ = self
+                .session
+                .send(&ClientMessage::ConfirmedReads { enabled: true });
+        }
+        self.moving = Some(Moving {
+            zone,
+            connected_at: None,
+        });
+        self.events.push_back(Event::ZoneMove { zone });
+    }
+
+    /// Calls made on the previous zone's connection that it closed without answering.
+    fn answer_retiring_calls(&mut self, zone: u32) {
+        for request_id in std::mem::take(&mut self.retiring_calls) {
+            if self.pending_calls.remove(&request_id).is_some() {
+                self.events.push_back(Event::ReducerReply {
+                    request_id,
+                    tick: 0,
+                    result: Err(format!(
+                        "the character moved to zone {zone} before the call was answered"
+                    )),
+                    durable: false,
+                });
+            }
+        }
+    }
+
+    /// Ends a zone move's settling time: the rows the new zone did not send again go.
+    fn settle_zone_move(&mut self, now: Duration) {
+        let Some(moving) = &self.moving else {
+            return;
+        };
+        let Some(connected_at) = moving.connected_at else {
+            return;
+        };
+        if self.mirror.detached_rows() > 0 && now < connected_at + self.zone_move_settle {
+            return;
+        }
+        self.moving = None;
+        for (table_id, changes) in self.mirror.drop_detached() {
+            self.events.push_back(Event::TableUpdate {
+                table_id,
+                tick: self.last_tick,
+                changes,
+            });
+        }
     }
 
     /// Disconnects (tells the server); an [`Event::Disconnected`] follows.
@@ -305,15 +462,24 @@ impl ClientCore {
     }
 
     fn pump(&mut self) {
+        self.pump_retiring();
         while let Some(event) = self.session.poll_event() {
             match event {
                 ClientEvent::Connected {
                     identity,
                     connection_id,
-                } => self.events.push_back(Event::Connected {
-                    identity,
-                    connection_id,
-                }),
+                } => {
+                    if let Some(moving) = &mut self.moving {
+                        moving.connected_at = Some(self.now);
+                        if let Some(old) = &mut self.retiring {
+                            old.disconnect();
+                        }
+                    }
+                    self.events.push_back(Event::Connected {
+                        identity,
+                        connection_id,
+                    });
+                }
                 ClientEvent::Message { msg, channel } => self.handle_message(msg, channel),
                 ClientEvent::Disconnected { reason } => {
                     tracing::debug!(%reason, pending = self.pending_calls.len(), "disconnected");
@@ -324,7 +490,49 @@ impl ClientCore {
         }
     }
 
+    /// The previous zone's connection: only its answers to calls count (its row updates are
+    /// of a mirror that follows the new connection now); it goes once closed.
+    fn pump_retiring(&mut self) {
+        let Some(old) = &mut self.retiring else {
+            return;
+        };
+        let mut closed = false;
+        let mut replies = Vec::new();
+        while let Some(event) = old.poll_event() {
+            match event {
+                ClientEvent::Message {
+                    msg:
+                        ServerMessage::ReducerReply {
+                            request_id,
+                            tick,
+                            result,
+                            durable,
+                        },
+                    ..
+                } => replies.push((request_id, tick, result, durable)),
+                ClientEvent::Disconnected { .. } => closed = true,
+                _ => {}
+            }
+        }
+        for (request_id, tick, result, durable) in replies {
+            if self.pending_calls.remove(&request_id).is_some() {
+                self.events.push_back(Event::ReducerReply {
+                    request_id,
+                    tick,
+                    result,
+                    durable,
+                });
+            }
+        }
+        if closed {
+            self.retiring = None;
+            let zone = self.moving.as_ref().map_or(0, |m| m.zone);
+            self.answer_retiring_calls(zone);
+        }
+    }
+
     fn apply_rows(&mut self, table_id: u32, tick: u64, rows: &[u8]) {
+        self.last_tick = self.last_tick.max(tick);
         match self.mirror.apply(table_id, rows) {
             Ok(changes) => self.events.push_back(Event::TableUpdate {
                 table_id,
@@ -388,6 +596,10 @@ impl ClientCore {
                 }
                 self.apply_rows(table_id, tick, &rows);
             }
+            ServerMessage::ZoneMove {
+                zone,
+                connect_token,
+            } => self.start_zone_move(zone, &connect_token),
             // Sent once at connect; the session turned it into `Connected`.
             ServerMessage::IdentityInfo { .. } => {}
             // The session reports the reason with `Disconnected`.

@@ -44,7 +44,7 @@ pub mod metrics;
 pub mod mirror;
 
 pub use client::{Client, ClientOptions, ClientStats, QueryHandle, Reply};
-pub use core::{ClientCore, Event};
+pub use core::{ClientCore, DEFAULT_ZONE_MOVE_SETTLE, Event};
 pub use error::{CallError, ClientError, MirrorError};
 pub use mirror::{CallbackId, Callbacks, Mirror, MirrorChange, MirrorStats, Row};
 

@@ -185,6 +185,9 @@ struct MirrorTable {
     /// Old versions given back by [`Mirror::recycle`] that nobody else holds: the next
     /// updates copy into them instead of allocating.
     spare: Vec<Arc<RowData>>,
+    /// Rows of the previous connection not yet sent again by the current one
+    /// ([`Mirror::detach`]): still visible, by key, until sent again or dropped.
+    detached: BTreeMap<Arc<[u8]>, Arc<RowData>>,
 }
 
 /// Spare rows kept per table: enough for a payload's updates, without holding on to memory a
@@ -202,6 +205,7 @@ impl MirrorTable {
             by_pk: BTreeMap::new(),
             handles: RowHandles::new(table.event),
             spare: Vec::new(),
+            detached: BTreeMap::new(),
         }
     }
 
@@ -242,17 +246,51 @@ impl MirrorTable {
         }
     }
 
-    fn rows(&self) -> impl Iterator<Item = Row> + '_ {
-        self.by_pk.values().filter_map(|&handle| {
+    fn rows(&self) -> Box<dyn Iterator<Item = Row> + '_> {
+        let bound = self.by_pk.iter().filter_map(|(pk, &handle)| {
             let data = self.by_handle.get(handle as usize)?.clone()?;
-            Some(self.snapshot(data))
-        })
+            Some((pk.clone(), data))
+        });
+        if self.detached.is_empty() {
+            return Box::new(bound.map(|(_, data)| self.snapshot(data)));
+        }
+        // Between connections (rare, short): both sets, merged in key order.
+        let mut all: Vec<(Arc<[u8]>, Arc<RowData>)> = bound
+            .chain(
+                self.detached
+                    .iter()
+                    .map(|(pk, data)| (pk.clone(), data.clone())),
+            )
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Box::new(all.into_iter().map(|(_, data)| self.snapshot(data)))
+    }
+
+    fn len(&self) -> usize {
+        self.by_pk.len() + self.detached.len()
     }
 
     fn get(&self, pk: &[u8]) -> Option<Row> {
-        let &handle = self.by_pk.get(pk)?;
-        let data = self.by_handle.get(handle as usize)?.clone()?;
+        let data = match self.by_pk.get(pk) {
+            Some(&handle) => self.by_handle.get(handle as usize)?.clone()?,
+            None => self.detached.get(pk)?.clone(),
+        };
         Some(self.snapshot(data))
+    }
+
+    /// Moves every row to `detached` and forgets the handles (see [`Mirror::detach`]).
+    fn detach(&mut self) {
+        for (pk, handle) in std::mem::take(&mut self.by_pk) {
+            if let Some(data) = self
+                .by_handle
+                .get_mut(handle as usize)
+                .and_then(Option::take)
+            {
+                self.detached.insert(pk, data);
+            }
+        }
+        self.by_handle.clear();
+        self.handles = RowHandles::new(self.info.schema.event);
     }
 
     /// Stores `wire` as the row named `pk`, now held under `handle`; returns the version it
@@ -279,7 +317,11 @@ impl MirrorTable {
                 };
                 (key.clone(), old)
             }
-            None => (Arc::from(pk), None),
+            None => match self.detached.remove_entry(pk.as_slice()) {
+                // Sent again by the connection after a zone move: the same row.
+                Some((key, old)) => (key, Some(old)),
+                None => (Arc::from(pk), None),
+            },
         };
         if let Some(stale) = stale.filter(|s| s.pk != key) {
             self.by_pk.remove(&stale.pk);
@@ -294,6 +336,7 @@ impl MirrorTable {
         self.by_handle.clear();
         self.by_pk.clear();
         self.spare.clear();
+        self.detached.clear();
         self.handles = RowHandles::new(self.info.schema.event);
     }
 }
@@ -393,6 +436,7 @@ impl Mirror {
         self.stats.payloads += 1;
         self.stats.bytes += payload.len() as u64;
         let event = table.info.schema.event;
+        let rebinding = !table.detached.is_empty();
         let (records, column_changes) = self.decoded.drain();
         let mut changes = std::mem::take(&mut self.spare_changes);
         changes.reserve(records.len());
@@ -409,6 +453,8 @@ impl Mirror {
                         continue;
                     }
                     match table.upsert(handle, pk, row) {
+                        // A row sent again after a zone move, unchanged: nothing happened.
+                        (new, Some(old)) if rebinding && new.wire == old.wire => {}
                         (new, Some(old)) => changes.push(MirrorChange::Update {
                             old: table.snapshot(old),
                             new: table.snapshot(new),
@@ -508,12 +554,46 @@ impl Mirror {
 
     /// Rows held for the table named `table`.
     pub fn count(&self, table: &str) -> Result<usize, MirrorError> {
-        Ok(self.table(table)?.by_pk.len())
+        Ok(self.table(table)?.len())
     }
 
     /// Rows held across all tables.
     pub fn total_rows(&self) -> usize {
-        self.tables.iter().map(|t| t.by_pk.len()).sum()
+        self.tables.iter().map(MirrorTable::len).sum()
+    }
+
+    /// Prepares to mirror a new connection to the same world (a zone move): the rows stay
+    /// visible, the row handles of the old connection are forgotten. A row the new
+    /// connection sends again replaces its detached version (an update, or no change when
+    /// equal); [`Mirror::drop_detached`] removes the rest.
+    pub fn detach(&mut self) {
+        for table in &mut self.tables {
+            table.detach();
+        }
+    }
+
+    /// Rows detached by [`Mirror::detach`] and not sent again since.
+    pub fn detached_rows(&self) -> usize {
+        self.tables.iter().map(|t| t.detached.len()).sum()
+    }
+
+    /// Removes the rows the new connection did not send again (out of view there, or gone)
+    /// and returns their deletions, per table id.
+    pub fn drop_detached(&mut self) -> Vec<(u32, Vec<MirrorChange>)> {
+        let mut dropped = Vec::new();
+        for table in &mut self.tables {
+            if table.detached.is_empty() {
+                continue;
+            }
+            let rows = std::mem::take(&mut table.detached);
+            self.stats.deletes += rows.len() as u64;
+            let changes = rows
+                .into_values()
+                .map(|data| MirrorChange::Delete(table.snapshot(data)))
+                .collect();
+            dropped.push((table.info.schema.id, changes));
+        }
+        dropped
     }
 
     /// The rows of the table named `table`, ordered by encoded primary key.

@@ -21,7 +21,8 @@ use crate::error::EnvelopeDecodeError;
 /// (`netcode/ROW_FORMAT.md` §7); a client of another version is refused at connect. Version 3:
 /// records name rows by per-connection handles after their first upsert. Version 4: rebase
 /// records (a row's changed columns, whole, for a client too far behind for a delta).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: [`ServerMessage::ZoneMove`].
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First four bytes of every hello, "ORRY" little-endian: tells an Orrery peer from noise.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"ORRY");
@@ -154,6 +155,14 @@ pub enum ServerMessage {
         tick: u64,
         /// Changes in the Orrery row format (opaque here).
         rows: Vec<u8>,
+    },
+    /// The client's character moved to another zone of the world: connect there with this
+    /// token and subscribe again; this connection ends once that one is up.
+    ZoneMove {
+        /// The zone the character is in now.
+        zone: u32,
+        /// A connect token of that zone for this client's identity (netcode bytes).
+        connect_token: Vec<u8>,
     },
 }
 

@@ -41,7 +41,7 @@ use crate::listener::PeerAddr;
 use crate::metrics::{Metrics, RejectKind};
 use crate::net::ClientInfo;
 use crate::rate::{AddressLimiter, KeyedLimiter, rate_limited_message};
-use crate::tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead};
+use crate::tick::{CallOutcome, ClientMove, HttpCall, HttpRequest, SqlOutcome, SqlRead};
 
 /// A request for the network side (which owns the sessions).
 #[derive(Debug)]
@@ -130,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schema", get(schema))
         .route("/v1/call/{reducer}", post(call))
         .route("/v1/sql", post(sql))
+        .route("/v1/zone/connect-token", post(zone_connect_token))
+        .route("/v1/zone/move", post(zone_move))
         .route("/v1/admin/clients", get(admin_clients))
         .route(
             "/v1/admin/clients/{client_id}/disconnect",
@@ -289,6 +291,98 @@ async fn connect_token(State(state): State<AppState>, headers: HeaderMap) -> Res
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
+    issue_connect_token(&state, identity)
+}
+
+/// A zone endpoint's refusal: the status and what was wrong.
+struct ZoneRefused(StatusCode, String);
+
+impl IntoResponse for ZoneRefused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// Refuses callers other than the zones' relay (`Secrets::zone_peer`).
+fn zone_peer_only(state: &ControlPlaneState, headers: &HeaderMap) -> Result<(), ZoneRefused> {
+    let identity = authenticate(state, headers).map_err(|r| ZoneRefused(r.0, r.1.to_string()))?;
+    if identity == state.secrets.zone_peer() {
+        Ok(())
+    } else {
+        Err(ZoneRefused(
+            StatusCode::FORBIDDEN,
+            "zone relays only".into(),
+        ))
+    }
+}
+
+/// A zone endpoint's JSON body and the identity it names.
+fn zone_body(body: &[u8]) -> Result<(Identity, serde_json::Value), ZoneRefused> {
+    let bad = |message: String| ZoneRefused(StatusCode::BAD_REQUEST, message);
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("request body is not JSON: {e}")))?;
+    let hex = json["identity"]
+        .as_str()
+        .ok_or_else(|| bad("no \"identity\"".into()))?;
+    let identity =
+        Identity::from_hex(hex).map_err(|e| bad(format!("bad identity {hex:?}: {e}")))?;
+    Ok((identity, json))
+}
+
+/// `POST /v1/zone/connect-token {"identity"}`: a connect token for a character another zone
+/// hands over (zone relays only; not limited per address, the relays make many).
+async fn zone_connect_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = zone_peer_only(&state, &headers) {
+        return refused.into_response();
+    }
+    match zone_body(&body) {
+        Ok((identity, _)) => issue_connect_token(&state, identity),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// `POST /v1/zone/move {"identity", "zone", "connect_token"}`: tells the identity's
+/// connections that its character is in `zone` now (zone relays only); answers
+/// `{"clients": n}`, the connections told.
+async fn zone_move(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = zone_peer_only(&state, &headers) {
+        return refused.into_response();
+    }
+    let (identity, json) = match zone_body(&body) {
+        Ok(parsed) => parsed,
+        Err(refused) => return refused.into_response(),
+    };
+    let zone = json["zone"].as_u64().and_then(|z| u32::try_from(z).ok());
+    let token = json["connect_token"]
+        .as_str()
+        .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+    let (Some(zone), Some(connect_token)) = (zone, token) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"identity\", \"zone\", \"connect_token\" (base64)}",
+        );
+    };
+    let (tx, rx) = oneshot::channel();
+    let sent = state.calls.try_send(HttpRequest::MoveClients(ClientMove {
+        identity,
+        zone,
+        connect_token,
+        reply: tx,
+    }));
+    if let Err(e) = sent {
+        return busy(e);
+    }
+    match rx.await {
+        Ok(clients) => axum::Json(json!({ "clients": clients })).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"),
+    }
+}
+
+fn issue_connect_token(state: &ControlPlaneState, identity: Identity) -> Response {
     let connection = ConnectionId(state.next_client_id.fetch_add(1, Relaxed));
     let issuer = &state.issuers[state.shard_of(connection)];
     match issuer.issue(&identity, connection, unix_now()) {

@@ -48,5 +48,5 @@ pub use error::ServerError;
 pub use metrics::Metrics;
 pub use replay::ReplayArgs;
 pub use runtime::{ServerHandle, shutdown_signal, start};
-pub use tick::{CallOutcome, HttpCall, HttpRequest, SqlOutcome, SqlRead, TickCore};
+pub use tick::{CallOutcome, ClientMove, HttpCall, HttpRequest, SqlOutcome, SqlRead, TickCore};
 pub use tls::TlsFiles;

@@ -105,6 +105,20 @@ pub enum SqlOutcome {
     },
 }
 
+/// Moves an identity's connections to another zone (`POST /v1/zone/move`, zone relays
+/// only): each gets [`ServerMessage::ZoneMove`] on its reliable channel.
+#[derive(Debug)]
+pub struct ClientMove {
+    /// Whose connections.
+    pub identity: Identity,
+    /// The zone the character is in now.
+    pub zone: u32,
+    /// A connect token of that zone for `identity`.
+    pub connect_token: Vec<u8>,
+    /// How many connections were told.
+    pub reply: oneshot::Sender<usize>,
+}
+
 /// A request from the HTTP control plane to the tick thread.
 #[derive(Debug)]
 pub enum HttpRequest {
@@ -112,6 +126,8 @@ pub enum HttpRequest {
     Call(HttpCall),
     /// A one-off read.
     Sql(SqlRead),
+    /// A character's connections move to another zone.
+    MoveClients(ClientMove),
 }
 
 /// What became of an HTTP call.
@@ -558,6 +574,7 @@ impl TickCore {
             match request {
                 HttpRequest::Call(call) => self.on_http_call(call),
                 HttpRequest::Sql(read) => self.on_sql_read(read),
+                HttpRequest::MoveClients(moving) => self.on_move_clients(moving, &mut input_out),
             }
         }
         drop(zone);
@@ -927,6 +944,25 @@ impl TickCore {
             reducer: call.reducer,
             args: call.args,
         });
+    }
+
+    fn on_move_clients(&mut self, moving: ClientMove, out: &mut Vec<NetCommand>) {
+        let mut told = 0;
+        if self.connections_per_identity.contains_key(&moving.identity) {
+            for (&client, entry) in &self.clients {
+                if entry.identity == moving.identity {
+                    out.push(NetCommand::Send {
+                        client,
+                        msg: ServerMessage::ZoneMove {
+                            zone: moving.zone,
+                            connect_token: moving.connect_token.clone(),
+                        },
+                    });
+                    told += 1;
+                }
+            }
+        }
+        let _ = moving.reply.send(told);
     }
 
     fn on_sql_read(&mut self, read: SqlRead) {

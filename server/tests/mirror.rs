@@ -593,6 +593,7 @@ fn record(tally: &mut Tally, event: Event) {
             table_id, error, ..
         } => tally.rejected.push(format!("table {table_id}: {error}")),
         Event::Disconnected { reason } => tally.disconnected = Some(reason.to_string()),
+        Event::ZoneMove { zone } => panic!("a one-zone server moved a client to zone {zone}"),
     }
 }
 

@@ -536,6 +536,115 @@ impl SpawnPoint {
     pub const TABLE_NAME: &'static str = "spawn_point";
 }
 
+/// A row of table `handoff_out`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandoffOut {
+    pub id: u64,
+    pub relay: row::Identity,
+    pub owner: row::Identity,
+    pub target_zone: u32,
+    pub started_at: row::Timestamp,
+    pub character: Vec<u8>,
+}
+
+impl HandoffOut {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(HandoffOut {
+            id: <u64 as OrreryType>::decode(input)?,
+            relay: <row::Identity as OrreryType>::decode(input)?,
+            owner: <row::Identity as OrreryType>::decode(input)?,
+            target_zone: <u32 as OrreryType>::decode(input)?,
+            started_at: <row::Timestamp as OrreryType>::decode(input)?,
+            character: { let n = codec::read_len(input, 1, "array")?; let mut items = Vec::with_capacity(n); for _ in 0..n { items.push(<u8 as OrreryType>::decode(input)?); } items },
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.id, out);
+        OrreryType::encode(&self.relay, out);
+        OrreryType::encode(&self.owner, out);
+        OrreryType::encode(&self.target_zone, out);
+        OrreryType::encode(&self.started_at, out);
+        codec::write_varint(out, (&self.character).len() as u64); for x0 in &self.character { OrreryType::encode(x0, out); }
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl HandoffOut {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 11;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "handoff_out";
+}
+
+/// A row of table `handoff_in`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandoffIn {
+    pub id: u64,
+    pub relay: row::Identity,
+    pub character: row::Identity,
+    pub started_at: row::Timestamp,
+    pub arrived_at: row::Timestamp,
+}
+
+impl HandoffIn {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(HandoffIn {
+            id: <u64 as OrreryType>::decode(input)?,
+            relay: <row::Identity as OrreryType>::decode(input)?,
+            character: <row::Identity as OrreryType>::decode(input)?,
+            started_at: <row::Timestamp as OrreryType>::decode(input)?,
+            arrived_at: <row::Timestamp as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.id, out);
+        OrreryType::encode(&self.relay, out);
+        OrreryType::encode(&self.character, out);
+        OrreryType::encode(&self.started_at, out);
+        OrreryType::encode(&self.arrived_at, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl HandoffIn {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 12;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "handoff_in";
+}
+
 /// Typed reducer calls: `encode_*` gives the argument bytes, the async functions call.
 pub mod reducers {
     use super::*;
@@ -654,6 +763,52 @@ pub mod reducers {
     /// Calls `set_config` and waits for its answer.
     pub async fn set_config(client: &orrery_client::Client, key: &str, value: &f64) -> Result<orrery_client::Reply, orrery_client::CallError> {
         client.call_raw("set_config", encode_set_config(key, value), false).await
+    }
+
+    /// The arguments of `accept_handoff` in the row format.
+    pub fn encode_accept_handoff(source_zone: &u32, handoff: &u64, started_at: &row::Timestamp, character: &Vec<u8>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(source_zone, out);
+        OrreryType::encode(handoff, out);
+        OrreryType::encode(started_at, out);
+        codec::write_varint(out, character.len() as u64); for x0 in character { OrreryType::encode(x0, out); }
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `accept_handoff` and waits for its answer.
+    pub async fn accept_handoff(client: &orrery_client::Client, source_zone: &u32, handoff: &u64, started_at: &row::Timestamp, character: &Vec<u8>) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("accept_handoff", encode_accept_handoff(source_zone, handoff, started_at, character), false).await
+    }
+
+    /// The arguments of `handoff_delivered` in the row format.
+    pub fn encode_handoff_delivered(handoff: &u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(handoff, out);
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `handoff_delivered` and waits for its answer.
+    pub async fn handoff_delivered(client: &orrery_client::Client, handoff: &u64) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("handoff_delivered", encode_handoff_delivered(handoff), false).await
+    }
+
+    /// The arguments of `handoff_refused` in the row format.
+    pub fn encode_handoff_refused(handoff: &u64, reason: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(handoff, out);
+        write_str(out, reason);
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `handoff_refused` and waits for its answer.
+    pub async fn handoff_refused(client: &orrery_client::Client, handoff: &u64, reason: &str) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("handoff_refused", encode_handoff_refused(handoff, reason), false).await
     }
 
 }

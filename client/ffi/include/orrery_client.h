@@ -84,6 +84,9 @@ enum OrreryEventKind
   ORRERY_EVENT_KIND_SUBSCRIPTION_ERROR = 8,
   // A table update could not be applied (a broken server): `table_id`, `tick`, `message`.
   ORRERY_EVENT_KIND_UPDATE_REJECTED = 9,
+  // The character moved to another zone: `id` (the zone). The connection follows it by
+  // itself (same subscriptions, rows kept); a `Connected` event follows.
+  ORRERY_EVENT_KIND_ZONE_MOVE = 10,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -47,6 +47,9 @@ pub enum OrreryEventKind {
     SubscriptionError = 8,
     /// A table update could not be applied (a broken server): `table_id`, `tick`, `message`.
     UpdateRejected = 9,
+    /// The character moved to another zone: `id` (the zone). The connection follows it by
+    /// itself (same subscriptions, rows kept); a `Connected` event follows.
+    ZoneMove = 10,
 }
 
 /// One event, as [`crate::orrery_client_next_event`] fills it in. Pointers are NULL when
@@ -245,6 +248,10 @@ fn flatten(event: Event, out: &mut VecDeque<OwnedEvent>) -> Option<Vec<MirrorCha
             tick,
             message: text(&error.to_string()),
             ..OwnedEvent::new(K::UpdateRejected)
+        }),
+        Event::ZoneMove { zone } => out.push_back(OwnedEvent {
+            id: zone,
+            ..OwnedEvent::new(K::ZoneMove)
         }),
         Event::TableUpdate { tick, changes, .. } => {
             for change in &changes {

@@ -123,6 +123,8 @@ pub struct RelayStats {
     pub failures: AtomicU64,
     /// Outbox reads.
     pub polls: AtomicU64,
+    /// Delivered characters whose connections were told to move.
+    pub moved: AtomicU64,
 }
 
 /// A running relay; dropping it stops it.
@@ -140,6 +142,7 @@ impl Relay {
         let stats = Arc::new(RelayStats::default());
         let local = Local {
             router: server.router(),
+            stats: stats.clone(),
             metrics: server.metrics().clone(),
             secrets: server.secrets().clone(),
         };
@@ -175,6 +178,7 @@ impl Drop for Relay {
 #[derive(Clone)]
 struct Local {
     router: axum::Router,
+    stats: Arc<RelayStats>,
     metrics: Arc<crate::Metrics>,
     secrets: Arc<crate::Secrets>,
 }
@@ -272,6 +276,8 @@ async fn post_remote(
 struct Outgoing {
     id: u64,
     target_zone: u64,
+    /// The character's identity (hex), when the module names it (`owner`).
+    owner: Option<String>,
     started_at: serde_json::Value,
     character: serde_json::Value,
 }
@@ -299,6 +305,7 @@ fn parse_outbox(body: &[u8]) -> Result<(u64, Vec<Outgoing>), RelayError> {
                 target_zone: row["target_zone"]
                     .as_u64()
                     .ok_or_else(|| bad(format!("no target_zone in {row}")))?,
+                owner: row["owner"].as_str().map(str::to_owned),
                 started_at: row["started_at"].clone(),
                 character: row["character"].clone(),
             })
@@ -433,6 +440,13 @@ async fn deliver(
         }
         Err(error) => return Err(error),
     }
+    // The character is in the target zone now; its connections here follow it. Best effort:
+    // a client that misses this finds its character gone and connects again.
+    if let Some(owner) = &row.owner
+        && let Err(error) = move_clients(local, token, target, owner).await
+    {
+        tracing::warn!(handoff = row.id, %error, "could not move the character's connections");
+    }
     local
         .post(
             "/v1/call/handoff_delivered",
@@ -441,6 +455,38 @@ async fn deliver(
         )
         .await?;
     Ok(Delivery::Delivered)
+}
+
+/// Asks `target` for a connect token for `owner` and has this zone send it to `owner`'s
+/// connections ([`orrery_netcode::ServerMessage::ZoneMove`]).
+async fn move_clients(
+    local: &Local,
+    token: &str,
+    target: &super::ZoneSpec,
+    owner: &str,
+) -> Result<(), RelayError> {
+    let path = "/v1/zone/connect-token";
+    let body = serde_json::json!({ "identity": owner }).to_string();
+    let answer = post_remote(target.http, path, token, body).await?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|e| RelayError::BadAnswer {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+    let Some(connect_token) = answer["connect_token"].as_str() else {
+        return Err(RelayError::BadAnswer {
+            path: path.into(),
+            message: "no connect_token".into(),
+        });
+    };
+    let body = serde_json::json!({
+        "identity": owner,
+        "zone": target.id,
+        "connect_token": connect_token,
+    });
+    local.post("/v1/zone/move", token, body.to_string()).await?;
+    local.stats.moved.fetch_add(1, Relaxed);
+    Ok(())
 }
 
 /// How a handoff ended.

@@ -27,6 +27,8 @@ namespace Orrery
     {
         None = 0, Connected = 1, Disconnected = 2, RowInsert = 3, RowUpdate = 4, RowDelete = 5,
         ReducerReply = 6, SubscriptionApplied = 7, SubscriptionError = 8, UpdateRejected = 9,
+        /// <summary>The character moved to another zone (Id: the zone); the connection follows it.</summary>
+        ZoneMove = 10,
     }
 
     /// <summary>One event, copied out of the native library.</summary>

@@ -81,13 +81,14 @@ enum class EventKind : uint32_t {
     SubscriptionApplied = ORRERY_EVENT_KIND_SUBSCRIPTION_APPLIED,
     SubscriptionError = ORRERY_EVENT_KIND_SUBSCRIPTION_ERROR,
     UpdateRejected = ORRERY_EVENT_KIND_UPDATE_REJECTED,
+    ZoneMove = ORRERY_EVENT_KIND_ZONE_MOVE,  // id: the zone; the connection follows by itself
 };
 
 /// One event, copied out of the library (see OrreryEvent in orrery_client.h).
 struct Event {
     EventKind kind = EventKind::None;
     uint32_t table_id = 0;
-    uint32_t id = 0;  // request id (reply) or query id (subscription)
+    uint32_t id = 0;  // request id (reply), query id (subscription) or zone (zone move)
     bool ok = false;  // reducer reply: committed
     uint64_t tick = 0;
     uint64_t connection_id = 0;
