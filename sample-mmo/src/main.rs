@@ -63,6 +63,11 @@ struct Args {
     /// The zone of `--zone-map` this process is.
     #[arg(long, requires = "zone_map")]
     zone: Option<u32>,
+    /// Run as an Agones game server: report Ready, health pings and connected players to the
+    /// Agones SDK sidecar (`AGONES_SDK_GRPC_PORT`, default 9357), label the GameServer
+    /// `orrery.dev/zone=<id>` with `--zone`, and call Shutdown on exit (`docs/agones.md`).
+    #[arg(long)]
+    agones: bool,
 }
 
 /// The zone this process is, when it is one.
@@ -217,17 +222,42 @@ fn main() -> anyhow::Result<()> {
         .thread_name("orrery-net")
         .enable_all()
         .build()?;
-    runtime.block_on(run(world, config, zoning, args.duration, args.stats_every))
+    runtime.block_on(run(
+        world,
+        config,
+        zoning,
+        args.agones,
+        args.duration,
+        args.stats_every,
+    ))
 }
 
 async fn run(
     world: WorldSettings,
     config: orrery_server::ServerConfig,
     zoning: Option<Zoning>,
+    agones: bool,
     duration: Option<f64>,
     stats_every: f64,
 ) -> anyhow::Result<()> {
+    #[cfg(not(feature = "agones"))]
+    anyhow::ensure!(
+        !agones,
+        "--agones needs sample-mmo built with the `agones` feature (on by default)"
+    );
     let server = orrery_server::start(sample_mmo::module_with(world), config).await?;
+    // Started once the server serves: Ready must not come before the ports answer.
+    #[cfg(feature = "agones")]
+    let agones = match agones {
+        true => {
+            let mut config = orrery_server::agones::AgonesConfig::default();
+            if let Some(zoning) = &zoning {
+                config = config.with_zone(zoning.zone);
+            }
+            Some(orrery_server::agones::Agones::start(&server, config)?)
+        }
+        false => None,
+    };
     tracing::info!(
         http = %server.http_url,
         udp = ?server.udp_addrs,
@@ -270,6 +300,14 @@ async fn run(
     tracing::info!("shutting down");
     if let Some(relay) = relay {
         relay.stop().await;
+    }
+    #[cfg(feature = "agones")]
+    if let Some(agones) = agones {
+        let status = agones.shutdown().await?;
+        tracing::info!(
+            shutdown_sent = status.shutdown_sent,
+            "Agones integration stopped"
+        );
     }
     server.shutdown().await?;
     tracing::info!("stopped cleanly");

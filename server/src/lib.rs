@@ -25,6 +25,8 @@
 //!
 //! [`Publisher`]: orrery_subscription::Publisher
 
+#[cfg(feature = "agones")]
+pub mod agones;
 pub mod auth;
 pub mod config;
 pub mod core;
