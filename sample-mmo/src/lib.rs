@@ -150,6 +150,8 @@ pub fn module_with(settings: WorldSettings) -> Module {
         .table::<HandoffIn>()
         .table::<BorderWatch>()
         .table::<Sequence>()
+        .table::<Forward>()
+        .table::<ZoneRedirect>()
         .reducers(reducers![
             init,
             client_connected,
@@ -168,6 +170,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
             crate::zone::accept_handoff,
             crate::zone::handoff_delivered,
             crate::zone::handoff_refused,
+            crate::zone::redirect_sent,
         ])
         .resource(settings)
         .add_systems((move_avatars, npc_behaviour, revive_avatars, follow_focus).chain())

@@ -164,6 +164,9 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
 /// Brings a returning player's character online; a new player calls `enter_world`.
 #[reducer(client_connected)]
 pub fn client_connected(ctx: &mut ReducerContext) -> Result<(), String> {
+    if ctx.db.player().identity().find(&ctx.sender).is_none() {
+        return crate::zone::send_on_if_gone(ctx);
+    }
     let (Some(connection), Ok((player, avatar))) = (ctx.connection_id, my_character(ctx)) else {
         return Ok(());
     };

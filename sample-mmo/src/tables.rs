@@ -337,3 +337,30 @@ pub struct Sequence {
     /// The next number.
     pub next: u64,
 }
+
+/// Where a character that left this zone went (written when the next zone holds it, deleted
+/// when it comes back): a client that reaches this zone after its character left is sent on.
+#[table(name = forward)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    /// The character's identity.
+    #[primary_key]
+    pub identity: Identity,
+    /// The zone it went to.
+    pub zone: u32,
+}
+
+/// A connection of this zone to send to the zone holding its character (the relay gets a
+/// connect token there and sends it through the connection, then deletes the row with
+/// `redirect_sent`). Only the zones' relay identity sees it.
+#[table(name = zone_redirect, owner = relay)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneRedirect {
+    /// The character's identity.
+    #[primary_key]
+    pub identity: Identity,
+    /// The zones' relay identity.
+    pub relay: Identity,
+    /// The zone holding the character.
+    pub zone: u32,
+}

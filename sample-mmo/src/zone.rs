@@ -246,6 +246,8 @@ pub fn accept_handoff(
     for item in inventory {
         ctx.db.inventory().insert(item)?;
     }
+    ctx.db.forward().identity().delete(&identity);
+    ctx.db.zone_redirect().identity().delete(&identity);
     ctx.db.handoff_in().insert(HandoffIn {
         id,
         relay: rules.relay,
@@ -280,6 +282,48 @@ pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), S
         ctx.db.inventory().id().delete(&item);
     }
     ctx.db.handoff_out().id().delete(&handoff);
+    let forward = Forward {
+        identity,
+        zone: row.target_zone,
+    };
+    if ctx.db.forward().identity().find(&identity).is_some() {
+        ctx.db.forward().identity().update(forward)?;
+    } else {
+        ctx.db.forward().insert(forward)?;
+    }
+    Ok(())
+}
+
+/// Sends a connection whose character is not here on to the zone it went to, if it left
+/// from here (`client_connected` of a player without a character). Zone moves reach a client
+/// through the connection it has when the character leaves; one that was still on its way
+/// then (its character crossed twice quickly) lands here and is sent on.
+pub fn send_on_if_gone(ctx: &mut ReducerContext) -> Result<(), String> {
+    let Ok(rules) = rules(ctx) else {
+        return Ok(());
+    };
+    let identity = ctx.sender;
+    let Some(forward) = ctx.db.forward().identity().find(&identity) else {
+        return Ok(());
+    };
+    let redirect = ZoneRedirect {
+        identity,
+        relay: rules.relay,
+        zone: forward.zone,
+    };
+    if ctx.db.zone_redirect().identity().find(&identity).is_some() {
+        ctx.db.zone_redirect().identity().update(redirect)?;
+    } else {
+        ctx.db.zone_redirect().insert(redirect)?;
+    }
+    Ok(())
+}
+
+/// The relay sent a connection on ([`ZoneRedirect`]); relay only, a repeat finds nothing.
+#[reducer]
+pub fn redirect_sent(ctx: &mut ReducerContext, identity: Identity) -> Result<(), String> {
+    relay_only(ctx)?;
+    ctx.db.zone_redirect().identity().delete(&identity);
     Ok(())
 }
 

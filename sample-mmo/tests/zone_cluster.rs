@@ -1,23 +1,34 @@
 //! Four `sample-mmo --zone-map zones.toml --zone N` processes on this machine, handing
 //! characters to each other over their control planes while the test walks the characters
 //! across the borders; one zone is killed with SIGKILL mid-run and restarted on its data
-//! directory. At the end every character stands in exactly one zone, and the handoff latency
-//! (border crossing in one zone to the durable arrival in the next) is reported.
+//! directory. Some characters are played by real clients over UDP (`orrery_client::Client`,
+//! subscribed to what is around them): they follow their characters from zone to zone.
+//! At the end every character stands in exactly one zone, every client's mirror equals what
+//! the zone holding its character shows it, and the handoff latency (border crossing in one
+//! zone to the durable arrival in the next) is reported.
 //!
 //! CI runs a short version; `cargo test -p sample-mmo --test zone_cluster -- --ignored`
-//! runs the full one (300 characters, a minute).
+//! runs the full one (300 characters, 100 of them clients, a minute).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use orrery_client::http::ControlPlane;
+use orrery_client::{Client, ClientOptions, Event};
 use orrery_engine::Identity;
 use orrery_server::Secrets;
 
 const ZONES: usize = 4;
+/// How far a client sees avatars around its own.
+const SIGHT: f32 = 25.0;
+/// The publisher's hysteresis margin (`PublishConfig::hysteresis`).
+const HYSTERESIS: f32 = 5.0;
 /// Half the world's edge: the zones are its quadrants.
 const HALF: f32 = 50.0;
 
@@ -244,8 +255,50 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A character played by a real client.
+struct Player {
+    n: u64,
+    client: Client,
+    /// `ZoneMove` events it saw.
+    moves: Arc<AtomicU64>,
+}
+
+async fn play(
+    cluster: &Cluster,
+    zone: usize,
+    n: u64,
+    who: Identity,
+    moves: Arc<AtomicU64>,
+) -> Player {
+    let options = ClientOptions {
+        token: Some(cluster.token(who)),
+        zone_move_settle: Duration::from_millis(500),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(cluster.planes[zone].base(), options)
+        .await
+        .unwrap();
+    let mut events = client.events();
+    let counter = moves.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let Event::ZoneMove { .. } = event {
+                counter.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    client
+        .subscribe(&format!(
+            "SELECT * FROM avatar WHERE within(position, :focus, {SIGHT})"
+        ))
+        .await
+        .unwrap();
+    client.subscribe("SELECT * FROM player").await.unwrap();
+    Player { n, client, moves }
+}
+
 #[allow(clippy::print_stderr)] // reports the measured numbers
-async fn run(characters: u64, seconds: u64, kill_at: u64) {
+async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
     let mut cluster = Cluster::start().await;
     let who = |n: u64| Identity::from_u64(1_000 + n);
     // Characters enter the world in every zone's town.
@@ -265,6 +318,11 @@ async fn run(characters: u64, seconds: u64, kill_at: u64) {
         });
     }
     tasks.join_all().await;
+    let mut playing = Vec::new();
+    for n in 0..players {
+        let zone = n as usize % ZONES;
+        playing.push(play(&cluster, zone, n, who(n), Arc::default()).await);
+    }
 
     let mut dice = Dice(0x2545_F491_4F6C_DD1D);
     let started = Instant::now();
@@ -338,6 +396,83 @@ async fn run(characters: u64, seconds: u64, kill_at: u64) {
         assert_eq!(zones.len(), 1, "{owner} is in zones {zones:?}");
     }
 
+    // Every client follows its character: a client whose zone was killed under it connects
+    // again (as a game would), to the zone holding its character; then each mirror equals
+    // what that zone shows the player.
+    let mut reconnected = 0;
+    let mut zone_moves = 0;
+    for player in &mut playing {
+        let who = who(player.n);
+        let zone = held[&who.to_hex()][0];
+        let token = cluster.token(who);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // A connection to the killed zone, or on its way there while it was down, ends
+            // (time-out); the player connects again to the zone holding its character.
+            if !player.client.is_connected() {
+                reconnected += 1;
+                zone_moves += player.moves.load(Relaxed);
+                *player = play(&cluster, zone, player.n, who, Arc::default()).await;
+            }
+            let mine = cluster.rows(zone, "SELECT * FROM avatar").await;
+            let mine = mine
+                .iter()
+                .find(|row| row["owner"].as_str() == Some(&who.to_hex()))
+                .unwrap();
+            let focus = [
+                mine["position"][0].as_f64().unwrap() as f32,
+                mine["position"][1].as_f64().unwrap() as f32,
+                0.0,
+            ];
+            // A row enters a view within the radius and leaves it beyond the publisher's
+            // hysteresis margin: the mirror holds every row within `SIGHT` and none beyond
+            // `SIGHT + HYSTERESIS` (plus the positions' quantization).
+            let mut within = Vec::new();
+            for radius in [SIGHT, SIGHT + HYSTERESIS + 0.1] {
+                let sql = format!("SELECT * FROM avatar WHERE within(position, :focus, {radius})");
+                let ids: BTreeSet<u64> = cluster.planes[zone]
+                    .sql(&token, &sql, Some(focus))
+                    .await
+                    .unwrap()
+                    .rows
+                    .iter()
+                    .map(|row| row["id"].as_u64().unwrap())
+                    .collect();
+                within.push(ids);
+            }
+            let mirrored: BTreeSet<u64> = player
+                .client
+                .rows::<serde_json::Value>("avatar")
+                .unwrap()
+                .iter()
+                .map(|row| row["id"].as_u64().unwrap())
+                .collect();
+            let players = player.client.count("player").unwrap();
+            let converged = within[0].is_subset(&mirrored) && mirrored.is_subset(&within[1]);
+            if converged && players == 1 && player.client.is_connected() {
+                zone_moves += player.moves.load(Relaxed);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "player {} in zone {zone} (connected: {}, moves {}): mirror {:?}, zone shows (within r, r + margin) {:?}, \
+                 {players} player rows",
+                player.n,
+                player.client.is_connected(),
+                player.moves.load(Relaxed),
+                mirrored,
+                within,
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if players > 0 {
+        assert!(
+            zone_moves > 0,
+            "no client followed its character to another zone"
+        );
+    }
+
     let mut latencies = Vec::new();
     let mut across_the_crash = 0;
     let (killed_at, restarted_at) = (killed_at.unwrap(), restarted_at.unwrap());
@@ -362,7 +497,9 @@ async fn run(characters: u64, seconds: u64, kill_at: u64) {
     eprintln!(
         "{characters} characters, {seconds} s, zone 1 killed at {kill_at} s: {handoffs} handoffs, \
          latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {across_the_crash} were bound for zone 1 \
-         while it was down (zone 1 was down {:.1} s)",
+         while it was down (zone 1 was down {:.1} s); {players} clients followed their \
+         characters through {zone_moves} zone moves, {reconnected} connected again after the \
+         kill, every mirror converged",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[handoffs - 1],
@@ -372,11 +509,11 @@ async fn run(characters: u64, seconds: u64, kill_at: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_zones_hand_characters_over_exactly_once_through_a_zone_crash() {
-    run(24, 14, 6).await;
+    run(24, 8, 14, 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a minute with 300 characters; run with --ignored"]
+#[ignore = "a minute with 300 characters, 100 of them clients; run with --ignored"]
 async fn three_hundred_characters_walk_across_four_zones_for_a_minute() {
-    run(300, 60, 25).await;
+    run(300, 100, 60, 25).await;
 }

@@ -1,7 +1,7 @@
 //! The handoff relay: carries a zone's outgoing characters to the zones that take them.
 //!
 //! A module that hands characters over keeps an outbox table, `handoff_out`, visible only to
-//! the zones' peer identity ([`Secrets::zone_peer`]), with the columns `id` (primary key),
+//! the zones' peer identity ([`crate::Secrets::zone_peer`]), with the columns `id` (primary key),
 //! `target_zone`, `started_at` and `character`, and two reducers callable by that identity:
 //! `accept_handoff(source_zone, id, started_at, character)` applies a character exactly once
 //! (it remembers the handoffs it applied), `handoff_delivered(id)` ends the handoff at the
@@ -14,6 +14,14 @@
 //! `handoff_delivered` here. A failure anywhere leaves the outbox row in place; it is sent
 //! again, with backoff, until the target acknowledges it. A crash of either side repeats at
 //! most the delivery, which the target recognises. So each character is applied once.
+//!
+//! Connections follow their characters. After a delivery the relay asks the target for a
+//! connect token for the character's identity (`POST /v1/zone/connect-token`, the outbox's
+//! `owner` column) and has this zone send it through the identity's connections
+//! (`POST /v1/zone/move`, [`orrery_netcode::ServerMessage::ZoneMove`]). A client that reaches
+//! a zone its character has already left (it crossed twice quickly) is sent on the same way:
+//! the module writes a `zone_redirect` row (`identity`, `zone`) for it, the relay moves the
+//! connection and calls `redirect_sent(identity)`.
 //!
 //! The relay holds no state that matters across a restart: the outbox is in the commit log.
 
@@ -125,6 +133,9 @@ pub struct RelayStats {
     pub polls: AtomicU64,
     /// Delivered characters whose connections were told to move.
     pub moved: AtomicU64,
+    /// Connections sent on from a zone their character had left (the module's `zone_redirect`
+    /// rows).
+    pub sent_on: AtomicU64,
 }
 
 /// A running relay; dropping it stops it.
@@ -320,6 +331,48 @@ struct Retry {
     delay: Duration,
 }
 
+/// What the relay works on: a handoff (by outbox id) or a connection to send on (by the
+/// character's identity, hex).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Job {
+    Handoff(u64),
+    Redirect(String),
+}
+
+/// A `zone_redirect` row: send `identity`'s connections here to `zone`.
+#[derive(Debug, Clone)]
+struct Redirect {
+    identity: String,
+    zone: u64,
+}
+
+fn parse_redirects(body: &[u8]) -> Result<Vec<Redirect>, RelayError> {
+    let bad = |message: String| RelayError::BadAnswer {
+        path: "/v1/sql".into(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let rows = value["rows"]
+        .as_array()
+        .ok_or_else(|| bad("no rows".into()))?;
+    rows.iter()
+        .map(|row| {
+            Ok(Redirect {
+                identity: row["identity"]
+                    .as_str()
+                    .ok_or_else(|| bad(format!("no identity in {row}")))?
+                    .to_owned(),
+                zone: row["zone"]
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("no zone in {row}")))?,
+            })
+        })
+        .collect()
+}
+
+/// The relay's loop: reads the outbox (and the redirects) every poll, runs up to
+/// [`MAX_IN_FLIGHT`] jobs at once, retries failed ones with backoff.
 async fn run(
     local: Local,
     config: RelayConfig,
@@ -328,33 +381,34 @@ async fn run(
 ) {
     let mut poll = tokio::time::interval(config.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut in_flight: JoinSet<(u64, Result<Delivery, RelayError>)> = JoinSet::new();
-    let mut busy: HashSet<u64> = HashSet::new();
-    let mut retries: HashMap<u64, Retry> = HashMap::new();
+    let mut in_flight: JoinSet<(Job, Result<Delivery, RelayError>)> = JoinSet::new();
+    let mut busy: HashSet<Job> = HashSet::new();
+    let mut retries: HashMap<Job, Retry> = HashMap::new();
     let mut token = local.token();
     let mut token_at = Instant::now();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             Some(done) = in_flight.join_next() => {
-                let Ok((id, outcome)) = done else { continue };
-                busy.remove(&id);
+                let Ok((job, outcome)) = done else { continue };
+                busy.remove(&job);
                 match outcome {
-                    Ok(Delivery::Delivered) => {
-                        retries.remove(&id);
-                        stats.delivered.fetch_add(1, Relaxed);
-                    }
-                    Ok(Delivery::Refused) => {
-                        retries.remove(&id);
-                        stats.refused.fetch_add(1, Relaxed);
+                    Ok(delivery) => {
+                        retries.remove(&job);
+                        let counter = match delivery {
+                            Delivery::Delivered => &stats.delivered,
+                            Delivery::Refused => &stats.refused,
+                            Delivery::SentOn => &stats.sent_on,
+                        };
+                        counter.fetch_add(1, Relaxed);
                     }
                     Err(error) => {
                         stats.failures.fetch_add(1, Relaxed);
                         let delay = retries
-                            .get(&id)
+                            .get(&job)
                             .map_or(config.backoff, |r| (r.delay * 2).min(config.max_backoff));
-                        tracing::warn!(handoff = id, %error, retry_in = ?delay, "handoff not delivered");
-                        retries.insert(id, Retry { at: Instant::now() + delay, delay });
+                        tracing::warn!(?job, %error, retry_in = ?delay, "zone relay job failed");
+                        retries.insert(job, Retry { at: Instant::now() + delay, delay });
                     }
                 }
             }
@@ -364,8 +418,7 @@ async fn run(
                     token_at = Instant::now();
                 }
                 stats.polls.fetch_add(1, Relaxed);
-                let sql = "SELECT * FROM handoff_out".to_owned();
-                let outbox = match local.post("/v1/sql", &token, sql).await {
+                let outbox = match local.post("/v1/sql", &token, "SELECT * FROM handoff_out".into()).await {
                     Ok(body) => parse_outbox(&body),
                     Err(error) => Err(error),
                 };
@@ -376,15 +429,41 @@ async fn run(
                         continue;
                     }
                 };
+                // A module without redirects (no `zone_redirect` table) answers 400: none.
+                let redirects = match local.post("/v1/sql", &token, "SELECT * FROM zone_redirect".into()).await {
+                    Ok(body) => parse_redirects(&body).unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
                 let now = Instant::now();
-                retries.retain(|id, _| rows.iter().any(|row| row.id == *id));
-                let ready: Vec<Outgoing> = rows
+                retries.retain(|job, _| match job {
+                    Job::Handoff(id) => rows.iter().any(|row| row.id == *id),
+                    Job::Redirect(who) => redirects.iter().any(|r| &r.identity == who),
+                });
+                let ready = |job: &Job| !busy.contains(job) && retries.get(job).is_none_or(|r| r.at <= now);
+                let handoffs: Vec<Outgoing> = rows
                     .into_iter()
-                    .filter(|row| !busy.contains(&row.id))
-                    .filter(|row| retries.get(&row.id).is_none_or(|r| r.at <= now))
+                    .filter(|row| ready(&Job::Handoff(row.id)))
                     .take(MAX_IN_FLIGHT.saturating_sub(busy.len()))
                     .collect();
-                if ready.is_empty() {
+                let redirects: Vec<Redirect> = redirects
+                    .into_iter()
+                    .filter(|r| ready(&Job::Redirect(r.identity.clone())))
+                    .take(MAX_IN_FLIGHT.saturating_sub(busy.len() + handoffs.len()))
+                    .collect();
+                let timeout = config.request_timeout;
+                let give_up = move || Err(transport("zone", format!("no answer in {timeout:?}")));
+                for redirect in redirects {
+                    let job = Job::Redirect(redirect.identity.clone());
+                    busy.insert(job.clone());
+                    let (local, token, map) = (local.clone(), token.clone(), config.map.clone());
+                    in_flight.spawn(async move {
+                        let outcome = tokio::time::timeout(timeout, send_on(&local, &token, &map, redirect))
+                            .await
+                            .unwrap_or_else(|_| give_up());
+                        (job, outcome)
+                    });
+                }
+                if handoffs.is_empty() {
                     continue;
                 }
                 // Never send what a crash could still undo here.
@@ -394,22 +473,42 @@ async fn run(
                         () = tokio::time::sleep(Duration::from_millis(2)) => {}
                     }
                 }
-                for row in ready {
-                    busy.insert(row.id);
-                    let (local, token, map, zone, timeout) =
-                        (local.clone(), token.clone(), config.map.clone(), config.zone, config.request_timeout);
+                for row in handoffs {
+                    let job = Job::Handoff(row.id);
+                    busy.insert(job.clone());
+                    let (local, token, map, zone) =
+                        (local.clone(), token.clone(), config.map.clone(), config.zone);
                     in_flight.spawn(async move {
-                        let id = row.id;
                         let outcome = tokio::time::timeout(timeout, deliver(&local, &token, &map, zone, row))
                             .await
-                            .unwrap_or_else(|_| Err(transport("zone", format!("no answer in {timeout:?}"))));
-                        (id, outcome)
+                            .unwrap_or_else(|_| give_up());
+                        (job, outcome)
                     });
                 }
             }
         }
     }
     in_flight.shutdown().await;
+}
+
+/// Sends a connection whose character is elsewhere on to the zone holding it.
+async fn send_on(
+    local: &Local,
+    token: &str,
+    map: &ZoneMap,
+    redirect: Redirect,
+) -> Result<Delivery, RelayError> {
+    let target = u32::try_from(redirect.zone)
+        .ok()
+        .and_then(|id| map.get(id).ok())
+        .ok_or(RelayError::UnknownZone {
+            id: 0,
+            zone: redirect.zone,
+        })?;
+    move_clients(local, token, target, &redirect.identity).await?;
+    let args = serde_json::json!([redirect.identity]).to_string();
+    local.post("/v1/call/redirect_sent", token, args).await?;
+    Ok(Delivery::SentOn)
 }
 
 async fn deliver(
@@ -442,10 +541,15 @@ async fn deliver(
     }
     // The character is in the target zone now; its connections here follow it. Best effort:
     // a client that misses this finds its character gone and connects again.
-    if let Some(owner) = &row.owner
-        && let Err(error) = move_clients(local, token, target, owner).await
-    {
-        tracing::warn!(handoff = row.id, %error, "could not move the character's connections");
+    if let Some(owner) = &row.owner {
+        match move_clients(local, token, target, owner).await {
+            Ok(()) => {
+                local.stats.moved.fetch_add(1, Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(handoff = row.id, %error, "could not move the character's connections");
+            }
+        }
     }
     local
         .post(
@@ -485,7 +589,6 @@ async fn move_clients(
         "connect_token": connect_token,
     });
     local.post("/v1/zone/move", token, body.to_string()).await?;
-    local.stats.moved.fetch_add(1, Relaxed);
     Ok(())
 }
 
@@ -496,6 +599,8 @@ enum Delivery {
     Delivered,
     /// The target refused it; it stays here.
     Refused,
+    /// A connection was sent on to the zone holding its character.
+    SentOn,
 }
 
 #[cfg(test)]
