@@ -164,6 +164,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
             use_item,
             say,
             set_config,
+            give_item,
             respawn_npc,
             supply_drop,
             crate::zone::hand_off_border_crossers,

@@ -3,9 +3,9 @@
 //! across the borders; one zone is killed with SIGKILL mid-run and restarted on its data
 //! directory. Some characters are played by real clients over UDP (`orrery_client::Client`,
 //! subscribed to what is around them): they follow their characters from zone to zone.
-//! At the end every character stands in exactly one zone, every client's mirror equals what
-//! the zone holding its character shows it, and the handoff latency (border crossing in one
-//! zone to the durable arrival in the next) is reported.
+//! At the end every character stands in exactly one zone with the items it was given, every
+//! client's mirror equals what the zone holding its character shows it, and the handoff
+//! latency (border crossing in one zone to the durable arrival in the next) is reported.
 //!
 //! CI runs a short version; `cargo test -p sample-mmo --test zone_cluster -- --ignored`
 //! runs the full one (300 characters, 100 of them clients, a minute).
@@ -29,6 +29,8 @@ const ZONES: usize = 4;
 const SIGHT: f32 = 25.0;
 /// The publisher's hysteresis margin (`PublishConfig::hysteresis`).
 const HYSTERESIS: f32 = 5.0;
+/// Gives the characters items (`give_item`).
+const ADMIN: Identity = Identity([0xAD; 32]);
 /// Half the world's edge: the zones are its quadrants.
 const HALF: f32 = 50.0;
 
@@ -90,6 +92,7 @@ impl Zone {
             .args(["--net-workers", "1", "--npcs", "40", "--town-spacing", "0"])
             .args(["--world-size", &(2.0 * HALF).to_string()])
             .args(["--rate-limit", "1000", "--stats-every", "3600"])
+            .args(["--admin", &ADMIN.to_hex()])
             .env("RUST_LOG", "warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -226,6 +229,21 @@ impl Cluster {
         }
     }
 
+    /// What `who` carries in `zone`: (item id, kind), by id.
+    async fn inventory(&self, zone: usize, who: Identity) -> Vec<(u64, String)> {
+        self.planes[zone]
+            .sql(&self.token(who), "SELECT * FROM inventory", None)
+            .await
+            .unwrap()
+            .rows
+            .iter()
+            .map(|row| {
+                let kind = row["kind"].as_str().unwrap_or_default().to_owned();
+                (row["id"].as_u64().unwrap(), kind)
+            })
+            .collect()
+    }
+
     async fn rows(&self, zone: usize, sql: &str) -> Vec<serde_json::Value> {
         self.planes[zone]
             .sql(&self.peer_token, sql, None)
@@ -318,6 +336,24 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
         });
     }
     tasks.join_all().await;
+    // Characters carry 0-3 items (what they carry must arrive with them, every time).
+    let kinds = ["Potion", "Pelt", "Antler"];
+    for n in 0..characters {
+        let plane = &cluster.planes[n as usize % ZONES];
+        for i in 0..n % 4 {
+            let args = serde_json::json!([who(n).to_hex(), kinds[(i % 3) as usize]]);
+            plane
+                .call(&cluster.token(ADMIN), "give_item", &args)
+                .await
+                .unwrap();
+        }
+    }
+    let mut carried = BTreeMap::new();
+    for n in 0..characters {
+        let zone = n as usize % ZONES;
+        carried.insert(who(n), cluster.inventory(zone, who(n)).await);
+        assert_eq!(carried[&who(n)].len() as u64, n % 4);
+    }
     let mut playing = Vec::new();
     for n in 0..players {
         let zone = n as usize % ZONES;
@@ -394,6 +430,18 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
     assert_eq!(held.len() as u64, characters, "characters lost");
     for (owner, zones) in &held {
         assert_eq!(zones.len(), 1, "{owner} is in zones {zones:?}");
+    }
+    // Every item is where its owner is, once.
+    for (owner, items) in &carried {
+        let home = held[&owner.to_hex()][0];
+        for zone in 0..ZONES {
+            let here = cluster.inventory(zone, *owner).await;
+            if zone == home {
+                assert_eq!(&here, items, "{owner}'s inventory in zone {zone}");
+            } else {
+                assert!(here.is_empty(), "{owner} left {here:?} in zone {zone}");
+            }
+        }
     }
 
     // Every client follows its character: a client whose zone was killed under it connects

@@ -412,6 +412,17 @@ fn only_the_relay_hands_over_and_a_bad_character_is_refused_whole() {
         .call_reducer("set_input", who, (Vec2::X, false))
         .unwrap();
 
+    // Only admins give items.
+    let err = zones.engines[0]
+        .call_reducer(
+            "give_item",
+            Caller::from(Identity::from_u64(1)),
+            (Identity::from_u64(1), ItemKind::Potion),
+        )
+        .unwrap_err()
+        .client_message();
+    assert!(err.contains("admins only"), "{err}");
+
     // An unzoned world has no handoffs at all.
     let mut plain = Engine::new(sample_mmo::module(), EngineConfig::default()).unwrap();
     let err = plain
