@@ -152,6 +152,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
         .table::<Sequence>()
         .table::<Forward>()
         .table::<ZoneRedirect>()
+        .table::<BorderAvatar>()
         .reducers(reducers![
             init,
             client_connected,
@@ -172,6 +173,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
             crate::zone::handoff_delivered,
             crate::zone::handoff_refused,
             crate::zone::redirect_sent,
+            crate::zone::sync_border,
         ])
         .resource(settings)
         .add_systems((move_avatars, npc_behaviour, revive_avatars, follow_focus).chain())

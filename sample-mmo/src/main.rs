@@ -271,7 +271,8 @@ async fn run(
             zones = map.zones().len(),
             "relaying handoffs to the other zones"
         );
-        orrery_server::zone::Relay::start(&server, orrery_server::zone::RelayConfig::new(zone, map))
+        let config = orrery_server::zone::RelayConfig::new(zone, map).with_border(border_sync());
+        orrery_server::zone::Relay::start(&server, config)
     });
     tracing::info!(
         "play: cargo run --release -p sample-mmo --example walk -- {}   (README: Play with it)",
@@ -312,6 +313,19 @@ async fn run(
     server.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Border interest of the sample world: avatars within `BORDER_BAND` of a border are sent to
+/// the zone across it five times a second (its `border_avatar` table).
+fn border_sync() -> orrery_server::zone::BorderSync {
+    orrery_server::zone::BorderSync {
+        table: "avatar".into(),
+        position: "position".into(),
+        band: sample_mmo::zone::BORDER_BAND,
+        period: Duration::from_millis(200),
+        reducer: "sync_border".into(),
+        rows_per_call: 150,
+    }
 }
 
 fn log_stats(server: &orrery_server::ServerHandle) {

@@ -364,3 +364,40 @@ pub struct ZoneRedirect {
     /// The zone holding the character.
     pub zone: u32,
 }
+
+/// An avatar of a neighbouring zone standing near this zone's border, as that zone last sent
+/// it (`sync_border`, a few times a second): clients near the border see across it, so
+/// nothing pops into view when either side crosses. Read-only here; gone when the neighbour
+/// stops sending it (out of the border band, or the neighbour down for a second).
+#[table(name = border_avatar, public)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct BorderAvatar {
+    /// The avatar's id (the same in every zone).
+    #[primary_key]
+    pub id: u64,
+    /// The zone holding the avatar.
+    #[index(btree)]
+    pub zone: u32,
+    /// The neighbour's sync this version came with (its time, µs): older versions go.
+    pub generation: u64,
+    /// When this zone received it.
+    pub synced_at: Timestamp,
+    /// The owning identity.
+    pub owner: Identity,
+    /// Display name.
+    pub name: String,
+    /// Position in metres.
+    #[spatial(cell = 50.0)]
+    #[quantize(0.01)]
+    pub position: Vec2,
+    /// Velocity in metres per second (for the client to extrapolate between syncs).
+    pub velocity: Vec2,
+    /// Hit points.
+    pub hp: i32,
+    /// Hit points when healed fully.
+    pub max_hp: i32,
+    /// Experience level.
+    pub level: u32,
+    /// Whether a connection is driving the avatar.
+    pub online: bool,
+}

@@ -26,6 +26,13 @@ pub const MAX_HANDOFF_BYTES: usize = 64 * 1024;
 pub const MAX_HANDOFF_ITEMS: usize = 1_000;
 /// Characters one zone hands over in one tick at most; the rest go in the next ticks.
 pub const MAX_HANDOFFS_PER_TICK: usize = 256;
+/// How far from a border a zone's avatars are mirrored in the zone across it, metres: the
+/// widest radius the sample clients see avatars in (100 m).
+pub const BORDER_BAND: f32 = 100.0;
+/// Border avatars one `sync_border` call carries at most.
+pub const MAX_BORDER_ROWS: usize = 1_000;
+/// A border avatar not sent again for this long is dropped (its zone stopped sending).
+pub const BORDER_STALE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often `hand_off_border_crossers` looks (every tick at the default 20 Hz).
 pub const BORDER_WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -136,6 +143,17 @@ pub fn hand_off_border_crossers(
     let Ok(rules) = rules(ctx) else {
         return Ok(());
     };
+    let stale_before = ctx.timestamp - BORDER_STALE;
+    let stale: Vec<u64> = ctx
+        .db
+        .border_avatar()
+        .iter()
+        .filter(|row| row.synced_at < stale_before)
+        .map(|row| row.id)
+        .collect();
+    for id in stale {
+        ctx.db.border_avatar().id().delete(&id);
+    }
     let mut leaving: Vec<(Avatar, u16)> = ctx
         .db
         .avatar()
@@ -248,6 +266,7 @@ pub fn accept_handoff(
     }
     ctx.db.forward().identity().delete(&identity);
     ctx.db.zone_redirect().identity().delete(&identity);
+    ctx.db.border_avatar().id().delete(&avatar.id);
     ctx.db.handoff_in().insert(HandoffIn {
         id,
         relay: rules.relay,
@@ -324,6 +343,100 @@ pub fn send_on_if_gone(ctx: &mut ReducerContext) -> Result<(), String> {
 pub fn redirect_sent(ctx: &mut ReducerContext, identity: Identity) -> Result<(), String> {
     relay_only(ctx)?;
     ctx.db.zone_redirect().identity().delete(&identity);
+    Ok(())
+}
+
+/// An avatar as a neighbouring zone sends it (`sync_border`): its `avatar` row's columns (the
+/// relay passes the rows on as it reads them).
+#[derive(OrreryType, Clone, Debug, PartialEq)]
+pub struct AvatarSighting {
+    /// Row id.
+    pub id: u64,
+    /// The owning identity.
+    pub owner: Identity,
+    /// Display name.
+    pub name: String,
+    /// Position in metres.
+    pub position: Vec2,
+    /// Velocity in metres per second.
+    pub velocity: Vec2,
+    /// Where a `move_to` walk goes.
+    pub destination: Vec2,
+    /// Whether it walks to `destination`.
+    pub seeking: bool,
+    /// Hit points.
+    pub hp: i32,
+    /// Hit points when healed fully.
+    pub max_hp: i32,
+    /// Experience level.
+    pub level: u32,
+    /// Whether a connection is driving the avatar.
+    pub online: bool,
+}
+
+/// A neighbouring zone's avatars near this zone's border (relay only): `avatars` is one part
+/// of its sync `generation`; with `last`, the avatars of `source_zone` that the generation did
+/// not name go. Avatars held here (live, or frozen on their way out) are not mirrored.
+#[reducer]
+pub fn sync_border(
+    ctx: &mut ReducerContext,
+    source_zone: u32,
+    generation: u64,
+    last: bool,
+    avatars: Vec<AvatarSighting>,
+) -> Result<(), String> {
+    let rules = relay_only(ctx)?;
+    if source_zone == u32::from(rules.zone) {
+        return Err(format!("zone {source_zone} is this zone"));
+    }
+    if avatars.len() > MAX_BORDER_ROWS {
+        return Err(format!(
+            "{} border avatars in one call, more than {MAX_BORDER_ROWS}",
+            avatars.len()
+        ));
+    }
+    for avatar in avatars {
+        if ctx.db.avatar().id().find(&avatar.id).is_some() {
+            continue;
+        }
+        let row = BorderAvatar {
+            id: avatar.id,
+            zone: source_zone,
+            generation,
+            synced_at: ctx.timestamp,
+            owner: avatar.owner,
+            name: avatar.name,
+            position: avatar.position,
+            velocity: avatar.velocity,
+            hp: avatar.hp,
+            max_hp: avatar.max_hp,
+            level: avatar.level,
+            online: avatar.online,
+        };
+        match ctx.db.border_avatar().id().find(&row.id) {
+            // An older sync's version, or another zone's sync of an avatar that moved on.
+            Some(held) if held.generation > generation && held.zone == source_zone => {}
+            Some(_) => {
+                ctx.db.border_avatar().id().update(row)?;
+            }
+            None => {
+                ctx.db.border_avatar().insert(row)?;
+            }
+        }
+    }
+    if last {
+        let gone: Vec<u64> = ctx
+            .db
+            .border_avatar()
+            .zone()
+            .filter(&source_zone)
+            .filter(|row| row.generation < generation)
+            .map(|row| row.id)
+            .collect();
+        for id in gone {
+            ctx.db.border_avatar().id().delete(&id);
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! handed over, the client is moved to the second zone through its connection
 //! (`ZoneMove`), and the player does not notice: its avatar never leaves its mirror, keeps
 //! its id, its calls work in the new zone, and the mirror ends equal to what the new zone
-//! shows it.
+//! shows it. Before it crosses, it already sees the character standing across the border.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,7 +14,7 @@ use orrery_client::http::ControlPlane;
 use orrery_client::{Client, ClientOptions, Event};
 use orrery_engine::Identity;
 use orrery_engine::glam::Vec2;
-use orrery_server::zone::{Relay, RelayConfig, ZoneMap, ZoneSpec};
+use orrery_server::zone::{BorderSync, Relay, RelayConfig, ZoneMap, ZoneSpec};
 use orrery_server::{Secrets, ServerConfig, ServerHandle};
 use sample_mmo::WorldSettings;
 use sample_mmo::zone::{ZoneRegion, ZoneRules};
@@ -95,9 +95,23 @@ async fn a_player_walks_into_the_next_zone_without_noticing() {
             .collect(),
     )
     .unwrap();
+    let border = BorderSync {
+        table: "avatar".into(),
+        position: "position".into(),
+        band: sample_mmo::zone::BORDER_BAND,
+        period: Duration::from_millis(100),
+        reducer: "sync_border".into(),
+        rows_per_call: 150,
+    };
     let relays = [
-        Relay::start(&zones[0], RelayConfig::new(0, map.clone())),
-        Relay::start(&zones[1], RelayConfig::new(1, map.clone())),
+        Relay::start(
+            &zones[0],
+            RelayConfig::new(0, map.clone()).with_border(border.clone()),
+        ),
+        Relay::start(
+            &zones[1],
+            RelayConfig::new(1, map.clone()).with_border(border),
+        ),
     ];
 
     let secrets = Secrets::load_or_create(tmp.path()).unwrap();
@@ -131,6 +145,34 @@ async fn a_player_walks_into_the_next_zone_without_noticing() {
     .await;
     let avatar_id = avatar["id"].as_u64().unwrap();
     assert!(avatar["position"][0].as_f64().unwrap() < 0.0);
+
+    // Border interest: a character standing in zone 1 is seen from zone 0 before anyone
+    // crosses (zone 1 sends the avatars near its border to zone 0's `border_avatar`).
+    let stander = Identity::from_u64(78);
+    let stander_token = secrets.issue(&stander, now(), Duration::from_secs(3600));
+    let zone1 = ControlPlane::new(&zones[1].http_url).unwrap();
+    zone1
+        .call(
+            &stander_token,
+            "enter_world",
+            &serde_json::json!(["stander"]),
+        )
+        .await
+        .unwrap();
+    client
+        .subscribe("SELECT * FROM border_avatar WHERE within(position, :focus, 60)")
+        .await
+        .unwrap();
+    let across = eventually("the avatar across the border", async || {
+        client
+            .rows::<serde_json::Value>("border_avatar")
+            .unwrap()
+            .into_iter()
+            .find(|row| row["owner"].as_str() == Some(&stander.to_hex()))
+    })
+    .await;
+    assert_eq!(across["zone"].as_u64(), Some(1));
+    assert!(across["position"][0].as_f64().unwrap() >= 0.0);
 
     // Count every moment the avatar or the player row leaves the mirror.
     let vanished = Arc::new(AtomicU64::new(0));
@@ -181,7 +223,6 @@ async fn a_player_walks_into_the_next_zone_without_noticing() {
         .call("move_to", serde_json::json!([[25.0, 5.0], true]))
         .await
         .unwrap();
-    let zone1 = ControlPlane::new(&zones[1].http_url).unwrap();
     let zone0 = ControlPlane::new(&zones[0].http_url).unwrap();
     // Zone 0 forgot the character; zone 1 has it, with the same id.
     eventually("zone 0 to forget the character", async || {

@@ -94,6 +94,70 @@ impl ItemKind {
     }
 }
 
+/// `AvatarSighting`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AvatarSighting {
+    pub id: u64,
+    pub owner: row::Identity,
+    pub name: String,
+    pub position: [f32; 2],
+    pub velocity: [f32; 2],
+    pub destination: [f32; 2],
+    pub seeking: bool,
+    pub hp: i32,
+    pub max_hp: i32,
+    pub level: u32,
+    pub online: bool,
+}
+
+impl AvatarSighting {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(AvatarSighting {
+            id: <u64 as OrreryType>::decode(input)?,
+            owner: <row::Identity as OrreryType>::decode(input)?,
+            name: <String as OrreryType>::decode(input)?,
+            position: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            velocity: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            destination: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            seeking: <bool as OrreryType>::decode(input)?,
+            hp: <i32 as OrreryType>::decode(input)?,
+            max_hp: <i32 as OrreryType>::decode(input)?,
+            level: <u32 as OrreryType>::decode(input)?,
+            online: <bool as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.id, out);
+        OrreryType::encode(&self.owner, out);
+        write_str(out, &self.name);
+        for x0 in &self.position { OrreryType::encode(x0, out); }
+        for x0 in &self.velocity { OrreryType::encode(x0, out); }
+        for x0 in &self.destination { OrreryType::encode(x0, out); }
+        OrreryType::encode(&self.seeking, out);
+        OrreryType::encode(&self.hp, out);
+        OrreryType::encode(&self.max_hp, out);
+        OrreryType::encode(&self.level, out);
+        OrreryType::encode(&self.online, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
 /// A row of table `avatar`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Avatar {
@@ -645,6 +709,127 @@ impl HandoffIn {
     pub const TABLE_NAME: &'static str = "handoff_in";
 }
 
+/// A row of table `zone_redirect`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneRedirect {
+    pub identity: row::Identity,
+    pub relay: row::Identity,
+    pub zone: u32,
+}
+
+impl ZoneRedirect {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(ZoneRedirect {
+            identity: <row::Identity as OrreryType>::decode(input)?,
+            relay: <row::Identity as OrreryType>::decode(input)?,
+            zone: <u32 as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.identity, out);
+        OrreryType::encode(&self.relay, out);
+        OrreryType::encode(&self.zone, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl ZoneRedirect {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 16;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "zone_redirect";
+}
+
+/// A row of table `border_avatar`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BorderAvatar {
+    pub id: u64,
+    pub zone: u32,
+    pub generation: u64,
+    pub synced_at: row::Timestamp,
+    pub owner: row::Identity,
+    pub name: String,
+    pub position: [f32; 2],
+    pub velocity: [f32; 2],
+    pub hp: i32,
+    pub max_hp: i32,
+    pub level: u32,
+    pub online: bool,
+}
+
+impl BorderAvatar {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(BorderAvatar {
+            id: <u64 as OrreryType>::decode(input)?,
+            zone: <u32 as OrreryType>::decode(input)?,
+            generation: <u64 as OrreryType>::decode(input)?,
+            synced_at: <row::Timestamp as OrreryType>::decode(input)?,
+            owner: <row::Identity as OrreryType>::decode(input)?,
+            name: <String as OrreryType>::decode(input)?,
+            position: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            velocity: [<f32 as OrreryType>::decode(input)?, <f32 as OrreryType>::decode(input)?],
+            hp: <i32 as OrreryType>::decode(input)?,
+            max_hp: <i32 as OrreryType>::decode(input)?,
+            level: <u32 as OrreryType>::decode(input)?,
+            online: <bool as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.id, out);
+        OrreryType::encode(&self.zone, out);
+        OrreryType::encode(&self.generation, out);
+        OrreryType::encode(&self.synced_at, out);
+        OrreryType::encode(&self.owner, out);
+        write_str(out, &self.name);
+        for x0 in &self.position { OrreryType::encode(x0, out); }
+        for x0 in &self.velocity { OrreryType::encode(x0, out); }
+        OrreryType::encode(&self.hp, out);
+        OrreryType::encode(&self.max_hp, out);
+        OrreryType::encode(&self.level, out);
+        OrreryType::encode(&self.online, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl BorderAvatar {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 17;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "border_avatar";
+}
+
 /// Typed reducer calls: `encode_*` gives the argument bytes, the async functions call.
 pub mod reducers {
     use super::*;
@@ -765,6 +950,21 @@ pub mod reducers {
         client.call_raw("set_config", encode_set_config(key, value), false).await
     }
 
+    /// The arguments of `give_item` in the row format.
+    pub fn encode_give_item(to: &row::Identity, kind: &ItemKind) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(to, out);
+        kind.encode_into(out);
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `give_item` and waits for its answer.
+    pub async fn give_item(client: &orrery_client::Client, to: &row::Identity, kind: &ItemKind) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("give_item", encode_give_item(to, kind), false).await
+    }
+
     /// The arguments of `accept_handoff` in the row format.
     pub fn encode_accept_handoff(source_zone: &u32, handoff: &u64, started_at: &row::Timestamp, character: &Vec<u8>) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -809,6 +1009,37 @@ pub mod reducers {
     /// Calls `handoff_refused` and waits for its answer.
     pub async fn handoff_refused(client: &orrery_client::Client, handoff: &u64, reason: &str) -> Result<orrery_client::Reply, orrery_client::CallError> {
         client.call_raw("handoff_refused", encode_handoff_refused(handoff, reason), false).await
+    }
+
+    /// The arguments of `redirect_sent` in the row format.
+    pub fn encode_redirect_sent(identity: &row::Identity) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(identity, out);
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `redirect_sent` and waits for its answer.
+    pub async fn redirect_sent(client: &orrery_client::Client, identity: &row::Identity) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("redirect_sent", encode_redirect_sent(identity), false).await
+    }
+
+    /// The arguments of `sync_border` in the row format.
+    pub fn encode_sync_border(source_zone: &u32, generation: &u64, last: &bool, avatars: &Vec<AvatarSighting>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let out = &mut bytes;
+        OrreryType::encode(source_zone, out);
+        OrreryType::encode(generation, out);
+        OrreryType::encode(last, out);
+        codec::write_varint(out, avatars.len() as u64); for x0 in avatars { x0.encode_into(out); }
+        let _ = out;
+        bytes
+    }
+
+    /// Calls `sync_border` and waits for its answer.
+    pub async fn sync_border(client: &orrery_client::Client, source_zone: &u32, generation: &u64, last: &bool, avatars: &Vec<AvatarSighting>) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("sync_border", encode_sync_border(source_zone, generation, last, avatars), false).await
     }
 
 }

@@ -7,4 +7,4 @@ pub mod map;
 pub mod relay;
 
 pub use map::{ZoneId, ZoneMap, ZoneMapError, ZoneSpec};
-pub use relay::{Relay, RelayConfig, RelayError, RelayStats};
+pub use relay::{BorderSync, Relay, RelayConfig, RelayError, RelayStats};

@@ -103,6 +103,33 @@ pub struct RelayConfig {
     pub backoff: Duration,
     /// The longest delay between retries.
     pub max_backoff: Duration,
+    /// Sending this zone's rows near each border to the zone across it, if the module
+    /// mirrors them (border interest).
+    pub border: Option<BorderSync>,
+}
+
+/// How a relay sends the rows near its borders to the neighbouring zones: every `period` it
+/// reads `table` (public, as the zone peer), and sends each other zone whose region lies within
+/// `band` metres of a row's `position` (a 2-D point column) those rows, by calling its
+/// `reducer(source_zone, generation, last, rows)` in parts of at most `rows_per_call` rows.
+/// The generation is the sync's time in microseconds; `last` marks its final part, after
+/// which the neighbour drops the rows of older generations. A neighbour is sent a sync even
+/// when no row is near it, so the rows that left the band go.
+#[derive(Debug, Clone)]
+pub struct BorderSync {
+    /// The table whose rows are mirrored (`avatar`).
+    pub table: String,
+    /// Its position column.
+    pub position: String,
+    /// How far from a border rows are sent, metres: at least the widest `within` radius
+    /// clients subscribe with.
+    pub band: f32,
+    /// How often.
+    pub period: Duration,
+    /// The neighbour's reducer.
+    pub reducer: String,
+    /// Rows per call at most (a call's JSON must fit the control plane's body limit).
+    pub rows_per_call: usize,
 }
 
 impl RelayConfig {
@@ -116,7 +143,14 @@ impl RelayConfig {
             request_timeout: Duration::from_secs(5),
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            border: None,
         }
+    }
+
+    /// With border interest: `sync` every `sync.period`.
+    pub fn with_border(mut self, sync: BorderSync) -> Self {
+        self.border = Some(sync);
+        self
     }
 }
 
@@ -136,6 +170,8 @@ pub struct RelayStats {
     /// Connections sent on from a zone their character had left (the module's `zone_redirect`
     /// rows).
     pub sent_on: AtomicU64,
+    /// Border syncs a neighbour accepted (one per neighbour and period).
+    pub border_syncs: AtomicU64,
 }
 
 /// A running relay; dropping it stops it.
@@ -151,13 +187,28 @@ impl Relay {
     pub fn start(server: &ServerHandle, config: RelayConfig) -> Self {
         let (stop, stopped) = watch::channel(false);
         let stats = Arc::new(RelayStats::default());
+        let stats_for_run = stats.clone();
         let local = Local {
             router: server.router(),
             stats: stats.clone(),
             metrics: server.metrics().clone(),
             secrets: server.secrets().clone(),
         };
-        let task = tokio::spawn(run(local, config, stats.clone(), stopped));
+        let border = config.border.clone().map(|sync| {
+            tokio::spawn(sync_borders(
+                local.clone(),
+                config.clone(),
+                sync,
+                stats.clone(),
+                stopped.clone(),
+            ))
+        });
+        let task = tokio::spawn(async move {
+            run(local, config, stats_for_run, stopped).await;
+            if let Some(border) = border {
+                let _ = border.await;
+            }
+        });
         Relay {
             stop,
             task: Some(task),
@@ -491,6 +542,125 @@ async fn run(
     in_flight.shutdown().await;
 }
 
+/// How far `point` is from `zone`'s region (0 inside).
+fn distance_to(zone: &super::ZoneSpec, point: [f32; 2]) -> f32 {
+    let dx = (zone.min[0] - point[0])
+        .max(point[0] - zone.max[0])
+        .max(0.0);
+    let dy = (zone.min[1] - point[1])
+        .max(point[1] - zone.max[1])
+        .max(0.0);
+    dx.hypot(dy)
+}
+
+/// The rows of `rows` near each other zone of `map`, by zone id.
+fn near_borders(
+    map: &ZoneMap,
+    own: ZoneId,
+    position: &str,
+    band: f32,
+    rows: &[serde_json::Value],
+) -> Vec<(ZoneId, Vec<serde_json::Value>)> {
+    map.zones()
+        .iter()
+        .filter(|zone| zone.id != own)
+        .map(|zone| {
+            let near = rows
+                .iter()
+                .filter(|row| {
+                    let point = [row[position][0].as_f64(), row[position][1].as_f64()];
+                    match point {
+                        [Some(x), Some(y)] => distance_to(zone, [x as f32, y as f32]) <= band,
+                        _ => false,
+                    }
+                })
+                .cloned()
+                .collect();
+            (zone.id, near)
+        })
+        .collect()
+}
+
+/// The border-interest loop (see [`BorderSync`]).
+async fn sync_borders(
+    local: Local,
+    config: RelayConfig,
+    sync: BorderSync,
+    stats: Arc<RelayStats>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut period = tokio::time::interval(sync.period);
+    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sql = format!("SELECT * FROM {}", sync.table);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = period.tick() => {}
+        }
+        let token = local.token();
+        let rows = match local.post("/v1/sql", &token, sql.clone()).await {
+            Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(mut answer) => match answer["rows"].take() {
+                    serde_json::Value::Array(rows) => rows,
+                    _ => Vec::new(),
+                },
+                Err(_) => Vec::new(),
+            },
+            Err(error) => {
+                tracing::warn!(%error, table = sync.table, "cannot read the rows near the borders");
+                continue;
+            }
+        };
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let path = format!("/v1/call/{}", sync.reducer);
+        let mut sends = JoinSet::new();
+        for (zone, near) in near_borders(&config.map, config.zone, &sync.position, sync.band, &rows)
+        {
+            let Ok(target) = config.map.get(u32::from(zone)) else {
+                continue;
+            };
+            let (addr, token, path, own) = (target.http, token.clone(), path.clone(), config.zone);
+            let parts: Vec<Vec<serde_json::Value>> = if near.is_empty() {
+                vec![Vec::new()]
+            } else {
+                near.chunks(sync.rows_per_call.max(1))
+                    .map(<[_]>::to_vec)
+                    .collect()
+            };
+            let timeout = config.request_timeout;
+            sends.spawn(async move {
+                let count = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    let args =
+                        serde_json::json!([own, generation, i + 1 == count, part]).to_string();
+                    match tokio::time::timeout(timeout, post_remote(addr, &path, &token, args))
+                        .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => return Err(error),
+                        Err(_) => return Err(transport(addr, format!("no answer in {timeout:?}"))),
+                    }
+                }
+                Ok(())
+            });
+        }
+        while let Some(done) = sends.join_next().await {
+            match done {
+                Ok(Ok(())) => {
+                    stats.border_syncs.fetch_add(1, Relaxed);
+                }
+                Ok(Err(error)) => {
+                    stats.failures.fetch_add(1, Relaxed);
+                    tracing::debug!(%error, "border sync not delivered");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// Sends a connection whose character is elsewhere on to the zone holding it.
 async fn send_on(
     local: &Local,
@@ -606,6 +776,53 @@ enum Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_go_to_the_zones_whose_border_they_are_near() {
+        let zone = |id: ZoneId, min: [f32; 2], max: [f32; 2]| super::super::ZoneSpec {
+            id,
+            min,
+            max,
+            http: SocketAddr::from(([127, 0, 0, 1], 3000 + 2 * id)),
+            udp: SocketAddr::from(([127, 0, 0, 1], 3001 + 2 * id)),
+        };
+        let map = ZoneMap::new(vec![
+            zone(0, [-100.0, -100.0], [0.0, 100.0]),
+            zone(1, [0.0, -100.0], [100.0, 0.0]),
+            zone(2, [0.0, 0.0], [100.0, 100.0]),
+        ])
+        .unwrap();
+        let row = |id: u64, x: f32, y: f32| serde_json::json!({"id": id, "position": [x, y]});
+        let rows = [
+            row(1, -5.0, -50.0), // 5 m from zone 1
+            row(2, -5.0, 50.0),  // 5 m from zone 2
+            row(3, -50.0, 0.0),  // deep in zone 0
+            row(4, -5.0, -3.0),  // near both (a corner: 5 m and 5.8 m)
+            serde_json::json!({"id": 5, "position": "bad"}),
+        ];
+        let near = near_borders(&map, 0, "position", 10.0, &rows);
+        let ids = |zone: ZoneId| -> Vec<u64> {
+            near.iter()
+                .find(|(z, _)| *z == zone)
+                .unwrap()
+                .1
+                .iter()
+                .map(|row| row["id"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            near.len(),
+            2,
+            "every other zone gets a sync, even an empty one"
+        );
+        assert_eq!(ids(1), [1, 4]);
+        assert_eq!(ids(2), [2, 4]);
+        assert!(
+            near_borders(&map, 0, "position", 1.0, &rows)
+                .iter()
+                .all(|(_, r)| r.is_empty())
+        );
+    }
 
     #[test]
     fn an_outbox_page_is_read_and_a_malformed_one_refused() {
