@@ -14,15 +14,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orrery_client::http::ControlPlane;
 use orrery_client::{Client, ClientOptions, Event};
 use orrery_engine::Identity;
 use orrery_server::Secrets;
+
+#[path = "support/dice.rs"]
+mod dice;
+use dice::Dice;
 
 const ZONES: usize = 4;
 /// How far a client sees avatars around its own.
@@ -253,22 +256,6 @@ impl Cluster {
     }
 }
 
-/// A deterministic stream of numbers (xorshift).
-struct Dice(u64);
-
-impl Dice {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn coordinate(&mut self) -> f32 {
-        (self.next() % 900) as f32 / 10.0 - 45.0
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -368,7 +355,7 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
         if second % 3 == 0 {
             let mut tasks = tokio::task::JoinSet::new();
             for n in 0..characters {
-                let target = [dice.coordinate(), dice.coordinate()];
+                let target = [dice.coordinate(45.0), dice.coordinate(45.0)];
                 cluster
                     .everywhere(
                         &mut tasks,

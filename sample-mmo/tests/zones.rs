@@ -14,6 +14,10 @@ use sample_mmo::{
     Avatar, HandoffIn, HandoffOut, InventoryItem, ItemKind, Npc, Player, Town, WorldSettings,
 };
 
+#[path = "support/dice.rs"]
+mod dice;
+use dice::Dice;
+
 const TICK_MICROS: i64 = 50_000;
 const RELAY: Identity = Identity([0xEE; 32]);
 /// Half the world's edge: zones split it at x = 0 and y = 0.
@@ -48,27 +52,6 @@ fn settings(zone: u16) -> WorldSettings {
             relay: RELAY,
         }),
         ..WorldSettings::default()
-    }
-}
-
-/// A deterministic stream of numbers (xorshift).
-struct Dice(u64);
-
-impl Dice {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn point(&mut self) -> Vec2 {
-        let mut coordinate = || (self.below(1_900) as f32 / 10.0) - 95.0;
-        Vec2::new(coordinate(), coordinate())
     }
 }
 
@@ -268,7 +251,7 @@ fn characters_walking_across_borders_exist_once_with_all_they_carry() {
     for second in 0..60 {
         if second % 10 == 0 {
             for &n in &walkers {
-                let target = zones.dice.point();
+                let target = Vec2::new(zones.dice.coordinate(95.0), zones.dice.coordinate(95.0));
                 zones.walk(Identity::from_u64(n), target);
             }
         }
