@@ -153,6 +153,7 @@ pub fn module_with(settings: WorldSettings) -> Module {
         .table::<Forward>()
         .table::<ZoneRedirect>()
         .table::<BorderAvatar>()
+        .table::<WaitingConnection>()
         .reducers(reducers![
             init,
             client_connected,

@@ -171,12 +171,17 @@ pub fn init(ctx: &mut ReducerContext) -> Result<(), String> {
 /// Brings a returning player's character online; a new player calls `enter_world`.
 #[reducer(client_connected)]
 pub fn client_connected(ctx: &mut ReducerContext) -> Result<(), String> {
-    if ctx.db.player().identity().find(&ctx.sender).is_none() {
+    let Some(player) = ctx.db.player().identity().find(&ctx.sender) else {
         return crate::zone::send_on_if_gone(ctx);
-    }
-    let (Some(connection), Ok((player, avatar))) = (ctx.connection_id, my_character(ctx)) else {
+    };
+    let Some(connection) = ctx.connection_id else {
         return Ok(());
     };
+    let Some(avatar) = ctx.db.avatar().id().find(&player.avatar_id) else {
+        return Ok(());
+    };
+    // Also while the character is on its way to another zone: the handoff's end sends the
+    // connection on (`handoff_delivered`), and a refused handoff leaves it playing here.
     ctx.db.player().identity().update(Player {
         connection: connection.0,
         ..player
@@ -193,6 +198,12 @@ pub fn client_connected(ctx: &mut ReducerContext) -> Result<(), String> {
 /// Takes the character offline; it stays in the world where it stood.
 #[reducer(client_disconnected)]
 pub fn client_disconnected(ctx: &mut ReducerContext) -> Result<(), String> {
+    let identity = ctx.sender;
+    if let Some(waiting) = ctx.db.waiting_connection().identity().find(&identity)
+        && ctx.connection_id.is_some_and(|c| c.0 == waiting.connection)
+    {
+        ctx.db.waiting_connection().identity().delete(&identity);
+    }
     let Ok((player, avatar)) = my_character(ctx) else {
         return Ok(());
     };
@@ -280,6 +291,7 @@ pub fn enter_world(ctx: &mut ReducerContext, name: String) -> Result<(), String>
         ..town
     })?;
     let connection = ctx.connection_id;
+    ctx.db.waiting_connection().identity().delete(&identity);
     let zone = settings(ctx).zone.map_or(0, |rules| rules.zone);
     let number = crate::zone::next_number(ctx, "avatar")?;
     let avatar = ctx.db.avatar().insert(Avatar {

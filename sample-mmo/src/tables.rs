@@ -401,3 +401,15 @@ pub struct BorderAvatar {
     /// Whether a connection is driving the avatar.
     pub online: bool,
 }
+
+/// A connection of an identity that has no character in this zone (yet): if its character
+/// arrives while it is connected, `accept_handoff` brings it online on this connection.
+#[table(name = waiting_connection)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitingConnection {
+    /// The identity.
+    #[primary_key]
+    pub identity: Identity,
+    /// Its connection.
+    pub connection: u64,
+}

@@ -253,14 +253,22 @@ pub fn accept_handoff(
             rules.zone
         ));
     }
-    ctx.db.avatar().insert(Avatar {
-        online: false,
+    // A connection that reached this zone before its character (it was sent here early)
+    // plays it from now on.
+    let waiting = ctx.db.waiting_connection().identity().find(&identity);
+    ctx.db.waiting_connection().identity().delete(&identity);
+    let connection = waiting.map_or(0, |w| w.connection);
+    let avatar = ctx.db.avatar().insert(Avatar {
+        online: connection != 0,
         ..avatar
     })?;
     ctx.db.player().insert(Player {
-        connection: 0,
+        connection,
         ..player
     })?;
+    if connection != 0 {
+        ctx.set_focus(ConnectionId(connection), avatar.position);
+    }
     for item in inventory {
         ctx.db.inventory().insert(item)?;
     }
@@ -281,7 +289,7 @@ pub fn accept_handoff(
 /// with the `handoff_out` row. A repeat finds nothing to do.
 #[reducer]
 pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), String> {
-    relay_only(ctx)?;
+    let rules = relay_only(ctx)?;
     let Some(row) = ctx.db.handoff_out().id().find(&handoff) else {
         return Ok(());
     };
@@ -289,6 +297,21 @@ pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), S
     if let Some(player) = ctx.db.player().identity().find(&identity) {
         ctx.db.avatar().id().delete(&player.avatar_id);
         ctx.db.player().identity().delete(&identity);
+        // A connection here may have come up after the relay moved the character's
+        // connections (it then missed the move): send it on too. A repeat move reaches a
+        // client through a connection it has left, which ignores it.
+        if player.connection != 0 {
+            let redirect = ZoneRedirect {
+                identity,
+                relay: rules.relay,
+                zone: row.target_zone,
+            };
+            if ctx.db.zone_redirect().identity().find(&identity).is_some() {
+                ctx.db.zone_redirect().identity().update(redirect)?;
+            } else {
+                ctx.db.zone_redirect().insert(redirect)?;
+            }
+        }
     }
     let items: Vec<u64> = ctx
         .db
@@ -322,6 +345,23 @@ pub fn send_on_if_gone(ctx: &mut ReducerContext) -> Result<(), String> {
         return Ok(());
     };
     let identity = ctx.sender;
+    if let Some(connection) = ctx.connection_id {
+        let waiting = WaitingConnection {
+            identity,
+            connection: connection.0,
+        };
+        if ctx
+            .db
+            .waiting_connection()
+            .identity()
+            .find(&identity)
+            .is_some()
+        {
+            ctx.db.waiting_connection().identity().update(waiting)?;
+        } else {
+            ctx.db.waiting_connection().insert(waiting)?;
+        }
+    }
     let Some(forward) = ctx.db.forward().identity().find(&identity) else {
         return Ok(());
     };
