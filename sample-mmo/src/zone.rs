@@ -301,16 +301,7 @@ pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), S
         // connections (it then missed the move): send it on too. A repeat move reaches a
         // client through a connection it has left, which ignores it.
         if player.connection != 0 {
-            let redirect = ZoneRedirect {
-                identity,
-                relay: rules.relay,
-                zone: row.target_zone,
-            };
-            if ctx.db.zone_redirect().identity().find(&identity).is_some() {
-                ctx.db.zone_redirect().identity().update(redirect)?;
-            } else {
-                ctx.db.zone_redirect().insert(redirect)?;
-            }
+            send_on(ctx, &rules, identity, row.target_zone)?;
         }
     }
     let items: Vec<u64> = ctx
@@ -365,10 +356,21 @@ pub fn send_on_if_gone(ctx: &mut ReducerContext) -> Result<(), String> {
     let Some(forward) = ctx.db.forward().identity().find(&identity) else {
         return Ok(());
     };
+    send_on(ctx, &rules, identity, forward.zone)
+}
+
+/// Asks the relay to send `identity`'s connections here on to `zone` (a [`ZoneRedirect`],
+/// replacing any earlier one).
+fn send_on(
+    ctx: &mut ReducerContext,
+    rules: &ZoneRules,
+    identity: Identity,
+    zone: u32,
+) -> Result<(), String> {
     let redirect = ZoneRedirect {
         identity,
         relay: rules.relay,
-        zone: forward.zone,
+        zone,
     };
     if ctx.db.zone_redirect().identity().find(&identity).is_some() {
         ctx.db.zone_redirect().identity().update(redirect)?;
