@@ -330,6 +330,12 @@ impl Client {
         }
     }
 
+    /// The game server this client talks to now (it changes when a zone move takes the
+    /// client to another zone).
+    pub fn server_addr(&self) -> SocketAddr {
+        lock(&self.shared.core).session().server_addr()
+    }
+
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         matches!(&*self.shared.state.borrow(), ConnState::Connected { .. })

@@ -118,6 +118,10 @@ pub struct ClientCore {
     retiring: Option<ClientSession>,
     /// Calls made on `retiring`, answered with an error if it closes first.
     retiring_calls: Vec<u32>,
+    /// Datagrams of closed zone connections not sent yet (their disconnect packets: without
+    /// them the zone keeps the connection until it times out, and ignores this socket's
+    /// next connection until then).
+    parting: Vec<Transmit>,
     moving: Option<Moving>,
     zone_move_settle: Duration,
     confirmed_reads: bool,
@@ -140,6 +144,7 @@ impl ClientCore {
             session_config: ClientSessionConfig::default(),
             retiring: None,
             retiring_calls: Vec::new(),
+            parting: Vec::new(),
             moving: None,
             zone_move_settle: DEFAULT_ZONE_MOVE_SETTLE,
             confirmed_reads: false,
@@ -252,6 +257,7 @@ impl ClientCore {
 
     /// Moves the datagrams to send into `out` (appending).
     pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        out.append(&mut self.parting);
         if let Some(old) = &mut self.retiring {
             old.drain_transmits(out);
         }
@@ -388,6 +394,7 @@ impl ClientCore {
         if let Some(mut previous) = self.retiring.replace(old) {
             // A second move before the first settled: the first zone's connection goes now.
             previous.disconnect();
+            previous.drain_transmits(&mut self.parting);
             self.answer_retiring_calls(zone);
         }
         self.retiring_calls = self.pending_calls.keys().copied().collect();
@@ -525,6 +532,7 @@ impl ClientCore {
             }
         }
         if closed {
+            old.drain_transmits(&mut self.parting);
             self.retiring = None;
             let zone = self.moving.as_ref().map_or(0, |m| m.zone);
             self.answer_retiring_calls(zone);

@@ -56,6 +56,9 @@ async fn start_zone(dir: &std::path::Path, secrets: &std::path::Path, zone: u16)
     };
     let config = ServerConfig {
         secret_dir: Some(secrets.to_owned()),
+        // Longer than `eventually` waits: a connection the client left ends at once (its
+        // disconnect packets), never by timing out here.
+        connection_timeout: Duration::from_secs(120),
         ..ServerConfig::for_tests(dir.join(format!("zone-{zone}")))
     };
     orrery_server::start(sample_mmo::module_with(world), config)
@@ -277,6 +280,11 @@ async fn a_player_walks_into_the_next_zone_without_noticing() {
     );
     let moved = relays[0].stats().moved.load(Relaxed);
     assert_eq!(moved, 1);
+    // The client told zone 0 it left: zone 0 holds no connection of it.
+    eventually("zone 0 to see the client leave", async || {
+        (zones[0].metrics().clients.load(Relaxed) == 0).then_some(())
+    })
+    .await;
 
     recorder.abort();
     drop(client);
