@@ -175,6 +175,10 @@ pub enum DisconnectReason {
     /// The client broke the protocol; the server also emitted a `Rejected` event.
     #[error("rejected: {0}")]
     Rejected(RejectReason),
+    /// Server side: a new connection from the same address took its place (the client
+    /// there started a new session without this one's disconnect reaching the server).
+    #[error("replaced by a new connection from the same address")]
+    Replaced,
     /// The reliability layer failed (a receive channel overflowed, ...).
     #[error("transport error: {0}")]
     Transport(String),

@@ -355,7 +355,19 @@ impl ServerSession {
             return;
         }
         if let Some(&slot) = self.by_addr.get(&from) {
-            self.handle_connected(slot, bytes);
+            match packet::kind_of(bytes) {
+                // A new handshake from an address that has a connection: the client there
+                // started a new session (it came back after a zone move whose disconnect
+                // packets were lost, or restarted on the same port). The handshake runs
+                // beside the connection and replaces it once complete (`accept`): only who
+                // receives at the address can answer the challenge, so a spoofed request ends
+                // nothing.
+                Ok(Kind::Request) => self.handle_request(from, bytes),
+                Ok(Kind::Response) if self.pending.contains_key(&from) => {
+                    self.handle_pending(from, bytes);
+                }
+                _ => self.handle_connected(slot, bytes),
+            }
             return;
         }
         match packet::kind_of(bytes) {
@@ -575,6 +587,10 @@ impl ServerSession {
         let expire_timestamp = req.expire_timestamp;
         // One token, one address, one connection.
         match self.tokens.get(&mac) {
+            // A late copy of the request that made this address's connection.
+            Some(u) if u.connected && u.addr == from && self.by_addr.contains_key(&from) => {
+                return;
+            }
             Some(u) if u.addr != from || u.connected => {
                 let first_addr = u.addr;
                 return self.reject(from, RejectReason::TokenReplayed { first_addr });
@@ -608,7 +624,8 @@ impl ServerSession {
                 RejectReason::ClientIdInUse(ConnectionId(private.client_id)),
             );
         }
-        if self.live >= self.config.max_clients {
+        let replacing = usize::from(self.by_addr.contains_key(&from));
+        if self.live - replacing >= self.config.max_clients {
             self.denied_sequence += 1;
             if packet::encode(
                 &mut self.out,
@@ -744,7 +761,8 @@ impl ServerSession {
         if self.by_id.contains_key(&client_id) {
             return self.reject(from, RejectReason::ClientIdInUse(ConnectionId(client_id)));
         }
-        if self.live >= self.config.max_clients {
+        let replacing = usize::from(self.by_addr.contains_key(&from));
+        if self.live - replacing >= self.config.max_clients {
             if packet::encode(
                 &mut self.out,
                 &Packet::Denied,
@@ -770,6 +788,9 @@ impl ServerSession {
     }
 
     fn accept(&mut self, addr: SocketAddr, pending: Pending, user_data: &[u8; USER_DATA_BYTES]) {
+        if let Some(&replaced) = self.by_addr.get(&addr) {
+            self.remove(replaced, DisconnectReason::Replaced, false);
+        }
         let limits = LinkLimits {
             send_backlog: self.config.max_backlog,
             send_unreliable: self.config.max_unreliable_queue,

@@ -673,3 +673,85 @@ fn a_full_handshake_table_evicts_its_oldest_entry_instead_of_refusing() {
     connect_all(&mut h, &mut slog, &mut clogs);
     assert!(h.server.stats().pending_evicted >= 13);
 }
+
+/// A client that starts a new session from the address of a connection the server still
+/// holds (its disconnect packets were lost: a zone move back to this server, a restart on the
+/// same port) connects at once; the old connection ends as `Replaced`, not by timing out.
+#[test]
+fn a_new_session_from_a_connected_address_replaces_the_old_connection() {
+    let mut h = Harness::new(21, LinkConditions::PERFECT);
+    let me = Identity([7; 32]);
+    let first = h.issuer.issue(&me, ConnectionId(1), h.now).unwrap();
+    let a = h.add_client_with_token(first);
+    let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
+    connect_all(&mut h, &mut slog, &mut clogs);
+    // A new session on the same socket; the old one vanishes without a word.
+    let second = h.issuer.issue(&me, ConnectionId(2), h.now).unwrap();
+    h.clients[a].session =
+        ClientSession::new(ClientSessionConfig::default(), second, h.now).unwrap();
+    clogs[a] = ClientLog::default();
+    assert!(
+        run_until(
+            &mut h,
+            &mut slog,
+            &mut clogs,
+            TICK,
+            Duration::from_secs(1),
+            |_, s, c| c[a].connected.is_some() && !s.disconnected.is_empty()
+        ),
+        "server {slog:?}, client {:?}",
+        clogs[a]
+    );
+    assert_eq!(
+        slog.disconnected,
+        vec![(ConnectionId(1), DisconnectReason::Replaced)]
+    );
+    assert_eq!(clogs[a].connected, Some((me, ConnectionId(2))));
+    assert!(rejections(&slog).is_empty(), "{:?}", slog.rejected);
+    h.clients[a].session.send(&call(4)).unwrap();
+    assert!(run_until(
+        &mut h,
+        &mut slog,
+        &mut clogs,
+        TICK,
+        Duration::from_secs(2),
+        |_, _, c| c[a].replies == [4]
+    ));
+}
+
+/// Someone who spoofs a connected client's address with a token of their own never gets
+/// the challenge (it goes to the address), so the connection there goes on.
+#[test]
+fn a_spoofed_request_from_a_connected_address_ends_nothing() {
+    let mut h = Harness::new(22, LinkConditions::PERFECT);
+    let victim = h.add_client();
+    let (mut slog, mut clogs) = (ServerLog::default(), Vec::new());
+    connect_all(&mut h, &mut slog, &mut clogs);
+    let attacker = h
+        .issuer
+        .issue(&Identity([0xBA; 32]), ConnectionId(99), h.now)
+        .unwrap();
+    for _ in 0..5 {
+        let addr = h.clients[victim].addr;
+        deliver_request(&mut h, attacker.clone(), addr);
+        run_until(
+            &mut h,
+            &mut slog,
+            &mut clogs,
+            TICK,
+            Duration::from_millis(200),
+            |_, _, _| false,
+        );
+    }
+    assert!(slog.disconnected.is_empty(), "{:?}", slog.disconnected);
+    assert_eq!(slog.connected.len(), 1);
+    h.clients[victim].session.send(&call(9)).unwrap();
+    assert!(run_until(
+        &mut h,
+        &mut slog,
+        &mut clogs,
+        TICK,
+        Duration::from_secs(2),
+        |_, _, c| c[victim].replies == [9]
+    ));
+}
