@@ -340,7 +340,8 @@ pub struct Sequence {
 
 /// Where a character that left this zone went (written when the next zone holds it, deleted
 /// when it comes back): a client that reaches this zone after its character left is sent on.
-#[table(name = forward)]
+/// Its identity sees it.
+#[table(name = forward, owner = identity)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Forward {
     /// The character's identity.
@@ -352,7 +353,8 @@ pub struct Forward {
 
 /// A connection of this zone to send to the zone holding its character (the relay gets a
 /// connect token there and sends it through the connection, then deletes the row with
-/// `redirect_sent`). Only the zones' relay identity sees it.
+/// `redirect_sent`, unless a later request replaced it meanwhile). Only the zones' relay
+/// identity sees it.
 #[table(name = zone_redirect, owner = relay)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZoneRedirect {
@@ -363,6 +365,9 @@ pub struct ZoneRedirect {
     pub relay: Identity,
     /// The zone holding the character.
     pub zone: u32,
+    /// When the module asked (its tick's time): `redirect_sent` names it, so a request made
+    /// while the relay was sending an earlier one stays for the next poll.
+    pub requested_at: Timestamp,
 }
 
 /// An avatar of a neighbouring zone standing near this zone's border, as that zone last sent
@@ -404,7 +409,8 @@ pub struct BorderAvatar {
 
 /// A connection of an identity that has no character in this zone (yet): if its character
 /// arrives while it is connected, `accept_handoff` brings it online on this connection.
-#[table(name = waiting_connection)]
+/// Its identity sees it.
+#[table(name = waiting_connection, owner = identity)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct WaitingConnection {
     /// The identity.

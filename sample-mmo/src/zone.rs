@@ -371,6 +371,7 @@ fn send_on(
         identity,
         relay: rules.relay,
         zone,
+        requested_at: ctx.timestamp,
     };
     if ctx.db.zone_redirect().identity().find(&identity).is_some() {
         ctx.db.zone_redirect().identity().update(redirect)?;
@@ -380,11 +381,25 @@ fn send_on(
     Ok(())
 }
 
-/// The relay sent a connection on ([`ZoneRedirect`]); relay only, a repeat finds nothing.
+/// The relay sent `identity`'s connections on as asked at `requested_at` ([`ZoneRedirect`]);
+/// relay only. A request made since (a connection that came up while the relay was sending,
+/// and so missed it) stays for the relay's next poll; a repeat finds nothing.
 #[reducer]
-pub fn redirect_sent(ctx: &mut ReducerContext, identity: Identity) -> Result<(), String> {
+pub fn redirect_sent(
+    ctx: &mut ReducerContext,
+    identity: Identity,
+    requested_at: Timestamp,
+) -> Result<(), String> {
     relay_only(ctx)?;
-    ctx.db.zone_redirect().identity().delete(&identity);
+    if ctx
+        .db
+        .zone_redirect()
+        .identity()
+        .find(&identity)
+        .is_some_and(|row| row.requested_at == requested_at)
+    {
+        ctx.db.zone_redirect().identity().delete(&identity);
+    }
     Ok(())
 }
 

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use orrery_engine::glam::Vec2;
 use orrery_engine::prelude::OrreryType as _;
-use orrery_engine::{Caller, Engine, EngineConfig, Identity, Timestamp};
+use orrery_engine::{Caller, ConnectionId, Engine, EngineConfig, Identity, Timestamp};
 use sample_mmo::zone::{HandoffCharacter, ZoneRegion, ZoneRules, zoned_id};
 use sample_mmo::{
     Avatar, HandoffIn, HandoffOut, InventoryItem, ItemKind, Npc, Player, Town, WorldSettings,
+    ZoneRedirect,
 };
 
 #[path = "support/dice.rs"]
@@ -413,4 +414,74 @@ fn only_the_relay_hands_over_and_a_bad_character_is_refused_whole() {
         .unwrap_err()
         .client_message();
     assert!(err.contains("not zoned"), "{err}");
+}
+
+/// A connection that comes up in a zone its character has left is sent on (`zone_redirect`);
+/// one that comes up while the relay is sending an earlier request on is not lost when the
+/// relay reports that request done (`redirect_sent` names the request it sent).
+#[test]
+fn a_connection_that_comes_up_while_the_relay_sends_others_on_is_sent_on_too() {
+    let mut zones = Zones::new();
+    let me = Identity::from_u64(1);
+    zones.engines[0]
+        .call_reducer(
+            "accept_handoff",
+            Caller::from(RELAY),
+            (1u32, 5u64, ts(0), character(1, 0).to_bytes()),
+        )
+        .unwrap();
+    zones.engines[0]
+        .call_reducer("move_to", Caller::from(me), (Vec2::new(10.0, -50.0), true))
+        .unwrap();
+    for _ in 0..400 {
+        zones.step_without_relay();
+        zones.relay(false);
+        if zones.engines[1].find::<Player>(&me).is_some() {
+            break;
+        }
+    }
+    assert!(zones.engines[1].find::<Player>(&me).is_some());
+    assert!(zones.engines[0].find::<Player>(&me).is_none());
+    let zone0 = &mut zones.engines[0];
+    zone0
+        .client_connected(Caller::client(me, ConnectionId(7)))
+        .unwrap();
+    let first = zone0.rows::<ZoneRedirect>();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].identity, first[0].zone), (me, 1));
+    zones.step_without_relay();
+    // The relay moves the identity's connections (only connection 7 so far); connection 8
+    // comes up before the relay reports the request done.
+    let zone0 = &mut zones.engines[0];
+    zone0
+        .client_connected(Caller::client(me, ConnectionId(8)))
+        .unwrap();
+    zone0
+        .call_reducer(
+            "redirect_sent",
+            Caller::from(RELAY),
+            (me, first[0].requested_at),
+        )
+        .unwrap();
+    let second = zone0.rows::<ZoneRedirect>();
+    assert_eq!(second.len(), 1, "the later request was lost");
+    assert!(second[0].requested_at > first[0].requested_at);
+    // Only the relay reports, and reporting the later request ends it.
+    let err = zone0
+        .call_reducer(
+            "redirect_sent",
+            Caller::from(me),
+            (me, second[0].requested_at),
+        )
+        .unwrap_err()
+        .client_message();
+    assert!(err.contains("only the zone relay"), "{err}");
+    zone0
+        .call_reducer(
+            "redirect_sent",
+            Caller::from(RELAY),
+            (me, second[0].requested_at),
+        )
+        .unwrap();
+    assert!(zone0.rows::<ZoneRedirect>().is_empty());
 }

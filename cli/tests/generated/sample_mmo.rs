@@ -709,12 +709,57 @@ impl HandoffIn {
     pub const TABLE_NAME: &'static str = "handoff_in";
 }
 
+/// A row of table `forward`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forward {
+    pub identity: row::Identity,
+    pub zone: u32,
+}
+
+impl Forward {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(Forward {
+            identity: <row::Identity as OrreryType>::decode(input)?,
+            zone: <u32 as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.identity, out);
+        OrreryType::encode(&self.zone, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl Forward {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 15;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "forward";
+}
+
 /// A row of table `zone_redirect`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZoneRedirect {
     pub identity: row::Identity,
     pub relay: row::Identity,
     pub zone: u32,
+    pub requested_at: row::Timestamp,
 }
 
 impl ZoneRedirect {
@@ -724,6 +769,7 @@ impl ZoneRedirect {
             identity: <row::Identity as OrreryType>::decode(input)?,
             relay: <row::Identity as OrreryType>::decode(input)?,
             zone: <u32 as OrreryType>::decode(input)?,
+            requested_at: <row::Timestamp as OrreryType>::decode(input)?,
         })
     }
 
@@ -732,6 +778,7 @@ impl ZoneRedirect {
         OrreryType::encode(&self.identity, out);
         OrreryType::encode(&self.relay, out);
         OrreryType::encode(&self.zone, out);
+        OrreryType::encode(&self.requested_at, out);
     }
 
     /// Decodes bytes that hold exactly one value (a row from an event).
@@ -828,6 +875,50 @@ impl BorderAvatar {
     pub const TABLE_ID: u32 = 17;
     /// The table's name.
     pub const TABLE_NAME: &'static str = "border_avatar";
+}
+
+/// A row of table `waiting_connection`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitingConnection {
+    pub identity: row::Identity,
+    pub connection: u64,
+}
+
+impl WaitingConnection {
+    /// Reads one value from the front of `input`.
+    pub fn decode_from(input: &mut &[u8]) -> Result<Self, RowDecodeError> {
+        Ok(WaitingConnection {
+            identity: <row::Identity as OrreryType>::decode(input)?,
+            connection: <u64 as OrreryType>::decode(input)?,
+        })
+    }
+
+    /// Appends the value's bytes.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        OrreryType::encode(&self.identity, out);
+        OrreryType::encode(&self.connection, out);
+    }
+
+    /// Decodes bytes that hold exactly one value (a row from an event).
+    pub fn decode(bytes: &[u8]) -> Result<Self, RowDecodeError> {
+        let mut input = bytes;
+        let value = Self::decode_from(&mut input)?;
+        if input.is_empty() { Ok(value) } else { Err(RowDecodeError::TrailingBytes(input.len())) }
+    }
+
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+impl WaitingConnection {
+    /// The table's id on the wire.
+    pub const TABLE_ID: u32 = 18;
+    /// The table's name.
+    pub const TABLE_NAME: &'static str = "waiting_connection";
 }
 
 /// Typed reducer calls: `encode_*` gives the argument bytes, the async functions call.
@@ -1012,17 +1103,18 @@ pub mod reducers {
     }
 
     /// The arguments of `redirect_sent` in the row format.
-    pub fn encode_redirect_sent(identity: &row::Identity) -> Vec<u8> {
+    pub fn encode_redirect_sent(identity: &row::Identity, requested_at: &row::Timestamp) -> Vec<u8> {
         let mut bytes = Vec::new();
         let out = &mut bytes;
         OrreryType::encode(identity, out);
+        OrreryType::encode(requested_at, out);
         let _ = out;
         bytes
     }
 
     /// Calls `redirect_sent` and waits for its answer.
-    pub async fn redirect_sent(client: &orrery_client::Client, identity: &row::Identity) -> Result<orrery_client::Reply, orrery_client::CallError> {
-        client.call_raw("redirect_sent", encode_redirect_sent(identity), false).await
+    pub async fn redirect_sent(client: &orrery_client::Client, identity: &row::Identity, requested_at: &row::Timestamp) -> Result<orrery_client::Reply, orrery_client::CallError> {
+        client.call_raw("redirect_sent", encode_redirect_sent(identity, requested_at), false).await
     }
 
     /// The arguments of `sync_border` in the row format.

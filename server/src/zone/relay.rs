@@ -20,8 +20,10 @@
 //! `owner` column) and has this zone send it through the identity's connections
 //! (`POST /v1/zone/move`, [`orrery_netcode::ServerMessage::ZoneMove`]). A client that reaches
 //! a zone its character has already left (it crossed twice quickly) is sent on the same way:
-//! the module writes a `zone_redirect` row (`identity`, `zone`) for it, the relay moves the
-//! connection and calls `redirect_sent(identity)`.
+//! the module writes a `zone_redirect` row (`identity`, `zone`, `requested_at`) for it, the
+//! relay moves the identity's connections and calls `redirect_sent(identity, requested_at)`,
+//! which deletes the row unless a later request replaced it (a connection that came up while
+//! the relay was moving the others, which the move missed: the next poll moves it).
 //!
 //! The relay holds no state that matters across a restart: the outbox is in the commit log.
 
@@ -390,11 +392,13 @@ enum Job {
     Redirect(String),
 }
 
-/// A `zone_redirect` row: send `identity`'s connections here to `zone`.
+/// A `zone_redirect` row: send `identity`'s connections here to `zone`, as asked at
+/// `requested_at` (passed back to `redirect_sent` as read).
 #[derive(Debug, Clone)]
 struct Redirect {
     identity: String,
     zone: u64,
+    requested_at: serde_json::Value,
 }
 
 fn parse_redirects(body: &[u8]) -> Result<Vec<Redirect>, RelayError> {
@@ -417,6 +421,11 @@ fn parse_redirects(body: &[u8]) -> Result<Vec<Redirect>, RelayError> {
                 zone: row["zone"]
                     .as_u64()
                     .ok_or_else(|| bad(format!("no zone in {row}")))?,
+                requested_at: row
+                    .get("requested_at")
+                    .filter(|at| at.is_number())
+                    .cloned()
+                    .ok_or_else(|| bad(format!("no requested_at in {row}")))?,
             })
         })
         .collect()
@@ -482,7 +491,10 @@ async fn run(
                 };
                 // A module without redirects (no `zone_redirect` table) answers 400: none.
                 let redirects = match local.post("/v1/sql", &token, "SELECT * FROM zone_redirect".into()).await {
-                    Ok(body) => parse_redirects(&body).unwrap_or_default(),
+                    Ok(body) => parse_redirects(&body).unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot read the zone redirects");
+                        Vec::new()
+                    }),
                     Err(_) => Vec::new(),
                 };
                 let now = Instant::now();
@@ -676,7 +688,7 @@ async fn send_on(
             zone: redirect.zone,
         })?;
     move_clients(local, token, target, &redirect.identity).await?;
-    let args = serde_json::json!([redirect.identity]).to_string();
+    let args = serde_json::json!([redirect.identity, redirect.requested_at]).to_string();
     local.post("/v1/call/redirect_sent", token, args).await?;
     Ok(Delivery::SentOn)
 }
