@@ -407,9 +407,10 @@ pub struct BorderAvatar {
     pub online: bool,
 }
 
-/// A connection of an identity that has no character in this zone (yet): if its character
-/// arrives while it is connected, `accept_handoff` brings it online on this connection.
-/// Its identity sees it.
+/// A connection of an identity that has no character in this zone (yet, or any more: the
+/// character left while it was connected, and the relay has not moved it yet): if its
+/// character arrives while it is connected, `accept_handoff` brings it online on this
+/// connection. Its identity sees it.
 #[table(name = waiting_connection, owner = identity)]
 #[derive(Clone, Debug, PartialEq)]
 pub struct WaitingConnection {

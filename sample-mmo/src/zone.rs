@@ -299,9 +299,11 @@ pub fn handoff_delivered(ctx: &mut ReducerContext, handoff: u64) -> Result<(), S
         ctx.db.player().identity().delete(&identity);
         // A connection here may have come up after the relay moved the character's
         // connections (it then missed the move): send it on too. A repeat move reaches a
-        // client through a connection it has left, which ignores it.
+        // client through a connection it has left, which ignores it. Until the relay moves it,
+        // it waits here: if the character comes back first, it plays it again.
         if player.connection != 0 {
             send_on(ctx, &rules, identity, row.target_zone)?;
+            wait_here(ctx, identity, player.connection)?;
         }
     }
     let items: Vec<u64> = ctx
@@ -337,26 +339,33 @@ pub fn send_on_if_gone(ctx: &mut ReducerContext) -> Result<(), String> {
     };
     let identity = ctx.sender;
     if let Some(connection) = ctx.connection_id {
-        let waiting = WaitingConnection {
-            identity,
-            connection: connection.0,
-        };
-        if ctx
-            .db
-            .waiting_connection()
-            .identity()
-            .find(&identity)
-            .is_some()
-        {
-            ctx.db.waiting_connection().identity().update(waiting)?;
-        } else {
-            ctx.db.waiting_connection().insert(waiting)?;
-        }
+        wait_here(ctx, identity, connection.0)?;
     }
     let Some(forward) = ctx.db.forward().identity().find(&identity) else {
         return Ok(());
     };
     send_on(ctx, &rules, identity, forward.zone)
+}
+
+/// Notes `connection` as `identity`'s connection here without a character
+/// ([`WaitingConnection`], replacing any earlier one): `accept_handoff` binds it.
+fn wait_here(ctx: &mut ReducerContext, identity: Identity, connection: u64) -> Result<(), String> {
+    let waiting = WaitingConnection {
+        identity,
+        connection,
+    };
+    if ctx
+        .db
+        .waiting_connection()
+        .identity()
+        .find(&identity)
+        .is_some()
+    {
+        ctx.db.waiting_connection().identity().update(waiting)?;
+    } else {
+        ctx.db.waiting_connection().insert(waiting)?;
+    }
+    Ok(())
 }
 
 /// Asks the relay to send `identity`'s connections here on to `zone` (a [`ZoneRedirect`],

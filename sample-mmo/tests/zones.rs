@@ -485,3 +485,44 @@ fn a_connection_that_comes_up_while_the_relay_sends_others_on_is_sent_on_too() {
         .unwrap();
     assert!(zone0.rows::<ZoneRedirect>().is_empty());
 }
+
+/// A connection playing a character that leaves stays connected until the relay moves it;
+/// if the character comes back first, that connection plays it again (online, bound).
+#[test]
+fn a_connection_left_behind_plays_its_character_again_when_it_comes_back() {
+    let mut zones = Zones::new();
+    let me = Identity::from_u64(1);
+    zones.engines[0]
+        .call_reducer(
+            "accept_handoff",
+            Caller::from(RELAY),
+            (1u32, 5u64, ts(0), character(1, 0).to_bytes()),
+        )
+        .unwrap();
+    zones.engines[0]
+        .client_connected(Caller::client(me, ConnectionId(7)))
+        .unwrap();
+    assert_eq!(zones.engines[0].find::<Player>(&me).unwrap().connection, 7);
+    let cross = |zones: &mut Zones, from: usize, to: usize, target: Vec2| {
+        zones.engines[from]
+            .call_reducer("move_to", Caller::from(me), (target, true))
+            .unwrap();
+        for _ in 0..400 {
+            zones.step_without_relay();
+            zones.relay(false);
+            if zones.engines[to].find::<Player>(&me).is_some() {
+                return;
+            }
+        }
+        panic!("the character never reached zone {to}");
+    };
+    cross(&mut zones, 0, 1, Vec2::new(10.0, -50.0));
+    // Zone 0 asks the relay to send connection 7 on; before it does, the character is back.
+    assert_eq!(zones.engines[0].rows::<ZoneRedirect>().len(), 1);
+    cross(&mut zones, 1, 0, Vec2::new(-10.0, -50.0));
+    let zone0 = &zones.engines[0];
+    let player = zone0.find::<Player>(&me).unwrap();
+    assert_eq!(player.connection, 7, "the connection here does not play it");
+    assert!(zone0.find::<Avatar>(&player.avatar_id).unwrap().online);
+    assert!(zone0.rows::<ZoneRedirect>().is_empty());
+}
