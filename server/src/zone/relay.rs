@@ -450,29 +450,21 @@ async fn run(
         tokio::select! {
             _ = stopped.changed() => break,
             Some(done) = in_flight.join_next() => {
-                let Ok((job, outcome)) = done else { continue };
-                busy.remove(&job);
-                match outcome {
-                    Ok(delivery) => {
-                        retries.remove(&job);
-                        let counter = match delivery {
-                            Delivery::Delivered => &stats.delivered,
-                            Delivery::Refused => &stats.refused,
-                            Delivery::SentOn => &stats.sent_on,
-                        };
-                        counter.fetch_add(1, Relaxed);
-                    }
-                    Err(error) => {
-                        stats.failures.fetch_add(1, Relaxed);
-                        let delay = retries
-                            .get(&job)
-                            .map_or(config.backoff, |r| (r.delay * 2).min(config.max_backoff));
-                        tracing::warn!(?job, %error, retry_in = ?delay, "zone relay job failed");
-                        retries.insert(job, Retry { at: Instant::now() + delay, delay });
+                // Every job that has finished, not just this one: a poll can take long (its
+                // reads wait for the tick), and a finished job stays busy until settled here.
+                let mut done = Some(done);
+                while let Some(result) = done.take().or_else(|| in_flight.try_join_next()) {
+                    if let Ok((job, outcome)) = result {
+                        settle(job, outcome, &mut busy, &mut retries, &stats, &config);
                     }
                 }
             }
             _ = poll.tick() => {
+                while let Some(result) = in_flight.try_join_next() {
+                    if let Ok((job, outcome)) = result {
+                        settle(job, outcome, &mut busy, &mut retries, &stats, &config);
+                    }
+                }
                 if token_at.elapsed() > Duration::from_secs(600) {
                     token = local.token();
                     token_at = Instant::now();
@@ -552,6 +544,43 @@ async fn run(
         }
     }
     in_flight.shutdown().await;
+}
+
+/// Books a finished job: counted, and retried with backoff if it failed.
+fn settle(
+    job: Job,
+    outcome: Result<Delivery, RelayError>,
+    busy: &mut HashSet<Job>,
+    retries: &mut HashMap<Job, Retry>,
+    stats: &RelayStats,
+    config: &RelayConfig,
+) {
+    busy.remove(&job);
+    match outcome {
+        Ok(delivery) => {
+            retries.remove(&job);
+            let counter = match delivery {
+                Delivery::Delivered => &stats.delivered,
+                Delivery::Refused => &stats.refused,
+                Delivery::SentOn => &stats.sent_on,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+        Err(error) => {
+            stats.failures.fetch_add(1, Relaxed);
+            let delay = retries
+                .get(&job)
+                .map_or(config.backoff, |r| (r.delay * 2).min(config.max_backoff));
+            tracing::warn!(?job, %error, retry_in = ?delay, "zone relay job failed");
+            retries.insert(
+                job,
+                Retry {
+                    at: Instant::now() + delay,
+                    delay,
+                },
+            );
+        }
+    }
 }
 
 /// How far `point` is from `zone`'s region (0 inside).
