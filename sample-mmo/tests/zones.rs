@@ -140,6 +140,35 @@ impl Zones {
         }
     }
 
+    /// Character `n` (no items) arrives in zone 0 from zone 1 (as the relay would bring it).
+    fn arrive_in_zone_0(&mut self, n: u64) -> Identity {
+        self.engines[0]
+            .call_reducer(
+                "accept_handoff",
+                Caller::from(RELAY),
+                (1u32, 5u64, ts(0), character(n, 0).to_bytes()),
+            )
+            .unwrap();
+        Identity::from_u64(n)
+    }
+
+    /// Walks `who` from zone `from` to `target` in zone `to`, relaying every tick, until zone
+    /// `to` holds it.
+    fn cross(&mut self, who: Identity, from: usize, to: usize, target: Vec2) {
+        self.engines[from]
+            .call_reducer("move_to", Caller::from(who), (target, true))
+            .unwrap();
+        for _ in 0..400 {
+            self.step_without_relay();
+            self.relay(false);
+            if self.engines[to].find::<Player>(&who).is_some() {
+                assert!(self.engines[from].find::<Player>(&who).is_none());
+                return;
+            }
+        }
+        panic!("the character never reached zone {to}");
+    }
+
     /// Sends `who` walking to `target` in whichever zone holds it.
     fn walk(&mut self, who: Identity, target: Vec2) {
         for engine in &mut self.engines {
@@ -422,26 +451,8 @@ fn only_the_relay_hands_over_and_a_bad_character_is_refused_whole() {
 #[test]
 fn a_connection_that_comes_up_while_the_relay_sends_others_on_is_sent_on_too() {
     let mut zones = Zones::new();
-    let me = Identity::from_u64(1);
-    zones.engines[0]
-        .call_reducer(
-            "accept_handoff",
-            Caller::from(RELAY),
-            (1u32, 5u64, ts(0), character(1, 0).to_bytes()),
-        )
-        .unwrap();
-    zones.engines[0]
-        .call_reducer("move_to", Caller::from(me), (Vec2::new(10.0, -50.0), true))
-        .unwrap();
-    for _ in 0..400 {
-        zones.step_without_relay();
-        zones.relay(false);
-        if zones.engines[1].find::<Player>(&me).is_some() {
-            break;
-        }
-    }
-    assert!(zones.engines[1].find::<Player>(&me).is_some());
-    assert!(zones.engines[0].find::<Player>(&me).is_none());
+    let me = zones.arrive_in_zone_0(1);
+    zones.cross(me, 0, 1, Vec2::new(10.0, -50.0));
     let zone0 = &mut zones.engines[0];
     zone0
         .client_connected(Caller::client(me, ConnectionId(7)))
@@ -491,35 +502,15 @@ fn a_connection_that_comes_up_while_the_relay_sends_others_on_is_sent_on_too() {
 #[test]
 fn a_connection_left_behind_plays_its_character_again_when_it_comes_back() {
     let mut zones = Zones::new();
-    let me = Identity::from_u64(1);
-    zones.engines[0]
-        .call_reducer(
-            "accept_handoff",
-            Caller::from(RELAY),
-            (1u32, 5u64, ts(0), character(1, 0).to_bytes()),
-        )
-        .unwrap();
+    let me = zones.arrive_in_zone_0(1);
     zones.engines[0]
         .client_connected(Caller::client(me, ConnectionId(7)))
         .unwrap();
     assert_eq!(zones.engines[0].find::<Player>(&me).unwrap().connection, 7);
-    let cross = |zones: &mut Zones, from: usize, to: usize, target: Vec2| {
-        zones.engines[from]
-            .call_reducer("move_to", Caller::from(me), (target, true))
-            .unwrap();
-        for _ in 0..400 {
-            zones.step_without_relay();
-            zones.relay(false);
-            if zones.engines[to].find::<Player>(&me).is_some() {
-                return;
-            }
-        }
-        panic!("the character never reached zone {to}");
-    };
-    cross(&mut zones, 0, 1, Vec2::new(10.0, -50.0));
+    zones.cross(me, 0, 1, Vec2::new(10.0, -50.0));
     // Zone 0 asks the relay to send connection 7 on; before it does, the character is back.
     assert_eq!(zones.engines[0].rows::<ZoneRedirect>().len(), 1);
-    cross(&mut zones, 1, 0, Vec2::new(-10.0, -50.0));
+    zones.cross(me, 1, 0, Vec2::new(-10.0, -50.0));
     let zone0 = &zones.engines[0];
     let player = zone0.find::<Player>(&me).unwrap();
     assert_eq!(player.connection, 7, "the connection here does not play it");
