@@ -624,8 +624,7 @@ impl ServerSession {
                 RejectReason::ClientIdInUse(ConnectionId(private.client_id)),
             );
         }
-        let replacing = usize::from(self.by_addr.contains_key(&from));
-        if self.live - replacing >= self.config.max_clients {
+        if self.is_full_for(from) {
             self.denied_sequence += 1;
             if packet::encode(
                 &mut self.out,
@@ -761,8 +760,7 @@ impl ServerSession {
         if self.by_id.contains_key(&client_id) {
             return self.reject(from, RejectReason::ClientIdInUse(ConnectionId(client_id)));
         }
-        let replacing = usize::from(self.by_addr.contains_key(&from));
-        if self.live - replacing >= self.config.max_clients {
+        if self.is_full_for(from) {
             if packet::encode(
                 &mut self.out,
                 &Packet::Denied,
@@ -785,6 +783,13 @@ impl ServerSession {
             u.connected = true;
         }
         self.accept(from, pending, &user_data);
+    }
+
+    /// Whether a connection from `from` would exceed `max_clients` (one that replaces the
+    /// address's connection does not add to the count).
+    fn is_full_for(&self, from: SocketAddr) -> bool {
+        let replacing = usize::from(self.by_addr.contains_key(&from));
+        self.live - replacing >= self.config.max_clients
     }
 
     fn accept(&mut self, addr: SocketAddr, pending: Pending, user_data: &[u8; USER_DATA_BYTES]) {

@@ -85,7 +85,7 @@ impl Zone {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.with_extension("log"))
+            .open(self.log_path())
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sample-mmo"))
             .arg("--zone-map")
@@ -108,6 +108,16 @@ impl Zone {
         self.child = Some(child);
     }
 
+    /// Where the zone's output goes (both its runs, appended).
+    fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// The zone's output so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap(); // SIGKILL
@@ -123,11 +133,9 @@ impl Drop for Zone {
         }
         // `ZONE_CLUSTER_LOGS=<dir>` keeps the zones' logs (`ZONE_CLUSTER_RUST_LOG` sets their
         // filter, `warn` by default).
-        if let (Ok(dir), Some(name)) = (
-            std::env::var("ZONE_CLUSTER_LOGS"),
-            self.dir.with_extension("log").file_name(),
-        ) {
-            let _ = std::fs::copy(self.dir.with_extension("log"), Path::new(&dir).join(name));
+        let path = self.log_path();
+        if let (Ok(dir), Some(name)) = (std::env::var("ZONE_CLUSTER_LOGS"), path.file_name()) {
+            let _ = std::fs::copy(&path, Path::new(&dir).join(name));
         }
     }
 }
@@ -139,8 +147,7 @@ async fn wait_healthy(plane: &ControlPlane, zone: &mut Zone) {
             return;
         }
         if let Some(status) = zone.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            let log = std::fs::read_to_string(zone.dir.with_extension("log")).unwrap_or_default();
-            panic!("zone exited with {status}:\n{log}");
+            panic!("zone exited with {status}:\n{}", zone.log());
         }
         assert!(
             Instant::now() < deadline,
@@ -208,7 +215,7 @@ impl Cluster {
     fn logs(&self) -> String {
         let mut out = String::new();
         for (id, zone) in self.zones.iter().enumerate() {
-            let log = std::fs::read_to_string(zone.dir.with_extension("log")).unwrap_or_default();
+            let log = zone.log();
             let lines: Vec<&str> = log.lines().collect();
             out += &format!(
                 "--- zone {id}\n{}\n",
@@ -260,10 +267,16 @@ impl Cluster {
             .collect()
     }
 
+    /// The zone whose UDP address `player`'s client talks to now.
+    fn zone_of(&self, player: &Player) -> Option<usize> {
+        let server = player.client.server_addr();
+        self.zones.iter().position(|zone| zone.udp == server)
+    }
+
     /// Where `player`'s client is and what every zone holds of its character's travels.
     async fn diagnose(&self, player: &Player, who: Identity) -> String {
         let server = player.client.server_addr();
-        let on = self.zones.iter().position(|zone| zone.udp == server);
+        let on = self.zone_of(player);
         let mut out = format!(
             "client on {server} (zone {on:?}), events:\n  {}\n",
             player.history.lock().unwrap().join("\n  ")
@@ -299,7 +312,7 @@ impl Cluster {
             }
         }
         for (id, zone) in self.zones.iter().enumerate() {
-            let log = std::fs::read_to_string(zone.dir.with_extension("log")).unwrap_or_default();
+            let log = zone.log();
             for line in log.lines().filter(|line| line.contains(&hex)) {
                 out += &format!("zone {id} log: {line}\n");
             }
@@ -555,8 +568,7 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
             // (time-out); the player connects again to the zone holding its character.
             if !player.client.is_connected() {
                 reconnected += 1;
-                let server = player.client.server_addr();
-                let on = cluster.zones.iter().position(|zone| zone.udp == server);
+                let on = cluster.zone_of(player);
                 let reason = player
                     .history
                     .lock()
@@ -640,16 +652,17 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
     // Handoffs neither to nor from zone 1 while it was down.
     let mut away_from_the_crash = Vec::new();
     let (killed_at, restarted_at) = (killed_at.unwrap(), restarted_at.unwrap());
+    let killed = killed_at.as_micros() as i64;
+    let restarted = restarted_at.as_micros() as i64;
     for zone in 0..ZONES {
         for row in cluster.rows(zone, "SELECT * FROM handoff_in").await {
             let started = row["started_at"].as_i64().unwrap();
             let arrived = row["arrived_at"].as_i64().unwrap();
             let latency = (arrived - started) as f64 / 1_000.0;
-            latencies.push(latency);
-            slowest.push((latency, row["id"].as_u64().unwrap() >> 48, zone, started));
-            let killed = killed_at.as_micros() as i64;
-            let restarted = restarted_at.as_micros() as i64;
+            // Handoff ids carry their source zone in the top 16 bits (`zoned_id`).
             let source = row["id"].as_u64().unwrap() >> 48;
+            latencies.push(latency);
+            slowest.push((latency, source, zone, started));
             let overlaps_the_outage = started < restarted && arrived > killed;
             if zone == 1 && overlaps_the_outage {
                 across_the_crash += 1;
@@ -681,10 +694,7 @@ async fn run(characters: u64, players: u64, seconds: u64, kill_at: u64) {
     let relay_failures: Vec<usize> = cluster
         .zones
         .iter()
-        .map(|zone| {
-            let log = std::fs::read_to_string(zone.dir.with_extension("log")).unwrap_or_default();
-            log.matches("zone relay job failed").count()
-        })
+        .map(|zone| zone.log().matches("zone relay job failed").count())
         .collect();
     let walk_time = |at: Duration| (at - walks_began).as_secs_f64();
     let (killed, restarted) = (walk_time(killed_at), walk_time(restarted_at));

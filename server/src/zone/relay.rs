@@ -449,17 +449,13 @@ async fn run(
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
-            Some(done) = in_flight.join_next() => {
-                // Every job that has finished, not just this one: a poll can take long (its
-                // reads wait for the tick), and a finished job stays busy until settled here.
-                let mut done = Some(done);
-                while let Some(result) = done.take().or_else(|| in_flight.try_join_next()) {
-                    if let Ok((job, outcome)) = result {
-                        settle(job, outcome, &mut busy, &mut retries, &stats, &config);
-                    }
-                }
+            Some(Ok((job, outcome))) = in_flight.join_next() => {
+                settle(job, outcome, &mut busy, &mut retries, &stats, &config);
             }
             _ = poll.tick() => {
+                // Every job that finished since, before choosing what to launch: this loop
+                // settles one per turn, a turn can take long (a poll's reads wait for the
+                // tick), and a finished job stays busy until settled.
                 while let Some(result) = in_flight.try_join_next() {
                     if let Ok((job, outcome)) = result {
                         settle(job, outcome, &mut busy, &mut retries, &stats, &config);
